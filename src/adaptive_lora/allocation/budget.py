@@ -1,0 +1,244 @@
+"""Budgets in parameters and the apportioning every strategy goes through.
+
+The research rule: a budget is a number of trainable parameters, not a rank.
+`r8` means "what rank 8 on every target module would cost". A strategy only
+says how the budget should be *shared* between modules; `apportion` turns the
+shares into integer ranks that meet the budget, so every strategy is matched
+the same way and no strategy wins by quietly spending more.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from adaptive_lora.errors import UserError
+from adaptive_lora.inventory import ModuleInfo
+
+_RANK_BUDGET = re.compile(r"^r(\d+)$")
+_COUNT_BUDGET = re.compile(r"^(\d+(?:\.\d+)?)([kKmM]?)$")
+
+# Relative tolerance of the budget match; the absolute floor is the cost of one
+# rank of the cheapest module, since no integer allocation can do better.
+RELATIVE_TOLERANCE = 0.005
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A resolved budget: its label as the user wrote it and its parameter count."""
+
+    label: str
+    params: int
+    rank: int | None = None  # N for an `rN` budget, else None
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "params": self.params, "rank": self.rank}
+
+
+def uniform_cost(inventory: Sequence[ModuleInfo], rank: int) -> int:
+    """Trainable parameters of rank `rank` on every module of the inventory."""
+    return rank * sum(m.cost_per_rank for m in inventory)
+
+
+def resolve_budget(spec: str | int, inventory: Sequence[ModuleInfo]) -> Budget:
+    """`r8` → the parameters of uniform rank 8; `250000`, `250k`, `1.5M` → that count."""
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        spec = str(spec)
+    text = str(spec).strip()
+    match = _RANK_BUDGET.match(text)
+    if match:
+        rank = int(match.group(1))
+        if rank < 1:
+            raise UserError(f"budget {text!r}: the rank must be at least 1 (e.g. r8)")
+        return Budget(text, uniform_cost(inventory, rank), rank)
+    match = _COUNT_BUDGET.match(text)
+    if match:
+        scale = {"": 1, "k": 1_000, "m": 1_000_000}[match.group(2).lower()]
+        params = int(round(float(match.group(1)) * scale))
+        if params < 1:
+            raise UserError(f"budget {text!r} is not a positive parameter count")
+        return Budget(text, params)
+    raise UserError(
+        f"cannot read budget {text!r}: write rN (e.g. r8) or a parameter count (e.g. 500000, 1.2M)"
+    )
+
+
+def tolerance(inventory: Sequence[ModuleInfo], budget: int) -> float:
+    """The largest |total − budget| an allocation may have."""
+    return max(RELATIVE_TOLERANCE * budget, min(m.cost_per_rank for m in inventory))
+
+
+def _ideal_ranks(
+    inventory: Sequence[ModuleInfo],
+    shares: Sequence[float],
+    budget: int,
+    min_rank: int,
+    max_rank: float,
+) -> list[float]:
+    """Real-valued ranks spending the budget in proportion to `shares`, within the bounds.
+
+    Water-filling: modules whose proportional rank falls outside [min, max] are
+    fixed at the bound and the rest of the budget is re-shared among the others.
+    """
+    n = len(inventory)
+    fixed: dict[int, float] = {}
+    while True:
+        free = [i for i in range(n) if i not in fixed]
+        left = budget - sum(fixed[i] * inventory[i].cost_per_rank for i in fixed)
+        free_share = sum(shares[i] for i in free)
+        if not free:
+            return [fixed[i] for i in range(n)]
+        if free_share <= 0:
+            # Nothing left to share by weight: spread what remains evenly in rank.
+            per_rank = left / sum(inventory[i].cost_per_rank for i in free)
+            ideal = {i: per_rank for i in free}
+        else:
+            ideal = {i: shares[i] / free_share * left / inventory[i].cost_per_rank for i in free}
+        low = [i for i in free if ideal[i] < min_rank]
+        high = [i for i in free if ideal[i] > max_rank]
+        if not low and not high:
+            fixed.update(ideal)
+            return [fixed[i] for i in range(n)]
+        # Fix only the side that is most violated first; the other may resolve itself.
+        low_gap = sum(min_rank - ideal[i] for i in low)
+        if low and (not high or low_gap >= sum(ideal[i] - max_rank for i in high)):
+            fixed.update({i: float(min_rank) for i in low})
+        else:
+            fixed.update({i: float(max_rank) for i in high})
+
+
+def apportion(
+    inventory: Sequence[ModuleInfo],
+    shares: Mapping[str, float],
+    budget: int,
+    *,
+    min_rank: int = 1,
+    max_rank: int | None = None,
+) -> dict[str, int]:
+    """Integer ranks whose parameter cost matches `budget`, shared in proportion to `shares`.
+
+    `shares[name]` is the (non-negative, unnormalised) share of the *parameter*
+    budget that module should get. Bounds are applied by water-filling, ranks
+    are floored, and the leftover parameters go one rank at a time to the
+    modules with the largest fractional remainders (largest-remainder rounding,
+    ties to the shallower module) while they fit. If the rank bounds leave only
+    modules dearer than the leftover, one is grown and paid for by the most
+    over-allocated others, or the budget is overshot by less than it would be
+    undershot. The result is within `tolerance()` of the budget.
+
+    Raises UserError when the budget cannot be met within the rank bounds (the
+    bounds, not the strategy, make some budgets unreachable in integers).
+    """
+    if not inventory:
+        raise UserError("no target modules to allocate ranks to")
+    if min_rank < 1:
+        # PEFT cannot build a rank-0 pair; leave a module out of `target` instead.
+        raise UserError(f"min_rank must be >= 1, got {min_rank}")
+    if max_rank is not None and max_rank < min_rank:
+        raise UserError(f"max_rank ({max_rank}) must be >= min_rank ({min_rank})")
+    cost_all = sum(m.cost_per_rank for m in inventory)
+    floor_cost = min_rank * cost_all
+    if budget < floor_cost:
+        raise UserError(
+            f"impossible budget: {budget:,} parameters is below the {floor_cost:,} that "
+            f"min_rank={min_rank} on every module costs; raise the budget or lower min_rank"
+        )
+    upper = math.inf if max_rank is None else float(max_rank)
+    if max_rank is not None and budget > max_rank * cost_all + tolerance(inventory, budget):
+        raise UserError(
+            f"impossible budget: {budget:,} parameters is above the {max_rank * cost_all:,} that "
+            f"max_rank={max_rank} on every module costs; lower the budget or raise max_rank"
+        )
+    weights = []
+    for m in inventory:
+        w = float(shares.get(m.name, 0.0))
+        if not math.isfinite(w) or w < 0:
+            raise ValueError(f"share of {m.name} must be finite and >= 0, got {w}")
+        weights.append(w)
+
+    ideal = _ideal_ranks(inventory, weights, min(budget, upper * cost_all), min_rank, upper)
+    ranks = [max(min_rank, math.floor(x + 1e-9)) for x in ideal]
+    # Round up at most to ceil(ideal) first; only if that leaves too much unspent,
+    # trade ranks between modules, and only then pile extra ranks on cheap ones.
+    left = _fill(inventory, ideal, ranks, budget, upper, ceil_only=True)
+    limit = tolerance(inventory, budget)
+    if left > limit:
+        left = _swap_in_expensive(inventory, ideal, ranks, budget, min_rank, upper, left)
+    if left > limit:
+        left = _fill(inventory, ideal, ranks, budget, upper)
+    if left > limit:
+        # Closer from above? Spend one more rank of the cheapest module that can grow.
+        growable = [i for i in range(len(inventory)) if ranks[i] < upper]
+        if growable:
+            j = min(growable, key=lambda i: (inventory[i].cost_per_rank, i))
+            if inventory[j].cost_per_rank - left < left:
+                ranks[j] += 1
+                left -= inventory[j].cost_per_rank
+    if abs(left) > limit:
+        raise UserError(
+            f"budget {budget:,} cannot be met within {limit:,.0f} parameters under rank bounds "
+            f"[{min_rank}, {max_rank}]: the closest allocation is {budget - left:,}; "
+            "widen max_rank or change the budget"
+        )
+    return {m.name: r for m, r in zip(inventory, ranks)}
+
+
+def _fill(inventory, ideal, ranks, budget, upper, ceil_only: bool = False) -> int:
+    """Largest-remainder rounding in parameters: add ranks while they fit; return what is left."""
+    left = budget - sum(r * m.cost_per_rank for r, m in zip(ranks, inventory))
+    # Largest remainder first; ties go to the shallower module.
+    order = sorted(range(len(inventory)), key=lambda i: (-(ideal[i] - ranks[i]), i))
+    added = True
+    while added and left > 0:
+        added = False
+        for i in order:
+            cost = inventory[i].cost_per_rank
+            cap = min(upper, math.ceil(ideal[i] - 1e-9)) if ceil_only else upper
+            if ranks[i] < cap and cost <= left:
+                ranks[i] += 1
+                left -= cost
+                added = True
+    return left
+
+
+def _swap_in_expensive(inventory, ideal, ranks, budget, min_rank, upper, left) -> int:
+    """When only modules dearer than the leftover can still grow, grow one and pay it back.
+
+    The payback takes ranks from the most over-allocated modules (cheapest, then
+    deepest first on ties), then the leftover is filled again. A try is kept only if it gets
+    closer to the budget.
+    """
+    growable = sorted(
+        (i for i in range(len(inventory)) if ranks[i] < upper),
+        key=lambda i: (-(ideal[i] - ranks[i]), i),
+    )
+    for j in growable:
+        trial = list(ranks)
+        trial[j] += 1
+        trial_left = left - inventory[j].cost_per_rank
+        while trial_left < 0:
+            donors = [i for i in range(len(inventory)) if i != j and trial[i] > min_rank]
+            if not donors:
+                break
+            i = min(
+                donors,
+                key=lambda i: (round(ideal[i] - trial[i], 9), inventory[i].cost_per_rank, -i),
+            )
+            trial[i] -= 1
+            trial_left += inventory[i].cost_per_rank
+        if trial_left < 0:
+            continue
+        trial_left = _fill(inventory, ideal, trial, budget, upper, ceil_only=True)
+        if trial_left < left:
+            ranks[:] = trial
+            left = trial_left
+        if left <= tolerance(inventory, budget):
+            break
+    return left
+
+
+def total_params(inventory: Sequence[ModuleInfo], ranks: Mapping[str, int]) -> int:
+    """Trainable LoRA parameters of an allocation: Σ r_i (d_in + d_out)."""
+    return sum(ranks[m.name] * m.cost_per_rank for m in inventory)

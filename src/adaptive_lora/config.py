@@ -1,0 +1,284 @@
+"""Typed, validated configuration of one run (a study expands into many of these).
+
+Each section is a dataclass whose fields carry a help text; YAML and the CLI only
+serialise and override them. `RunConfig.from_dict` rejects unknown keys and bad
+values with a one-line `UserError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any, get_type_hints
+
+import yaml
+
+from adaptive_lora.errors import UserError
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    if "default_factory" in kw:
+        return field(metadata={"help": text}, **kw)
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class DataSettings:
+    source: str = _help("`builtin`, an Alpaca JSON/JSONL file, or a hub data set id", "builtin")
+    n_train: int = _help("training examples in the subset", 160)
+    n_val: int = _help("validation examples (model and learning-rate selection)", 32)
+    n_test: int = _help("test examples (the reported numbers)", 48)
+    data_seed: int = _help("seed of the subset and split draw (independent of the run seed)", 0)
+    max_length: int = _help("tokens per example after truncation", 256)
+    template: str = _help(
+        "prompt format: `alpaca` or `chat` (the tokenizer's chat template)", "alpaca"
+    )
+
+    def validate(self) -> None:
+        _at_least(self, "n_train", 1)
+        _at_least(self, "n_val", 0)
+        _at_least(self, "n_test", 0)
+        _at_least(self, "max_length", 8)
+        _choice(self, "template", ("alpaca", "chat"))
+
+
+@dataclass
+class AllocationSettings:
+    strategy: str = _help(
+        "rank-allocation strategy (see `adaptive-lora allocate --help`)", "uniform"
+    )
+    budget: str = _help("`rN` (parameters of uniform rank N) or a parameter count", "r8")
+    params: dict[str, Any] = _help("strategy parameters, e.g. {ratio: 4}", default_factory=dict)
+    min_rank: int = _help("smallest rank any module gets", 1)
+    max_rank: int | None = _help("largest rank any module gets (none: unbounded)", None)
+    target: str = _help(
+        "modules to adapt: `all`, `attention`, `mlp` or a comma list of kinds", "all"
+    )
+
+    def validate(self) -> None:
+        _at_least(self, "min_rank", 1)
+        if self.max_rank is not None and self.max_rank < self.min_rank:
+            raise UserError(
+                f"allocation.max_rank ({self.max_rank}) must be >= min_rank ({self.min_rank})"
+            )
+
+
+@dataclass
+class AdapterConfig:
+    alpha_ratio: float = _help("γ = α/r, the same for every module", 2.0)
+    rslora: bool = _help("rank-stabilised scaling α/√r (one α for all modules)", False)
+    dropout: float = _help("LoRA dropout", 0.0)
+
+    def validate(self) -> None:
+        if self.alpha_ratio <= 0:
+            raise UserError("adapter.alpha_ratio must be > 0")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError("adapter.dropout must be in [0, 1)")
+
+
+@dataclass
+class TrainSettings:
+    lr: float = _help("peak learning rate (AdamW)", 1e-3)
+    batch_size: int = _help("examples per micro-batch", 8)
+    grad_accum: int = _help("micro-batches per optimizer step", 1)
+    epochs: float = _help("passes over the training split (ignored when max_steps is set)", 2.0)
+    max_steps: int | None = _help("optimizer steps; overrides epochs", None)
+    warmup_ratio: float = _help("fraction of steps of linear warm-up", 0.1)
+    scheduler: str = _help("`linear` or `cosine` decay after warm-up", "linear")
+    weight_decay: float = _help("AdamW weight decay", 0.0)
+    max_grad_norm: float = _help("gradient clipping norm (0: off)", 1.0)
+    precision: str = _help("`auto` (bf16 autocast), `bf16` or `fp32`", "auto")
+    group_by_length: bool = _help("batch examples of similar length (less padding)", True)
+    eval_every: int = _help("validation loss every N optimizer steps (0: only at the end)", 0)
+    threads: int | None = _help("torch CPU threads (none: all cores)", None)
+    report_to: list[str] = _help("trainer loggers: tensorboard, mlflow", default_factory=list)
+
+    def validate(self) -> None:
+        _at_least(self, "batch_size", 1)
+        _at_least(self, "grad_accum", 1)
+        if self.lr <= 0:
+            raise UserError("train.lr must be > 0")
+        if self.max_steps is not None:
+            _at_least(self, "max_steps", 1)
+        elif self.epochs <= 0:
+            raise UserError("train.epochs must be > 0")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise UserError("train.warmup_ratio must be in [0, 1)")
+        _choice(self, "scheduler", ("linear", "cosine"))
+        _choice(self, "precision", ("auto", "bf16", "fp32"))
+        unknown = sorted(set(self.report_to) - {"tensorboard", "mlflow"})
+        if unknown:
+            raise UserError(
+                f"train.report_to: unknown logger(s) {unknown}; use tensorboard or mlflow"
+            )
+
+
+@dataclass
+class EvalSettings:
+    n_generate: int = _help("test prompts to generate answers for (ROUGE-L, exact match)", 16)
+    max_new_tokens: int = _help("tokens generated per prompt", 48)
+    batch_size: int = _help("examples per evaluation batch", 16)
+
+    def validate(self) -> None:
+        _at_least(self, "n_generate", 0)
+        _at_least(self, "max_new_tokens", 1)
+        _at_least(self, "batch_size", 1)
+
+
+@dataclass
+class RunConfig:
+    model: str = _help(
+        "preset (smollm2-135m, dialogpt-medium), hub id, folder or .gguf", "smollm2-135m"
+    )
+    seed: int = _help("run seed: data order and adapter initialisation", 0)
+    data: DataSettings = _help("data", default_factory=DataSettings)
+    allocation: AllocationSettings = _help("rank allocation", default_factory=AllocationSettings)
+    adapter: AdapterConfig = _help("adapter scaling", default_factory=AdapterConfig)
+    train: TrainSettings = _help("training", default_factory=TrainSettings)
+    eval: EvalSettings = _help("evaluation", default_factory=EvalSettings)
+
+    def validate(self) -> RunConfig:
+        for section in (self.data, self.allocation, self.adapter, self.train, self.eval):
+            section.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> RunConfig:
+        return _build(cls, raw or {}, "").validate()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _at_least(section: Any, name: str, low: int) -> None:
+    if getattr(section, name) < low:
+        raise UserError(
+            f"{_section_name(section)}.{name} must be >= {low}, got {getattr(section, name)}"
+        )
+
+
+def _choice(section: Any, name: str, allowed: tuple[str, ...]) -> None:
+    if getattr(section, name) not in allowed:
+        raise UserError(
+            f"{_section_name(section)}.{name} must be one of {', '.join(allowed)}, "
+            f"got {getattr(section, name)!r}"
+        )
+
+
+_SECTION_NAMES = {
+    DataSettings: "data",
+    AllocationSettings: "allocation",
+    AdapterConfig: "adapter",
+    TrainSettings: "train",
+    EvalSettings: "eval",
+}
+
+
+def _section_name(section: Any) -> str:
+    return _SECTION_NAMES.get(type(section), type(section).__name__)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check a YAML/CLI value against a field's type, converting int → float where harmless."""
+    text = str(hint)
+    if value is None:
+        if "None" in text:
+            return None
+        raise UserError(f"{where} may not be empty")
+    if hint is bool or text == "bool":
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{where} must be true or false, got {value!r}")
+    if hint is float or text.startswith("float"):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"{where} must be a number, got {value!r}")
+    if hint is int or text.startswith("int"):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UserError(f"{where} must be an integer, got {value!r}")
+    if hint is str or text.startswith("str"):
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"{where} must be a string, got {value!r}")
+    if text.startswith("dict"):
+        if isinstance(value, dict):
+            return dict(value)
+        raise UserError(f"{where} must be a mapping, got {value!r}")
+    if text.startswith("list"):
+        if isinstance(value, str):
+            return [v for v in value.split(",") if v]
+        if isinstance(value, list):
+            return list(value)
+        raise UserError(f"{where} must be a list, got {value!r}")
+    return value
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise UserError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise UserError(
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"known in {prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(known))}"
+        )
+    values = {}
+    for f in fields(cls):
+        if f.name not in raw:
+            continue
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            values[f.name] = _build(hint, raw[f.name], prefix + f.name + ".")
+        else:
+            values[f.name] = _coerce(raw[f.name], hint, prefix + f.name)
+    return cls(**values)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.lr=1e-4` → (["train", "lr"], 0.0001); the value is read as YAML."""
+    if "=" not in text:
+        raise UserError(f"override {text!r} must look like section.key=value (e.g. train.lr=1e-4)")
+    key, value = text.split("=", 1)
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip().split("."), parsed
+
+
+def merge_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=value` overrides to a nested config dict (unknown keys are caught later)."""
+    merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = merged
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override {text!r}: {part} is not a section")
+        node[path[-1]] = value
+    return merged
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """Read a YAML mapping with a one-line error for a missing or broken file."""
+    try:
+        with open(path) as handle:
+            raw = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise UserError(
+            f"{path}{where} is not valid YAML: {getattr(error, 'problem', error)}"
+        ) from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} must hold a YAML mapping at the top level")
+    return raw

@@ -1,0 +1,188 @@
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adaptive_lora.allocation import (
+    STRATEGIES,
+    AllocationContext,
+    allocate,
+    apportion,
+    resolve_budget,
+    tolerance,
+    total_params,
+)
+from adaptive_lora.errors import UserError
+from adaptive_lora.inventory import ModuleInfo, build_inventory
+
+SHAPE_STRATEGIES = ["uniform", "linear_decay", "attention_heavy", "random"]
+
+
+def ctx_for(inventory, budget="r8", **kw):
+    return AllocationContext(inventory=inventory, budget=resolve_budget(budget, inventory), **kw)
+
+
+def test_budget_resolution(llama):
+    inv = build_inventory(llama)
+    cost = sum(m.cost_per_rank for m in inv)
+    assert resolve_budget("r8", inv).params == 8 * cost
+    assert resolve_budget(5000, inv).params == 5000
+    assert resolve_budget("2.5k", inv).params == 2500
+    assert resolve_budget("1M", inv).params == 1_000_000
+    for bad in ("8", "rx", "r0", "-3", "lots"):
+        if bad == "8":
+            continue
+        with pytest.raises(UserError):
+            resolve_budget(bad, inv)
+
+
+def test_uniform_is_exact_for_rank_budgets(tiny_model):
+    inv = build_inventory(tiny_model)
+    for rank in (8, 16):
+        allocation = allocate("uniform", ctx_for(inv, f"r{rank}"))
+        assert set(allocation.ranks.values()) == {rank}
+        assert allocation.total_params == allocation.budget.params
+
+
+@pytest.mark.parametrize("strategy", SHAPE_STRATEGIES)
+@pytest.mark.parametrize("budget", ["r8", "r16", "7777"])
+def test_every_strategy_meets_the_budget(tiny_model, strategy, budget):
+    inv = build_inventory(tiny_model)
+    allocation = allocate(strategy, ctx_for(inv, budget))
+    assert abs(allocation.total_params - allocation.budget.params) <= tolerance(inv, allocation.budget.params)
+    assert min(allocation.ranks.values()) >= 1
+
+
+def test_linear_decay_shape(llama):
+    inv = build_inventory(llama)
+    ranks = allocate("linear_decay", ctx_for(inv, "r8"), {"ratio": 3}).ranks
+    q0, q1 = ranks["model.layers.0.self_attn.q_proj"], ranks["model.layers.1.self_attn.q_proj"]
+    assert q0 > q1
+    assert q0 == pytest.approx(3 * q1, rel=0.25)
+    reverse = allocate("linear_decay", ctx_for(inv, "r8"), {"ratio": 3, "reverse": True}).ranks
+    assert reverse["model.layers.0.self_attn.q_proj"] < reverse["model.layers.1.self_attn.q_proj"]
+
+
+def test_attention_heavy_multiple(gpt2):
+    inv = build_inventory(gpt2)
+    ranks = allocate("attention_heavy", ctx_for(inv, "r16"), {"multiple": 3}).ranks
+    attn = ranks["transformer.h.0.attn.c_attn"]
+    mlp = ranks["transformer.h.0.mlp.c_fc"]
+    assert attn == pytest.approx(3 * mlp, abs=1.5)
+
+
+def test_random_is_seeded(llama):
+    inv = build_inventory(llama)
+    a = allocate("random", ctx_for(inv, "r16", seed=1)).ranks
+    b = allocate("random", ctx_for(inv, "r16", seed=1)).ranks
+    c = allocate("random", ctx_for(inv, "r16", seed=2)).ranks
+    assert a == b and a != c
+    assert len(set(a.values())) > 1
+
+
+def test_unknown_strategy_and_parameter_are_user_errors(llama):
+    inv = build_inventory(llama)
+    with pytest.raises(UserError, match="unknown strategy 'nope'"):
+        allocate("nope", ctx_for(inv))
+    with pytest.raises(UserError, match="no parameter"):
+        allocate("linear_decay", ctx_for(inv), {"slope": 2})
+
+
+def test_impossible_budgets_are_errors_not_clamps(llama):
+    inv = build_inventory(llama)
+    with pytest.raises(UserError, match="below"):
+        allocate("uniform", ctx_for(inv, "100", min_rank=1))
+    with pytest.raises(UserError, match="above"):
+        allocate("linear_decay", ctx_for(inv, "r16", max_rank=8))
+
+
+def test_bounds_are_respected_with_water_filling(llama):
+    inv = build_inventory(llama)
+    ranks = allocate("linear_decay", ctx_for(inv, "r8", max_rank=10), {"ratio": 10}).ranks
+    assert max(ranks.values()) <= 10
+    assert total_params(inv, ranks) <= resolve_budget("r8", inv).params
+
+
+# ---- property tests over random inventories and budgets ---------------------------------
+
+KINDS = ["q", "k", "v", "o", "gate", "up", "down"]
+
+
+@st.composite
+def inventories(draw):
+    n_layers = draw(st.integers(1, 6))
+    kinds = draw(st.lists(st.sampled_from(KINDS), min_size=1, max_size=7, unique=True))
+    dims = {k: (draw(st.integers(4, 300)), draw(st.integers(4, 300))) for k in kinds}
+    return [
+        ModuleInfo(f"layers.{layer}.{k}", layer, k, *dims[k]) for layer in range(n_layers) for k in kinds
+    ]
+
+
+@st.composite
+def problems(draw):
+    inv = draw(inventories())
+    cost = sum(m.cost_per_rank for m in inv)
+    min_rank = draw(st.integers(1, 3))
+    max_rank = draw(st.one_of(st.none(), st.integers(min_rank + 2, 64)))
+    top = (max_rank or 64) * cost
+    budget = draw(st.integers(min_rank * cost, top))
+    return inv, budget, min_rank, max_rank
+
+
+@settings(max_examples=150, deadline=None)
+@given(problems(), st.sampled_from(SHAPE_STRATEGIES), st.integers(0, 3))
+def test_property_budget_and_bounds(problem, strategy, seed):
+    inv, budget, min_rank, max_rank = problem
+    ctx = AllocationContext(inv, resolve_budget(budget, inv), min_rank, max_rank, seed=seed)
+    try:
+        ranks = allocate(strategy, ctx).ranks
+    except UserError as error:
+        # Only a max_rank bound can make a budget unreachable in integers, and
+        # then the error must say so; without one the cheapest module always fits.
+        assert max_rank is not None and "cannot be met" in str(error)
+        return
+    assert abs(total_params(inv, ranks) - budget) <= tolerance(inv, budget)
+    assert all(min_rank <= r <= (max_rank or 10**9) for r in ranks.values())
+
+
+@settings(max_examples=150, deadline=None)
+@given(problems(), st.floats(1.0, 8.0))
+def test_property_linear_decay_non_increasing(problem, ratio):
+    inv, budget, min_rank, _ = problem
+    ctx = AllocationContext(inv, resolve_budget(budget, inv), min_rank, None)
+    ranks = allocate("linear_decay", ctx, {"ratio": ratio}).ranks
+    for kind in {m.kind for m in inv}:
+        by_depth = [ranks[m.name] for m in sorted(inv, key=lambda m: m.layer) if m.kind == kind]
+        assert all(a >= b for a, b in zip(by_depth, by_depth[1:])), (kind, by_depth)
+
+
+@settings(max_examples=150, deadline=None)
+@given(problems(), st.floats(1.5, 6.0))
+def test_property_attention_heavy_favours_attention(problem, multiple):
+    inv, budget, min_rank, _ = problem
+    if not ({m.group for m in inv} >= {"attention", "mlp"}):
+        return
+    ctx = AllocationContext(inv, resolve_budget(budget, inv), min_rank, None)
+    ranks = allocate("attention_heavy", ctx, {"multiple": multiple}).ranks
+
+    def rank_per_param(group):
+        # The group's parameters over its cost per rank: its parameter-weighted mean rank.
+        members = [m for m in inv if m.group == group]
+        return sum(ranks[m.name] * m.cost_per_rank for m in members) / sum(
+            m.cost_per_rank for m in members
+        )
+
+    # Attention must get more, unless min_rank pins every module to the floor.
+    pinned = max(ranks.values()) == min_rank
+    assert rank_per_param("attention") > rank_per_param("mlp") or pinned
+
+
+def test_apportion_rejects_bad_bounds():
+    inv = [ModuleInfo("a.0.q", 0, "q", 4, 4)]
+    with pytest.raises(UserError):
+        apportion(inv, {"a.0.q": 1.0}, 80, min_rank=0)
+    with pytest.raises(UserError):
+        apportion(inv, {"a.0.q": 1.0}, 80, min_rank=4, max_rank=2)
+
+
+def test_registry_lists_the_four_shape_strategies():
+    assert set(SHAPE_STRATEGIES) <= set(STRATEGIES)
