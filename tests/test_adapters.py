@@ -92,4 +92,6 @@ def test_init_ignores_global_rng():
     torch.manual_seed(2)
     b = apply_lora(tiny_llama(), allocation_for(tiny_llama(), "uniform"), AdapterSettings(), 3)
     for name, module in lora_modules(a).items():
-        torch.testing.assert_close(module.lora_A["default"].weight, lora_modules(b)[name].lora_A["default"].weight)
+        torch.testing.assert_close(
+            module.lora_A["default"].weight, lora_modules(b)[name].lora_A["default"].weight
+        )

@@ -48,7 +48,9 @@ def test_uniform_is_exact_for_rank_budgets(tiny_model):
 def test_every_strategy_meets_the_budget(tiny_model, strategy, budget):
     inv = build_inventory(tiny_model)
     allocation = allocate(strategy, ctx_for(inv, budget))
-    assert abs(allocation.total_params - allocation.budget.params) <= tolerance(inv, allocation.budget.params)
+    assert abs(allocation.total_params - allocation.budget.params) <= tolerance(
+        inv, allocation.budget.params
+    )
     assert min(allocation.ranks.values()) >= 1
 
 
@@ -113,7 +115,9 @@ def inventories(draw):
     kinds = draw(st.lists(st.sampled_from(KINDS), min_size=1, max_size=7, unique=True))
     dims = {k: (draw(st.integers(4, 300)), draw(st.integers(4, 300))) for k in kinds}
     return [
-        ModuleInfo(f"layers.{layer}.{k}", layer, k, *dims[k]) for layer in range(n_layers) for k in kinds
+        ModuleInfo(f"layers.{layer}.{k}", layer, k, *dims[k])
+        for layer in range(n_layers)
+        for k in kinds
     ]
 
 

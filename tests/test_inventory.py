@@ -5,8 +5,10 @@ from adaptive_lora.inventory import build_inventory, resolve_targets, weight_mat
 
 
 def test_gpt2_inventory_every_field(gpt2):
-    rows = [(m.name, m.layer, m.kind, m.group, m.d_in, m.d_out, m.cost_per_rank)
-            for m in build_inventory(gpt2)]
+    rows = [
+        (m.name, m.layer, m.kind, m.group, m.d_in, m.d_out, m.cost_per_rank)
+        for m in build_inventory(gpt2)
+    ]
     expected = []
     for layer in (0, 1):
         p = f"transformer.h.{layer}"
@@ -20,8 +22,10 @@ def test_gpt2_inventory_every_field(gpt2):
 
 
 def test_llama_inventory_every_field(llama):
-    rows = [(m.name, m.layer, m.kind, m.group, m.d_in, m.d_out, m.cost_per_rank)
-            for m in build_inventory(llama)]
+    rows = [
+        (m.name, m.layer, m.kind, m.group, m.d_in, m.d_out, m.cost_per_rank)
+        for m in build_inventory(llama)
+    ]
     expected = []
     for layer in (0, 1):
         a, f = f"model.layers.{layer}.self_attn", f"model.layers.{layer}.mlp"

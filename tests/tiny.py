@@ -41,8 +41,14 @@ VOCAB = 259 + 5  # a little slack beyond the tokenizer
 def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
     config = GPT2Config(
-        vocab_size=VOCAB, n_positions=256, n_embd=32, n_layer=2, n_head=2,
-        bos_token_id=258, eos_token_id=257, pad_token_id=256,
+        vocab_size=VOCAB,
+        n_positions=256,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=258,
+        eos_token_id=257,
+        pad_token_id=256,
     )
     return GPT2LMHeadModel(config).eval()
 
@@ -50,9 +56,17 @@ def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        bos_token_id=258, eos_token_id=257, pad_token_id=256, tie_word_embeddings=False,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=258,
+        eos_token_id=257,
+        pad_token_id=256,
+        tie_word_embeddings=False,
     )
     return LlamaForCausalLM(config).eval()
 

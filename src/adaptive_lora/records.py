@@ -1,0 +1,87 @@
+"""What one run leaves behind, and the names the rest of the tool reads from it.
+
+A run folder holds:
+
+    config.yaml       the resolved RunConfig
+    allocation.json   the allocation (Allocation.to_dict) and allocation.png, its heatmap
+    metrics.json      every number below, with loss curves
+    manifest.json     versions, device, git commit, fingerprints, seeds, times, status
+    adapter/          the adapter in standard PEFT format (PeftModel.from_pretrained)
+    generations.jsonl greedy answers to test prompts
+
+`execute_run` in `train.py` produces it and returns a `RunResult`; the study
+runner stores the result; the report reads metrics by the names listed here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Keys of metrics.json that every finished run has (None where not applicable).
+METRIC_KEYS = (
+    "test_loss",
+    "test_loss_before",
+    "val_loss",
+    "val_loss_before",
+    "test_ppl",
+    "test_ppl_before",
+    "val_ppl",
+    "val_ppl_before",
+    "rouge_l",  # mean ROUGE-L F1 of greedy answers to n_generate test prompts
+    "exact_match",  # fraction exactly right (built-in data only, else None)
+    "trainable_params",  # counted on the PEFT model during training
+    "effective_params",  # after training: AdaLoRA's unmasked ranks; = trainable otherwise
+    "budget_params",
+    "deviation_pct",  # (trainable − budget) / budget, in %
+    "train_seconds",
+    "eval_seconds",
+    "tokens_per_second",  # real (non-padding) training tokens per second
+    "peak_memory_mb",  # RSS on CPU, max allocated on CUDA
+    "steps",
+    "final_train_loss",
+)
+# Curves: lists of [step, value].
+CURVE_KEYS = ("train_loss_curve", "val_loss_curve")
+
+STATUS_DONE = "done"
+STATUS_FAILED = "failed"
+
+
+@dataclass
+class RunResult:
+    """What `execute_run` hands back (also on failure, with `error` set)."""
+
+    run_id: str
+    run_dir: Path
+    status: str  # STATUS_DONE or STATUS_FAILED
+    metrics: dict[str, Any] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None  # one line: why it failed (e.g. "loss is nan at step 12")
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def run_id_for(config_dict: dict[str, Any]) -> str:
+    """A stable id for a resolved run config: readable prefix + content hash."""
+    digest = hashlib.sha256(canonical_json(config_dict).encode()).hexdigest()[:10]
+    alloc = config_dict.get("allocation", {})
+    return f"{alloc.get('strategy', 'run')}-{alloc.get('budget', '')}-s{config_dict.get('seed', 0)}-{digest}"
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write JSON atomically (a reader never sees half a file)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=str, allow_nan=True))
+    tmp.replace(path)
