@@ -175,9 +175,11 @@ def test_property_attention_heavy_favours_attention(problem, multiple):
             m.cost_per_rank for m in members
         )
 
-    # Attention must get more, unless min_rank pins every module to the floor.
-    pinned = max(ranks.values()) == min_rank
-    assert rank_per_param("attention") > rank_per_param("mlp") or pinned
+    # Attention never gets less; it gets strictly more once ranks are large
+    # enough that integer rounding (±1 rank) cannot erase a multiple of 1.5+.
+    assert rank_per_param("attention") >= rank_per_param("mlp")
+    if budget >= 4 * sum(m.cost_per_rank for m in inv):
+        assert rank_per_param("attention") > rank_per_param("mlp")
 
 
 def test_apportion_rejects_bad_bounds():

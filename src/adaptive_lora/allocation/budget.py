@@ -165,6 +165,14 @@ def apportion(
     left = _fill(inventory, ideal, ranks, budget, upper, ceil_only=True)
     limit = tolerance(inventory, budget)
     if left > limit:
+        # Overshooting slightly on the module that deserves the next rank most
+        # keeps the strategy's shape better than piling ranks on cheap modules.
+        for i in sorted(range(len(inventory)), key=lambda i: (-(ideal[i] - ranks[i]), i)):
+            if ranks[i] < upper and inventory[i].cost_per_rank - left <= limit:
+                ranks[i] += 1
+                left -= inventory[i].cost_per_rank
+                break
+    if left > limit:
         left = _swap_in_expensive(inventory, ideal, ranks, budget, min_rank, upper, left)
     if left > limit:
         left = _fill(inventory, ideal, ranks, budget, upper)
@@ -211,7 +219,11 @@ def _swap_in_expensive(inventory, ideal, ranks, budget, min_rank, upper, left) -
     closer to the budget.
     """
     growable = sorted(
-        (i for i in range(len(inventory)) if ranks[i] < upper),
+        (
+            i
+            for i in range(len(inventory))
+            if ranks[i] < upper and inventory[i].cost_per_rank > left
+        ),
         key=lambda i: (-(ideal[i] - ranks[i]), i),
     )
     for j in growable:
