@@ -42,7 +42,7 @@ def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
     config = GPT2Config(
         vocab_size=VOCAB,
-        n_positions=256,
+        n_positions=512,
         n_embd=32,
         n_layer=2,
         n_head=2,
@@ -62,7 +62,7 @@ def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=512,
         bos_token_id=258,
         eos_token_id=257,
         pad_token_id=256,

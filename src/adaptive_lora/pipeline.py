@@ -53,3 +53,40 @@ def allocation_for(
 
         ctx.calibration = calibration_from_source(data, loaded)
     return allocate(strategy, ctx, params)
+
+
+def run_allocation(config: Any, loaded: Any, splits: Any) -> Allocation:
+    """The allocation of one configured run, on the loaded model and its training split.
+
+    Data-driven strategies get calibration batches from the *training* split
+    only; validation and test never reach them.
+    """
+    from adaptive_lora.models import cache_root
+
+    settings = config.allocation
+    chosen = get_strategy(settings.strategy)
+    inventory = build_inventory(loaded.model, settings.target)
+    ctx = AllocationContext(
+        inventory=inventory,
+        budget=resolve_budget(settings.budget, inventory),
+        min_rank=settings.min_rank,
+        max_rank=settings.max_rank,
+        seed=config.seed,
+        model=loaded.model if chosen.needs_weights else None,
+        cache_dir=str(cache_root() / "importance"),
+        fingerprints={
+            "model": str(loaded.fingerprint.get("sha256") or loaded.fingerprint.get("hub_id")),
+            "data": splits.data_hash,
+        },
+    )
+    if chosen.needs_data:
+        from adaptive_lora.calibration import make_calibration
+
+        ctx.calibration = make_calibration(
+            splits.train,
+            loaded.tokenizer,
+            max_length=config.data.max_length,
+            template=config.data.template,
+            data_hash=splits.data_hash,
+        )
+    return allocate(settings.strategy, ctx, settings.params)

@@ -3,7 +3,14 @@
 Importing this package registers every built-in strategy.
 """
 
-from adaptive_lora.allocation import attention_heavy, linear_decay, random_control, uniform  # noqa: F401
+from adaptive_lora.allocation import (  # noqa: F401
+    attention_heavy,
+    empirical,
+    linear_decay,
+    random_control,
+    spectral,
+    uniform,
+)
 from adaptive_lora.allocation.budget import (
     Budget,
     apportion,

@@ -1,0 +1,87 @@
+"""Rank where the training loss is most sensitive, measured by a gradient probe.
+
+The probe (`adaptive_lora.importance`) runs the frozen base model on calibration
+batches from the training split and scores each target module; this strategy
+turns the scores into parameter shares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from adaptive_lora.allocation.core import AllocationContext, register
+from adaptive_lora.errors import UserError
+from adaptive_lora.inventory import ModuleInfo
+
+
+def tempered_shares(
+    inventory: Sequence[ModuleInfo], values: Mapping[str, float], temperature: float
+) -> dict[str, float]:
+    """Parameter shares cost_i · (v_i / mean v)^t: ideal rank_i ∝ v_i^t.
+
+    `values` are per-entry (intensive) quantities, so a module's parameter share
+    is its cost per rank times its tempered value: t = 0 gives every module the
+    same rank (exactly the uniform allocation), t = 1 gives ranks proportional to
+    the values, i.e. each module's budget per rank-unit ∝ its value; larger t
+    sharpens the contrast. Dividing by the mean only keeps v^t in floating range.
+    """
+    if not temperature >= 0:
+        raise UserError(f"temperature must be >= 0 (0 = uniform ranks), got {temperature}")
+    mean = sum(values[m.name] for m in inventory) / len(inventory)
+    if temperature > 0 and not mean > 0:
+        raise UserError(
+            "every module scored zero, so there is nothing to allocate by; "
+            "check the calibration data (does it have label tokens?)"
+        )
+    return {
+        m.name: m.cost_per_rank * ((values[m.name] / mean) ** temperature if temperature else 1.0)
+        for m in inventory
+    }
+
+
+@register("empirical", needs_data=True)
+def empirical(
+    ctx: AllocationContext,
+    *,
+    metric: str = "taylor",
+    temperature: float = 1.0,
+    n_batches: int = 16,
+    batch_size: int = 8,
+    early_stop: float | None = None,
+    calibration_seed: int = 0,
+) -> dict[str, int]:
+    """Rank ∝ importance^temperature from a gradient probe on training-split calibration data.
+
+    `metric` is `taylor` (|W ⊙ G|, Molchanov et al. 2019; AdaLoRA, Zhang et al.
+    2023), `grad_norm` or `grad_nuclear` (see `adaptive_lora.importance`).
+    `calibration_seed` fixes which calibration batches the probe sees. It is a
+    constant (0), not the run seed, on purpose: every seed of a study then
+    shares one allocation, so seeds measure training noise rather than probe
+    noise, and the probe runs once (later runs hit the cache).
+
+    Records in `ctx.report`: `importance` (metric, batches used, seconds, peak
+    memory, cache hit/miss and path, Spearman trace) and `importance_scores`.
+    """
+    if ctx.model is None or ctx.calibration is None:
+        raise UserError("empirical needs the model weights and training data")
+    from adaptive_lora.importance import cached_importance
+
+    result = cached_importance(
+        ctx.model,
+        ctx.inventory,
+        ctx.calibration,
+        metric=metric,
+        n_batches=n_batches,
+        batch_size=batch_size,
+        seed=calibration_seed,
+        early_stop=early_stop,
+        model_fingerprint=ctx.fingerprints.get("model"),
+        data_hash=ctx.fingerprints.get("data"),
+        cache_dir=ctx.cache_dir,
+    )
+    shares = tempered_shares(ctx.inventory, result.scores, temperature)
+    ctx.report["importance"] = {
+        key: value for key, value in result.to_dict().items() if key != "scores"
+    }
+    ctx.report["importance_scores"] = dict(result.scores)
+    return ctx.apportion(shares)

@@ -1,0 +1,496 @@
+"""The importance probe: how much does each target weight matter to the training loss?
+
+One forward and backward pass of the frozen base model (no LoRA) per calibration
+batch, with only the target weights requiring a gradient. A post-accumulate-grad
+hook on each target weight folds its fresh gradient G into a running statistic and
+frees it at once, so memory stays near inference plus one weight's gradient
+(`grad_nuclear` also keeps a running sum per target weight; see below).
+
+Metrics, all *intensive* (averaged over the matrix entries) so that a big matrix is
+not favoured for being big: the allocation works in parameters already and
+charges each module its size there.
+
+* `taylor` — mean over batches of the per-batch first-order Taylor sensitivity
+  |W ⊙ G_b| (the loss change from zeroing a weight), then mean over entries.
+  Molchanov et al., "Importance Estimation for Neural Network Pruning" (CVPR 2019);
+  AdaLoRA, Zhang et al. (ICLR 2023), which likewise scores |w · ∂L/∂w| per batch
+  before smoothing; GoRA, He et al. (2025). Taking |·| per batch (not of the
+  summed gradient) measures sensitivity, which gradient noise does not cancel.
+* `grad_norm` — mean over batches of ‖G_b‖_F / √(d_in·d_out), the root-mean-square
+  gradient entry.
+* `grad_nuclear` — ‖Ḡ‖_* / √(d_in·d_out) of the *mean* gradient Ḡ over the batches
+  seen, estimated as the sum of its top `nuclear_rank` singular values from a
+  randomized SVD (`torch.svd_lowrank`, Halko et al. 2011, seeded; an exact SVD
+  when `nuclear_rank` covers the whole spectrum). The mean gradient is what a
+  low-rank update can follow (GoRA); this metric keeps one
+  running sum per target weight, i.e. one extra copy of the target weights.
+
+Early stopping: after every batch from the second on, the Spearman correlation
+between the current and the previous score vectors is recorded; with `early_stop`
+set, the probe stops once it reaches that value (the ranking has settled).
+
+Only a `Calibration` (training split) is ever read. Results are cached as JSON,
+keyed by everything that determines them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+from torch import nn
+
+from adaptive_lora.allocation.spectral import single_thread
+from adaptive_lora.calibration import Calibration
+from adaptive_lora.data import hash_examples
+from adaptive_lora.errors import UserError
+from adaptive_lora.inventory import ModuleInfo
+
+__all__ = [
+    "METRICS",
+    "ImportanceResult",
+    "cached_importance",
+    "importance_cache_dir",
+    "probe_importance",
+    "register_cli",
+    "spearman",
+    "weights_fingerprint",
+]
+
+METRICS = ("taylor", "grad_norm", "grad_nuclear")
+# Bump when the meaning of a cached score changes.
+CACHE_VERSION = 1
+
+
+@dataclass
+class ImportanceResult:
+    """Scores per module and what the probe cost."""
+
+    metric: str
+    scores: dict[str, float]
+    n_batches: int  # batches actually used (fewer than asked when early stopping)
+    seconds: float
+    peak_rss_mb: float  # highest resident memory sampled during the probe
+    # Spearman correlation of the scores after batch b with those after b-1, b = 2, 3, ...
+    spearman_trace: list[float | None]
+    settings: dict[str, Any] = field(default_factory=dict)
+    cache: str = "off"  # "hit", "miss" (computed and stored) or "off"
+    cache_path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> ImportanceResult:
+        return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+
+
+def check_settings(metric: str, n_batches: int, batch_size: int, nuclear_rank: int = 8) -> None:
+    """One-line errors for settings a user passes (CLI flags, strategy parameters)."""
+    if metric not in METRICS:
+        raise UserError(f"unknown importance metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if not isinstance(n_batches, int) or n_batches < 1:
+        raise UserError(f"importance n_batches must be an integer >= 1, got {n_batches!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"importance batch_size must be an integer >= 1, got {batch_size!r}")
+    if not isinstance(nuclear_rank, int) or nuclear_rank < 1:
+        raise UserError(f"importance nuclear_rank must be an integer >= 1, got {nuclear_rank!r}")
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation (NaN when either side is constant)."""
+    from scipy.stats import spearmanr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant input: NaN says it
+        return float(spearmanr(list(a), list(b)).statistic)
+
+
+class _PeakRss:
+    """Highest resident set size seen at the sampling points (MB)."""
+
+    def __init__(self) -> None:
+        self._process = psutil.Process()
+        self.peak = 0.0
+        self.sample()
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, self._process.memory_info().rss / 2**20)
+
+
+def _nuclear_estimate(grad_sum: torch.Tensor, n: int, q: int, seed: int) -> float:
+    """Sum of the top-q singular values of the mean gradient, over √(numel)."""
+    mean = grad_sum / n
+    if q >= min(mean.shape):
+        singular = torch.linalg.svdvals(mean)  # the whole spectrum: exact and cheaper
+    else:
+        # svd_lowrank draws from the global generator: fork it so the probe never
+        # shifts the random stream of whatever runs after it (training).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            _, singular, _ = torch.svd_lowrank(mean, q=q, niter=2)
+    return float(singular[:q].sum()) / math.sqrt(mean.numel())
+
+
+def probe_importance(
+    model: nn.Module,
+    inventory: Sequence[ModuleInfo],
+    calibration: Calibration,
+    *,
+    metric: str = "taylor",
+    n_batches: int = 16,
+    batch_size: int = 8,
+    seed: int = 0,
+    early_stop: float | None = None,
+    nuclear_rank: int = 8,
+) -> ImportanceResult:
+    """Score every inventory module of the frozen `model` on calibration batches.
+
+    Batches are `calibration.batches(n_batches, batch_size, seed)`, the model runs
+    in eval mode (no dropout) in its own dtype, and the loss is the model's own
+    mean cross-entropy over label tokens. Afterwards the model's `requires_grad`
+    flags, existing `.grad`s and train/eval mode are as they were.
+    """
+    check_settings(metric, n_batches, batch_size, nuclear_rank)
+    modules = dict(model.named_modules())
+    names = [m.name for m in inventory]
+    weights = {name: modules[name].weight for name in names}
+    device = weights[names[0]].device
+
+    totals = dict.fromkeys(names, 0.0)  # Σ_b per-batch statistic (taylor, grad_norm)
+    grad_sums: dict[str, torch.Tensor] = {}  # Σ_b G_b (grad_nuclear)
+    rss = _PeakRss()
+
+    def fold(name: str, param: torch.Tensor) -> None:
+        grad = param.grad.detach().float()
+        param.grad = None  # free it now: only one weight's gradient lives at a time
+        if metric == "taylor":
+            # Conv1D weights are (in, out) and so are their grads: elementwise, any layout works.
+            totals[name] += float((param.detach().float() * grad).abs().mean())
+        elif metric == "grad_norm":
+            totals[name] += float(torch.linalg.vector_norm(grad)) / math.sqrt(grad.numel())
+        elif name in grad_sums:
+            grad_sums[name] += grad
+        else:
+            grad_sums[name] = grad.clone()
+        rss.sample()
+
+    def estimate(used: int) -> list[float]:
+        if metric != "grad_nuclear":
+            return [totals[name] / used for name in names]
+        # Singular values do not depend on the orientation either (Conv1D or Linear).
+        with single_thread():
+            return [
+                _nuclear_estimate(grad_sums[name], used, nuclear_rank, seed)
+                if name in grad_sums
+                else 0.0
+                for name in names
+            ]
+
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    saved_grads = {name: w.grad for name, w in weights.items()}
+    was_training = model.training
+    handles = []
+    start = time.perf_counter()
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        for name, weight in weights.items():
+            weight.grad = None
+            weight.requires_grad_(True)
+            handles.append(
+                weight.register_post_accumulate_grad_hook(lambda p, name=name: fold(name, p))
+            )
+        model.eval()
+        trace: list[float | None] = []
+        previous: list[float] | None = None
+        used = 0
+        for batch in calibration.batches(n_batches, batch_size, seed):
+            batch = {key: value.to(device) for key, value in batch.items()}
+            loss = model(**batch).loss
+            rss.sample()
+            loss.backward()
+            del loss
+            used += 1
+            current = estimate(used)
+            if previous is not None:
+                rho = spearman(previous, current)
+                trace.append(None if math.isnan(rho) else rho)
+                if early_stop is not None and not math.isnan(rho) and rho >= early_stop:
+                    break
+            previous = current
+        scores = dict(zip(names, estimate(used)))
+    finally:
+        for handle in handles:
+            handle.remove()
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for name, weight in weights.items():
+            weight.grad = saved_grads[name]
+        model.train(was_training)
+    return ImportanceResult(
+        metric=metric,
+        scores=scores,
+        n_batches=used,
+        seconds=round(time.perf_counter() - start, 3),
+        peak_rss_mb=round(rss.peak, 1),
+        spearman_trace=trace,
+        settings={
+            "n_batches": n_batches,
+            "batch_size": batch_size,
+            "seed": seed,
+            "early_stop": early_stop,
+            "nuclear_rank": nuclear_rank if metric == "grad_nuclear" else None,
+            "dtype": str(weights[names[0]].dtype).removeprefix("torch."),
+        },
+    )
+
+
+# ---------------------------------------------------------------------------
+# Cache
+# ---------------------------------------------------------------------------
+
+
+def importance_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """`<cache_dir>/importance`, or `models.cache_root()/importance` when none is given."""
+    if cache_dir is not None:
+        return Path(cache_dir) / "importance"
+    from adaptive_lora.models import cache_root
+
+    return cache_root() / "importance"
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """sha256 over every parameter's name, dtype, shape and bytes (a fallback model key)."""
+    digest = hashlib.sha256()
+    for name, param in model.named_parameters():
+        tensor = param.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def cached_importance(
+    model: nn.Module,
+    inventory: Sequence[ModuleInfo],
+    calibration: Calibration,
+    *,
+    metric: str = "taylor",
+    n_batches: int = 16,
+    batch_size: int = 8,
+    seed: int = 0,
+    early_stop: float | None = None,
+    nuclear_rank: int = 8,
+    model_fingerprint: str | None = None,
+    data_hash: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> ImportanceResult:
+    """`probe_importance`, answered from the JSON cache when the same probe ran before.
+
+    The key covers the model (its fingerprint, else a hash of its weights), the
+    data (`data_hash`, else the calibration's) and the calibration features
+    themselves, the seed, metric, batch count and size, early stopping, the
+    randomized-SVD rank (for `grad_nuclear`) and the target module names.
+    """
+    check_settings(metric, n_batches, batch_size, nuclear_rank)
+    key_fields = {
+        "version": CACHE_VERSION,
+        "model": model_fingerprint or weights_fingerprint(model),
+        "data": data_hash or calibration.data_hash,
+        "calibration": calibration.fingerprint,
+        "seed": seed,
+        "metric": metric,
+        "n_batches": n_batches,
+        "batch_size": batch_size,
+        "early_stop": early_stop,
+        "nuclear_rank": nuclear_rank if metric == "grad_nuclear" else None,
+        "targets": hash_examples([m.name for m in inventory]),
+    }
+    key = hash_examples(key_fields)
+    path = importance_cache_dir(cache_dir) / f"{metric}-{key[:24]}.json"
+    try:
+        stored = json.loads(path.read_text())
+        if stored.get("key") == key:
+            result = ImportanceResult.from_dict(stored["result"])
+            result.cache, result.cache_path = "hit", str(path)
+            return result
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # missing or unreadable: compute it again
+    result = probe_importance(
+        model,
+        inventory,
+        calibration,
+        metric=metric,
+        n_batches=n_batches,
+        batch_size=batch_size,
+        seed=seed,
+        early_stop=early_stop,
+        nuclear_rank=nuclear_rank,
+    )
+    result.cache, result.cache_path = "miss", str(path)
+    _write_json(path, {"key": key, "key_fields": key_fields, "result": result.to_dict()})
+    return result
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    """Write atomically, so a concurrent reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as out:
+            json.dump(payload, out, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------
+# CLI: adaptive-lora importance
+# ---------------------------------------------------------------------------
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add the `importance` subcommand to an argparse subparsers object."""
+    parser = subparsers.add_parser(
+        "importance",
+        help="probe per-module importance on calibration data and compare calibration seeds",
+        description="Run the importance probe (training split only) for each calibration seed; "
+        "print per-module scores, per-layer and per-kind sums, and the Spearman "
+        "correlation of the scores between each pair of seeds.",
+    )
+    parser.add_argument("--model", default="smollm2-135m", help="preset, hub id, folder or .gguf")
+    parser.add_argument(
+        "--data", default="builtin", help="data source; its training split is the calibration"
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="calibration seeds (batch draws)"
+    )
+    parser.add_argument("--metric", default="taylor", choices=METRICS)
+    parser.add_argument("--batches", type=int, default=16, help="calibration batches per seed")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--early-stop",
+        type=float,
+        default=None,
+        metavar="RHO",
+        help="stop once successive score rankings reach this Spearman correlation",
+    )
+    parser.add_argument(
+        "--target", default="all", help="all, attention, mlp or a comma list of kinds"
+    )
+    parser.add_argument("--no-cache", action="store_true", help="always run the probe")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--plot", metavar="FILE.png", help="layer × kind heatmap of mean scores")
+    parser.set_defaults(func=cmd_importance)
+
+
+def _sums(inventory: Sequence[ModuleInfo], scores: Mapping[str, float], key: str) -> dict:
+    sums: dict[Any, float] = {}
+    for m in inventory:
+        group = getattr(m, key)
+        sums[group] = sums.get(group, 0.0) + scores[m.name]
+    return sums
+
+
+def cmd_importance(args: argparse.Namespace) -> int:
+    from adaptive_lora.calibration import calibration_from_source
+    from adaptive_lora.inventory import build_inventory
+    from adaptive_lora.models import load_model
+
+    check_settings(args.metric, args.batches, args.batch_size)
+    seeds = list(dict.fromkeys(args.seeds))
+    loaded = load_model(args.model)
+    inventory = build_inventory(loaded.model, args.target)
+    calibration = calibration_from_source(args.data, loaded)
+    results = {}
+    for seed in seeds:
+        settings = dict(
+            metric=args.metric,
+            n_batches=args.batches,
+            batch_size=args.batch_size,
+            seed=seed,
+            early_stop=args.early_stop,
+        )
+        if args.no_cache:
+            results[seed] = probe_importance(loaded.model, inventory, calibration, **settings)
+        else:
+            results[seed] = cached_importance(
+                loaded.model,
+                inventory,
+                calibration,
+                model_fingerprint=loaded.fingerprint.get("sha256", args.model),
+                **settings,
+            )
+    names = [m.name for m in inventory]
+    mean = {n: sum(r.scores[n] for r in results.values()) / len(results) for n in names}
+    pairs = {
+        f"{a}-{b}": spearman(
+            [results[a].scores[n] for n in names], [results[b].scores[n] for n in names]
+        )
+        for a, b in combinations(seeds, 2)
+    }
+    per_layer, per_kind = _sums(inventory, mean, "layer"), _sums(inventory, mean, "kind")
+    if args.plot:
+        from adaptive_lora.plots import rank_heatmap
+
+        rank_heatmap(
+            inventory,
+            mean,
+            args.plot,
+            title=f"{args.metric} importance ({args.model}, mean of {len(seeds)} seed(s))",
+            label="importance",
+            integer=False,
+        )
+    if args.json:
+        summary = {
+            "model": args.model,
+            "data": args.data,
+            "metric": args.metric,
+            "calibration": {"data_hash": calibration.data_hash, **calibration.info},
+            "seeds": {str(s): r.to_dict() for s, r in results.items()},
+            "mean_scores": mean,
+            "per_layer": {str(k): v for k, v in per_layer.items()},
+            "per_kind": per_kind,
+            "spearman_between_seeds": pairs,
+        }
+        print(json.dumps(summary, indent=2))
+        return 0
+    width = max(len(n) for n in names)
+    print(f"{'module':<{width}}  layer  kind  {'mean score':>10}  {'min':>9}  {'max':>9}")
+    for m in inventory:
+        values = [r.scores[m.name] for r in results.values()]
+        print(
+            f"{m.name:<{width}}  {m.layer:>5}  {m.kind:<4}  {mean[m.name]:>10.3e}  "
+            f"{min(values):>9.3e}  {max(values):>9.3e}"
+        )
+    print()
+    print(
+        f"metric {args.metric}  model {args.model}  calibration: {len(calibration)} training "
+        f"examples of {args.data}"
+    )
+    for seed, r in results.items():
+        print(
+            f"seed {seed}: {r.n_batches} batches of {args.batch_size} in {r.seconds:.1f} s, "
+            f"peak RSS {r.peak_rss_mb:,.0f} MB, cache {r.cache}"
+        )
+    print("per layer:  " + "  ".join(f"L{k}: {v:.3e}" for k, v in per_layer.items()))
+    print("per kind:   " + "  ".join(f"{k}: {v:.3e}" for k, v in per_kind.items()))
+    if pairs:
+        print("Spearman between seeds:  " + "  ".join(f"{k}: {v:.4f}" for k, v in pairs.items()))
+    if args.plot:
+        print(f"heatmap: {args.plot}")
+    return 0

@@ -1,0 +1,197 @@
+"""The steps of one run, in the order they happen (a recipe: prepare → train → record → release).
+
+`train.execute_run` drives this class; it exists so that each step is a short
+method that reads top to bottom and the run's state lives in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adaptive_lora.adapters import AdapterSettings, apply_lora, trainable_parameters
+from adaptive_lora.config import RunConfig
+from adaptive_lora.data import load_examples, make_splits, tokenize_examples
+from adaptive_lora.evaluate import Stopwatch, generate_answers, mean_loss, perplexity
+from adaptive_lora.plots import rank_heatmap
+from adaptive_lora.records import write_json
+
+
+class RunSteps:
+    def __init__(self, config: RunConfig, run_dir: Path, run_id: str, *, quiet: bool = False):
+        from adaptive_lora.train import resolve_precision
+
+        self.config = config
+        self.run_dir = run_dir
+        self.run_id = run_id
+        self.quiet = quiet
+        self.precision = resolve_precision(config.train.precision)
+        self.peft_model: Any = None
+        self.metrics: dict[str, Any] = {}
+
+    # -- prepare: everything that can fail because of the user's input -------------------
+    def prepare(self, loaded: Any) -> None:
+        from adaptive_lora.models import load_model
+        from adaptive_lora.pipeline import run_allocation
+
+        cfg = self.config
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.loaded = loaded or load_model(cfg.model)
+        self.tokenizer = self.loaded.tokenizer
+        examples = load_examples(cfg.data.source)
+        self.splits = make_splits(
+            examples, cfg.data.n_train, cfg.data.n_val, cfg.data.n_test, cfg.data.data_seed
+        )
+        tokenize = lambda split: tokenize_examples(  # noqa: E731
+            split, self.tokenizer, cfg.data.max_length, cfg.data.template
+        )
+        self.train_split = tokenize(self.splits.train)
+        self.val_split = tokenize(self.splits.val) if self.splits.val else None
+        self.test_split = tokenize(self.splits.test) if self.splits.test else None
+        self.loaded.model.to(self.precision.device)
+        with Stopwatch() as watch:
+            self.allocation = run_allocation(cfg, self.loaded, self.splits)
+        self.allocation_seconds = watch.seconds
+
+    def start_manifest(self) -> dict[str, Any]:
+        from adaptive_lora.train import base_manifest, write_config
+
+        write_config(self.run_dir / "config.yaml", self.config)
+        self._write_allocation()
+        manifest = base_manifest(self.config, self.run_id, self.precision)
+        manifest.update(
+            model_fingerprint=self.loaded.fingerprint,
+            data_hash=self.splits.data_hash,
+            data_source_hash=self.splits.source_hash,
+            data_source=self.config.data.source,
+            truncated={
+                "train": self.train_split.n_truncated,
+                "val": self.val_split.n_truncated if self.val_split else 0,
+                "test": self.test_split.n_truncated if self.test_split else 0,
+            },
+            dropped_too_long=self.train_split.n_dropped,
+        )
+        write_json(self.run_dir / "manifest.json", manifest)
+        return manifest
+
+    def _write_allocation(self) -> None:
+        allocation = self.allocation.to_dict()
+        scores = allocation["report"].pop("importance_scores", None)
+        if scores is not None:
+            write_json(self.run_dir / "importance.json", scores)
+        allocation["allocation_seconds"] = self.allocation_seconds
+        write_json(self.run_dir / "allocation.json", allocation)
+        rank_heatmap(
+            self.allocation.inventory,
+            self.allocation.ranks,
+            self.run_dir / "allocation.png",
+            title=f"{self.allocation.strategy} @ {self.allocation.budget.label}",
+        )
+
+    # -- train and evaluate ----------------------------------------------------------------
+    def _loss(self, split) -> float:
+        if split is None:
+            return math.nan
+        return mean_loss(
+            self.peft_model,
+            split,
+            pad_token_id=self.tokenizer.pad_token_id,
+            batch_size=self.config.eval.batch_size,
+            device=self.precision.device,
+            autocast_dtype=self.precision.autocast_dtype,
+        )
+
+    def train_and_evaluate(self) -> dict[str, Any]:
+        from adaptive_lora.train import MetricLoggers, train_adapter
+
+        cfg = self.config
+        torch.manual_seed(cfg.seed)  # dropout, if any; data order and init have their own seeds
+        adapter = AdapterSettings(cfg.adapter.alpha_ratio, cfg.adapter.rslora, cfg.adapter.dropout)
+        self.peft_model = apply_lora(self.loaded.model, self.allocation, adapter, cfg.seed)
+        trainable = trainable_parameters(self.peft_model)
+        m = self.metrics
+        m.update(
+            trainable_params=trainable,
+            effective_params=trainable,
+            budget_params=self.allocation.budget.params,
+            allocation_params=self.allocation.total_params,
+            deviation_pct=100.0
+            * (trainable - self.allocation.budget.params)
+            / self.allocation.budget.params,
+        )
+        with Stopwatch() as before:
+            m["val_loss_before"] = self._loss(self.val_split)
+            m["test_loss_before"] = self._loss(self.test_split)
+        loggers = MetricLoggers(cfg.train.report_to, self.run_dir, self.run_id)
+        try:
+            outcome = train_adapter(
+                self.peft_model,
+                self.train_split,
+                settings=cfg.train,
+                seed=cfg.seed,
+                pad_token_id=self.tokenizer.pad_token_id,
+                precision=self.precision,
+                val_split=self.val_split,
+                eval_batch_size=cfg.eval.batch_size,
+                quiet=self.quiet,
+                loggers=loggers,
+            )
+        finally:
+            loggers.close()
+        m.update(
+            steps=outcome.steps,
+            train_seconds=outcome.seconds,
+            tokens_per_second=outcome.tokens_per_second,
+            final_train_loss=outcome.final_train_loss,
+            train_loss_curve=outcome.train_loss_curve,
+            val_loss_curve=outcome.val_loss_curve,
+        )
+        with Stopwatch() as after:
+            m["val_loss"] = outcome.val_loss_curve[-1][1] if outcome.val_loss_curve else math.nan
+            m["test_loss"] = self._loss(self.test_split)
+            generation = generate_answers(
+                self.peft_model,
+                self.tokenizer,
+                self.splits.test[: cfg.eval.n_generate],
+                template=cfg.data.template,
+                max_new_tokens=cfg.eval.max_new_tokens,
+                batch_size=cfg.eval.batch_size,
+                device=self.precision.device,
+                autocast_dtype=self.precision.autocast_dtype,
+            )
+        for name in ("val", "test"):
+            m[f"{name}_ppl_before"] = perplexity(m[f"{name}_loss_before"])
+            m[f"{name}_ppl"] = perplexity(m[f"{name}_loss"])
+        m.update(
+            rouge_l=generation.rouge_l,
+            exact_match=generation.exact_match,
+            eval_seconds=before.seconds + after.seconds,
+            allocation_seconds=self.allocation_seconds,
+            strategy_report=self.allocation.report,
+        )
+        with open(self.run_dir / "generations.jsonl", "w") as handle:
+            for record in generation.records:
+                handle.write(json.dumps(record) + "\n")
+        self.peft_model.save_pretrained(str(self.run_dir / "adapter"))
+        from adaptive_lora.environment import peak_memory_mb
+
+        m["peak_memory_mb"] = peak_memory_mb(self.precision.device)
+        write_json(self.run_dir / "metrics.json", m)
+        return m
+
+    def partial_metrics(self) -> dict[str, Any]:
+        """What was measured before a failure (written so the failure can be inspected)."""
+        if self.metrics:
+            write_json(self.run_dir / "metrics.json", self.metrics)
+        return self.metrics
+
+    def release(self) -> None:
+        """Take the adapter out of the shared model so the next run starts from the base."""
+        if self.peft_model is not None:
+            self.peft_model.unload()
+            self.peft_model = None
