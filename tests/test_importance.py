@@ -204,6 +204,18 @@ def test_early_stop(gpt2, calibration):
     assert all(-1.0 <= rho <= 1.0 for rho in full.spearman_trace)
 
 
+def test_bf16_autocast_probe_ranks_like_fp32(llama, calibration):
+    inventory = build_inventory(llama)
+    exact = probe_importance(llama, inventory, calibration, n_batches=2, batch_size=4)
+    fast = probe_importance(
+        llama, inventory, calibration, n_batches=2, batch_size=4, precision="bf16"
+    )
+    assert fast.settings["precision"] == "bf16"
+    names = list(exact.scores)
+    rho = spearman([exact.scores[n] for n in names], [fast.scores[n] for n in names])
+    assert rho > 0.9
+
+
 def test_spearman():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
@@ -216,6 +228,8 @@ def test_bad_probe_settings_are_user_errors(gpt2, calibration):
         probe_importance(gpt2, inventory, calibration, metric="fisher")
     with pytest.raises(UserError, match="n_batches"):
         probe_importance(gpt2, inventory, calibration, n_batches=0)
+    with pytest.raises(UserError, match="precision"):
+        probe_importance(gpt2, inventory, calibration, precision="fp8")
 
 
 # ---- cache -------------------------------------------------------------------------------

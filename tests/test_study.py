@@ -149,7 +149,10 @@ def test_bad_seeds_are_user_errors(value):
     [
         ({"colour": "red"}, "unknown key.*colour"),
         ({"strategies": ["uniform", "magic"]}, r"strategies\[1\].name: unknown strategy 'magic'"),
-        ({"strategies": [{"name": "uniform", "weight": 2}]}, r"strategies\[0\]: unknown key.*weight"),
+        (
+            {"strategies": [{"name": "uniform", "weight": 2}]},
+            r"strategies\[0\]: unknown key.*weight",
+        ),
         ({"strategies": [{"name": "linear_decay", "params": {"slope": 2}}]}, r"params.*slope"),
         ({"strategies": ["uniform", "uniform"]}, "label 'uniform' is used twice"),
         ({"seeds": "7..0"}, "seeds"),
@@ -304,24 +307,63 @@ def test_status_marks_and_counts(tmp_path, capsys):
         store.sync_runs(study.runs)
         store.mark_running(study.runs[-1].run_id)
     text = format_status(study)
-    lines = {line.split()[0]: line for line in text.splitlines() if line.startswith(("uniform", "linear"))}
+    lines = {
+        line.split()[0]: line
+        for line in text.splitlines()
+        if line.startswith(("uniform", "linear"))
+    }
     assert lines["uniform"].split()[-3:] == ["✓", "✓", "·"]
     assert lines["linear_decay"].split()[-3:] == ["✓", "✓", "!"]
     assert "6 runs: 4 done, 1 interrupted, 1 pending" in text
     assert "remaining: 2 run(s)" in text and "mean of 4 finished run(s)" in text
 
 
+def test_a_second_run_of_a_busy_study_is_refused(tmp_path, capsys):
+    from adaptive_lora.store import StudyLock
+
+    path = write_study(tmp_path)
+    study = load_study(path)
+    quiet_run(load_study(write_study(tmp_path, seeds=[0])), FakeRuns())
+    with StudyStore.open(study.store_path) as store:
+        store.sync_runs(study.runs)
+        store.mark_running(study.runs[-1].run_id)
+    with StudyLock(study.lock_path):  # as a live `run` process would hold it
+        assert main(["run", str(path)]) == 2
+        assert "another `adaptive-lora run` is working on this study" in capsys.readouterr().err
+        assert "▶" in format_status(study) and "1 running" in format_status(study)
+        assert "2 would run" in format_dry_run(study, retry_failed=False)
+    with StudyStore.open(study.store_path) as store:
+        assert store.get(study.runs[-1].run_id).status == "running"  # left alone
+
+
 def test_note_command(tmp_path, capsys):
     path = write_study(tmp_path)
     study = load_study(path)
-    assert main(["note", str(path), "first look", "--decision", "go on", "--rationale", "cheap",
-                 "--runs", study.run_ids[0]]) == 0
+    assert (
+        main(
+            [
+                "note",
+                str(path),
+                "first look",
+                "--decision",
+                "go on",
+                "--rationale",
+                "cheap",
+                "--runs",
+                study.run_ids[0],
+            ]
+        )
+        == 0
+    )
     assert main(["note", str(path), "bad", "--runs", "nope"]) == 2
     assert "unknown run id" in capsys.readouterr().err
     with StudyStore.open(study.store_path) as store:
         (note,) = store.notes()
     assert (note.text, note.decision, note.rationale, note.run_ids) == (
-        "first look", "go on", "cheap", [study.run_ids[0]]
+        "first look",
+        "go on",
+        "cheap",
+        [study.run_ids[0]],
     )
 
 
@@ -373,8 +415,12 @@ def test_sigkill_mid_run_then_resume_runs_only_the_interrupted_run(tmp_path):
     driver.write_text(DRIVER)
     first, second = study.run_ids[:2]
     env = {**os.environ, "FAKE_SLEEP": "1.0"}
-    proc = subprocess.Popen([sys.executable, str(driver), str(path)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(driver), str(path)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -399,8 +445,13 @@ def test_sigkill_mid_run_then_resume_runs_only_the_interrupted_run(tmp_path):
     assert not (study.runs_dir / second / "token.txt").exists()
 
     env["FAKE_SLEEP"] = "0"
-    done = subprocess.run([sys.executable, str(driver), str(path)], env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(driver), str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "was interrupted" in done.stdout
     rows = _statuses(study.store_path)
@@ -449,15 +500,20 @@ def test_real_cli_killed_mid_run_resumes_with_a_tiny_model(tmp_path):
     path = write_study(
         tmp_path,
         model=model,
-        data={"source": "builtin", "n_train": 8, "n_val": 4, "n_test": 4, "max_length": 128,
-              "template": "chat"},
-        strategies=["uniform", "linear_decay", "attention_heavy"],
+        data={
+            "source": "builtin",
+            "n_train": 8,
+            "n_val": 4,
+            "n_test": 4,
+            "max_length": 128,
+            "template": "chat",
+        },
         train={"max_steps": 2, "batch_size": 4},
         eval={"n_generate": 2, "max_new_tokens": 4},
         seeds=[0],
     )
     study = load_study(path)
-    first, second, third = study.run_ids
+    first, second = study.run_ids
     proc = subprocess.Popen(
         [sys.executable, "-m", "adaptive_lora.study_cli", "run", str(path), "--quiet"],
         stdout=subprocess.DEVNULL,
@@ -481,7 +537,7 @@ def test_real_cli_killed_mid_run_resumes_with_a_tiny_model(tmp_path):
 
     assert main(["run", str(path), "--quiet"]) == 0
     rows = _statuses(study.store_path)
-    assert rows == {first: ("done", 1), second: ("done", 2), third: ("done", 1)}
+    assert rows == {first: ("done", 1), second: ("done", 2)}
     assert (study.runs_dir / first / "metrics.json").read_bytes() == first_metrics
     with StudyStore.open(study.store_path) as store:
         stored = store.rows()

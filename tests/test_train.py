@@ -158,3 +158,19 @@ def test_cli_train_on_a_tiny_model(llama_folder, tmp_path, capsys):
     assert code == 0
     assert "done" in capsys.readouterr().out
     assert main(["train", "--model", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
+
+
+def test_adalora_ranks_change_and_both_counts_are_recorded(llama_folder, tmp_path):
+    config = tiny_config(llama_folder, allocation__strategy="adalora", train__max_steps=24,
+                         train__lr=1e-2)
+    result = execute_run(config, tmp_path, quiet=True)
+    assert result.status == STATUS_DONE, result.error
+    m = result.metrics
+    initial, final = m["initial_ranks"], m["final_ranks"]
+    assert set(initial) == set(final)
+    assert final != initial, "AdaLoRA never reallocated: update_and_allocate not called?"
+    assert len(set(final.values())) > 1
+    # The budget in ranks: target 8 on average (r8) after the final mask.
+    assert sum(final.values()) == 8 * len(final)
+    assert m["trainable_params"] > m["budget_params"]  # trained at 1.5x the target rank
+    assert m["effective_params"] != m["trainable_params"]

@@ -23,6 +23,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from adaptive_lora.allocation import Allocation
+from adaptive_lora.allocation.budget import reference_rank
 
 PEFT_PREFIX = "base_model.model."
 
@@ -54,14 +55,6 @@ def check_pattern_keys(keys: Iterable[str], module_names: list[str], expected: M
             raise RuntimeError(f"PEFT pattern {key!r} matches {hits}, expected [{expected[key]!r}]")
 
 
-def reference_rank(allocation: Allocation) -> float:
-    """The rank whose uniform allocation has this budget (r_ref in the rsLoRA rule)."""
-    if allocation.budget.rank is not None:
-        return float(allocation.budget.rank)
-    cost = sum(m.cost_per_rank for m in allocation.inventory)
-    return allocation.budget.params / cost
-
-
 def build_lora_config(
     allocation: Allocation,
     settings: AdapterSettings,
@@ -76,7 +69,7 @@ def build_lora_config(
     rank_pattern = {pattern_key(name): r for name, r in ranks.items()}
     if settings.rslora:
         # One α for all: scaling α/√r_i equals γ for a module at the reference rank.
-        alpha = gamma * math.sqrt(reference_rank(allocation))
+        alpha = gamma * math.sqrt(reference_rank(allocation.budget, allocation.inventory))
         alpha_pattern = {}
     else:
         alpha = gamma * default_rank

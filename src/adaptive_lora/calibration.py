@@ -15,11 +15,15 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from adaptive_lora.data import collate, hash_examples, load_examples, make_splits, tokenize_examples
+
+if TYPE_CHECKING:
+    from adaptive_lora.config import DataSettings
+    from adaptive_lora.models import LoadedModel
 
 __all__ = ["Calibration", "calibration_from_source", "make_calibration"]
 
@@ -100,7 +104,9 @@ def make_calibration(
     )
 
 
-def calibration_from_source(data: str, loaded: Any, *, settings: Any = None) -> Calibration:
+def calibration_from_source(
+    data: str, loaded: LoadedModel, *, settings: DataSettings | None = None
+) -> Calibration:
     """The training split of `data`, split as a run with these `DataSettings` would split it.
 
     `loaded` is a `models.LoadedModel` (only its tokenizer is used). Raises the

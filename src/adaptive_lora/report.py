@@ -339,7 +339,7 @@ def environment(rows: list[RunRow], limit: int = 40) -> dict[str, list[str]]:
 def _setup_lines(study: Study, store_manifest: dict[str, Any], rows: list[RunRow]) -> list[str]:
     config = study.runs[0].config
     d, t, e, a = config.data, config.train, config.eval, config.allocation
-    steps = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs:g} epochs"
+    steps = f"{t.max_steps} step(s)" if t.max_steps else f"{t.epochs:g} epoch(s)"
     lines = [
         "## Set-up",
         "",

@@ -112,7 +112,7 @@ class RunSteps:
         cfg = self.config
         torch.manual_seed(cfg.seed)  # dropout, if any; data order and init have their own seeds
         adapter = AdapterSettings(cfg.adapter.alpha_ratio, cfg.adapter.rslora, cfg.adapter.dropout)
-        self.peft_model = apply_lora(self.loaded.model, self.allocation, adapter, cfg.seed)
+        hooks = self._build_adapters(adapter)
         trainable = trainable_parameters(self.peft_model)
         m = self.metrics
         m.update(
@@ -140,6 +140,7 @@ class RunSteps:
                 eval_batch_size=cfg.eval.batch_size,
                 quiet=self.quiet,
                 loggers=loggers,
+                **hooks,
             )
         finally:
             loggers.close()
@@ -151,6 +152,8 @@ class RunSteps:
             train_loss_curve=outcome.train_loss_curve,
             val_loss_curve=outcome.val_loss_curve,
         )
+        if self.allocation.strategy == "adalora":
+            self._record_adalora_ranks()
         with Stopwatch() as after:
             m["val_loss"] = outcome.val_loss_curve[-1][1] if outcome.val_loss_curve else math.nan
             m["test_loss"] = self._loss(self.test_split)
@@ -183,6 +186,43 @@ class RunSteps:
         m["peak_memory_mb"] = peak_memory_mb(self.precision.device)
         write_json(self.run_dir / "metrics.json", m)
         return m
+
+    def _build_adapters(self, adapter: AdapterSettings) -> dict[str, Any]:
+        """LoRA with the allocation's ranks, or AdaLoRA; returns the training-loop hooks."""
+        cfg = self.config
+        if self.allocation.strategy != "adalora":
+            self.peft_model = apply_lora(self.loaded.model, self.allocation, adapter, cfg.seed)
+            return {}
+        from adaptive_lora.adalora import (
+            adalora_loss_term,
+            adalora_step_hook,
+            apply_adalora,
+        )
+        from adaptive_lora.train import total_steps
+
+        steps = total_steps(len(self.train_split.features), cfg.train)
+        self.peft_model, schedule = apply_adalora(
+            self.loaded.model, self.allocation, adapter, cfg.seed, steps
+        )
+        init_r = self.peft_model.peft_config["default"].init_r
+        self.metrics["adalora_schedule"] = vars(schedule) | {"init_r": init_r}
+        self.metrics["initial_ranks"] = {name: init_r for name in self.allocation.ranks}
+        return {
+            "after_step": adalora_step_hook(self.peft_model),
+            "extra_loss": adalora_loss_term(self.peft_model),
+        }
+
+    def _record_adalora_ranks(self) -> None:
+        from adaptive_lora.adalora import current_ranks, effective_parameters
+
+        final = current_ranks(self.peft_model)
+        effective = effective_parameters(self.allocation, final)
+        budget = self.allocation.budget.params
+        self.metrics.update(
+            final_ranks=final,
+            effective_params=effective,
+            effective_deviation_pct=100.0 * (effective - budget) / budget,
+        )
 
     def partial_metrics(self) -> dict[str, Any]:
         """What was measured before a failure (written so the failure can be inspected)."""

@@ -39,7 +39,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from adaptive_lora.study import load_study
 
-    print(format_status(load_study(args.study)))
+    # Status, reports and notes read the store only: a moved data file must not block them.
+    print(format_status(load_study(args.study, check_sources=False)))
     return 0
 
 
@@ -47,7 +48,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from adaptive_lora.report import write_report
     from adaptive_lora.study import load_study, open_store_if_any
 
-    study = load_study(args.study)
+    study = load_study(args.study, check_sources=False)
     store = open_store_if_any(study)
     if store is None:
         raise UserError(
@@ -68,7 +69,7 @@ def cmd_note(args: argparse.Namespace) -> int:
     from adaptive_lora.store import StudyStore
     from adaptive_lora.study import load_study
 
-    study = load_study(args.study)
+    study = load_study(args.study, check_sources=False)
     if not args.text.strip():
         raise UserError("a note needs some text")
     with StudyStore.open(study.store_path) as store:

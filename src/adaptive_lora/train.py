@@ -159,6 +159,7 @@ def train_adapter(
     eval_batch_size: int = 16,
     quiet: bool = False,
     after_step: Callable[[int], None] | None = None,
+    extra_loss: Callable[[], torch.Tensor] | None = None,
     loggers: MetricLoggers | None = None,
 ) -> TrainOutcome:
     """Train the trainable (adapter) parameters of `model`; raise NonFiniteLoss on NaN/inf."""
@@ -193,6 +194,11 @@ def train_adapter(
             loss.backward()
             step_loss += float(loss.detach())
             outcome.real_tokens += int(batch["attention_mask"].sum())
+        if extra_loss is not None:  # a regulariser on the adapter weights (AdaLoRA), in fp32
+            penalty = extra_loss()
+            if not torch.isfinite(penalty):
+                raise NonFiniteLoss(step, float(penalty))
+            penalty.backward()
         if settings.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
         optimizer.step()

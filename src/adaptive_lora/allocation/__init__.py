@@ -3,6 +3,7 @@
 Importing this package registers every built-in strategy.
 """
 
+from adaptive_lora.allocation import adalora as _adalora  # noqa: F401
 from adaptive_lora.allocation import (  # noqa: F401
     attention_heavy,
     empirical,

@@ -65,6 +65,13 @@ def resolve_budget(spec: str | int, inventory: Sequence[ModuleInfo]) -> Budget:
     )
 
 
+def reference_rank(budget: Budget, inventory: Sequence[ModuleInfo]) -> float:
+    """The (possibly fractional) uniform rank that spends exactly this budget."""
+    if budget.rank is not None:
+        return float(budget.rank)
+    return budget.params / sum(m.cost_per_rank for m in inventory)
+
+
 def tolerance(inventory: Sequence[ModuleInfo], budget: int) -> float:
     """The largest |total − budget| an allocation may have."""
     return max(RELATIVE_TOLERANCE * budget, min(m.cost_per_rank for m in inventory))

@@ -49,11 +49,14 @@ def empirical(
     batch_size: int = 8,
     early_stop: float | None = None,
     calibration_seed: int = 0,
+    precision: str = "fp32",
 ) -> dict[str, int]:
     """Rank ∝ importance^temperature from a gradient probe on training-split calibration data.
 
     `metric` is `taylor` (|W ⊙ G|, Molchanov et al. 2019; AdaLoRA, Zhang et al.
     2023), `grad_norm` or `grad_nuclear` (see `adaptive_lora.importance`).
+    `precision` "bf16" runs the probe's forward under bf16 autocast (faster on
+    CPU), "fp32" exactly.
     `calibration_seed` fixes which calibration batches the probe sees. It is a
     constant (0), not the run seed, on purpose: every seed of a study then
     shares one allocation, so seeds measure training noise rather than probe
@@ -75,6 +78,7 @@ def empirical(
         batch_size=batch_size,
         seed=calibration_seed,
         early_stop=early_stop,
+        precision=precision,
         model_fingerprint=ctx.fingerprints.get("model"),
         data_hash=ctx.fingerprints.get("data"),
         cache_dir=ctx.cache_dir,

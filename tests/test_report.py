@@ -1,0 +1,253 @@
+"""The study report on synthetic results: tables, p-values from stats, figures, partial studies."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+from adaptive_lora import stats
+from adaptive_lora.records import METRIC_KEYS, RunResult, write_json
+from adaptive_lora.report import analyse, write_report
+from adaptive_lora.store import StudyStore
+from adaptive_lora.study import LocalExecutor, load_study, run_study
+
+# Mean test loss per strategy: linear_decay clearly better, attention_heavy about the same.
+EFFECT = {"uniform": 0.0, "linear_decay": -0.05, "attention_heavy": 0.002, "adalora": -0.01}
+MODULES = [
+    {"name": f"model.layers.{layer}.{part}.{kind}_proj", "layer": layer, "kind": kind}
+    for layer in range(3)
+    for part, kinds in (("self_attn", "qkvo"), ("mlp", ("gate", "up", "down")))
+    for kind in kinds
+]
+
+
+def synthetic_run(config, out_root, *, run_id=None, loaded=None, quiet=False):
+    """A run folder with allocation.json and metrics, test loss = seed effect + strategy effect."""
+    strategy, seed = config.allocation.strategy, config.seed
+    rng = random.Random(f"{strategy}-{seed}")
+    run_dir = Path(out_root) / run_id
+    run_dir.mkdir(parents=True)
+    ranks = {
+        m["name"]: (8 if strategy == "uniform" else 4 + 2 * m["layer"] + (m["kind"] in "qkvo"))
+        for m in MODULES
+    }
+    write_json(
+        run_dir / "allocation.json",
+        {"modules": [{**m, "rank": ranks[m["name"]], "params": 0} for m in MODULES]},
+    )
+    metrics = {key: None for key in METRIC_KEYS}
+    metrics.update(
+        test_loss=2.0 + 0.03 * seed + EFFECT[strategy] + rng.gauss(0, 0.004),
+        val_loss=2.1 + 0.03 * seed + EFFECT[strategy] + rng.gauss(0, 0.004),
+        rouge_l=0.3 + rng.random() * 0.05,
+        trainable_params=4096 + (7 if strategy == "linear_decay" else 0),
+        budget_params=4096,
+        deviation_pct=100 * (7 if strategy == "linear_decay" else 0) / 4096,
+        train_seconds=10.0 + rng.random(),
+        train_loss_curve=[[1, 3.0], [2, 2.6], [3, 2.4]],
+        val_loss_curve=[[3, 2.5]],
+    )
+    if strategy == "adalora":
+        metrics["final_ranks"] = {f"base_model.model.{m['name']}": 2 + m["layer"] for m in MODULES}
+    write_json(run_dir / "metrics.json", metrics)
+    manifest = {"versions": {"torch": "2.13.0+cpu", "peft": "0.21"}, "device": "cpu"}
+    return RunResult(run_id, run_dir, "done", metrics, manifest)
+
+
+def make_study(
+    folder: Path, seeds="0..4", strategies=("uniform", "linear_decay", "attention_heavy"), **changes
+) -> Path:
+    spec = {
+        "name": "synthetic",
+        "model": "fake/model",
+        "data": {"source": "builtin", "n_train": 8, "n_val": 4, "n_test": 4, "max_length": 32},
+        "budgets": ["r8"],
+        "strategies": list(strategies),
+        "seeds": seeds,
+        "train": {"max_steps": 1},
+        "out": str(folder / "study"),
+        **changes,
+    }
+    path = folder / "study.yaml"
+    path.write_text("# adaptive-lora run study.yaml\n" + yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def fill(path: Path, only=None):
+    """Run the study with synthetic runs (only the run ids in `only`, when given)."""
+    study = load_study(path)
+    if only is not None:
+        study.runs = [s for s in study.runs if s.run_id in only]
+    run_study(study, executor=LocalExecutor(synthetic_run, lambda spec: None), log=lambda s: None)
+    return load_study(path)
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("full")
+    study = fill(make_study(folder))
+    with StudyStore.open(study.store_path) as store:
+        store.add_note(
+            "linear_decay ahead after 5 seeds",
+            decision="run 3 more seeds",
+            rationale="Wilcoxon cannot reach 0.05 with 5",
+            run_ids=study.run_ids[:2],
+        )
+        files = write_report(study, store, folder / "report", n_boot=2000)
+        rows = store.rows()
+    return study, files, rows
+
+
+def expected_family(study, rows):
+    results = {label: {} for label in study.labels}
+    for row in rows:
+        results[row.label][row.seed] = row.metrics["test_loss"]
+    return stats.compare_family(results, "uniform", n_boot=2000, metric="test loss")
+
+
+def test_main_table_holds_the_stats_numbers(full):
+    study, files, rows = full
+    text = files.report_md.read_text()
+    family = expected_family(study, rows)
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    header = table[0]
+    assert "test loss, mean [95% CI]" in header and "Δ vs uniform" in header
+    assert "p (paired t, Holm)" in header and "p (Wilcoxon, Holm)" in header and "d_z" in header
+    by_label = {line.split("|")[1].strip(): line for line in table[1:4]}
+    for label in ("linear_decay", "attention_heavy"):
+        cells = [c.strip() for c in by_label[label].split("|")[1:-1]]
+        comparison = family[label]
+        assert cells[4] == stats.fmt_p(comparison["p_t_holm"])
+        assert cells[5] == stats.fmt_p(comparison["p_wilcoxon_holm"])
+        assert cells[6] == stats.fmt_sig(comparison["d_z"])
+        assert cells[3].startswith(stats.fmt_num(comparison["mean_diff"], 4, plus=True))
+        assert comparison["verdict"] in text
+    assert by_label["linear_decay"].count("4,103") == 1 and "+0.17%" in by_label["linear_decay"]
+    assert family["linear_decay"]["p_t_holm"] < 0.05  # the synthetic effect is found
+
+
+def test_stats_json_has_every_table_number(full):
+    study, files, rows = full
+    data = json.loads(files.stats_json.read_text())  # strict JSON: no NaN
+    family = expected_family(study, rows)
+    block = data["budgets"]["r8"]
+    for label, comparison in family.items():
+        stored = block["comparisons"][label]
+        assert stored["p_t_holm"] == pytest.approx(comparison["p_t_holm"])
+        assert stored["p_wilcoxon_holm"] == pytest.approx(comparison["p_wilcoxon_holm"])
+        assert stored["ci_t"] == pytest.approx(comparison["ci_t"])
+    uniform = block["strategies"]["uniform"]["test_loss"]
+    values = [r.metrics["test_loss"] for r in rows if r.label == "uniform"]
+    assert uniform["mean"] == pytest.approx(stats.describe(values)["mean"])
+    assert uniform["ci_t"][0] < uniform["mean"] < uniform["ci_t"][1]
+    assert set(block["secondary"]) == {"val_loss", "rouge_l"}  # exact_match is never set
+    assert data["counts"]["done"] == 15
+
+
+def test_wilcoxon_floor_and_decisions_are_reported(full):
+    _, files, _ = full
+    text = files.report_md.read_text()
+    assert "With 5 paired seeds a two-sided Wilcoxon signed-rank test cannot reach p < 0.05" in text
+    assert "0.0625" in text
+    assert "## Decisions" in text and "linear_decay ahead after 5 seeds" in text
+    assert "run 3 more seeds" in text and "Wilcoxon cannot reach 0.05 with 5" in text
+    assert "15 of 15 runs done" in text and "missing" not in text
+    assert "### Secondary metrics at budget r8" in text and "ROUGE-L" in text
+    assert "`versions.torch`: 2.13.0+cpu" in text  # from the run manifests
+
+
+def test_figures_exist_in_png_and_svg(full):
+    _, files, _ = full
+    names = {p.name for p in files.figures}
+    for stem in ("test_loss", "paired_diff", "allocation_r8", "loss_curves", "time_per_run"):
+        assert {f"{stem}.png", f"{stem}.svg"} <= names, stem
+    for path in files.figures:
+        assert path.is_file() and path.stat().st_size > 1000
+    text = files.report_md.read_text()
+    assert "![" in text and "figures/allocation_r8.png" in text and "figures/test_loss.svg" in text
+
+
+def test_latex_table_is_booktabs(full):
+    _, files, _ = full
+    tex = files.table_tex.read_text()
+    for rule in ("\\toprule", "\\midrule", "\\bottomrule", "\\begin{tabular}", "\\end{table}"):
+        assert rule in tex
+    assert "linear\\_decay" in tex and "−" not in tex and "Δ" not in tex
+    body = [line for line in tex.splitlines() if line.endswith("\\\\")]
+    columns = {line.count(" & ") for line in body}
+    assert len(columns) == 1  # every row has the header's number of cells
+    assert tex.count("{") == tex.count("}")
+
+
+def test_report_exports_results(full):
+    study, files, _ = full
+    import pandas as pd
+
+    csv = next(p for p in files.exports if p.suffix == ".csv")
+    frame = pd.read_csv(csv)
+    assert len(frame) == len(study.runs)
+    assert {"test_loss", "rouge_l", "config.allocation.strategy", "config.seed"} <= set(frame)
+
+
+def test_partial_study_says_what_is_missing(tmp_path):
+    path = make_study(tmp_path)
+    study = load_study(path)
+    # linear_decay lacks seeds 3 and 4, attention_heavy lacks seed 0.
+    skip = {
+        s.run_id
+        for s in study.runs
+        if (s.label == "linear_decay" and s.seed >= 3)
+        or (s.label == "attention_heavy" and s.seed == 0)
+    }
+    study = fill(path, only={i for i in study.run_ids if i not in skip})
+    with StudyStore.open(study.store_path) as store:
+        files = write_report(study, store, tmp_path / "report", n_boot=500)
+        rows = store.rows()
+    text = files.report_md.read_text()
+    assert "12 of 15 runs done" in text
+    assert "**3 run(s) are missing.**" in text
+    assert "use only the seeds present for both the strategy and `uniform`" in text
+    assert "linear_decay @ r8: no result for seed(s) 3, 4" in text
+    analysis = analyse(study, rows, n_boot=500)
+    comparison = analysis["budgets"]["r8"]["comparisons"]["linear_decay"]
+    assert comparison["n"] == 3 and comparison["seeds"] == [0, 1, 2]
+    assert "cannot reach p < 0.05" in text  # 3 or 4 paired seeds
+
+
+def test_report_of_a_study_with_nothing_finished(tmp_path):
+    path = make_study(tmp_path)
+    study = load_study(path)
+    with StudyStore.open(study.store_path) as store:
+        store.sync_runs(study.runs)
+        files = write_report(study, store, tmp_path / "report", n_boot=100)
+    text = files.report_md.read_text()
+    assert "0 of 15 runs done" in text and files.figures == []
+    assert "no seeds in common" in text
+    json.loads(files.stats_json.read_text())
+
+
+def test_lr_selection_and_adalora_final_ranks(tmp_path):
+    path = make_study(
+        tmp_path,
+        seeds="0..2",
+        strategies=("uniform", "adalora"),
+        lr_candidates=[0.001, 0.002],
+    )
+    study = fill(path)
+    with StudyStore.open(study.store_path) as store:
+        files = write_report(study, store, tmp_path / "report", n_boot=200)
+    text = files.report_md.read_text()
+    assert "## Learning-rate selection" in text
+    assert "| strategy | lr | n |" in text  # the chosen lr is shown
+    names = {p.name for p in files.figures}
+    assert {"adalora_final_ranks_r8.png", "adalora_final_ranks_r8.svg"} <= names
+    data = json.loads(files.stats_json.read_text())
+    assert {c["label"] for c in data["lr_selection"]} == {"uniform", "adalora"}
+    # Only the chosen learning rate's runs enter the comparison: 3 seeds, not 6.
+    assert data["budgets"]["r8"]["comparisons"]["adalora"]["n"] == 3
+    assert not math.isnan(data["budgets"]["r8"]["strategies"]["adalora"]["lr"])
