@@ -331,7 +331,7 @@ def test_a_second_run_of_a_busy_study_is_refused(tmp_path, capsys):
         assert main(["run", str(path)]) == 2
         assert "another `adaptive-lora run` is working on this study" in capsys.readouterr().err
         assert "▶" in format_status(study) and "1 running" in format_status(study)
-        assert "2 would run" in format_dry_run(study, retry_failed=False)
+        assert "1 would run" in format_dry_run(study, retry_failed=False)  # not the live one
     with StudyStore.open(study.store_path) as store:
         assert store.get(study.runs[-1].run_id).status == "running"  # left alone
 

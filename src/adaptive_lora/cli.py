@@ -230,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
     train.set_defaults(func=cmd_train)
 
+    from adaptive_lora.study_cli import register_cli as register_study_commands
+
+    register_study_commands(sub)  # run, status, report, note
+
     return parser
 
 

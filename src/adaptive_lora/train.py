@@ -50,6 +50,23 @@ def resolve_precision(setting: str) -> Precision:
     return Precision(device, torch.bfloat16, f"bf16-autocast-{device.type}")
 
 
+def prepare_for_autocast(model: torch.nn.Module, precision: Precision) -> None:
+    """Let autocast choose matmul dtypes inside the LoRA layers.
+
+    PEFT casts each LoRA layer's input to the adapter's dtype (fp32) before the
+    low-rank product; under autocast that product is cast back to bf16 at once,
+    so the cast only copies activations twice per layer. Switching it off keeps
+    the numbers autocast would compute and drops the copies.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if precision.autocast_dtype is None:
+        return
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False
+
+
 class NonFiniteLoss(RuntimeError):
     def __init__(self, step: int, value: float):
         super().__init__(f"training loss is {value} at step {step}")
@@ -164,6 +181,7 @@ def train_adapter(
 ) -> TrainOutcome:
     """Train the trainable (adapter) parameters of `model`; raise NonFiniteLoss on NaN/inf."""
     steps = total_steps(len(train_split.features), settings)
+    prepare_for_autocast(model, precision)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(settings, steps))
