@@ -603,3 +603,15 @@ def test_to_jsonable():
     json.dumps(out, allow_nan=False)
     with pytest.raises(TypeError):
         to_jsonable(object())
+
+
+def test_mean_ci_t_matches_scipy():
+    from scipy import stats as st
+
+    from adaptive_lora.stats import mean_ci_t
+
+    x = [1.0, 2.0, 4.0, 7.0]
+    low, high = mean_ci_t(x)
+    expected = st.t.interval(0.95, len(x) - 1, loc=np.mean(x), scale=st.sem(x))
+    assert low == pytest.approx(expected[0]) and high == pytest.approx(expected[1])
+    assert all(math.isnan(v) for v in mean_ci_t([3.0]))

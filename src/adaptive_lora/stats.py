@@ -108,6 +108,16 @@ def describe(values: Sequence[float] | np.ndarray) -> dict[str, Any]:
     }
 
 
+def mean_ci_t(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> list[float]:
+    """Student-t interval of the mean of one sample ([NaN, NaN] when n < 2)."""
+    x = np.asarray(list(values), dtype=float).ravel()
+    if x.size < 2:
+        return [NAN, NAN]
+    mean, se = float(np.mean(x)), float(np.std(x, ddof=1) / np.sqrt(x.size))
+    half = float(_st.t.ppf(0.5 + confidence / 2, x.size - 1)) * se
+    return [mean - half, mean + half]
+
+
 def wilcoxon_floor_p(n: int) -> float:
     """Smallest two-sided p-value the exact Wilcoxon signed-rank test can give with n pairs.
 

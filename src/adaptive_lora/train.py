@@ -13,6 +13,7 @@ AdamW state in fp32; `fp32` turns autocast off.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import sys
@@ -65,6 +66,34 @@ def prepare_for_autocast(model: torch.nn.Module, precision: Precision) -> None:
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
             module.cast_input_dtype_enabled = False
+
+
+@contextlib.contextmanager
+def frozen_weights_stored_in(model: torch.nn.Module, dtype: torch.dtype | None):
+    """Hold the frozen linear weights in `dtype` while training, then put the fp32 ones back.
+
+    Under bf16 autocast every matmul casts its fp32 weight to bf16 at every
+    forward; the frozen base weights never change, so casting them once gives
+    the same products without the per-step copies. Trainable (LoRA) weights stay
+    fp32. The tied output head (shared with the fp32 input embedding) is left alone.
+    """
+    if dtype is None:
+        yield
+        return
+    embedding = model.get_input_embeddings().weight
+    originals = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
+            weight = module.weight
+            if weight.requires_grad or weight is embedding or weight.dtype == dtype:
+                continue
+            originals.append((module, weight))
+            module.weight = torch.nn.Parameter(weight.detach().to(dtype), requires_grad=False)
+    try:
+        yield
+    finally:
+        for module, weight in originals:
+            module.weight = weight
 
 
 class NonFiniteLoss(RuntimeError):
@@ -165,6 +194,20 @@ class MetricLoggers:
 
 
 def train_adapter(
+    model: torch.nn.Module, train_split: TokenizedSplit, **options: Any
+) -> TrainOutcome:
+    """Train the trainable (adapter) parameters of `model`; raise NonFiniteLoss on NaN/inf.
+
+    `options` are those of `_train_loop`. Under autocast the frozen weights are
+    held in bf16 for the duration (and restored), LoRA weights stay fp32.
+    """
+    precision = options["precision"]
+    prepare_for_autocast(model, precision)
+    with frozen_weights_stored_in(model, precision.autocast_dtype):
+        return _train_loop(model, train_split, **options)
+
+
+def _train_loop(
     model: torch.nn.Module,
     train_split: TokenizedSplit,
     *,
@@ -179,9 +222,7 @@ def train_adapter(
     extra_loss: Callable[[], torch.Tensor] | None = None,
     loggers: MetricLoggers | None = None,
 ) -> TrainOutcome:
-    """Train the trainable (adapter) parameters of `model`; raise NonFiniteLoss on NaN/inf."""
     steps = total_steps(len(train_split.features), settings)
-    prepare_for_autocast(model, precision)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(settings, steps))
