@@ -1,6 +1,7 @@
 import argparse
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -240,6 +241,7 @@ def test_cache_is_hit_on_the_second_call(gpt2, calibration, tmp_path, monkeypatc
     settings = dict(n_batches=2, batch_size=2, model_fingerprint="m", cache_dir=tmp_path)
     first = cached_importance(gpt2, inventory, calibration, **settings)
     assert first.cache == "miss"
+    assert Path(first.cache_path).parent == tmp_path  # cache_dir is the folder of score files
 
     def fail(*args, **kwargs):
         raise AssertionError("the probe ran although the cache holds the answer")

@@ -278,9 +278,9 @@ def probe_importance(
 
 
 def importance_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """`<cache_dir>/importance`, or `models.cache_root()/importance` when none is given."""
+    """The folder of the score files: `cache_dir` itself, else `models.cache_root()/importance`."""
     if cache_dir is not None:
-        return Path(cache_dir) / "importance"
+        return Path(cache_dir)
     from adaptive_lora.models import cache_root
 
     return cache_root() / "importance"

@@ -62,8 +62,10 @@ def empirical(
     shares one allocation, so seeds measure training noise rather than probe
     noise, and the probe runs once (later runs hit the cache).
 
-    Records in `ctx.report`: `importance` (metric, batches used, seconds, peak
-    memory, cache hit/miss and path, Spearman trace) and `importance_scores`.
+    Scores are cached as JSON files in `ctx.cache_dir` (default:
+    `models.cache_root()/importance`). Records in `ctx.report`: `importance`
+    (metric, batches used, seconds, peak memory, cache hit/miss and path,
+    Spearman trace) and `importance_scores` (module → score).
     """
     if ctx.model is None or ctx.calibration is None:
         raise UserError("empirical needs the model weights and training data")
