@@ -234,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_study_commands(sub)  # run, status, report, note
 
+    from adaptive_lora.importance import register_cli as register_importance_command
+
+    register_importance_command(sub)  # importance
+
     return parser
 
 

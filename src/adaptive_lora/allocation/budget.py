@@ -167,30 +167,21 @@ def apportion(
 
     ideal = _ideal_ranks(inventory, weights, min(budget, upper * cost_all), min_rank, upper)
     ranks = [max(min_rank, math.floor(x + 1e-9)) for x in ideal]
-    # Round up at most to ceil(ideal) first; only if that leaves too much unspent,
-    # trade ranks between modules, and only then pile extra ranks on cheap ones.
+    # Round up at most to ceil(ideal) first. If that leaves more than the
+    # tolerance unspent, try each way of spending the rest and keep the one
+    # closest to the strategy's shape among those that meet the budget.
     left = _fill(inventory, ideal, ranks, budget, upper, ceil_only=True)
     limit = tolerance(inventory, budget)
     if left > limit:
-        # Overshooting slightly on the module that deserves the next rank most
-        # keeps the strategy's shape better than piling ranks on cheap modules.
-        for i in sorted(range(len(inventory)), key=lambda i: (-(ideal[i] - ranks[i]), i)):
-            if ranks[i] < upper and inventory[i].cost_per_rank - left <= limit:
-                ranks[i] += 1
-                left -= inventory[i].cost_per_rank
-                break
-    if left > limit:
-        left = _swap_in_expensive(inventory, ideal, ranks, budget, min_rank, upper, left)
-    if left > limit:
-        left = _fill(inventory, ideal, ranks, budget, upper)
-    if left > limit:
-        # Closer from above? Spend one more rank of the cheapest module that can grow.
-        growable = [i for i in range(len(inventory)) if ranks[i] < upper]
-        if growable:
-            j = min(growable, key=lambda i: (inventory[i].cost_per_rank, i))
-            if inventory[j].cost_per_rank - left < left:
-                ranks[j] += 1
-                left -= inventory[j].cost_per_rank
+        candidates = [
+            _completion(inventory, ideal, ranks, budget, min_rank, upper, left, how)
+            for how in ("overshoot", "fill", "fill+over", "swap", "swap+over")
+        ]
+        within = [c for c in candidates if abs(c[1]) <= limit]
+        if within:
+            ranks, left = min(within, key=lambda c: _distortion(inventory, ideal, c[0]))
+        else:
+            ranks, left = min(candidates, key=lambda c: abs(c[1]))
     if abs(left) > limit:
         raise UserError(
             f"budget {budget:,} cannot be met within {limit:,.0f} parameters under rank bounds "
@@ -198,6 +189,36 @@ def apportion(
             "widen max_rank or change the budget"
         )
     return {m.name: r for m, r in zip(inventory, ranks)}
+
+
+def _distortion(inventory, ideal, ranks) -> float:
+    """How far integer ranks are from the ideal ones, weighted by parameters per rank."""
+    return sum(m.cost_per_rank * (r - x) ** 2 for m, r, x in zip(inventory, ranks, ideal))
+
+
+def _completion(inventory, ideal, ranks, budget, min_rank, upper, left, how):
+    """One way to spend (or overshoot) a leftover the ceil-capped rounding could not."""
+    ranks = list(ranks)
+    if how == "overshoot":
+        # One more rank on the module that deserves it most, if that lands closest.
+        by_need = sorted(range(len(inventory)), key=lambda i: (-(ideal[i] - ranks[i]), i))
+        for i in by_need:
+            if ranks[i] < upper and inventory[i].cost_per_rank > left:
+                ranks[i] += 1
+                left -= inventory[i].cost_per_rank
+                break
+        return ranks, left
+    if how.startswith("swap"):
+        left = _swap_in_expensive(inventory, ideal, ranks, budget, min_rank, upper, left)
+    left = _fill(inventory, ideal, ranks, budget, upper)
+    # A last rank on the cheapest module that can grow, when over is closer than under.
+    growable = [i for i in range(len(inventory)) if ranks[i] < upper]
+    if how.endswith("+over") and left > 0 and growable:
+        j = min(growable, key=lambda i: (inventory[i].cost_per_rank, i))
+        if inventory[j].cost_per_rank - left < left:
+            ranks[j] += 1
+            left -= inventory[j].cost_per_rank
+    return ranks, left
 
 
 def _fill(inventory, ideal, ranks, budget, upper, ceil_only: bool = False) -> int:
