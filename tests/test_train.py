@@ -10,7 +10,7 @@ from adaptive_lora.data import collate, tokenize_examples
 from adaptive_lora.evaluate import response_loss_sum
 from adaptive_lora.records import STATUS_DONE, STATUS_FAILED
 from adaptive_lora.train import execute_run
-from tiny import byte_tokenizer, save_tiny, tiny_gpt2, tiny_llama
+from tiny import save_tiny, tiny_gpt2, tiny_llama
 
 
 @pytest.fixture(scope="module")
