@@ -112,7 +112,7 @@ def run_reference(base, split, pad_id, max_length, workdir: Path) -> dict:
         output_dir=str(workdir), per_device_train_batch_size=BATCH, num_train_epochs=1,
         learning_rate=LR, lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=0.0,
         logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=SEED,
-        group_by_length=False, dataloader_num_workers=0, disable_tqdm=True,
+        dataloader_num_workers=0, disable_tqdm=True,
     )
     dataset = _PaddedDataset(split, pad_id, max_length)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[KeepLosses()])
