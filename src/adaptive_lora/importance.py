@@ -57,6 +57,7 @@ from adaptive_lora.allocation.spectral import single_thread
 from adaptive_lora.calibration import Calibration
 from adaptive_lora.data import hash_examples
 from adaptive_lora.errors import UserError
+from adaptive_lora.evaluate import response_loss_sum
 from adaptive_lora.inventory import ModuleInfo
 
 __all__ = [
@@ -232,7 +233,10 @@ def probe_importance(
         for batch in calibration.batches(n_batches, batch_size, seed):
             batch = {key: value.to(device) for key, value in batch.items()}
             with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
-                loss = model(**batch).loss
+                # The training objective itself (mean CE on response tokens), with the
+                # vocabulary projection only where there is a label.
+                loss_sum, n_tokens = response_loss_sum(model, batch)
+                loss = loss_sum / max(n_tokens, 1)
             rss.sample()
             loss.backward()
             del loss
