@@ -92,7 +92,10 @@ def test_probe_sees_only_training_features(tiny_model, splits, calibration):
         for row, mask in zip(kwargs["input_ids"].tolist(), kwargs["attention_mask"]):
             seen.append(tuple(row[: int(mask.sum())]))
 
-    tiny_model.register_forward_pre_hook(spy, with_kwargs=True)
+    # The probe runs the backbone (the head only sees response positions).
+    from adaptive_lora.evaluate import causal_parts
+
+    causal_parts(tiny_model)[0].register_forward_pre_hook(spy, with_kwargs=True)
     probe_importance(
         tiny_model, build_inventory(tiny_model), calibration, n_batches=8, batch_size=8
     )

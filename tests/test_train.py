@@ -53,11 +53,20 @@ def read(run_dir, name):
 
 
 def test_run_folder_is_complete_and_self_describing(llama_folder, tmp_path):
-    result = execute_run(tiny_config(llama_folder, allocation__strategy="linear_decay"), tmp_path, quiet=True)
+    result = execute_run(
+        tiny_config(llama_folder, allocation__strategy="linear_decay"), tmp_path, quiet=True
+    )
     assert result.status == STATUS_DONE
     d = result.run_dir
-    for name in ("config.yaml", "allocation.json", "allocation.png", "metrics.json",
-                 "manifest.json", "generations.jsonl", "adapter/adapter_config.json"):
+    for name in (
+        "config.yaml",
+        "allocation.json",
+        "allocation.png",
+        "metrics.json",
+        "manifest.json",
+        "generations.jsonl",
+        "adapter/adapter_config.json",
+    ):
         assert (d / name).exists(), name
     metrics, manifest = read(d, "metrics.json"), read(d, "manifest.json")
     allocation = read(d, "allocation.json")
@@ -66,11 +75,21 @@ def test_run_folder_is_complete_and_self_describing(llama_folder, tmp_path):
     for key in ("test_loss", "test_loss_before", "val_loss", "val_loss_before", "test_ppl"):
         assert math.isfinite(metrics[key])
     assert metrics["exact_match"] is not None  # the built-in data is exactly checkable
-    for key in ("versions", "git_commit", "cpu", "data_hash", "model_fingerprint", "seed",
-                "started", "ended"):
+    for key in (
+        "versions",
+        "git_commit",
+        "cpu",
+        "data_hash",
+        "model_fingerprint",
+        "seed",
+        "started",
+        "ended",
+    ):
         assert key in manifest, key
     assert manifest["status"] == "done"
-    assert yaml.safe_load((d / "config.yaml").read_text())["allocation"]["strategy"] == "linear_decay"
+    assert (
+        yaml.safe_load((d / "config.yaml").read_text())["allocation"]["strategy"] == "linear_decay"
+    )
 
 
 def test_seeded_runs_are_bit_for_bit_repeatable(llama_folder, tmp_path):
@@ -96,14 +115,22 @@ def test_adapter_reloads_with_the_same_test_loss(gpt2_folder, tmp_path):
     from adaptive_lora.evaluate import mean_loss
     from adaptive_lora.models import load_model
 
-    config = tiny_config(gpt2_folder, allocation__strategy="attention_heavy", train__precision="fp32")
+    config = tiny_config(
+        gpt2_folder, allocation__strategy="attention_heavy", train__precision="fp32"
+    )
     result = execute_run(config, tmp_path, quiet=True)
     loaded = load_model(gpt2_folder)
     model = PeftModel.from_pretrained(loaded.model, str(result.run_dir / "adapter"))
     splits = make_splits(load_examples("builtin"), 24, 8, 8, 0)
     test = tokenize_examples(splits.test, loaded.tokenizer, 256)
-    loss = mean_loss(model, test, pad_token_id=loaded.tokenizer.pad_token_id, batch_size=8,
-                     device=torch.device("cpu"), autocast_dtype=None)
+    loss = mean_loss(
+        model,
+        test,
+        pad_token_id=loaded.tokenizer.pad_token_id,
+        batch_size=8,
+        device=torch.device("cpu"),
+        autocast_dtype=None,
+    )
     assert loss == pytest.approx(result.metrics["test_loss"], rel=1e-5)
 
 
@@ -152,17 +179,35 @@ def test_bad_config_is_a_user_error_and_leaves_no_folder(llama_folder, tmp_path)
 def test_cli_train_on_a_tiny_model(llama_folder, tmp_path, capsys):
     from adaptive_lora.cli import main
 
-    code = main(["train", "--model", llama_folder, "--out", str(tmp_path), "--max-steps", "2",
-                 "--n-train", "16", "--set", "eval.n_generate=1", "--set", "eval.max_new_tokens=2",
-                 "--quiet", "--strategy", "random"])
+    code = main(
+        [
+            "train",
+            "--model",
+            llama_folder,
+            "--out",
+            str(tmp_path),
+            "--max-steps",
+            "2",
+            "--n-train",
+            "16",
+            "--set",
+            "eval.n_generate=1",
+            "--set",
+            "eval.max_new_tokens=2",
+            "--quiet",
+            "--strategy",
+            "random",
+        ]
+    )
     assert code == 0
     assert "done" in capsys.readouterr().out
     assert main(["train", "--model", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
 
 
 def test_adalora_ranks_change_and_both_counts_are_recorded(llama_folder, tmp_path):
-    config = tiny_config(llama_folder, allocation__strategy="adalora", train__max_steps=24,
-                         train__lr=1e-2)
+    config = tiny_config(
+        llama_folder, allocation__strategy="adalora", train__max_steps=24, train__lr=1e-2
+    )
     result = execute_run(config, tmp_path, quiet=True)
     assert result.status == STATUS_DONE, result.error
     m = result.metrics

@@ -152,6 +152,9 @@ class RunSteps:
             train_loss_curve=outcome.train_loss_curve,
             val_loss_curve=outcome.val_loss_curve,
         )
+        if self.val_split is not None:
+            # The curve starts from the untrained adapter (B = 0: the base model).
+            m["val_loss_curve"].insert(0, [0, m["val_loss_before"]])
         if self.allocation.strategy == "adalora":
             self._record_adalora_ranks()
         with Stopwatch() as after:
