@@ -93,6 +93,8 @@ def test_impossible_budgets_are_errors_not_clamps(llama):
     inv = build_inventory(llama)
     with pytest.raises(UserError, match="below"):
         allocate("uniform", ctx_for(inv, "100", min_rank=1))
+    with pytest.raises(UserError, match="below"):
+        allocate("uniform", ctx_for(inv, "r8", min_rank=9))
     with pytest.raises(UserError, match="above"):
         allocate("linear_decay", ctx_for(inv, "r16", max_rank=8))
 

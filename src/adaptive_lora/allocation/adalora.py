@@ -32,8 +32,6 @@ def adalora(
         raise UserError(f"adalora init_ratio must be >= 1, got {init_ratio}")
     if not (0 <= tinit_ratio < 1 and 0 <= tfinal_ratio < 1 and tinit_ratio + tfinal_ratio < 1):
         raise UserError("adalora tinit_ratio + tfinal_ratio must be < 1 (both >= 0)")
-    if ctx.budget.rank is not None:
-        return {m.name: ctx.budget.rank for m in ctx.inventory}
     return ctx.apportion({m.name: m.cost_per_rank for m in ctx.inventory})
 
 

@@ -6,7 +6,6 @@ from adaptive_lora.allocation.core import AllocationContext, register
 @register("uniform")
 def uniform(ctx: AllocationContext) -> dict[str, int]:
     """The same rank everywhere (exact for an `rN` budget)."""
-    if ctx.budget.rank is not None:
-        return {m.name: ctx.budget.rank for m in ctx.inventory}
-    # An explicit parameter count: equal rank means a parameter share ∝ cost per rank.
+    # Equal rank means a parameter share ∝ cost per rank; for an `rN` budget this
+    # is exactly rank N, and the rank bounds are checked like everyone else's.
     return ctx.apportion({m.name: m.cost_per_rank for m in ctx.inventory})
