@@ -40,13 +40,13 @@ def format_allocation_table(allocation) -> str:
         f"{allocation.budget.params:,} params  total {allocation.total_params:,}  "
         f"deviation {allocation.deviation_pct:+.3f}%"
     )
-    lines.append(
-        "per layer:  "
-        + "  ".join(
-            f"L{layer}: r{v['rank']}/{v['params']:,}"
-            for layer, v in allocation.sums_by("layer").items()
-        )
-    )
+    per_layer = [
+        f"L{layer}: r{v['rank']}/{v['params']:,}"
+        for layer, v in allocation.sums_by("layer").items()
+    ]
+    for start in range(0, len(per_layer), 6):  # six layers a line stays readable
+        label = "per layer:" if start == 0 else ""
+        lines.append(f"{label:<11} " + "  ".join(per_layer[start : start + 6]))
     lines.append(
         "per kind:   "
         + "  ".join(
