@@ -48,7 +48,6 @@ import platform
 import re
 import shutil
 import socket
-import subprocess
 import sys
 import time
 import traceback
@@ -58,6 +57,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from adaptive_lora.config import RunConfig, load_yaml
+from adaptive_lora.environment import git_commit, package_versions
 from adaptive_lora.errors import UserError
 from adaptive_lora.records import STATUS_DONE, STATUS_FAILED, RunResult, canonical_json, run_id_for
 from adaptive_lora.store import DONE, FAILED, PENDING, RUNNING, RunRow, StudyLock, StudyStore
@@ -650,37 +650,12 @@ def select_lr(study: Study, rows: Sequence[RunRow]) -> dict[tuple[str, str], LrC
 # ---------------------------------------------------------------------- manifest
 
 
-def _git_commit() -> dict[str, Any]:
-    """The commit of the tool's own source tree (and whether it has local changes)."""
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
-        )
-        if commit.returncode != 0:
-            return {"commit": None}
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
+def _git_state() -> dict[str, Any]:
+    """The tool's source commit and whether it had local changes (see environment.git_commit)."""
+    commit = git_commit()
+    if commit is None:
         return {"commit": None}
-
-
-def _versions() -> dict[str, str | None]:
-    import importlib.metadata
-
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for package in ("adaptive-lora", "torch", "transformers", "peft", "numpy", "scipy"):
-        try:
-            out[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            out[package] = None
-    return out
+    return {"commit": commit.removesuffix("-dirty"), "dirty": commit.endswith("-dirty")}
 
 
 def study_manifest(study: Study) -> dict[str, Any]:
@@ -690,11 +665,11 @@ def study_manifest(study: Study) -> dict[str, Any]:
         "spec_path": str(study.path),
         "spec_hash": study.spec_hash,
         "spec_text": study.text,
-        "versions": _versions(),
+        "versions": package_versions(),
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
-        "git": _git_commit(),
+        "git": _git_state(),
         "argv": sys.argv,
     }
 

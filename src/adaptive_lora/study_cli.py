@@ -230,15 +230,9 @@ def register_cli(subparsers) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="adaptive-lora", description="Study commands.")
     register_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except UserError as error:
-        print(f"adaptive-lora: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("adaptive-lora: interrupted", file=sys.stderr)
-        return 130
+    from adaptive_lora.cli import dispatch
+
+    return dispatch(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
