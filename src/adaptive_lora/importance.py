@@ -72,6 +72,11 @@ __all__ = [
 ]
 
 METRICS = ("taylor", "grad_norm", "grad_nuclear")
+# One set of probe defaults for the `empirical` strategy, `importance` and the cache
+# keys: 16 single-example batches under bf16 autocast (the module ranking agreed
+# with fp32 at Spearman 0.9999 on SmolLM2, at half the time).
+DEFAULT_BATCH_SIZE = 1
+DEFAULT_PRECISION = "bf16"
 PRECISIONS = ("fp32", "bf16")
 # Bump when the meaning of a cached score changes.
 CACHE_VERSION = 1
@@ -160,11 +165,11 @@ def probe_importance(
     *,
     metric: str = "taylor",
     n_batches: int = 16,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     seed: int = 0,
     early_stop: float | None = None,
     nuclear_rank: int = 8,
-    precision: str = "fp32",
+    precision: str = DEFAULT_PRECISION,
 ) -> ImportanceResult:
     """Score every inventory module of the frozen `model` on calibration batches.
 
@@ -307,11 +312,11 @@ def cached_importance(
     *,
     metric: str = "taylor",
     n_batches: int = 16,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     seed: int = 0,
     early_stop: float | None = None,
     nuclear_rank: int = 8,
-    precision: str = "fp32",
+    precision: str = DEFAULT_PRECISION,
     model_fingerprint: str | None = None,
     data_hash: str | None = None,
     cache_dir: str | os.PathLike | None = None,
@@ -401,9 +406,12 @@ def register_cli(subparsers: Any) -> None:
     )
     parser.add_argument("--metric", default="taylor", choices=METRICS)
     parser.add_argument("--batches", type=int, default=16, help="calibration batches per seed")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument(
-        "--precision", default="fp32", choices=PRECISIONS, help="bf16: autocast forward (faster)"
+        "--precision",
+        default=DEFAULT_PRECISION,
+        choices=PRECISIONS,
+        help="bf16: autocast forward (faster)",
     )
     parser.add_argument(
         "--early-stop",

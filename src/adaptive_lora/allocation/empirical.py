@@ -46,7 +46,7 @@ def empirical(
     metric: str = "taylor",
     temperature: float = 1.0,
     n_batches: int = 16,
-    batch_size: int = 1,
+    batch_size: int = 1,  # = importance.DEFAULT_BATCH_SIZE (kept literal: the registry reads it)
     early_stop: float | None = None,
     calibration_seed: int = 0,
     precision: str = "bf16",
