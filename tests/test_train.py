@@ -219,3 +219,24 @@ def test_adalora_ranks_change_and_both_counts_are_recorded(llama_folder, tmp_pat
     assert sum(final.values()) == 8 * len(final)
     assert m["trainable_params"] > m["budget_params"]  # trained at 1.5x the target rank
     assert m["effective_params"] != m["trainable_params"]
+
+
+def test_chunked_response_loss_matches_in_value_and_gradient(monkeypatch, tokenizer):
+    import adaptive_lora.evaluate as evaluate_module
+    from adaptive_lora.data import builtin_examples
+
+    split = tokenize_examples(builtin_examples(8), tokenizer, 256)
+    batch = collate(split.features, tokenizer.pad_token_id)
+
+    def loss_and_grads(chunk):
+        monkeypatch.setattr(evaluate_module, "LOSS_CHUNK", chunk)
+        net = tiny_llama()
+        total, n = response_loss_sum(net, batch)
+        (total / n).backward()
+        return total.detach(), [p.grad.clone() for p in net.parameters() if p.grad is not None]
+
+    whole, whole_grads = loss_and_grads(10**6)
+    chunked, chunked_grads = loss_and_grads(7)  # many chunks of 7 response tokens
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+    for a, b in zip(chunked_grads, whole_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from adaptive_lora.data import IGNORE_INDEX, TokenizedSplit, collate, exact_match, format_prompt
 
@@ -29,6 +30,9 @@ def causal_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Modu
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone = getattr(causal, causal.base_model_prefix)
     return backbone, causal.get_output_embeddings()
+
+
+LOSS_CHUNK = 512  # response tokens projected onto the vocabulary at a time
 
 
 def response_loss_sum(
@@ -43,9 +47,25 @@ def response_loss_sum(
     n_tokens = int(keep.sum())
     if n_tokens == 0:
         return hidden.sum() * 0.0, 0
-    logits = head(hidden[keep])
-    loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
-    return loss, n_tokens
+    hidden, targets = hidden[keep], targets[keep]
+    if n_tokens <= LOSS_CHUNK:
+        return _head_loss(head, hidden, targets), n_tokens
+    # fp32 logits over a large vocabulary (49k for SmolLM2) for thousands of tokens
+    # are hundreds of MB; projecting LOSS_CHUNK rows at a time and recomputing them
+    # in the backward pass keeps every buffer small. Measured on SmolLM2, 2 cores:
+    # an 8 x 512-token training step went from 8.5 s to 6.4 s.
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, n_tokens, LOSS_CHUNK):
+        rows = (head, hidden[start : start + LOSS_CHUNK], targets[start : start + LOSS_CHUNK])
+        if torch.is_grad_enabled():
+            total = total + checkpoint(_head_loss, *rows, use_reentrant=False)
+        else:
+            total = total + _head_loss(*rows)
+    return total, n_tokens
+
+
+def _head_loss(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None):
