@@ -40,7 +40,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -59,6 +58,7 @@ from adaptive_lora.data import hash_examples
 from adaptive_lora.errors import UserError
 from adaptive_lora.evaluate import response_loss_sum
 from adaptive_lora.inventory import ModuleInfo
+from adaptive_lora.records import write_json
 
 __all__ = [
     "METRICS",
@@ -366,21 +366,8 @@ def cached_importance(
         precision=precision,
     )
     result.cache, result.cache_path = "miss", str(path)
-    _write_json(path, {"key": key, "key_fields": key_fields, "result": result.to_dict()})
+    write_json(path, {"key": key, "key_fields": key_fields, "result": result.to_dict()})
     return result
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    """Write atomically, so a concurrent reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(payload, out, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------

@@ -59,9 +59,9 @@ class RunSteps:
         self.allocation_seconds = watch.seconds
 
     def start_manifest(self) -> dict[str, Any]:
-        from adaptive_lora.train import base_manifest, write_config
+        from adaptive_lora.train import base_manifest
 
-        write_config(self.run_dir / "config.yaml", self.config)
+        (self.run_dir / "config.yaml").write_text(self.config.to_yaml())
         self._write_allocation()
         manifest = base_manifest(self.config, self.run_id, self.precision)
         manifest.update(

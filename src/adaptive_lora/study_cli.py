@@ -198,7 +198,7 @@ def register_cli(subparsers) -> None:
         "--dry-run", action="store_true", help="list what would run and a time estimate"
     )
     run.add_argument("--retry-failed", action="store_true", help="run failed runs again")
-    run.add_argument("--quiet", action="store_true", help="no per-step training output")
+    run.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
     run.set_defaults(func=cmd_run)
 
     status = subparsers.add_parser(

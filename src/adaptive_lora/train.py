@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 from adaptive_lora.config import RunConfig, TrainSettings
@@ -369,10 +368,6 @@ def execute_run(
     manifest["peak_memory_mb"] = peak_memory_mb(steps.precision.device)
     write_json(run_dir / "manifest.json", manifest)
     return result
-
-
-def write_config(path: Path, config: RunConfig) -> None:
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def base_manifest(config: RunConfig, run_id: str, precision: Precision) -> dict[str, Any]:
