@@ -36,9 +36,11 @@ def tiny_config(model, **overrides):
     return RunConfig.from_dict(raw)
 
 
+@pytest.mark.parametrize("frozen", [False, True], ids=["plain-head", "blockwise-head"])
 @pytest.mark.parametrize("model", ["llama", "gpt2"])
-def test_response_loss_equals_model_loss(model, tokenizer):
+def test_response_loss_equals_model_loss(model, frozen, tokenizer):
     net = tiny_llama() if model == "llama" else tiny_gpt2()
+    net.requires_grad_(not frozen)  # a frozen head takes head_loss's blockwise route
     from adaptive_lora.data import builtin_examples
 
     split = tokenize_examples(builtin_examples(8), tokenizer, 256)
