@@ -1,10 +1,11 @@
 """The importance probe: how much does each target weight matter to the training loss?
 
 One forward and backward pass of the frozen base model (no LoRA) per calibration
-batch, with only the target weights requiring a gradient. A post-accumulate-grad
-hook on each target weight folds its fresh gradient G into a running statistic and
-frees it at once, so memory stays near inference plus one weight's gradient
-(`grad_nuclear` also keeps a running sum per target weight; see below).
+batch. No weight requires a gradient; hooks on each target module keep its input x
+and, in the backward pass, form its weight gradient G = δᵀx from the gradient δ of
+its output, fold G into a running statistic and free it at once, so memory stays
+near inference plus one weight's gradient (`grad_nuclear` also keeps a running sum
+per target weight; see below).
 
 Metrics, all *intensive* (averaged over the matrix entries) so that a big matrix is
 not favoured for being big: the allocation works in parameters already and
@@ -37,12 +38,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import contextlib
+import functools
 import json
 import math
 import os
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -57,6 +60,11 @@ from adaptive_lora.calibration import Calibration
 from adaptive_lora.data import hash_examples
 from adaptive_lora.errors import UserError
 from adaptive_lora.evaluate import response_loss_sum
+from adaptive_lora.fast_step import (
+    frozen_weights_stored_in,
+    keep_freed_memory,
+    norm_outputs_cast_to,
+)
 from adaptive_lora.inventory import ModuleInfo
 from adaptive_lora.records import write_json
 
@@ -79,7 +87,7 @@ DEFAULT_BATCH_SIZE = 1
 DEFAULT_PRECISION = "bf16"
 PRECISIONS = ("fp32", "bf16")
 # Bump when the meaning of a cached score changes.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: bf16 probes hold the weights in bf16 (differs by bf16 rounding of W)
 
 
 @dataclass
@@ -158,6 +166,49 @@ def _nuclear_estimate(grad_sum: torch.Tensor, n: int, q: int, seed: int) -> floa
     return float(singular[:q].sum()) / math.sqrt(mean.numel())
 
 
+@contextlib.contextmanager
+def _weight_gradients_to(
+    model: nn.Module,
+    targets: Mapping[str, nn.Module],
+    receive: Callable[[str, torch.Tensor], None],
+):
+    """Hand `receive(name, G)` the gradient of each target's weight, batch by batch.
+
+    G = dL/dW is formed from the module's input x and the gradient δ of its
+    output, in the weight's own layout (Linear: δᵀx, (out, in); GPT-2 Conv1D:
+    xᵀδ, (in, out)), in the dtype of δ: the product autograd would form under
+    autocast. The weights themselves need not require grad, so autograd never
+    allocates, transposes or accumulates a `.grad` for them; the input
+    embedding's output is made to require grad so the backward pass reaches
+    every layer.
+    """
+
+    def keep_input(name: str, module: nn.Module, inputs, output) -> None:
+        if not torch.is_grad_enabled() or not output.requires_grad:
+            return
+        x = inputs[0].detach()
+        conv1d = type(module).__name__ == "Conv1D"
+
+        def on_output_grad(delta: torch.Tensor) -> None:
+            d2 = delta.reshape(-1, delta.shape[-1])
+            x2 = x.reshape(-1, x.shape[-1]).to(d2.dtype)
+            receive(name, x2.t() @ d2 if conv1d else d2.t() @ x2)
+
+        output.register_hook(on_output_grad)
+
+    def embeddings_require_grad(module, inputs, output):
+        return output.detach().requires_grad_(torch.is_grad_enabled())
+
+    handles = [model.get_input_embeddings().register_forward_hook(embeddings_require_grad)]
+    for name, module in targets.items():
+        handles.append(module.register_forward_hook(functools.partial(keep_input, name)))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def probe_importance(
     model: nn.Module,
     inventory: Sequence[ModuleInfo],
@@ -186,23 +237,27 @@ def probe_importance(
     names = [m.name for m in inventory]
     weights = {name: modules[name].weight for name in names}
     device = weights[names[0]].device
+    held_in = torch.bfloat16 if precision == "bf16" else None
 
     totals = dict.fromkeys(names, 0.0)  # Σ_b per-batch statistic (taylor, grad_norm)
     grad_sums: dict[str, torch.Tensor] = {}  # Σ_b G_b (grad_nuclear)
     rss = _PeakRss()
 
-    def fold(name: str, param: torch.Tensor) -> None:
-        grad = param.grad.detach().float()
-        param.grad = None  # free it now: only one weight's gradient lives at a time
+    def fold(name: str, grad: torch.Tensor) -> None:
+        """Add one batch's statistic of G (laid out like the weight) and let G go."""
+        weight = modules[name].weight.detach()
         if metric == "taylor":
-            # Conv1D weights are (in, out) and so are their grads: elementwise, any layout works.
-            totals[name] += float((param.detach().float() * grad).abs().mean())
+            # G is ours: the product is formed in its memory and summed in fp32,
+            # whatever the weights are held in.
+            product = grad.mul_(weight).abs_()
+            totals[name] += float(product.sum(dtype=torch.float32)) / product.numel()
         elif metric == "grad_norm":
-            totals[name] += float(torch.linalg.vector_norm(grad)) / math.sqrt(grad.numel())
+            norm = torch.linalg.vector_norm(grad, dtype=torch.float32)
+            totals[name] += float(norm) / math.sqrt(grad.numel())
         elif name in grad_sums:
             grad_sums[name] += grad
         else:
-            grad_sums[name] = grad.clone()
+            grad_sums[name] = grad.float()
         rss.sample()
 
     def estimate(used: int) -> list[float]:
@@ -218,19 +273,22 @@ def probe_importance(
             ]
 
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    saved_grads = {name: w.grad for name, w in weights.items()}
     was_training = model.training
-    handles = []
+    keep_freed_memory()  # every batch forms 106M gradient entries (SmolLM2): reuse the memory
     start = time.perf_counter()
+    held = contextlib.ExitStack()
     try:
+        # No weight requires grad: autograd computes only the activation gradients,
+        # and each target's G is formed by its own hook (no .grad, no accumulation).
         for p, _ in flags:
             p.requires_grad_(False)
-        for name, weight in weights.items():
-            weight.grad = None
-            weight.requires_grad_(True)
-            handles.append(
-                weight.register_post_accumulate_grad_hook(lambda p, name=name: fold(name, p))
-            )
+        if held_in is not None:
+            # Every linear weight held in bf16 for the probe, and norm outputs cast once:
+            # the matmuls autocast would run anyway, without casting 106M weights per
+            # batch or the same activation once per consuming projection.
+            held.enter_context(frozen_weights_stored_in(model, held_in))
+            held.enter_context(norm_outputs_cast_to(model, held_in))
+        held.enter_context(_weight_gradients_to(model, {n: modules[n] for n in names}, fold))
         model.eval()
         trace: list[float | None] = []
         previous: list[float] | None = None
@@ -255,12 +313,9 @@ def probe_importance(
             previous = current
         scores = dict(zip(names, estimate(used)))
     finally:
-        for handle in handles:
-            handle.remove()
+        held.close()
         for p, flag in flags:
             p.requires_grad_(flag)
-        for name, weight in weights.items():
-            weight.grad = saved_grads[name]
         model.train(was_training)
     return ImportanceResult(
         metric=metric,
@@ -276,7 +331,7 @@ def probe_importance(
             "early_stop": early_stop,
             "nuclear_rank": nuclear_rank if metric == "grad_nuclear" else None,
             "precision": precision,
-            "dtype": str(weights[names[0]].dtype).removeprefix("torch."),
+            "dtype": str(held_in or weights[names[0]].dtype).removeprefix("torch."),
         },
     )
 
