@@ -16,7 +16,9 @@ def adapted(model_factory, seed=0):
     base = model_factory()
     base.requires_grad_(False)
     inventory = build_inventory(base)
-    allocation = allocate("linear_decay", AllocationContext(inventory, resolve_budget("r8", inventory)))
+    allocation = allocate(
+        "linear_decay", AllocationContext(inventory, resolve_budget("r8", inventory))
+    )
     model = apply_lora(base, allocation, AdapterSettings(), seed)
     # Non-zero B so the low-rank path contributes to outputs and to A's gradient.
     with torch.no_grad():

@@ -36,11 +36,7 @@ def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
 
 
 def supports_fused_loss(head: torch.nn.Module) -> bool:
-    return (
-        isinstance(head, torch.nn.Linear)
-        and head.bias is None
-        and not head.weight.requires_grad
-    )
+    return isinstance(head, torch.nn.Linear) and head.bias is None and not head.weight.requires_grad
 
 
 class _BlockwiseHeadCrossEntropy(torch.autograd.Function):

@@ -37,9 +37,9 @@ keyed by everything that determines them.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import contextlib
 import functools
+import hashlib
 import json
 import math
 import os

@@ -13,7 +13,6 @@ AdamW state in fp32; `fp32` turns autocast off.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
 import sys
