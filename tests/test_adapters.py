@@ -9,17 +9,9 @@ from adaptive_lora.adapters import (
     pattern_key,
     trainable_parameters,
 )
-from adaptive_lora.allocation import AllocationContext, allocate, resolve_budget
-from adaptive_lora.inventory import build_inventory
-from tiny import tiny_gpt2, tiny_llama
+from tiny import allocation_for, tiny_gpt2, tiny_llama
 
 STRATEGIES = ["uniform", "linear_decay", "attention_heavy", "random"]
-
-
-def allocation_for(model, strategy, budget="r8", seed=0, target="all"):
-    inv = build_inventory(model, target)
-    ctx = AllocationContext(inv, resolve_budget(budget, inv), seed=seed)
-    return allocate(strategy, ctx)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

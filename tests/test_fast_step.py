@@ -6,20 +6,14 @@ import pytest
 import torch
 
 from adaptive_lora.adapters import AdapterSettings, apply_lora
-from adaptive_lora.allocation import AllocationContext, allocate, resolve_budget
 from adaptive_lora.fast_step import fast_training, fused_lora_forward, keep_freed_memory
-from adaptive_lora.inventory import build_inventory
-from tiny import tiny_gpt2, tiny_llama
+from tiny import allocation_for, tiny_gpt2, tiny_llama
 
 
 def adapted(model_factory, seed=0):
     base = model_factory()
     base.requires_grad_(False)
-    inventory = build_inventory(base)
-    allocation = allocate(
-        "linear_decay", AllocationContext(inventory, resolve_budget("r8", inventory))
-    )
-    model = apply_lora(base, allocation, AdapterSettings(), seed)
+    model = apply_lora(base, allocation_for(base, "linear_decay"), AdapterSettings(), seed)
     # Non-zero B so the low-rank path contributes to outputs and to A's gradient.
     with torch.no_grad():
         for name, param in model.named_parameters():

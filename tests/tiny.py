@@ -12,6 +12,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from adaptive_lora.allocation import Allocation, AllocationContext, allocate, resolve_budget
+from adaptive_lora.inventory import build_inventory
+
 SPECIALS = ["<pad>", "<eos>", "<bos>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
@@ -76,3 +79,10 @@ def save_tiny(model, folder) -> str:
     model.save_pretrained(folder)
     byte_tokenizer().save_pretrained(folder)
     return str(folder)
+
+
+def allocation_for(model, strategy, budget="r8", seed=0, target="all") -> Allocation:
+    """`strategy`'s allocation of `budget` over `model`'s target modules."""
+    inv = build_inventory(model, target)
+    ctx = AllocationContext(inv, resolve_budget(budget, inv), seed=seed)
+    return allocate(strategy, ctx)
