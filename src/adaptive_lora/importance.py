@@ -235,8 +235,8 @@ def probe_importance(
     check_settings(metric, n_batches, batch_size, nuclear_rank, precision)
     modules = dict(model.named_modules())
     names = [m.name for m in inventory]
-    weights = {name: modules[name].weight for name in names}
-    device = weights[names[0]].device
+    own_dtype = modules[names[0]].weight.dtype
+    device = modules[names[0]].weight.device
     held_in = torch.bfloat16 if precision == "bf16" else None
 
     totals = dict.fromkeys(names, 0.0)  # Σ_b per-batch statistic (taylor, grad_norm)
@@ -295,7 +295,7 @@ def probe_importance(
         used = 0
         for batch in calibration.batches(n_batches, batch_size, seed):
             batch = {key: value.to(device) for key, value in batch.items()}
-            with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
+            with torch.autocast(device.type, torch.bfloat16, enabled=held_in is not None):
                 # The training objective itself (mean CE on response tokens), with the
                 # vocabulary projection only where there is a label.
                 loss_sum, n_tokens = response_loss_sum(model, batch)
@@ -331,7 +331,7 @@ def probe_importance(
             "early_stop": early_stop,
             "nuclear_rank": nuclear_rank if metric == "grad_nuclear" else None,
             "precision": precision,
-            "dtype": str(held_in or weights[names[0]].dtype).removeprefix("torch."),
+            "dtype": str(held_in or own_dtype).removeprefix("torch."),
         },
     )
 
