@@ -408,6 +408,27 @@ def _statuses(db: Path) -> dict[str, tuple[str, int]]:
         conn.close()
 
 
+def _sigkill_once_running(proc, study, run_id: str, *, timeout: float, folder_too=False):
+    """SIGKILL the study process as soon as the store marks `run_id` running
+    (and, with `folder_too`, its run folder exists); fail if it never gets there."""
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            running = _statuses(study.store_path).get(run_id, ("",))[0] == "running"
+            if running and (not folder_too or (study.runs_dir / run_id).exists()):
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            if time.monotonic() >= deadline:
+                pytest.fail(f"run {run_id} never started")
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_sigkill_mid_run_then_resume_runs_only_the_interrupted_run(tmp_path):
     path = write_study(tmp_path)
     study = load_study(path)
@@ -421,22 +442,7 @@ def test_sigkill_mid_run_then_resume_runs_only_the_interrupted_run(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            rows = _statuses(study.store_path)
-            if rows.get(second, ("",))[0] == "running" and (study.runs_dir / second).exists():
-                break
-            assert proc.poll() is None, proc.stderr.read().decode()
-            time.sleep(0.02)
-        else:
-            pytest.fail("the second run never started")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    _sigkill_once_running(proc, study, second, timeout=60, folder_too=True)
     rows = _statuses(study.store_path)
     assert rows[first] == ("done", 1)
     assert rows[second] == ("running", 1)  # what a SIGKILL leaves
@@ -519,18 +525,7 @@ def test_real_cli_killed_mid_run_resumes_with_a_tiny_model(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    try:
-        deadline = time.monotonic() + 120
-        while _statuses(study.store_path).get(second, ("",))[0] != "running":
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "the second run never started"
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    _sigkill_once_running(proc, study, second, timeout=120)
     rows = _statuses(study.store_path)
     assert rows[first] == ("done", 1) and rows[second] == ("running", 1)
     first_metrics = (study.runs_dir / first / "metrics.json").read_bytes()
