@@ -22,8 +22,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from train_throughput import uniform_r8  # bench/ is on sys.path when run as a script
+
 from adaptive_lora.adapters import AdapterSettings, apply_lora
-from adaptive_lora.allocation import AllocationContext, allocate, resolve_budget
 from adaptive_lora.calibration import make_calibration
 from adaptive_lora.config import TrainSettings
 from adaptive_lora.data import load_examples, make_splits, tokenize_examples
@@ -64,8 +65,7 @@ def main() -> int:
         f"peak RSS {probe.peak_rss_mb:,.0f} MB"
     )
 
-    allocation = allocate("uniform", AllocationContext(inventory, resolve_budget("r8", inventory)))
-    adapted = apply_lora(model, allocation, AdapterSettings(), SEED)
+    adapted = apply_lora(model, uniform_r8(model), AdapterSettings(), SEED)
     settings = TrainSettings(lr=1e-3, batch_size=8, epochs=1.0)
     outcome = train_adapter(
         adapted,
