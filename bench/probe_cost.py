@@ -24,14 +24,17 @@ import sys
 
 from train_throughput import uniform_r8  # bench/ is on sys.path when run as a script
 
-from adaptive_lora.adapters import AdapterSettings, apply_lora
-from adaptive_lora.calibration import make_calibration
+from adaptive_lora.adapters.lora import AdapterSettings, apply_lora
+from adaptive_lora.allocation.importance import probe_importance
+from adaptive_lora.compute.precision import resolve_precision
 from adaptive_lora.config import TrainSettings
-from adaptive_lora.data import load_examples, make_splits, tokenize_examples
-from adaptive_lora.importance import probe_importance
-from adaptive_lora.inventory import build_inventory
-from adaptive_lora.models import load_model
-from adaptive_lora.train import resolve_precision, train_adapter
+from adaptive_lora.data.calibration import make_calibration
+from adaptive_lora.data.prompts import tokenize_examples
+from adaptive_lora.data.sources import load_examples
+from adaptive_lora.data.splits import make_splits
+from adaptive_lora.model.inventory import build_inventory
+from adaptive_lora.model.loading import load_model
+from adaptive_lora.training.loop import train_adapter
 
 MAX_LENGTH = 256
 N_VAL, N_TEST = 50, 100  # as in configs/alpaca-smollm2.yaml, so the training split is the same

@@ -30,13 +30,16 @@ from pathlib import Path
 
 import torch
 
-from adaptive_lora.adapters import AdapterSettings, apply_lora
-from adaptive_lora.allocation import AllocationContext, allocate, resolve_budget
+from adaptive_lora.adapters.lora import AdapterSettings, apply_lora
+from adaptive_lora.allocation.budget import resolve_budget
+from adaptive_lora.allocation.core import AllocationContext, allocate
+from adaptive_lora.compute.precision import resolve_precision
 from adaptive_lora.config import TrainSettings
-from adaptive_lora.data import IGNORE_INDEX, load_examples, tokenize_examples
-from adaptive_lora.inventory import build_inventory
-from adaptive_lora.models import load_model
-from adaptive_lora.train import resolve_precision, train_adapter
+from adaptive_lora.data.prompts import IGNORE_INDEX, tokenize_examples
+from adaptive_lora.data.sources import load_examples
+from adaptive_lora.model.inventory import build_inventory
+from adaptive_lora.model.loading import load_model
+from adaptive_lora.training.loop import train_adapter
 
 LR = 2e-4
 BATCH = 8
@@ -67,10 +70,17 @@ def uniform_r8(model):
 
 def run_project(base, split, pad_id) -> dict:
     model = apply_lora(copy.deepcopy(base), uniform_r8(base), AdapterSettings(), SEED)
-    settings = TrainSettings(lr=LR, batch_size=BATCH, epochs=1.0, warmup_ratio=0.0, max_grad_norm=0.0)
+    settings = TrainSettings(
+        lr=LR, batch_size=BATCH, epochs=1.0, warmup_ratio=0.0, max_grad_norm=0.0
+    )
     outcome = train_adapter(
-        model, split, settings=settings, seed=SEED, pad_token_id=pad_id,
-        precision=resolve_precision("auto"), quiet=True,
+        model,
+        split,
+        settings=settings,
+        seed=SEED,
+        pad_token_id=pad_id,
+        precision=resolve_precision("auto"),
+        quiet=True,
     )
     losses = [loss for _, loss in outcome.train_loss_curve]
     return {"tokens": outcome.real_tokens, "seconds": outcome.seconds, "losses": losses}
@@ -84,11 +94,13 @@ class _PaddedDataset(torch.utils.data.Dataset):
         for feature in split.features:
             n = len(feature["input_ids"])
             pad = max_length - n
-            self.rows.append({
-                "input_ids": torch.tensor(feature["input_ids"] + [pad_id] * pad),
-                "attention_mask": torch.tensor([1] * n + [0] * pad),
-                "labels": torch.tensor(feature["labels"] + [IGNORE_INDEX] * pad),
-            })
+            self.rows.append(
+                {
+                    "input_ids": torch.tensor(feature["input_ids"] + [pad_id] * pad),
+                    "attention_mask": torch.tensor([1] * n + [0] * pad),
+                    "labels": torch.tensor(feature["labels"] + [IGNORE_INDEX] * pad),
+                }
+            )
 
     def __len__(self):
         return len(self.rows)
@@ -109,10 +121,20 @@ def run_reference(base, split, pad_id, max_length, workdir: Path) -> dict:
                 losses.append(float(logs["loss"]))
 
     args = TrainingArguments(
-        output_dir=str(workdir), per_device_train_batch_size=BATCH, num_train_epochs=1,
-        learning_rate=LR, lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=0.0,
-        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=SEED,
-        dataloader_num_workers=0, disable_tqdm=True,
+        output_dir=str(workdir),
+        per_device_train_batch_size=BATCH,
+        num_train_epochs=1,
+        learning_rate=LR,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        max_grad_norm=0.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=SEED,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
     )
     dataset = _PaddedDataset(split, pad_id, max_length)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[KeepLosses()])
@@ -136,9 +158,11 @@ def main() -> int:
     n_params = sum(p.numel() for p in base.parameters())
     examples = load_examples(args.data)[: args.examples]
     split = tokenize_examples(examples, tokenizer, args.max_length)
-    print(f"model smollm2-135m ({n_params / 1e6:.1f}M params), {len(split.features)} examples, "
-          f"{split.n_tokens} real tokens, {split.n_truncated} truncated at {args.max_length}, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"model smollm2-135m ({n_params / 1e6:.1f}M params), {len(split.features)} examples, "
+        f"{split.n_tokens} real tokens, {split.n_truncated} truncated at {args.max_length}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
 
     peak = bf16_matmul_peak()
     print(f"bf16 matmul peak measured: {peak / 1e12:.2f} TFLOP/s")
@@ -157,9 +181,11 @@ def main() -> int:
         r["mfu"] = 4 * n_params * rate / peak
         mean_loss = sum(r["losses"]) / len(r["losses"])
         tail = r["losses"][-3:]
-        print(f"{name:>9}: {r['tokens']} real tokens in {r['seconds']:.1f}s = {rate:.0f} tok/s, "
-              f"MFU {100 * r['mfu']:.1f}%, epoch-mean train loss {mean_loss:.4f}, "
-              f"last steps {', '.join(f'{x:.4f}' for x in tail)}")
+        print(
+            f"{name:>9}: {r['tokens']} real tokens in {r['seconds']:.1f}s = {rate:.0f} tok/s, "
+            f"MFU {100 * r['mfu']:.1f}%, epoch-mean train loss {mean_loss:.4f}, "
+            f"last steps {', '.join(f'{x:.4f}' for x in tail)}"
+        )
     project = results["project"]
     speedup = project["rate"] / results["reference"]["rate"] if "reference" in results else math.nan
     print(f"speedup={speedup:.2f}x mfu={100 * project['mfu']:.1f}%")

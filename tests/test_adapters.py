@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from adaptive_lora.adapters import (
+from adaptive_lora.adapters.lora import (
     AdapterSettings,
     apply_lora,
     build_lora_config,
@@ -52,7 +52,7 @@ def test_pattern_keys_are_anchored(gpt2):
 
 
 def test_a_key_matching_two_modules_is_caught(gpt2):
-    from adaptive_lora.adapters import check_pattern_keys
+    from adaptive_lora.adapters.lora import check_pattern_keys
 
     with pytest.raises(RuntimeError, match="matches"):
         check_pattern_keys(["c_proj"], [n for n, _ in gpt2.named_modules()], {"c_proj": "x"})

@@ -2,17 +2,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adaptive_lora.allocation import (
-    STRATEGIES,
-    AllocationContext,
-    allocate,
-    apportion,
-    resolve_budget,
-    tolerance,
-    total_params,
-)
+from adaptive_lora.allocation.budget import apportion, resolve_budget, tolerance, total_params
+from adaptive_lora.allocation.core import STRATEGIES, AllocationContext, allocate
 from adaptive_lora.errors import UserError
-from adaptive_lora.inventory import ModuleInfo, build_inventory
+from adaptive_lora.model.inventory import ModuleInfo, build_inventory
 
 SHAPE_STRATEGIES = ["uniform", "linear_decay", "attention_heavy", "random"]
 

@@ -1,4 +1,4 @@
-"""Tests for adaptive_lora.data and adaptive_lora.builtin_data (no network, no hub)."""
+"""Tests for adaptive_lora.data (sources, prompts, splits, the built-in set; no network, no hub)."""
 
 from __future__ import annotations
 
@@ -13,18 +13,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adaptive_lora.builtin_data import FAMILY_NAMES, builtin_examples, exact_match
-from adaptive_lora.data import (
+from adaptive_lora.data.builtin import FAMILY_NAMES, builtin_examples, exact_match
+from adaptive_lora.data.prompts import (
     IGNORE_INDEX,
     TEMPLATES,
     collate,
     format_prompt,
-    hash_examples,
     length_grouped_batches,
-    load_examples,
-    make_splits,
     tokenize_examples,
 )
+from adaptive_lora.data.sources import load_examples
+from adaptive_lora.data.splits import hash_examples, make_splits
 from adaptive_lora.errors import UserError
 
 DEMO_FILE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "alpaca_en_demo.json"

@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-from adaptive_lora.adapters import AdapterSettings, apply_lora
-from adaptive_lora.fast_step import fast_training, fused_lora_forward, keep_freed_memory
+from adaptive_lora.adapters.lora import AdapterSettings, apply_lora
+from adaptive_lora.compute.fast_step import fast_training, fused_lora_forward, keep_freed_memory
 from tiny import allocation_for, tiny_gpt2, tiny_llama
 
 

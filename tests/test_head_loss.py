@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adaptive_lora.head_loss import head_cross_entropy_sum, supports_fused_loss
+from adaptive_lora.compute.head_loss import head_cross_entropy_sum, supports_fused_loss
 
 
 def frozen_head(vocab=97, dim=24, seed=0):

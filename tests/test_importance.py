@@ -6,14 +6,19 @@ from pathlib import Path
 import pytest
 import torch
 
-import adaptive_lora.importance as importance
-from adaptive_lora.allocation import AllocationContext, allocate, resolve_budget, tolerance
-from adaptive_lora.calibration import calibration_from_source, make_calibration
-from adaptive_lora.data import builtin_examples, load_examples, make_splits, tokenize_examples
+import adaptive_lora.allocation.importance as importance
+import adaptive_lora.cli.importance as importance_cli
+from adaptive_lora.allocation.budget import resolve_budget, tolerance
+from adaptive_lora.allocation.core import AllocationContext, allocate
+from adaptive_lora.allocation.importance import cached_importance, probe_importance, spearman
+from adaptive_lora.data.builtin import builtin_examples
+from adaptive_lora.data.calibration import calibration_from_source, make_calibration
+from adaptive_lora.data.prompts import tokenize_examples
+from adaptive_lora.data.sources import load_examples
+from adaptive_lora.data.splits import make_splits
 from adaptive_lora.errors import UserError
-from adaptive_lora.importance import cached_importance, probe_importance, spearman
-from adaptive_lora.inventory import build_inventory
-from adaptive_lora.models import LoadedModel
+from adaptive_lora.model.inventory import build_inventory
+from adaptive_lora.model.loading import LoadedModel
 from tiny import byte_tokenizer, save_tiny, tiny_gpt2
 
 MAX_LENGTH = 128  # every built-in chat prompt fits in 128 byte tokens
@@ -93,7 +98,7 @@ def test_probe_sees_only_training_features(tiny_model, splits, calibration):
             seen.append(tuple(row[: int(mask.sum())]))
 
     # The probe runs the backbone (the head only sees response positions).
-    from adaptive_lora.evaluate import causal_parts
+    from adaptive_lora.compute.loss import causal_parts
 
     causal_parts(tiny_model)[0].register_forward_pre_hook(spy, with_kwargs=True)
     probe_importance(
@@ -111,7 +116,7 @@ def test_calibration_from_source_uses_the_train_split(tmp_path, splits):
     path.write_text(json.dumps(builtin_examples(120)))
     settings = DataSettings(n_train=48, n_val=16, n_test=16, max_length=MAX_LENGTH, template="chat")
     loaded = LoadedModel(model=None, tokenizer=byte_tokenizer())
-    calibration = calibration_from_source(str(path), loaded, settings=settings)
+    calibration = calibration_from_source(str(path), loaded.tokenizer, settings=settings)
     expected = make_splits(load_examples(str(path)), 48, 16, 16, 0)
     assert calibration.data_hash == expected.data_hash
     train = tokenize_examples(expected.train, byte_tokenizer(), MAX_LENGTH, "chat").features
@@ -123,7 +128,7 @@ def test_calibration_from_a_too_small_source_is_a_user_error(tmp_path):
     path.write_text(json.dumps(builtin_examples(20)))
     loaded = LoadedModel(model=None, tokenizer=byte_tokenizer())
     with pytest.raises(UserError, match="has 20 examples but the splits ask for 240"):
-        calibration_from_source(str(path), loaded)
+        calibration_from_source(str(path), loaded.tokenizer)
 
 
 # ---- the probe against a direct computation --------------------------------------------
@@ -334,7 +339,7 @@ def test_importance_cli(tmp_path, capsys):
     data = tmp_path / "data.json"
     data.write_text(json.dumps(builtin_examples(300)))
     parser = argparse.ArgumentParser()
-    importance.register_cli(parser.add_subparsers(dest="command"))
+    importance_cli.register(parser.add_subparsers(dest="command"))
     common = ["importance", "--model", folder, "--data", str(data), "--batches", "2"]
     args = parser.parse_args(
         [

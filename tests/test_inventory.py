@@ -1,7 +1,7 @@
 import pytest
 
 from adaptive_lora.errors import UserError
-from adaptive_lora.inventory import build_inventory, resolve_targets, weight_matrix
+from adaptive_lora.model.inventory import build_inventory, resolve_targets, weight_matrix
 
 
 def test_gpt2_inventory_every_field(gpt2):

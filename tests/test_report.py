@@ -10,11 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from adaptive_lora import stats
+from adaptive_lora.analysis import stats
 from adaptive_lora.records import METRIC_KEYS, RunResult, write_json
-from adaptive_lora.report import analyse, write_report
-from adaptive_lora.store import StudyStore
-from adaptive_lora.study import LocalExecutor, load_study, run_study
+from adaptive_lora.report.analyse import analyse
+from adaptive_lora.report.write import write_report
+from adaptive_lora.study.local import LocalExecutor
+from adaptive_lora.study.runner import run_study
+from adaptive_lora.study.spec import load_study
+from adaptive_lora.study.store import StudyStore
 
 # Mean test loss per strategy: linear_decay clearly better, attention_heavy about the same.
 EFFECT = {"uniform": 0.0, "linear_decay": -0.05, "attention_heavy": 0.002, "adalora": -0.01}

@@ -3,10 +3,11 @@ import math
 import pytest
 import torch
 
-from adaptive_lora.allocation import AllocationContext, allocate, resolve_budget, tolerance
+from adaptive_lora.allocation.budget import resolve_budget, tolerance
+from adaptive_lora.allocation.core import AllocationContext, allocate
 from adaptive_lora.allocation.spectral import esd, hill_alpha
 from adaptive_lora.errors import UserError
-from adaptive_lora.inventory import build_inventory
+from adaptive_lora.model.inventory import build_inventory
 
 
 def test_hill_alpha_on_a_hand_computed_spectrum():

@@ -1,4 +1,4 @@
-"""Tests of adaptive_lora.stats: every number against scipy/statsmodels, plus hand-worked cases."""
+"""Tests of adaptive_lora.analysis.stats: every number against scipy/statsmodels, plus hand-worked cases."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
-from adaptive_lora.stats import (
+from adaptive_lora.analysis.stats import (
     _signed_rank_exact_p,
     compare_family,
     compare_paired,
@@ -608,7 +608,7 @@ def test_to_jsonable():
 def test_mean_ci_t_matches_scipy():
     from scipy import stats as st
 
-    from adaptive_lora.stats import mean_ci_t
+    from adaptive_lora.analysis.stats import mean_ci_t
 
     x = [1.0, 2.0, 4.0, 7.0]
     low, high = mean_ci_t(x)

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from adaptive_lora.errors import UserError
-from adaptive_lora.store import (
+from adaptive_lora.study.spec import load_study
+from adaptive_lora.study.store import (
     DONE,
     FAILED,
     PENDING,
@@ -23,7 +24,6 @@ from adaptive_lora.store import (
     StudyStore,
     lock_is_held,
 )
-from adaptive_lora.study import load_study
 
 STUDY = """\
 # adaptive-lora run study.yaml
@@ -192,7 +192,7 @@ def test_the_kernel_releases_the_lock_of_a_killed_process(tmp_path):
     path = tmp_path / ".lock"
     code = (
         "import sys, time\n"
-        "from adaptive_lora.store import StudyLock\n"
+        "from adaptive_lora.study.store import StudyLock\n"
         f"StudyLock({str(path)!r}).acquire()\n"
         "print('locked', flush=True)\n"
         "time.sleep(60)\n"

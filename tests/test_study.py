@@ -15,18 +15,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from adaptive_lora.cli import main
+from adaptive_lora.cli.run import format_dry_run
+from adaptive_lora.cli.status import format_status
 from adaptive_lora.errors import UserError
 from adaptive_lora.records import METRIC_KEYS, RunResult, run_id_for, write_json
-from adaptive_lora.store import DONE, FAILED, PENDING, StudyStore
-from adaptive_lora.study import (
-    LocalExecutor,
-    heuristic_seconds,
-    load_study,
-    parse_seeds,
-    run_study,
-    select_lr,
-)
-from adaptive_lora.study_cli import format_dry_run, format_status, main
+from adaptive_lora.study.local import LocalExecutor
+from adaptive_lora.study.lr import select_lr
+from adaptive_lora.study.plan import heuristic_seconds
+from adaptive_lora.study.runner import run_study
+from adaptive_lora.study.spec import load_study, parse_seeds
+from adaptive_lora.study.store import DONE, FAILED, PENDING, StudyStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -319,7 +318,7 @@ def test_status_marks_and_counts(tmp_path, capsys):
 
 
 def test_a_second_run_of_a_busy_study_is_refused(tmp_path, capsys):
-    from adaptive_lora.store import StudyLock
+    from adaptive_lora.study.store import StudyLock
 
     path = write_study(tmp_path)
     study = load_study(path)
@@ -499,7 +498,7 @@ def test_shipped_configs(name, monkeypatch):
 
 def test_real_cli_killed_mid_run_resumes_with_a_tiny_model(tmp_path):
     """The real executor end to end: SIGKILL in the 2nd run, resume, report."""
-    pytest.importorskip("adaptive_lora.train")
+    pytest.importorskip("adaptive_lora.run")
     from tiny import save_tiny, tiny_llama
 
     model = save_tiny(tiny_llama(), tmp_path / "m")
@@ -521,7 +520,7 @@ def test_real_cli_killed_mid_run_resumes_with_a_tiny_model(tmp_path):
     study = load_study(path)
     first, second = study.run_ids
     proc = subprocess.Popen(
-        [sys.executable, "-m", "adaptive_lora.study_cli", "run", str(path), "--quiet"],
+        [sys.executable, "-m", "adaptive_lora.cli", "run", str(path), "--quiet"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

@@ -5,11 +5,11 @@ import pytest
 import torch
 import yaml
 
+from adaptive_lora.compute.loss import response_loss_sum
 from adaptive_lora.config import RunConfig
-from adaptive_lora.data import collate, tokenize_examples
-from adaptive_lora.evaluate import response_loss_sum
+from adaptive_lora.data.prompts import collate, tokenize_examples
 from adaptive_lora.records import STATUS_DONE, STATUS_FAILED
-from adaptive_lora.train import execute_run
+from adaptive_lora.run import execute_run
 from tiny import save_tiny, tiny_gpt2, tiny_llama
 
 
@@ -41,7 +41,7 @@ def tiny_config(model, **overrides):
 def test_response_loss_equals_model_loss(model, frozen, tokenizer):
     net = tiny_llama() if model == "llama" else tiny_gpt2()
     net.requires_grad_(not frozen)  # a frozen head takes head_loss's blockwise route
-    from adaptive_lora.data import builtin_examples
+    from adaptive_lora.data.builtin import builtin_examples
 
     split = tokenize_examples(builtin_examples(8), tokenizer, 256)
     batch = collate(split.features, tokenizer.pad_token_id)
@@ -113,9 +113,10 @@ def test_seeded_runs_are_bit_for_bit_repeatable(llama_folder, tmp_path):
 def test_adapter_reloads_with_the_same_test_loss(gpt2_folder, tmp_path):
     from peft import PeftModel
 
-    from adaptive_lora.data import load_examples, make_splits
-    from adaptive_lora.evaluate import mean_loss
-    from adaptive_lora.models import load_model
+    from adaptive_lora.data.sources import load_examples
+    from adaptive_lora.data.splits import make_splits
+    from adaptive_lora.evaluation import mean_loss
+    from adaptive_lora.model.loading import load_model
 
     config = tiny_config(
         gpt2_folder, allocation__strategy="attention_heavy", train__precision="fp32"
@@ -137,7 +138,7 @@ def test_adapter_reloads_with_the_same_test_loss(gpt2_folder, tmp_path):
 
 
 def test_nan_loss_stops_the_run_as_failed(llama_folder, tmp_path, monkeypatch):
-    from adaptive_lora import train as train_module
+    from adaptive_lora.training import loop as train_module
 
     real = train_module.response_loss_sum
     calls = {"n": 0}
@@ -156,7 +157,7 @@ def test_nan_loss_stops_the_run_as_failed(llama_folder, tmp_path, monkeypatch):
 
 
 def test_shared_model_is_clean_after_a_run(llama_folder, tmp_path):
-    from adaptive_lora.models import load_model
+    from adaptive_lora.model.loading import load_model
 
     loaded = load_model(llama_folder)
     names_before = [n for n, _ in loaded.model.named_modules()]
@@ -224,8 +225,8 @@ def test_adalora_ranks_change_and_both_counts_are_recorded(llama_folder, tmp_pat
 
 
 def test_chunked_response_loss_matches_in_value_and_gradient(monkeypatch, tokenizer):
-    import adaptive_lora.evaluate as evaluate_module
-    from adaptive_lora.data import builtin_examples
+    import adaptive_lora.compute.loss as evaluate_module
+    from adaptive_lora.data.builtin import builtin_examples
 
     split = tokenize_examples(builtin_examples(8), tokenizer, 256)
     batch = collate(split.features, tokenizer.pad_token_id)

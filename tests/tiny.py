@@ -12,8 +12,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from adaptive_lora.allocation import Allocation, AllocationContext, allocate, resolve_budget
-from adaptive_lora.inventory import build_inventory
+from adaptive_lora.allocation.budget import resolve_budget
+from adaptive_lora.allocation.core import Allocation, AllocationContext, allocate
+from adaptive_lora.model.inventory import build_inventory
 
 SPECIALS = ["<pad>", "<eos>", "<bos>"]
 CHAT_TEMPLATE = (

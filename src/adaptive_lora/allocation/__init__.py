@@ -1,10 +1,13 @@
 """Rank-allocation strategies: one file per strategy, found by name in one registry.
 
-Importing this package registers every built-in strategy.
+Importing this package registers every built-in strategy: the import list below *is*
+the registry (each module registers its strategy with `@register`). Adding a
+strategy is one new file in this folder plus one name in that list.
 """
 
-from adaptive_lora.allocation import adalora as _adalora  # noqa: F401
+# The registry: one line per strategy module.
 from adaptive_lora.allocation import (  # noqa: F401
+    adalora,
     attention_heavy,
     empirical,
     linear_decay,

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from adaptive_lora.errors import UserError
-from adaptive_lora.inventory import ModuleInfo
+from adaptive_lora.model.inventory import ModuleInfo
 
 _RANK_BUDGET = re.compile(r"^r(\d+)$")
 _COUNT_BUDGET = re.compile(r"^(\d+(?:\.\d+)?)([kKmM]?)$")

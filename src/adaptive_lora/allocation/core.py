@@ -17,7 +17,7 @@ from typing import Any
 
 from adaptive_lora.allocation.budget import Budget, apportion, tolerance, total_params
 from adaptive_lora.errors import UserError
-from adaptive_lora.inventory import ModuleInfo
+from adaptive_lora.model.inventory import ModuleInfo
 
 
 @dataclass

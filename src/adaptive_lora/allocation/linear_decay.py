@@ -2,7 +2,7 @@
 
 from adaptive_lora.allocation.core import AllocationContext, register
 from adaptive_lora.errors import UserError
-from adaptive_lora.inventory import layer_count
+from adaptive_lora.model.inventory import layer_count
 
 
 def depth_profile(layer: int, n_layers: int, ratio: float, reverse: bool) -> float:

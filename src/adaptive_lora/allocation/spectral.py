@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 
 from adaptive_lora.allocation.core import AllocationContext, register
-from adaptive_lora.allocation.empirical import tempered_shares
+from adaptive_lora.allocation.shares import tempered_shares
+from adaptive_lora.compute.threads import single_thread
 from adaptive_lora.errors import UserError
-from adaptive_lora.inventory import weight_matrix
+from adaptive_lora.model.inventory import weight_matrix
 
 
 def hill_alpha(eigenvalues: Sequence[float] | torch.Tensor, fraction: float = 0.5) -> float:
@@ -45,22 +45,6 @@ def hill_alpha(eigenvalues: Sequence[float] | torch.Tensor, fraction: float = 0.
     k = min(lam.numel(), max(2, round(fraction * lam.numel())))
     log_sum = float(torch.log(lam[:k] / lam[k - 1]).sum())
     return 1.0 + k / log_sum if log_sum > 0 else math.inf
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Run CPU LAPACK calls (SVD, QR) on one thread, then restore the thread count.
-
-    Matrices of this size gain little from threads, and MKL's OpenMP threads can
-    stall by orders of magnitude when another process shares the cores (a
-    96×32 SVD took 0.27 s instead of 0.1 ms on a busy 2-core machine).
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def esd(weight: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ chooses models, test reports numbers, and neither may shape an allocation. A
 that reads data sees only this object.
 
     make_calibration(splits.train, tokenizer, max_length=..., template=..., data_hash=...)
-    calibration_from_source("data.json", loaded)      # what `adaptive-lora allocate` uses
+    calibration_from_source("data.json", tokenizer)      # what `adaptive-lora allocate` uses
 """
 
 from __future__ import annotations
@@ -15,15 +15,14 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from adaptive_lora.data import collate, hash_examples, load_examples, make_splits, tokenize_examples
-
-if TYPE_CHECKING:
-    from adaptive_lora.config import DataSettings
-    from adaptive_lora.models import LoadedModel
+from adaptive_lora.config import DataSettings
+from adaptive_lora.data.prompts import collate, tokenize_examples
+from adaptive_lora.data.sources import load_examples
+from adaptive_lora.data.splits import hash_examples, make_splits
 
 __all__ = ["Calibration", "calibration_from_source", "make_calibration"]
 
@@ -105,15 +104,14 @@ def make_calibration(
 
 
 def calibration_from_source(
-    data: str, loaded: LoadedModel, *, settings: DataSettings | None = None
+    data: str, tokenizer: Any, *, settings: DataSettings | None = None
 ) -> Calibration:
     """The training split of `data`, split as a run with these `DataSettings` would split it.
 
-    `loaded` is a `models.LoadedModel` (only its tokenizer is used). Raises the
+    `tokenizer` is the model's (a `LoadedModel.tokenizer`). Raises the
     `UserError` of `make_splits` when the source has fewer examples than the
     splits ask for, rather than calibrating on data a run would hold out.
     """
-    from adaptive_lora.config import DataSettings
 
     settings = settings or DataSettings()
     examples = load_examples(data)
@@ -122,7 +120,7 @@ def calibration_from_source(
     )
     calibration = make_calibration(
         splits.train,
-        loaded.tokenizer,
+        tokenizer,
         max_length=settings.max_length,
         template=settings.template,
         data_hash=splits.data_hash,

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from peft import AdaLoraConfig, get_peft_model
 
-from adaptive_lora.adapters import PEFT_PREFIX, AdapterSettings, module_seed
-from adaptive_lora.allocation import Allocation
+from adaptive_lora.adapters.lora import PEFT_PREFIX, AdapterSettings, module_seed
 from adaptive_lora.allocation.adalora import target_rank
+from adaptive_lora.allocation.core import Allocation
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,6 @@ keyed by everything that determines them.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import hashlib
@@ -47,7 +46,6 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -55,37 +53,35 @@ import psutil
 import torch
 from torch import nn
 
-from adaptive_lora.allocation.spectral import single_thread
-from adaptive_lora.calibration import Calibration
-from adaptive_lora.data import hash_examples
-from adaptive_lora.errors import UserError
-from adaptive_lora.evaluate import response_loss_sum
-from adaptive_lora.fast_step import (
+from adaptive_lora.compute.fast_step import (
     frozen_weights_stored_in,
     keep_freed_memory,
     norm_outputs_cast_to,
 )
-from adaptive_lora.inventory import ModuleInfo
+from adaptive_lora.compute.loss import response_loss_sum
+from adaptive_lora.compute.threads import single_thread
+from adaptive_lora.data.calibration import Calibration
+from adaptive_lora.data.splits import hash_examples
+from adaptive_lora.errors import UserError
+from adaptive_lora.model.inventory import ModuleInfo
+from adaptive_lora.model.loading import cache_root
 from adaptive_lora.records import write_json
 
-__all__ = [
-    "METRICS",
-    "ImportanceResult",
-    "cached_importance",
-    "importance_cache_dir",
-    "probe_importance",
-    "register_cli",
-    "spearman",
-    "weights_fingerprint",
-]
-
 METRICS = ("taylor", "grad_norm", "grad_nuclear")
+
+
 # One set of probe defaults for the `empirical` strategy, `importance` and the cache
 # keys: 16 single-example batches under bf16 autocast (the module ranking agreed
 # with fp32 at Spearman 0.9999 on SmolLM2, at half the time).
 DEFAULT_BATCH_SIZE = 1
+
+
 DEFAULT_PRECISION = "bf16"
+
+
 PRECISIONS = ("fp32", "bf16")
+
+
 # Bump when the meaning of a cached score changes.
 CACHE_VERSION = 2  # 2: bf16 probes hold the weights in bf16 (differs by bf16 rounding of W)
 
@@ -336,16 +332,10 @@ def probe_importance(
     )
 
 
-# ---------------------------------------------------------------------------
-# Cache
-# ---------------------------------------------------------------------------
-
-
 def importance_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """The folder of the score files: `cache_dir` itself, else `models.cache_root()/importance`."""
     if cache_dir is not None:
         return Path(cache_dir)
-    from adaptive_lora.models import cache_root
 
     return cache_root() / "importance"
 
@@ -423,148 +413,3 @@ def cached_importance(
     result.cache, result.cache_path = "miss", str(path)
     write_json(path, {"key": key, "key_fields": key_fields, "result": result.to_dict()})
     return result
-
-
-# ---------------------------------------------------------------------------
-# CLI: adaptive-lora importance
-# ---------------------------------------------------------------------------
-
-
-def register_cli(subparsers: Any) -> None:
-    """Add the `importance` subcommand to an argparse subparsers object."""
-    parser = subparsers.add_parser(
-        "importance",
-        help="probe per-module importance on calibration data and compare calibration seeds",
-        description="Run the importance probe (training split only) for each calibration seed; "
-        "print per-module scores, per-layer and per-kind sums, and the Spearman "
-        "correlation of the scores between each pair of seeds.",
-    )
-    parser.add_argument("--model", default="smollm2-135m", help="preset, hub id, folder or .gguf")
-    parser.add_argument(
-        "--data", default="builtin", help="data source; its training split is the calibration"
-    )
-    parser.add_argument(
-        "--seeds", type=int, nargs="+", default=[0], help="calibration seeds (batch draws)"
-    )
-    parser.add_argument("--metric", default="taylor", choices=METRICS)
-    parser.add_argument("--batches", type=int, default=16, help="calibration batches per seed")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    parser.add_argument(
-        "--precision",
-        default=DEFAULT_PRECISION,
-        choices=PRECISIONS,
-        help="bf16: autocast forward (faster)",
-    )
-    parser.add_argument(
-        "--early-stop",
-        type=float,
-        default=None,
-        metavar="RHO",
-        help="stop once successive score rankings reach this Spearman correlation",
-    )
-    parser.add_argument(
-        "--target", default="all", help="all, attention, mlp or a comma list of kinds"
-    )
-    parser.add_argument("--no-cache", action="store_true", help="always run the probe")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--plot", metavar="FILE.png", help="layer × kind heatmap of mean scores")
-    parser.set_defaults(func=cmd_importance)
-
-
-def _sums(inventory: Sequence[ModuleInfo], scores: Mapping[str, float], key: str) -> dict:
-    sums: dict[Any, float] = {}
-    for m in inventory:
-        group = getattr(m, key)
-        sums[group] = sums.get(group, 0.0) + scores[m.name]
-    return sums
-
-
-def cmd_importance(args: argparse.Namespace) -> int:
-    from adaptive_lora.calibration import calibration_from_source
-    from adaptive_lora.inventory import build_inventory
-    from adaptive_lora.models import load_model
-
-    check_settings(args.metric, args.batches, args.batch_size, precision=args.precision)
-    seeds = list(dict.fromkeys(args.seeds))
-    loaded = load_model(args.model)
-    inventory = build_inventory(loaded.model, args.target)
-    calibration = calibration_from_source(args.data, loaded)
-    results = {}
-    for seed in seeds:
-        settings = dict(
-            metric=args.metric,
-            n_batches=args.batches,
-            batch_size=args.batch_size,
-            seed=seed,
-            early_stop=args.early_stop,
-            precision=args.precision,
-        )
-        if args.no_cache:
-            results[seed] = probe_importance(loaded.model, inventory, calibration, **settings)
-        else:
-            results[seed] = cached_importance(
-                loaded.model,
-                inventory,
-                calibration,
-                model_fingerprint=loaded.fingerprint.get("sha256", args.model),
-                **settings,
-            )
-    names = [m.name for m in inventory]
-    mean = {n: sum(r.scores[n] for r in results.values()) / len(results) for n in names}
-    pairs = {
-        f"{a}-{b}": spearman(
-            [results[a].scores[n] for n in names], [results[b].scores[n] for n in names]
-        )
-        for a, b in combinations(seeds, 2)
-    }
-    per_layer, per_kind = _sums(inventory, mean, "layer"), _sums(inventory, mean, "kind")
-    if args.plot:
-        from adaptive_lora.plots import rank_heatmap
-
-        rank_heatmap(
-            inventory,
-            mean,
-            args.plot,
-            title=f"{args.metric} importance ({args.model}, mean of {len(seeds)} seed(s))",
-            label="importance",
-            integer=False,
-        )
-    if args.json:
-        summary = {
-            "model": args.model,
-            "data": args.data,
-            "metric": args.metric,
-            "calibration": {"data_hash": calibration.data_hash, **calibration.info},
-            "seeds": {str(s): r.to_dict() for s, r in results.items()},
-            "mean_scores": mean,
-            "per_layer": {str(k): v for k, v in per_layer.items()},
-            "per_kind": per_kind,
-            "spearman_between_seeds": pairs,
-        }
-        print(json.dumps(summary, indent=2))
-        return 0
-    width = max(len(n) for n in names)
-    print(f"{'module':<{width}}  layer  kind  {'mean score':>10}  {'min':>9}  {'max':>9}")
-    for m in inventory:
-        values = [r.scores[m.name] for r in results.values()]
-        print(
-            f"{m.name:<{width}}  {m.layer:>5}  {m.kind:<4}  {mean[m.name]:>10.3e}  "
-            f"{min(values):>9.3e}  {max(values):>9.3e}"
-        )
-    print()
-    print(
-        f"metric {args.metric}  model {args.model}  calibration: {len(calibration)} training "
-        f"examples of {args.data}"
-    )
-    for seed, r in results.items():
-        print(
-            f"seed {seed}: {r.n_batches} batches of {args.batch_size} in {r.seconds:.1f} s, "
-            f"peak RSS {r.peak_rss_mb:,.0f} MB, cache {r.cache}"
-        )
-    print("per layer:  " + "  ".join(f"L{k}: {v:.3e}" for k, v in per_layer.items()))
-    print("per kind:   " + "  ".join(f"{k}: {v:.3e}" for k, v in per_kind.items()))
-    if pairs:
-        print("Spearman between seeds:  " + "  ".join(f"{k}: {v:.4f}" for k, v in pairs.items()))
-    if args.plot:
-        print(f"heatmap: {args.plot}")
-    return 0

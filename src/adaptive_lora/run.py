@@ -1,29 +1,114 @@
-"""The steps of one run, in the order they happen (a recipe: prepare → train → record → release).
+"""One run, end to end: load → allocate → adapt → train → evaluate → record.
 
-`train.execute_run` drives this class; it exists so that each step is a short
-method that reads top to bottom and the run's state lives in one place.
+The recipe: `execute_run` is the one place that strings the stages together;
+`RunSteps` holds the run's state and gives each step a short method that reads top
+to bottom. The training loop it calls lives below it, in `training/`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
+import traceback
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from adaptive_lora.adapters import AdapterSettings, apply_lora, trainable_parameters
+from adaptive_lora.adapters.adalora import (
+    adalora_loss_term,
+    adalora_step_hook,
+    apply_adalora,
+    current_ranks,
+    effective_parameters,
+)
+from adaptive_lora.adapters.lora import AdapterSettings, apply_lora, trainable_parameters
+from adaptive_lora.allocation.for_model import run_allocation
+from adaptive_lora.allocation.heatmap import rank_heatmap
+from adaptive_lora.compute.precision import Precision, resolve_precision
 from adaptive_lora.config import RunConfig
-from adaptive_lora.data import load_examples, make_splits, tokenize_examples
-from adaptive_lora.evaluate import Stopwatch, generate_answers, mean_loss, perplexity
-from adaptive_lora.plots import rank_heatmap
-from adaptive_lora.records import write_json
+from adaptive_lora.data.prompts import (
+    tokenize_examples,
+)
+from adaptive_lora.data.sources import load_examples
+from adaptive_lora.data.splits import make_splits
+from adaptive_lora.environment import environment_manifest, now_iso, peak_memory_mb
+from adaptive_lora.errors import UserError
+from adaptive_lora.evaluation import Stopwatch, generate_answers, mean_loss, perplexity
+from adaptive_lora.model.loading import load_model
+from adaptive_lora.records import STATUS_DONE, STATUS_FAILED, RunResult, run_id_for, write_json
+from adaptive_lora.training.loggers import MetricLoggers
+from adaptive_lora.training.loop import NonFiniteLoss, total_steps, train_adapter
+
+
+def execute_run(
+    config: RunConfig,
+    out_root: Path | str,
+    *,
+    run_id: str | None = None,
+    loaded: Any = None,
+    quiet: bool = False,
+) -> RunResult:
+    """Train and evaluate one configured run and leave a self-describing run folder.
+
+    A bad configuration or input raises `UserError` before the folder is written.
+    A run that fails while training (non-finite loss, an exception) returns a
+    result with status `failed` and a one-line reason; its folder says so too.
+    `loaded` (a `models.LoadedModel`) lets a study load the model once; the
+    adapter is removed from it again before returning.
+    """
+
+    config.validate()
+    run_id = run_id or run_id_for(config.to_dict())
+    run_dir = Path(out_root) / run_id
+    steps = RunSteps(config, run_dir, run_id, quiet=quiet)
+    steps.prepare(loaded)  # loads model and data, allocates: UserErrors surface here
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a previous, interrupted attempt of the same run
+    run_dir.mkdir(parents=True)
+    manifest = steps.start_manifest()
+    try:
+        metrics = steps.train_and_evaluate()
+        manifest.update(status=STATUS_DONE, ended=now_iso())
+        result = RunResult(run_id, run_dir, STATUS_DONE, metrics, manifest)
+    except NonFiniteLoss as error:
+        manifest.update(
+            status=STATUS_FAILED, error=str(error), failed_step=error.step, ended=now_iso()
+        )
+        result = RunResult(
+            run_id, run_dir, STATUS_FAILED, steps.partial_metrics(), manifest, str(error)
+        )
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a failed run is recorded, the study goes on
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        (run_dir / "traceback.txt").write_text(traceback.format_exc())
+        manifest.update(status=STATUS_FAILED, error=reason, ended=now_iso())
+        result = RunResult(
+            run_id, run_dir, STATUS_FAILED, steps.partial_metrics(), manifest, reason
+        )
+    finally:
+        steps.release()
+    manifest["peak_memory_mb"] = peak_memory_mb(steps.precision.device)
+    write_json(run_dir / "manifest.json", manifest)
+    return result
+
+
+def base_manifest(config: RunConfig, run_id: str, precision: Precision) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "status": "running",
+        "started": now_iso(),
+        "seed": config.seed,
+        "data_seed": config.data.data_seed,
+        "precision": precision.name,
+        **environment_manifest(precision.device),
+    }
 
 
 class RunSteps:
     def __init__(self, config: RunConfig, run_dir: Path, run_id: str, *, quiet: bool = False):
-        from adaptive_lora.train import resolve_precision
 
         self.config = config
         self.run_dir = run_dir
@@ -35,8 +120,6 @@ class RunSteps:
 
     # -- prepare: everything that can fail because of the user's input -------------------
     def prepare(self, loaded: Any) -> None:
-        from adaptive_lora.models import load_model
-        from adaptive_lora.pipeline import run_allocation
 
         cfg = self.config
         if cfg.train.threads:
@@ -59,7 +142,6 @@ class RunSteps:
         self.allocation_seconds = watch.seconds
 
     def start_manifest(self) -> dict[str, Any]:
-        from adaptive_lora.train import base_manifest
 
         (self.run_dir / "config.yaml").write_text(self.config.to_yaml())
         self._write_allocation()
@@ -107,7 +189,6 @@ class RunSteps:
         )
 
     def train_and_evaluate(self) -> dict[str, Any]:
-        from adaptive_lora.train import MetricLoggers, train_adapter
 
         cfg = self.config
         torch.manual_seed(cfg.seed)  # dropout, if any; data order and init have their own seeds
@@ -184,7 +265,6 @@ class RunSteps:
             for record in generation.records:
                 handle.write(json.dumps(record) + "\n")
         self.peft_model.save_pretrained(str(self.run_dir / "adapter"))
-        from adaptive_lora.environment import peak_memory_mb
 
         m["peak_memory_mb"] = peak_memory_mb(self.precision.device)
         write_json(self.run_dir / "metrics.json", m)
@@ -196,12 +276,6 @@ class RunSteps:
         if self.allocation.strategy != "adalora":
             self.peft_model = apply_lora(self.loaded.model, self.allocation, adapter, cfg.seed)
             return {}
-        from adaptive_lora.adalora import (
-            adalora_loss_term,
-            adalora_step_hook,
-            apply_adalora,
-        )
-        from adaptive_lora.train import total_steps
 
         steps = total_steps(len(self.train_split.features), cfg.train)
         self.peft_model, schedule = apply_adalora(
@@ -216,7 +290,6 @@ class RunSteps:
         }
 
     def _record_adalora_ranks(self) -> None:
-        from adaptive_lora.adalora import current_ranks, effective_parameters
 
         final = current_ranks(self.peft_model)
         effective = effective_parameters(self.allocation, final)

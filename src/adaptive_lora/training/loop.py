@@ -1,53 +1,34 @@
-"""One run end to end: load → allocate → adapt → train → evaluate → record.
+"""The training loop: a plain PyTorch loop over the adapter parameters.
 
-Training is a plain PyTorch loop rather than the HF Trainer: the loop is short,
-it computes the loss only on response positions (the Trainer's model call
-projects every position onto the vocabulary), it batches by length with
-dynamic padding, stops on a non-finite loss at the exact step, and calls
-AdaLoRA's `update_and_allocate` where it must. `bench/train_throughput.py`
-measures it against a plain Trainer reference.
+Not the HF Trainer: the loop is short, it computes the loss only on response
+positions (the Trainer's model call projects every position onto the vocabulary),
+it batches by length with dynamic padding, stops on a non-finite loss at the exact
+step, and calls AdaLoRA's `update_and_allocate` where it must (through `after_step`).
+`bench/train_throughput.py` measures it against a plain Trainer reference.
 
-Precision: bf16 autocast (CPU, or CUDA when present) with the LoRA weights and
-AdamW state in fp32; `fp32` turns autocast off.
+Precision: bf16 autocast with the LoRA weights and AdamW state in fp32 (see
+`compute/precision.py`); under autocast `compute/fast_step.py` is in place.
 """
 
 from __future__ import annotations
 
 import math
-import shutil
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from adaptive_lora.config import RunConfig, TrainSettings
-from adaptive_lora.data import TokenizedSplit, collate, length_grouped_batches
-from adaptive_lora.environment import environment_manifest, now_iso, peak_memory_mb
-from adaptive_lora.errors import UserError
-from adaptive_lora.evaluate import autocast_context, mean_loss, response_loss_sum
-from adaptive_lora.fast_step import fast_training
-from adaptive_lora.records import STATUS_DONE, STATUS_FAILED, RunResult, run_id_for, write_json
-
-
-@dataclass(frozen=True)
-class Precision:
-    device: torch.device
-    autocast_dtype: torch.dtype | None  # None: plain fp32
-    name: str
-
-
-def resolve_precision(setting: str) -> Precision:
-    """`auto`/`bf16`: bf16 autocast on CUDA if present, else on CPU; `fp32`: no autocast."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting == "fp32":
-        return Precision(device, None, "fp32")
-    return Precision(device, torch.bfloat16, f"bf16-autocast-{device.type}")
+from adaptive_lora.compute.fast_step import fast_training
+from adaptive_lora.compute.loss import response_loss_sum
+from adaptive_lora.compute.precision import Precision, autocast_context
+from adaptive_lora.config import TrainSettings
+from adaptive_lora.data.prompts import TokenizedSplit, collate, length_grouped_batches
+from adaptive_lora.evaluation import mean_loss
+from adaptive_lora.training.loggers import MetricLoggers
 
 
 class NonFiniteLoss(RuntimeError):
@@ -110,41 +91,6 @@ def lr_lambda(settings: TrainSettings, steps: int) -> Callable[[int], float]:
         return max(0.0, 1.0 - progress)
 
     return factor
-
-
-class MetricLoggers:
-    """Optional tensorboard / mlflow sinks for the loss curves (off by default)."""
-
-    def __init__(self, names: list[str], run_dir: Path, run_id: str):
-        self.writers: list[Callable[[str, float, int], None]] = []
-        self._closers: list[Callable[[], None]] = []
-        for name in names:
-            if name == "tensorboard":
-                try:
-                    from torch.utils.tensorboard import SummaryWriter
-                except ImportError:
-                    raise UserError(
-                        "report_to tensorboard needs `pip install tensorboard`"
-                    ) from None
-                writer = SummaryWriter(str(run_dir / "tensorboard"))
-                self.writers.append(lambda k, v, s, w=writer: w.add_scalar(k, v, s))
-                self._closers.append(writer.close)
-            elif name == "mlflow":
-                try:
-                    import mlflow
-                except ImportError:
-                    raise UserError("report_to mlflow needs `pip install mlflow`") from None
-                mlflow.start_run(run_name=run_id)
-                self.writers.append(lambda k, v, s: mlflow.log_metric(k, v, step=s))
-                self._closers.append(mlflow.end_run)
-
-    def log(self, key: str, value: float, step: int) -> None:
-        for write in self.writers:
-            write(key, value, step)
-
-    def close(self) -> None:
-        for close in self._closers:
-            close()
 
 
 def train_adapter(
@@ -266,72 +212,3 @@ def _record_val(model, val_split, outcome, step, pad_token_id, batch_size, preci
     if loggers:
         loggers.log("val/loss", value, step)
     model.train()
-
-
-# ---- one run, recorded -------------------------------------------------------------------
-
-
-def execute_run(
-    config: RunConfig,
-    out_root: Path | str,
-    *,
-    run_id: str | None = None,
-    loaded: Any = None,
-    quiet: bool = False,
-) -> RunResult:
-    """Train and evaluate one configured run and leave a self-describing run folder.
-
-    A bad configuration or input raises `UserError` before the folder is written.
-    A run that fails while training (non-finite loss, an exception) returns a
-    result with status `failed` and a one-line reason; its folder says so too.
-    `loaded` (a `models.LoadedModel`) lets a study load the model once; the
-    adapter is removed from it again before returning.
-    """
-    from adaptive_lora.run_steps import RunSteps
-
-    config.validate()
-    run_id = run_id or run_id_for(config.to_dict())
-    run_dir = Path(out_root) / run_id
-    steps = RunSteps(config, run_dir, run_id, quiet=quiet)
-    steps.prepare(loaded)  # loads model and data, allocates: UserErrors surface here
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # a previous, interrupted attempt of the same run
-    run_dir.mkdir(parents=True)
-    manifest = steps.start_manifest()
-    try:
-        metrics = steps.train_and_evaluate()
-        manifest.update(status=STATUS_DONE, ended=now_iso())
-        result = RunResult(run_id, run_dir, STATUS_DONE, metrics, manifest)
-    except NonFiniteLoss as error:
-        manifest.update(
-            status=STATUS_FAILED, error=str(error), failed_step=error.step, ended=now_iso()
-        )
-        result = RunResult(
-            run_id, run_dir, STATUS_FAILED, steps.partial_metrics(), manifest, str(error)
-        )
-    except UserError:
-        raise
-    except Exception as error:  # noqa: BLE001 - a failed run is recorded, the study goes on
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        (run_dir / "traceback.txt").write_text(traceback.format_exc())
-        manifest.update(status=STATUS_FAILED, error=reason, ended=now_iso())
-        result = RunResult(
-            run_id, run_dir, STATUS_FAILED, steps.partial_metrics(), manifest, reason
-        )
-    finally:
-        steps.release()
-    manifest["peak_memory_mb"] = peak_memory_mb(steps.precision.device)
-    write_json(run_dir / "manifest.json", manifest)
-    return result
-
-
-def base_manifest(config: RunConfig, run_id: str, precision: Precision) -> dict[str, Any]:
-    return {
-        "run_id": run_id,
-        "status": "running",
-        "started": now_iso(),
-        "seed": config.seed,
-        "data_seed": config.data.data_seed,
-        "precision": precision.name,
-        **environment_manifest(precision.device),
-    }

@@ -1,17 +1,15 @@
-"""The steps shared by `allocate`, `train` and studies: model → inventory → allocation."""
+"""Model → inventory → allocation: the steps `allocate`, `train`, studies and the API share."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from adaptive_lora.allocation import (
-    Allocation,
-    AllocationContext,
-    allocate,
-    get_strategy,
-    resolve_budget,
-)
-from adaptive_lora.inventory import build_inventory
+from adaptive_lora.allocation.budget import resolve_budget
+from adaptive_lora.allocation.core import Allocation, AllocationContext, allocate, get_strategy
+from adaptive_lora.data.calibration import calibration_from_source, make_calibration
+from adaptive_lora.errors import UserError
+from adaptive_lora.model.inventory import build_inventory
+from adaptive_lora.model.loading import cache_root, load_model, load_skeleton
 
 
 def allocation_for(
@@ -27,17 +25,42 @@ def allocation_for(
     data: str = "builtin",
 ) -> Allocation:
     """Allocate for a model named by spec, loading weights only if the strategy needs them."""
+    get_strategy(strategy).check_params(params or {})  # fail on a bad parameter before loading
+    options = dict(params=params, target=target, min_rank=min_rank, max_rank=max_rank, seed=seed)
+    if not get_strategy(strategy).needs_weights:
+        return allocation_on_model(load_skeleton(model_spec), strategy, budget, **options)
+    loaded = load_model(model_spec)
+    return allocation_on_model(
+        loaded.model,
+        strategy,
+        budget,
+        tokenizer=loaded.tokenizer,
+        data=data,
+        fingerprints={"model": loaded.fingerprint.get("sha256", model_spec)},
+        **options,
+    )
+
+
+def allocation_on_model(
+    model: Any,
+    strategy: str,
+    budget: str | int,
+    *,
+    params: dict[str, Any] | None = None,
+    target: str = "all",
+    min_rank: int = 1,
+    max_rank: int | None = None,
+    seed: int = 0,
+    tokenizer: Any = None,
+    data: str = "builtin",
+    fingerprints: dict[str, str] | None = None,
+) -> Allocation:
+    """Allocate for a model already in memory (weights, or a meta-device skeleton).
+
+    Data-driven strategies calibrate on the training split of `data`, tokenized with
+    `tokenizer`, split as a run with the default data settings would split it.
+    """
     chosen = get_strategy(strategy)
-    chosen.check_params(params or {})  # fail on a bad parameter before any loading
-    if chosen.needs_weights:
-        from adaptive_lora.models import load_model
-
-        loaded = load_model(model_spec)
-        model, fingerprints = loaded.model, {"model": loaded.fingerprint.get("sha256", model_spec)}
-    else:
-        from adaptive_lora.models import load_skeleton
-
-        model, fingerprints, loaded = load_skeleton(model_spec), {}, None
     inventory = build_inventory(model, target)
     ctx = AllocationContext(
         inventory=inventory,
@@ -46,12 +69,12 @@ def allocation_for(
         max_rank=max_rank,
         seed=seed,
         model=model if chosen.needs_weights else None,
-        fingerprints=fingerprints,
+        fingerprints=fingerprints or {},
     )
     if chosen.needs_data:
-        from adaptive_lora.calibration import calibration_from_source
-
-        ctx.calibration = calibration_from_source(data, loaded)
+        if tokenizer is None:
+            raise UserError(f"strategy {strategy} calibrates on data: pass the model's tokenizer")
+        ctx.calibration = calibration_from_source(data, tokenizer)
     return allocate(strategy, ctx, params)
 
 
@@ -61,7 +84,6 @@ def run_allocation(config: Any, loaded: Any, splits: Any) -> Allocation:
     Data-driven strategies get calibration batches from the *training* split
     only; validation and test never reach them.
     """
-    from adaptive_lora.models import cache_root
 
     settings = config.allocation
     chosen = get_strategy(settings.strategy)
@@ -80,8 +102,6 @@ def run_allocation(config: Any, loaded: Any, splits: Any) -> Allocation:
         },
     )
     if chosen.needs_data:
-        from adaptive_lora.calibration import make_calibration
-
         ctx.calibration = make_calibration(
             splits.train,
             loaded.tokenizer,

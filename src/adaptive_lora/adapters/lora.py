@@ -22,8 +22,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from adaptive_lora.allocation import Allocation
 from adaptive_lora.allocation.budget import reference_rank
+from adaptive_lora.allocation.core import Allocation
 
 PEFT_PREFIX = "base_model.model."
 

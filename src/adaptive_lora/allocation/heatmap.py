@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from adaptive_lora.inventory import ALL_KINDS, ModuleInfo  # noqa: E402
+from adaptive_lora.model.inventory import ALL_KINDS, ModuleInfo
 
 
 def layer_kind_grid(

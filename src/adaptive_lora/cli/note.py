@@ -1,0 +1,38 @@
+"""`adaptive-lora note`: record a decision note in the study."""
+
+from __future__ import annotations
+
+import argparse
+
+from adaptive_lora.errors import UserError
+from adaptive_lora.study.spec import load_study
+from adaptive_lora.study.store import StudyStore
+
+
+def cmd_note(args: argparse.Namespace) -> int:
+
+    study = load_study(args.study, check_sources=False)
+    if not args.text.strip():
+        raise UserError("a note needs some text")
+    with StudyStore.open(study.store_path) as store:
+        store.sync_runs(study.runs)  # so that --runs may name runs not yet run
+        note_id = store.add_note(
+            args.text.strip(),
+            decision=args.decision,
+            rationale=args.rationale,
+            run_ids=args.runs or [],
+        )
+    print(f"note {note_id} recorded in {study.store_path}")
+    return 0
+
+
+def register(subparsers) -> None:
+    note = subparsers.add_parser(
+        "note", help="record a decision note in the study (listed in the report)"
+    )
+    note.add_argument("study", metavar="STUDY.yaml")
+    note.add_argument("text", help="what happened or was decided")
+    note.add_argument("--decision", help="the decision, in a few words")
+    note.add_argument("--rationale", help="why")
+    note.add_argument("--runs", nargs="+", metavar="RUN_ID", help="runs the note is about")
+    note.set_defaults(func=cmd_note)

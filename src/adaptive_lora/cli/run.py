@@ -1,0 +1,67 @@
+"""`adaptive-lora run`: run a study's pending runs (resumable), or `--dry-run` them."""
+
+from __future__ import annotations
+
+import argparse
+
+from adaptive_lora.cli.status import _mark
+from adaptive_lora.study.plan import current_rows, estimate, open_store_if_any, would_run
+from adaptive_lora.study.runner import run_study
+from adaptive_lora.study.spec import load_study
+from adaptive_lora.study.store import lock_is_held
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+
+    study = load_study(args.study)
+    if args.dry_run:
+        print(format_dry_run(study, retry_failed=args.retry_failed))
+        return 0
+    # Failed runs are part of a study's record, not an error of the command.
+    run_study(study, retry_failed=args.retry_failed, quiet=args.quiet)
+    return 0
+
+
+def format_dry_run(study, *, retry_failed: bool) -> str:
+    """What `run` would do now, and how long it would take."""
+
+    store = open_store_if_any(study)
+    try:
+        rows = current_rows(study, store)
+    finally:
+        if store is not None:
+            store.close()
+    held = lock_is_held(study.lock_path)
+    todo = would_run(study, rows, retry_failed=retry_failed, lock_held=held)
+    done = sum(1 for r in rows.values() if r is not None and r.status == "done")
+    lines = [
+        f"study {study.name}: {len(study.runs)} runs, {done} done, {len(todo)} would run"
+        + (" (another `run` holds the study now)" if held else "")
+    ]
+    width = max(len(label) for label in study.labels)
+    for spec in todo:
+        row = rows[spec.run_id]
+        why = "" if row is None or row.status == "pending" else f"  [{_mark(row, held)}]"
+        lines.append(
+            f"  {spec.label:<{width}}  {spec.budget:<6} seed {spec.seed:<3} lr {spec.lr:<8g} "
+            f"{spec.run_id}{why}"
+        )
+    lines.append(f"estimate: {estimate(study, rows, todo).text()}")
+    return "\n".join(lines)
+
+
+def register(subparsers) -> None:
+    run = subparsers.add_parser(
+        "run",
+        help="run a study's pending runs (resumable; done runs are skipped)",
+        description="Expand STUDY.yaml into runs and run the pending ones in order. "
+        "Safe to stop and restart at any time: finished runs are kept, an interrupted "
+        "run is run again. Paths in the study are relative to the current folder.",
+    )
+    run.add_argument("study", metavar="STUDY.yaml")
+    run.add_argument(
+        "--dry-run", action="store_true", help="list what would run and a time estimate"
+    )
+    run.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    run.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
+    run.set_defaults(func=cmd_run)

@@ -1,0 +1,97 @@
+"""`adaptive-lora status`: which runs of a study are done, running, failed or pending."""
+
+from __future__ import annotations
+
+import argparse
+
+from adaptive_lora.study.plan import current_rows, estimate, open_store_if_any
+from adaptive_lora.study.spec import load_study
+from adaptive_lora.study.store import lock_is_held
+
+MARKS = {
+    "done": "✓",
+    "running": "▶",
+    "interrupted": "!",
+    "failed": "✗",
+    "pending": "·",
+}
+
+
+LEGEND = "✓ done  ▶ running  ! interrupted (its process is gone)  ✗ failed  · pending"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+
+    # Status, reports and notes read the store only: a moved data file must not block them.
+    print(format_status(load_study(args.study, check_sources=False)))
+    return 0
+
+
+def _mark(row, lock_held: bool) -> str:
+    if row is None:
+        return "pending"
+    if row.status == "running" and not lock_held:
+        return "interrupted"
+    return row.status
+
+
+def format_status(study) -> str:
+    """strategy × budget rows, seed columns, counts and the remaining-time estimate."""
+
+    store = open_store_if_any(study)
+    try:
+        rows = current_rows(study, store)
+        orphans = len(store.rows()) - sum(r is not None for r in rows.values()) if store else 0
+    finally:
+        if store is not None:
+            store.close()
+    held = lock_is_held(study.lock_path)
+    marks = {run_id: _mark(row, held) for run_id, row in rows.items()}
+
+    tuned = study.tunes_lr
+    groups: dict[tuple, dict[int, str]] = {}
+    for spec in study.runs:
+        key = (spec.label, spec.budget, spec.lr) if tuned else (spec.label, spec.budget)
+        groups.setdefault(key, {})[spec.seed] = marks[spec.run_id]
+    width = max(len("strategy"), *(len(label) for label in study.labels))
+    seed_w = max(2, *(len(str(s)) for s in study.seeds))
+    head = f"{'strategy':<{width}}  {'budget':<6}" + ("  lr      " if tuned else "")
+    lines = [
+        f"study {study.name}: {study.path} → {study.out}"
+        + ("" if store else "  (nothing has run yet)"),
+        "",
+        head + "  seeds " + " ".join(f"{s:>{seed_w}}" for s in study.seeds),
+    ]
+    for key, by_seed in groups.items():
+        text = f"{key[0]:<{width}}  {key[1]:<6}" + (f"  {key[2]:<8g}" if tuned else "")
+        cells = " ".join(f"{MARKS[by_seed.get(s, 'pending')]:>{seed_w}}" for s in study.seeds)
+        lines.append(text + "        " + cells)
+    lines += ["", f"legend: {LEGEND}"]
+    counts = {name: sum(1 for m in marks.values() if m == name) for name in MARKS}
+    lines.append(
+        f"{len(study.runs)} runs: "
+        + ", ".join(f"{counts[name]} {name}" for name in MARKS if counts[name] or name == "done")
+    )
+    remaining = [
+        spec for spec in study.runs if marks[spec.run_id] in ("pending", "running", "interrupted")
+    ]
+    lines.append(f"remaining: {estimate(study, rows, remaining).text()}")
+    if counts["interrupted"]:
+        lines.append(f"interrupted runs re-run at the next `adaptive-lora run {study.path}`")
+    failed = [(run_id, row) for run_id, row in rows.items() if marks[run_id] == "failed"]
+    if failed:
+        lines.append(f"failed (re-run with `adaptive-lora run {study.path} --retry-failed`):")
+        lines += [f"  {run_id}: {row.reason}" for run_id, row in failed]
+    if orphans:
+        lines.append(
+            f"{orphans} stored run(s) are no longer in the study file (kept, not reported)"
+        )
+    return "\n".join(lines)
+
+
+def register(subparsers) -> None:
+    status = subparsers.add_parser(
+        "status", help="which runs of a study are done, running, failed or pending"
+    )
+    status.add_argument("study", metavar="STUDY.yaml")
+    status.set_defaults(func=cmd_status)

@@ -1,0 +1,104 @@
+"""Table cells shared by the Markdown and LaTeX tables, printed from the analysis."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from adaptive_lora.analysis import stats
+from adaptive_lora.report.analyse import LOSS_DECIMALS, PRIMARY
+from adaptive_lora.study.spec import Study
+
+
+def _interval(summary: dict[str, Any], decimals: int) -> str:
+    mean = stats.fmt_num(summary["mean"], decimals)
+    lo, hi = summary["ci_t"]
+    if math.isnan(lo):
+        return mean
+    return f"{mean} [{stats.fmt_num(lo, decimals)}, {stats.fmt_num(hi, decimals)}]"
+
+
+def _diff(comparison: dict[str, Any] | None) -> str:
+    if not comparison or comparison["n"] == 0:
+        return "n/a"
+    mean = stats.fmt_num(comparison["mean_diff"], LOSS_DECIMALS, plus=True)
+    lo, hi = comparison["ci_t"]
+    if math.isnan(lo):
+        return mean
+    return f"{mean} [{stats.fmt_num(lo, LOSS_DECIMALS)}, {stats.fmt_num(hi, LOSS_DECIMALS)}]"
+
+
+def _params(entry: dict[str, Any]) -> str:
+    d = entry["trainable_params"]
+    if d["n"] == 0:
+        return "n/a"
+    if d["min"] == d["max"]:
+        return f"{int(d['min']):,}"
+    return f"{int(d['min']):,}–{int(d['max']):,}"
+
+
+def _deviation(entry: dict[str, Any]) -> str:
+    d = entry["deviation_pct"]
+    if d["n"] == 0:
+        return "n/a"
+    if d["min"] == d["max"]:
+        return stats.fmt_num(d["mean"], 2, plus=True) + "%"
+    return f"{stats.fmt_num(d['min'], 2, plus=True)} to {stats.fmt_num(d['max'], 2, plus=True)}%"
+
+
+def _seconds(entry: dict[str, Any]) -> str:
+    d = entry["train_seconds"] if entry["train_seconds"]["n"] else entry["wall_seconds"]
+    return stats.fmt_num(d["mean"], 1)
+
+
+def main_table_rows(study: Study, block: dict[str, Any]) -> list[dict[str, str]]:
+    """The cells of the main table of one budget, as text (shared by Markdown and LaTeX)."""
+    out = []
+    for label in study.labels:
+        entry = block["strategies"][label]
+        comparison = block["comparisons"].get(label)
+        is_base = label == study.baseline
+        out.append(
+            {
+                "strategy": label,
+                "lr": f"{entry['lr']:g}" if entry["lr"] is not None else "n/a",
+                "n": str(entry[PRIMARY]["n"]),
+                "test": _interval(entry[PRIMARY], LOSS_DECIMALS),
+                "diff": "—" if is_base else _diff(comparison),
+                "p_t": "—" if is_base or not comparison else stats.fmt_p(comparison["p_t_holm"]),
+                "p_w": "—"
+                if is_base or not comparison
+                else stats.fmt_p(comparison["p_wilcoxon_holm"]),
+                "d_z": "—" if is_base or not comparison else stats.fmt_sig(comparison["d_z"]),
+                "params": _params(entry),
+                "deviation": _deviation(entry),
+                "seconds": _seconds(entry),
+            }
+        )
+    return out
+
+
+MAIN_COLUMNS = (
+    ("strategy", "strategy"),
+    ("lr", "lr"),
+    ("n", "n"),
+    ("test", "test loss, mean [95% CI]"),
+    ("diff", "Δ vs {baseline} [95% CI]"),
+    ("p_t", "p (paired t, Holm)"),
+    ("p_w", "p (Wilcoxon, Holm)"),
+    ("d_z", "d_z"),
+    ("params", "trainable params"),
+    ("deviation", "vs budget"),
+    ("seconds", "train time (s)"),
+)
+
+
+def _columns(study: Study) -> list[tuple[str, str]]:
+    columns = [(k, h.format(baseline=study.baseline)) for k, h in MAIN_COLUMNS]
+    return columns if study.tunes_lr else [c for c in columns if c[0] != "lr"]
+
+
+def _seed_range(seeds: list[int]) -> str:
+    if seeds and seeds == list(range(seeds[0], seeds[0] + len(seeds))) and len(seeds) > 2:
+        return f"{seeds[0]}–{seeds[-1]} ({len(seeds)} seeds)"
+    return f"{', '.join(map(str, seeds))} ({len(seeds)} seed{'s' if len(seeds) != 1 else ''})"

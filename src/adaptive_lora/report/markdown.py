@@ -1,0 +1,296 @@
+"""report.md: setup, status, results, learning rates, notes and figures, in that order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from adaptive_lora.analysis import stats
+from adaptive_lora.report.analyse import LOSS_DECIMALS, PRIMARY, environment
+from adaptive_lora.report.cells import _columns, _interval, _seed_range, main_table_rows
+from adaptive_lora.study.spec import Study
+from adaptive_lora.study.store import (
+    DONE,
+    FAILED,
+    PENDING,
+    RUNNING,
+    RunRow,
+)
+
+QUESTION = (
+    "At the same number of trainable parameters, do LoRA adapters whose rank differs "
+    "between layers and module kinds beat a uniform rank?"
+)
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return lines
+
+
+def _setup_lines(study: Study, store_manifest: dict[str, Any], rows: list[RunRow]) -> list[str]:
+    config = study.runs[0].config
+    d, t, e, a = config.data, config.train, config.eval, config.allocation
+    steps = f"{t.max_steps} step(s)" if t.max_steps else f"{t.epochs:g} epoch(s)"
+    lines = [
+        "## Set-up",
+        "",
+        f"- **Model:** `{study.model}`",
+        f"- **Data:** `{d.source}`: {d.n_train} train / {d.n_val} validation / {d.n_test} "
+        f"test examples (data seed {d.data_seed}, max length {d.max_length} tokens, "
+        f"`{d.template}` template). Learning rates are chosen on validation; every "
+        "reported number is on test.",
+        f"- **Budgets:** {', '.join(study.budgets)}. `rN` is the parameter count of rank N on "
+        "every target module; each strategy is apportioned to that count (the table "
+        "shows the exact trainable count and its deviation).",
+        f"- **Target modules:** `{a.target}`; ranks between {a.min_rank} and "
+        f"{a.max_rank if a.max_rank is not None else 'unbounded'}.",
+        f"- **Seeds:** {_seed_range(study.seeds)}; a seed fixes data order and adapter "
+        "initialisation, so comparisons are paired by seed.",
+        f"- **Training:** AdamW, {steps}, batch {t.batch_size} × {t.grad_accum} "
+        f"accumulation, {t.scheduler} schedule with {t.warmup_ratio:g} warm-up, precision "
+        f"`{t.precision}`; α/r = {config.adapter.alpha_ratio:g}"
+        f"{' (rsLoRA)' if config.adapter.rslora else ''}, dropout {config.adapter.dropout:g}.",
+        f"- **Evaluation:** test loss; ROUGE-L and exact match on {config.eval.n_generate} "
+        f"generated answers ({e.max_new_tokens} new tokens).",
+        f"- **Baseline:** `{study.baseline}`.",
+        "",
+        "| strategy | allocation | parameters | learning rate(s) |",
+        "|---|---|---|---|",
+    ]
+    for entry in study.strategies:
+        params = ", ".join(f"{k}={v}" for k, v in entry.params.items()) or "defaults"
+        lrs = ", ".join(f"{lr:g}" for lr in study.lrs_for(entry.label))
+        lines.append(f"| {entry.label} | `{entry.name}` | {params} | {lrs} |")
+    env = environment(rows)
+    lines += ["", "**Environment recorded by the runs:**", ""]
+    if env:
+        lines += [f"- `{key}`: {', '.join(values)}" for key, values in env.items()]
+    else:
+        lines.append("- (no run manifest holds version or device information)")
+    versions = store_manifest.get("versions") or {}
+    git = store_manifest.get("git") or {}
+    lines += [
+        "",
+        "**Study process (last `adaptive-lora run`):** host "
+        f"`{store_manifest.get('host', 'n/a')}`, {store_manifest.get('cpu_count', 'n/a')} CPUs, "
+        f"{store_manifest.get('platform', 'n/a')}; "
+        + ", ".join(f"{k} {v}" for k, v in versions.items() if v)
+        + f"; git commit `{git.get('commit') or 'n/a'}`"
+        + (" (with local changes)" if git.get("dirty") else "")
+        + f"; spec hash `{study.spec_hash}`.",
+        "",
+    ]
+    return lines
+
+
+def _status_lines(study: Study, analysis: dict[str, Any]) -> list[str]:
+    counts, total = analysis["counts"], analysis["n_runs"]
+    missing = total - counts[DONE]
+    lines = [
+        "## Status",
+        "",
+        f"{counts[DONE]} of {total} runs done, {counts[FAILED]} failed, "
+        f"{counts[RUNNING]} running, {counts[PENDING]} not yet run.",
+    ]
+    if missing:
+        lines += [
+            "",
+            f"**{missing} run(s) are missing.** The comparisons use only the seeds present "
+            f"for both the strategy and `{study.baseline}` (paired seeds); the numbers will "
+            "change when the study is complete.",
+        ]
+        for budget, block in analysis["budgets"].items():
+            for label, entry in block["strategies"].items():
+                if entry["missing_seeds"]:
+                    lines.append(
+                        f"- {label} @ {budget}: no result for seed(s) "
+                        f"{', '.join(map(str, entry['missing_seeds']))}"
+                    )
+    return lines + [""]
+
+
+def _results_lines(study: Study, analysis: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    columns = _columns(study)
+    for budget, block in analysis["budgets"].items():
+        lines += [f"## Test loss at budget {budget}", ""]
+        cells = main_table_rows(study, block)
+        lines += _markdown_table(
+            [h for _, h in columns], [[c[k] for k, _ in columns] for c in cells]
+        )
+        comparisons = block["comparisons"]
+        k = len(comparisons)
+        lines += [
+            "",
+            f"Δ = strategy − {study.baseline} (negative: lower test loss, better). Intervals "
+            "are 95% t intervals. p-values: paired t-test and Wilcoxon signed-rank test, "
+            f"Holm-corrected across the {k} comparison{'s' if k != 1 else ''} at this budget. "
+            "d_z = mean Δ / sd Δ.",
+            "",
+        ]
+        floors = sorted(
+            {
+                (c["n"], c["wilcoxon_floor_p"])
+                for c in comparisons.values()
+                if c["n"] >= 2 and not c["can_reach_significance"]
+            }
+        )
+        for n, floor in floors:
+            lines += [
+                f"With {n} paired seeds a two-sided Wilcoxon signed-rank test cannot reach "
+                f"p < 0.05: its smallest possible p-value is 2/2^{n} = {floor:g}.",
+                "",
+            ]
+        for comparison in comparisons.values():
+            lines.append(f"- {comparison['verdict']}")
+        caveats = sorted(
+            {
+                w
+                for c in comparisons.values()
+                for w in c["warnings"]
+                if "Wilcoxon test cannot reach" not in w
+            }
+        )
+        if caveats:
+            lines += ["", "Caveats from the statistics:", ""]
+            lines += [f"- {w}" for w in caveats]
+        lines.append("")
+        if block["secondary"]:
+            lines += [f"### Secondary metrics at budget {budget}", ""]
+            header = ["strategy", "n"] + [
+                f"{m['name']} ({'lower' if m['lower_is_better'] else 'higher'} is better)"
+                for m in block["secondary"].values()
+            ]
+            table = []
+            for label in study.labels:
+                row = [label, str(block["strategies"][label][PRIMARY]["n"])]
+                for metric in block["secondary"].values():
+                    summary = metric["summary"][label]
+                    text = _interval(summary, LOSS_DECIMALS if metric["lower_is_better"] else 3)
+                    comparison = metric["comparisons"].get(label)
+                    if comparison and comparison["n"] >= 2:
+                        text += f"; p = {stats.fmt_p(comparison['p_t_holm'])}"
+                    row.append(text)
+                table.append(row)
+            lines += _markdown_table(header, table)
+            lines += [
+                "",
+                "Mean [95% t interval]; p: paired t-test against "
+                f"{study.baseline}, Holm-corrected per metric.",
+                "",
+            ]
+    return lines
+
+
+def _lr_lines(study: Study, analysis: dict[str, Any]) -> list[str]:
+    if not study.tunes_lr:
+        return []
+    lines = [
+        "## Learning-rate selection",
+        "",
+        "Per strategy and budget, the learning rate with the lowest mean validation loss "
+        "across its finished seeds; the tables above use the test results of that choice only.",
+        "",
+        "| strategy | budget | mean validation loss per lr (seeds) | chosen |",
+        "|---|---|---|---|",
+    ]
+    for choice in analysis["lr_selection"]:
+        cells = ", ".join(
+            f"{float(lr):g}: {stats.fmt_num(choice['val_loss_mean'].get(lr), LOSS_DECIMALS)}"
+            f" ({choice['n_seeds'][lr]})"
+            for lr in map(str, choice["candidates"])
+        )
+        chosen = f"{choice['chosen']:g}" if choice["chosen"] is not None else "n/a"
+        lines.append(f"| {choice['label']} | {choice['budget']} | {cells} | {chosen} |")
+    return lines + [""]
+
+
+def _notes_lines(notes: list[Any], study: Study) -> list[str]:
+    lines = ["## Decisions", ""]
+    if not notes:
+        lines.append(
+            f'None recorded (`adaptive-lora note {study.path} "text" --decision ... '
+            "--rationale ...`)."
+        )
+    for note in notes:
+        text = f"- **{note.created_at[:10]}** — {note.text}"
+        if note.decision:
+            text += f" *Decision:* {note.decision}."
+        if note.rationale:
+            text += f" *Rationale:* {note.rationale}."
+        if note.run_ids:
+            text += " Runs: " + ", ".join(f"`{r}`" for r in note.run_ids) + "."
+        lines.append(text)
+    return lines + [""]
+
+
+FIGURE_TITLES = {
+    "test_loss": "Test loss per strategy: per-seed points, mean and 95% t interval",
+    "paired_diff": "Paired differences vs the baseline, per seed, with mean and 95% t interval",
+    "allocation": "Rank allocation (layer × module kind)",
+    "adalora_final_ranks": "AdaLoRA's learned final ranks (layer × module kind)",
+    "loss_curves": "Training and validation loss curves",
+    "time_per_run": "Training time per run",
+}
+
+
+def _figure_lines(figures: list[Path], out_dir: Path) -> list[str]:
+    lines = ["## Figures", ""]
+    pngs = [f for f in figures if f.suffix == ".png"]
+    if not pngs:
+        return lines + ["No figures (no finished runs).", ""]
+    for png in pngs:
+        stem = png.stem
+        title = next((t for k, t in FIGURE_TITLES.items() if stem.startswith(k)), stem)
+        suffix = stem.split("_")[-1] if stem.startswith(("allocation_", "adalora_")) else ""
+        rel = png.relative_to(out_dir).as_posix()
+        svg = png.with_suffix(".svg").relative_to(out_dir).as_posix()
+        lines += [
+            f"**{title}{f' — {suffix}' if suffix else ''}** ([SVG]({svg}))",
+            "",
+            f"![{title}]({rel})",
+            "",
+        ]
+    return lines
+
+
+def render_markdown(
+    study: Study,
+    analysis: dict[str, Any],
+    rows: list[RunRow],
+    notes: list[Any],
+    store_manifest: dict[str, Any],
+    figures: list[Path],
+    out_dir: Path,
+) -> str:
+    lines = [
+        f"# Study `{study.name}`: rank allocation at a fixed parameter budget",
+        "",
+        f"**Question.** {QUESTION} Every strategy is compared with `{study.baseline}` on "
+        "test loss, paired by seed.",
+        "",
+    ]
+    if study.description:
+        lines += [study.description, ""]
+    lines += _status_lines(study, analysis)
+    lines += _results_lines(study, analysis)
+    lines += _lr_lines(study, analysis)
+    lines += _setup_lines(study, store_manifest, rows)
+    lines += _figure_lines(figures, out_dir)
+    lines += _notes_lines(notes, study)
+    lines += [
+        "## Reproduce",
+        "",
+        "```",
+        f"adaptive-lora run {study.path}",
+        f"adaptive-lora report {study.path} --out {out_dir}",
+        "```",
+        "",
+        "Every run's folder (`runs/<id>/` under the study folder) holds its resolved "
+        "config, allocation, metrics and manifest; `results.csv` has one row per run. "
+        "All numbers above are in `stats.json`.",
+        "",
+    ]
+    return "\n".join(lines)

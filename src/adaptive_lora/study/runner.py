@@ -1,0 +1,124 @@
+"""The study runner: hand pending runs to an executor, record each state change."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from adaptive_lora.errors import one_line
+from adaptive_lora.records import STATUS_DONE
+from adaptive_lora.study.executor import Executor
+from adaptive_lora.study.local import LocalExecutor
+from adaptive_lora.study.manifest import record_manifest
+from adaptive_lora.study.plan import current_rows, estimate, format_duration
+from adaptive_lora.study.spec import RunSpec, Study
+from adaptive_lora.study.store import DONE, FAILED, PENDING, StudyLock, StudyStore
+
+
+@dataclass
+class RunSummary:
+    """What one `run` did."""
+
+    ran: list[str] = field(default_factory=list)
+    done: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    interrupted: list[str] = field(default_factory=list)  # reset from a dead process
+    retried: list[str] = field(default_factory=list)
+    skipped_done: int = 0
+    exports: list[Path] = field(default_factory=list)
+
+
+def run_study(
+    study: Study,
+    *,
+    executor: Executor | None = None,
+    retry_failed: bool = False,
+    quiet: bool = False,
+    log: Callable[[str], None] = print,
+) -> RunSummary:
+    """Run every pending run of `study`, in order, recording each state change.
+
+    Holds the study lock throughout; rows left `running` by a dead process are reset
+    and re-run (their partial folders removed first); done runs are never re-run;
+    failed runs are recorded with their reason and the study goes on
+    (`retry_failed=True` runs them again).
+    """
+    executor = executor or LocalExecutor()
+    summary = RunSummary()
+    study.out.mkdir(parents=True, exist_ok=True)
+    with StudyLock(study.lock_path), StudyStore.open(study.store_path) as store:
+        record_manifest(store, study)
+        added = store.sync_runs(study.runs)
+        summary.interrupted = store.reset_interrupted()
+        if retry_failed:
+            summary.retried = store.reset_failed(study.run_ids)
+        rows = current_rows(study, store)
+        todo = [s for s in study.runs if rows[s.run_id].status == PENDING]
+        summary.skipped_done = sum(1 for r in rows.values() if r.status == DONE)
+        n_failed = sum(1 for r in rows.values() if r.status == FAILED)
+        log(
+            f"study {study.name}: {len(study.runs)} runs, {summary.skipped_done} done, "
+            f"{n_failed} failed (kept; --retry-failed re-runs them), {len(todo)} to run"
+            + (f"; {added} new" if added and added != len(study.runs) else "")
+        )
+        for run_id in summary.interrupted:
+            log(f"  {run_id} was interrupted (its process ended mid-run): running it again")
+        if todo:
+            log(f"  estimate: {estimate(study, rows, todo).text()}")
+
+        started: dict[str, float] = {}
+        index = {spec.run_id: i for i, spec in enumerate(todo, 1)}
+
+        def on_start(spec: RunSpec) -> None:
+            run_dir = study.runs_dir / spec.run_id
+            if run_dir.exists():  # what an interrupted or failed attempt left behind
+                shutil.rmtree(run_dir)
+            store.mark_running(spec.run_id, run_dir=str(Path("runs") / spec.run_id))
+            started[spec.run_id] = time.monotonic()
+            log(f"[{index[spec.run_id]}/{len(todo)}] {spec.describe()}  ({spec.run_id})")
+
+        try:
+            for result in executor.execute(todo, study.runs_dir, on_start=on_start, quiet=quiet):
+                if result.run_id not in started:
+                    raise RuntimeError(f"executor returned {result.run_id}, which never started")
+                seconds = time.monotonic() - started.pop(result.run_id)
+                done = result.status == STATUS_DONE
+                store.mark_finished(
+                    result.run_id,
+                    status=DONE if done else FAILED,
+                    metrics=result.metrics,
+                    manifest=result.manifest,
+                    reason=None if done else (result.error or "failed (no reason given)"),
+                    seconds=seconds,
+                )
+                summary.ran.append(result.run_id)
+                (summary.done if done else summary.failed).append(result.run_id)
+                if done:
+                    loss = result.metrics.get("test_loss")
+                    shown = f"test loss {loss:.4f}" if isinstance(loss, (int, float)) else ""
+                    log(f"    done in {format_duration(seconds)}  {shown}".rstrip())
+                else:
+                    log(f"    FAILED after {format_duration(seconds)}: {result.error}")
+                store.export(study.out, study.run_ids)
+        except BaseException as error:
+            # Runs this process started but will not finish go back to pending.
+            reason = (
+                "stopped by the user"
+                if isinstance(error, KeyboardInterrupt)
+                else f"stopped: {one_line(error)}"
+            )
+            for run_id in started:
+                store.mark_pending(run_id, reason)
+            with contextlib.suppress(Exception):  # keep the original error in view
+                store.export(study.out, study.run_ids)
+            raise
+        summary.exports = store.export(study.out, study.run_ids)
+    log(
+        f"study {study.name}: ran {len(summary.ran)} ({len(summary.done)} done, "
+        f"{len(summary.failed)} failed); results in {study.out / 'results.csv'}"
+    )
+    return summary

@@ -1,0 +1,422 @@
+"""A study: expand its YAML into run specs, run the pending ones, resume after a crash.
+
+A study file (every shipped one starts with a comment giving the command that runs it):
+
+    name: quickstart                  # letters, digits, `-`, `_`, `.`
+    description: optional free text   # shown in the report
+    model: smollm2-135m               # preset, hub id, model folder or .gguf
+    data: {source: builtin, n_train: 96, n_val: 16, n_test: 32, data_seed: 0,
+           max_length: 128, template: alpaca}
+    budgets: [r8, r16]                # rN or a parameter count
+    strategies:                       # a name, or a mapping
+      - uniform
+      - {name: linear_decay, params: {ratio: 4}, label: decay-4x, lr: [5e-4, 1e-3]}
+    seeds: 0..7                       # inclusive range, or a list [0, 1, 2]
+    train: {...}                      # the RunConfig sections, passed through
+    eval: {...}
+    adapter: {...}
+    allocation: {min_rank: 1, max_rank: null, target: all}
+    lr_candidates: [5e-4, 1e-3]       # optional; a strategy's own `lr` list overrides it
+    baseline: uniform                 # a strategy label
+    out: studies/quickstart           # default studies/<name>
+
+**Paths.** Relative paths in a study (`data.source`, a model folder, `out`) are
+read relative to the current working directory, as any path typed on a command
+line is: run studies from the repository root. They stay as written in the run
+configs, so run ids do not depend on where the repository lives.
+
+**Runs.** One run per budget × seed × strategy × learning rate, in that order
+(seed-major, so a half-finished study already holds complete pairs). Its id is
+`records.run_id_for(resolved RunConfig dict)`; the strategy label is display only
+and lives in the store. With several learning-rate candidates, the one with the
+lowest mean *validation* loss across seeds is chosen per strategy × budget
+(`select_lr`); the report shows *test* numbers of the chosen runs only.
+
+**Executors.** The runner hands pending specs to an `Executor` and stores each
+`RunResult` as it comes back. `LocalExecutor` runs them one after another in this
+process, loading each model once; a distributed executor plugs in the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adaptive_lora.allocation.budget import resolve_budget
+from adaptive_lora.allocation.core import STRATEGIES
+from adaptive_lora.config import RunConfig, load_yaml
+from adaptive_lora.data.sources import load_examples
+from adaptive_lora.data.splits import make_splits
+from adaptive_lora.errors import UserError
+from adaptive_lora.model.inventory import ModuleInfo
+from adaptive_lora.model.loading import resolve_source
+from adaptive_lora.records import canonical_json, run_id_for
+
+ADALORA = "adalora"  # the published adaptive baseline; registered by its own module
+
+
+TOP_KEYS = (
+    "name",
+    "description",
+    "model",
+    "data",
+    "budgets",
+    "strategies",
+    "seeds",
+    "train",
+    "eval",
+    "adapter",
+    "allocation",
+    "lr_candidates",
+    "baseline",
+    "out",
+)
+
+
+REQUIRED_KEYS = ("name", "budgets", "strategies", "seeds")
+
+
+STRATEGY_KEYS = ("name", "params", "label", "lr")
+
+
+ALLOCATION_KEYS = ("min_rank", "max_rank", "target")
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+_RANGE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class StrategyEntry:
+    """One entry of `strategies`: a registered strategy, its settings, its display label."""
+
+    name: str
+    label: str
+    params: dict[str, Any] = field(default_factory=dict)
+    lr: tuple[float, ...] | None = None  # this strategy's own learning-rate candidates
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a study: what to run and where it sits in the study."""
+
+    run_id: str
+    label: str
+    strategy: str
+    budget: str
+    seed: int
+    lr: float
+    config: RunConfig
+    position: int
+
+    def describe(self) -> str:
+        return f"{self.label} {self.budget} seed {self.seed} lr {self.lr:g}"
+
+
+@dataclass
+class Study:
+    """A validated study: its settings and the runs it expands into."""
+
+    path: Path
+    name: str
+    description: str
+    model: str
+    budgets: list[str]
+    strategies: list[StrategyEntry]
+    seeds: list[int]
+    baseline: str
+    lr_candidates: tuple[float, ...] | None
+    out: Path
+    runs: list[RunSpec]
+    spec_hash: str
+    text: str
+
+    @property
+    def store_path(self) -> Path:
+        return self.out / "study.db"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.out / ".lock"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.out / "runs"
+
+    @property
+    def run_ids(self) -> list[str]:
+        return [spec.run_id for spec in self.runs]
+
+    @property
+    def labels(self) -> list[str]:
+        return [entry.label for entry in self.strategies]
+
+    def lrs_for(self, label: str) -> tuple[float, ...]:
+        """The learning rates a strategy is run with (one when nothing is tuned)."""
+        return tuple(sorted({spec.lr for spec in self.runs if spec.label == label}))
+
+    @property
+    def tunes_lr(self) -> bool:
+        return any(len(self.lrs_for(label)) > 1 for label in self.labels)
+
+
+def parse_seeds(value: Any, where: str = "seeds") -> list[int]:
+    """`[0, 1, 2]` or an inclusive range string `"0..7"` → a list of distinct seeds."""
+    if isinstance(value, str):
+        match = _RANGE.match(value)
+        if not match:
+            raise UserError(
+                f"{where}: cannot read {value!r}; write a range like '0..7' or a list like [0, 1, 2]"
+            )
+        low, high = int(match.group(1)), int(match.group(2))
+        if low < 0 or high < low:
+            raise UserError(
+                f"{where}: range {value!r} must run upwards from a seed >= 0 (e.g. '0..7')"
+            )
+        return list(range(low, high + 1))
+    if isinstance(value, list) and value:
+        bad = [v for v in value if isinstance(v, bool) or not isinstance(v, int) or v < 0]
+        if bad:
+            raise UserError(f"{where}: seeds must be integers >= 0, got {bad}")
+        if len(set(value)) != len(value):
+            raise UserError(f"{where}: a seed appears twice in {value}")
+        return list(value)
+    raise UserError(
+        f"{where} must be a non-empty list like [0, 1, 2] or a range like '0..7', got {value!r}"
+    )
+
+
+def _known_strategies() -> list[str]:
+
+    return sorted(set(STRATEGIES) | {ADALORA})
+
+
+def _lr_list(value: Any, where: str) -> tuple[float, ...]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise UserError(f"{where} must be a non-empty list of learning rates, got {value!r}")
+    out = []
+    for item in value:
+        if isinstance(item, str):  # YAML reads `1e-3` (no dot) as a string
+            try:
+                item = float(item)
+            except ValueError:
+                raise UserError(f"{where}: {item!r} is not a number") from None
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or not item > 0:
+            raise UserError(f"{where}: learning rates must be numbers > 0, got {item!r}")
+        out.append(float(item))
+    if len(set(out)) != len(out):
+        raise UserError(f"{where}: a learning rate appears twice in {out}")
+    return tuple(out)
+
+
+def _strategy_entry(raw: Any, index: int) -> StrategyEntry:
+
+    where = f"strategies[{index}]"
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, dict):
+        raise UserError(f"{where} must be a strategy name or a mapping with `name`, got {raw!r}")
+    unknown = sorted(set(raw) - set(STRATEGY_KEYS))
+    if unknown:
+        raise UserError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(STRATEGY_KEYS)}"
+        )
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise UserError(f"{where}.name is missing: give a strategy name")
+    if name not in STRATEGIES and name != ADALORA:
+        raise UserError(
+            f"{where}.name: unknown strategy {name!r}; choose one of: "
+            f"{', '.join(_known_strategies())}"
+        )
+    params = raw.get("params") or {}
+    if not isinstance(params, dict):
+        raise UserError(f"{where}.params must be a mapping like {{ratio: 4}}, got {params!r}")
+    if name in STRATEGIES:
+        try:
+            STRATEGIES[name].check_params(params)
+        except UserError as error:
+            raise UserError(f"{where}.params: {error}") from None
+    label = raw.get("label", name)
+    if not isinstance(label, str) or not _NAME.match(label):
+        raise UserError(f"{where}.label must be letters, digits, `-`, `_` or `.`, got {label!r}")
+    lr = _lr_list(raw["lr"], f"{where}.lr") if raw.get("lr") is not None else None
+    return StrategyEntry(name=name, label=label, params=dict(params), lr=lr)
+
+
+def _budget_list(value: Any) -> list[str]:
+
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise UserError(f"budgets must be a non-empty list like [r8, r16], got {value!r}")
+    # The syntax check of `resolve_budget`, on a one-module stand-in inventory.
+    probe = [ModuleInfo("probe", 0, "q", 1, 1)]
+    out = []
+    for index, item in enumerate(value):
+        if isinstance(item, bool) or not isinstance(item, (str, int)):
+            raise UserError(f"budgets[{index}]: {item!r} is not a budget (e.g. r8 or 1.2M)")
+        try:
+            out.append(resolve_budget(str(item), probe).label)
+        except UserError as error:
+            raise UserError(f"budgets[{index}]: {error}") from None
+    if len(set(out)) != len(out):
+        raise UserError(f"budgets: a budget appears twice in {out}")
+    return out
+
+
+def _check_sources(config: RunConfig) -> None:
+    """Fail now, not an hour in, on a model or data path that does not exist."""
+
+    resolve_source(config.model)
+    source = config.data.source
+    if source == "builtin" or Path(source).exists() or source.endswith((".json", ".jsonl")):
+        d = config.data
+        make_splits(load_examples(source), d.n_train, d.n_val, d.n_test, d.data_seed)
+
+
+def load_study(path: str | Path, *, check_sources: bool = True) -> Study:
+    """Read and validate a study file; expand it into run specs. Writes nothing.
+
+    Every problem is a one-line `UserError` that names the file and the key.
+    `check_sources=False` skips the model and data path checks (tests with a fake
+    executor).
+    """
+    path = Path(path)
+    raw = load_yaml(str(path))
+    try:
+        return _build_study(path, raw, check_sources=check_sources)
+    except UserError as error:
+        raise UserError(f"{path}: {error}") from None
+
+
+def _build_study(path: Path, raw: dict[str, Any], *, check_sources: bool) -> Study:
+    unknown = sorted(set(raw) - set(TOP_KEYS))
+    if unknown:
+        raise UserError(f"unknown key(s) {', '.join(unknown)}; a study has: {', '.join(TOP_KEYS)}")
+    missing = [k for k in REQUIRED_KEYS if raw.get(k) is None]
+    if missing:
+        raise UserError(f"missing key(s) {', '.join(missing)}")
+    name = raw["name"]
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise UserError(f"name must be letters, digits, `-`, `_` or `.`, got {name!r}")
+    description = raw.get("description") or ""
+    if not isinstance(description, str):
+        raise UserError("description must be text")
+    model = raw.get("model", RunConfig().model)
+    if not isinstance(model, str) or not model:
+        raise UserError(f"model must be a preset, hub id, folder or .gguf path, got {model!r}")
+
+    budgets = _budget_list(raw["budgets"])
+    seeds = parse_seeds(raw["seeds"])
+    if not isinstance(raw["strategies"], list) or not raw["strategies"]:
+        raise UserError("strategies must be a non-empty list of strategy names or mappings")
+    entries = [_strategy_entry(item, i) for i, item in enumerate(raw["strategies"])]
+    labels = [e.label for e in entries]
+    for label in labels:
+        if labels.count(label) > 1:
+            raise UserError(
+                f"strategies: label {label!r} is used twice; give each entry its own `label`"
+            )
+    baseline = raw.get("baseline", "uniform")
+    if baseline not in labels:
+        raise UserError(
+            f"baseline {baseline!r} is not one of the strategies' labels ({', '.join(labels)})"
+        )
+    lr_candidates = (
+        _lr_list(raw["lr_candidates"], "lr_candidates")
+        if raw.get("lr_candidates") is not None
+        else None
+    )
+
+    allocation = raw.get("allocation") or {}
+    if not isinstance(allocation, dict):
+        raise UserError("allocation must be a mapping (min_rank, max_rank, target)")
+    bad = sorted(set(allocation) - set(ALLOCATION_KEYS))
+    if bad:
+        raise UserError(
+            f"allocation: unknown or per-run key(s) {', '.join(bad)}; a study sets only "
+            f"{', '.join(ALLOCATION_KEYS)} here (strategy and budget come from "
+            "`strategies` and `budgets`)"
+        )
+    base: dict[str, Any] = {"model": model, "allocation": dict(allocation)}
+    for section in ("data", "train", "eval", "adapter"):
+        value = raw.get(section) or {}
+        if not isinstance(value, dict):
+            raise UserError(f"{section} must be a mapping, got {value!r}")
+        base[section] = dict(value)
+    base_config = RunConfig.from_dict(copy.deepcopy(base))  # every section error, once
+    tuned = lr_candidates is not None or any(e.lr for e in entries)
+    if tuned and base_config.data.n_val < 1:
+        raise UserError(
+            "data.n_val must be >= 1: learning-rate candidates are chosen on validation loss"
+        )
+    if base_config.data.n_test < 1:
+        raise UserError("data.n_test must be >= 1: the study reports test loss")
+    if check_sources:
+        _check_sources(base_config)
+
+    runs: list[RunSpec] = []
+    seen: dict[str, str] = {}
+    for budget in budgets:
+        for seed in seeds:
+            for entry in entries:
+                lrs = entry.lr or lr_candidates or (base_config.train.lr,)
+                for lr in lrs:
+                    resolved = copy.deepcopy(base)
+                    resolved["seed"] = seed
+                    resolved["allocation"].update(
+                        strategy=entry.name, budget=budget, params=dict(entry.params)
+                    )
+                    resolved["train"]["lr"] = lr
+                    config = RunConfig.from_dict(resolved)
+                    run_id = run_id_for(config.to_dict())
+                    if run_id in seen:
+                        raise UserError(
+                            f"strategies {seen[run_id]!r} and {entry.label!r} describe the "
+                            "same runs; change a parameter or drop one"
+                        )
+                    seen[run_id] = entry.label
+                    runs.append(
+                        RunSpec(
+                            run_id=run_id,
+                            label=entry.label,
+                            strategy=entry.name,
+                            budget=budget,
+                            seed=seed,
+                            lr=config.train.lr,
+                            config=config,
+                            position=len(runs),
+                        )
+                    )
+    spec_hash = hashlib.sha256(
+        canonical_json(
+            {"name": name, "baseline": baseline, "runs": [[r.run_id, r.label] for r in runs]}
+        ).encode()
+    ).hexdigest()[:16]
+    out = raw.get("out", f"studies/{name}")
+    if not isinstance(out, str) or not out:
+        raise UserError(f"out must be a folder path, got {out!r}")
+    return Study(
+        path=path,
+        name=name,
+        description=description.strip(),
+        model=model,
+        budgets=budgets,
+        strategies=entries,
+        seeds=seeds,
+        baseline=baseline,
+        lr_candidates=lr_candidates,
+        out=Path(out).expanduser(),
+        runs=runs,
+        spec_hash=spec_hash,
+        text=path.read_text(),
+    )
