@@ -299,6 +299,51 @@ def load_study(path: str | Path, *, check_sources: bool = True) -> Study:
 
 
 def _build_study(path: Path, raw: dict[str, Any], *, check_sources: bool) -> Study:
+    """Validate every key of a study file and expand it into run specs, in order."""
+    name, description, model = _check_header(raw)
+    budgets = _budget_list(raw["budgets"])
+    seeds = parse_seeds(raw["seeds"])
+    entries = _strategy_entries(raw["strategies"])
+    baseline = _baseline(raw.get("baseline", "uniform"), entries)
+    lr_candidates = (
+        _lr_list(raw["lr_candidates"], "lr_candidates")
+        if raw.get("lr_candidates") is not None
+        else None
+    )
+    base = _base_sections(raw, model)
+    base_config = RunConfig.from_dict(copy.deepcopy(base))  # every section error, once
+    tuned = lr_candidates is not None or any(e.lr for e in entries)
+    if tuned and base_config.data.n_val < 1:
+        raise UserError(
+            "data.n_val must be >= 1: learning-rate candidates are chosen on validation loss"
+        )
+    if base_config.data.n_test < 1:
+        raise UserError("data.n_test must be >= 1: the study reports test loss")
+    if check_sources:
+        _check_sources(base_config)
+    runs = _expand_runs(base, budgets, seeds, entries, lr_candidates or (base_config.train.lr,))
+    out = raw.get("out", f"studies/{name}")
+    if not isinstance(out, str) or not out:
+        raise UserError(f"out must be a folder path, got {out!r}")
+    return Study(
+        path=path,
+        name=name,
+        description=description.strip(),
+        model=model,
+        budgets=budgets,
+        strategies=entries,
+        seeds=seeds,
+        baseline=baseline,
+        lr_candidates=lr_candidates,
+        out=Path(out).expanduser(),
+        runs=runs,
+        spec_hash=_spec_hash(name, baseline, runs),
+        text=path.read_text(),
+    )
+
+
+def _check_header(raw: dict[str, Any]) -> tuple[str, str, str]:
+    """Known keys, required keys present; (name, description, model)."""
     unknown = sorted(set(raw) - set(TOP_KEYS))
     if unknown:
         raise UserError(f"unknown key(s) {', '.join(unknown)}; a study has: {', '.join(TOP_KEYS)}")
@@ -314,29 +359,33 @@ def _build_study(path: Path, raw: dict[str, Any], *, check_sources: bool) -> Stu
     model = raw.get("model", RunConfig().model)
     if not isinstance(model, str) or not model:
         raise UserError(f"model must be a preset, hub id, folder or .gguf path, got {model!r}")
+    return name, description, model
 
-    budgets = _budget_list(raw["budgets"])
-    seeds = parse_seeds(raw["seeds"])
-    if not isinstance(raw["strategies"], list) or not raw["strategies"]:
+
+def _strategy_entries(value: Any) -> list[StrategyEntry]:
+    if not isinstance(value, list) or not value:
         raise UserError("strategies must be a non-empty list of strategy names or mappings")
-    entries = [_strategy_entry(item, i) for i, item in enumerate(raw["strategies"])]
+    entries = [_strategy_entry(item, i) for i, item in enumerate(value)]
     labels = [e.label for e in entries]
     for label in labels:
         if labels.count(label) > 1:
             raise UserError(
                 f"strategies: label {label!r} is used twice; give each entry its own `label`"
             )
-    baseline = raw.get("baseline", "uniform")
-    if baseline not in labels:
-        raise UserError(
-            f"baseline {baseline!r} is not one of the strategies' labels ({', '.join(labels)})"
-        )
-    lr_candidates = (
-        _lr_list(raw["lr_candidates"], "lr_candidates")
-        if raw.get("lr_candidates") is not None
-        else None
-    )
+    return entries
 
+
+def _baseline(value: Any, entries: list[StrategyEntry]) -> str:
+    labels = [e.label for e in entries]
+    if value not in labels:
+        raise UserError(
+            f"baseline {value!r} is not one of the strategies' labels ({', '.join(labels)})"
+        )
+    return value
+
+
+def _base_sections(raw: dict[str, Any], model: str) -> dict[str, Any]:
+    """The RunConfig sections every run of the study shares, as a plain dict."""
     allocation = raw.get("allocation") or {}
     if not isinstance(allocation, dict):
         raise UserError("allocation must be a mapping (min_rank, max_rank, target)")
@@ -353,24 +402,23 @@ def _build_study(path: Path, raw: dict[str, Any], *, check_sources: bool) -> Stu
         if not isinstance(value, dict):
             raise UserError(f"{section} must be a mapping, got {value!r}")
         base[section] = dict(value)
-    base_config = RunConfig.from_dict(copy.deepcopy(base))  # every section error, once
-    tuned = lr_candidates is not None or any(e.lr for e in entries)
-    if tuned and base_config.data.n_val < 1:
-        raise UserError(
-            "data.n_val must be >= 1: learning-rate candidates are chosen on validation loss"
-        )
-    if base_config.data.n_test < 1:
-        raise UserError("data.n_test must be >= 1: the study reports test loss")
-    if check_sources:
-        _check_sources(base_config)
+    return base
 
+
+def _expand_runs(
+    base: dict[str, Any],
+    budgets: list[str],
+    seeds: list[int],
+    entries: list[StrategyEntry],
+    default_lrs: tuple[float, ...],
+) -> list[RunSpec]:
+    """One run per budget × seed × strategy × learning rate, seed-major within a budget."""
     runs: list[RunSpec] = []
     seen: dict[str, str] = {}
     for budget in budgets:
         for seed in seeds:
             for entry in entries:
-                lrs = entry.lr or lr_candidates or (base_config.train.lr,)
-                for lr in lrs:
+                for lr in entry.lr or default_lrs:
                     resolved = copy.deepcopy(base)
                     resolved["seed"] = seed
                     resolved["allocation"].update(
@@ -397,26 +445,12 @@ def _build_study(path: Path, raw: dict[str, Any], *, check_sources: bool) -> Stu
                             position=len(runs),
                         )
                     )
-    spec_hash = hashlib.sha256(
+    return runs
+
+
+def _spec_hash(name: str, baseline: str, runs: list[RunSpec]) -> str:
+    return hashlib.sha256(
         canonical_json(
             {"name": name, "baseline": baseline, "runs": [[r.run_id, r.label] for r in runs]}
         ).encode()
     ).hexdigest()[:16]
-    out = raw.get("out", f"studies/{name}")
-    if not isinstance(out, str) or not out:
-        raise UserError(f"out must be a folder path, got {out!r}")
-    return Study(
-        path=path,
-        name=name,
-        description=description.strip(),
-        model=model,
-        budgets=budgets,
-        strategies=entries,
-        seeds=seeds,
-        baseline=baseline,
-        lr_candidates=lr_candidates,
-        out=Path(out).expanduser(),
-        runs=runs,
-        spec_hash=spec_hash,
-        text=path.read_text(),
-    )
