@@ -135,26 +135,13 @@ def _train_loop(
     bar = tqdm(
         total=steps, desc="train", unit="step", disable=quiet, dynamic_ncols=True, file=sys.stderr
     )
-    log_every = max(1, steps // 10)
     start = time.perf_counter()
     for step in range(1, steps + 1):
         micro = [
             collate([train_split.features[i] for i in next(stream)], pad_token_id)
             for _ in range(settings.grad_accum)
         ]
-        # Mean over every response token of the optimizer step, however it is split.
-        step_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
-        step_loss = 0.0
-        for batch in micro:
-            batch = {k: v.to(precision.device) for k, v in batch.items()}
-            with autocast_context(precision.device, precision.autocast_dtype):
-                loss_sum, _ = response_loss_sum(model, batch)
-            loss = loss_sum / max(step_tokens, 1)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(step, float(loss))
-            loss.backward()
-            step_loss += float(loss.detach())
-            outcome.real_tokens += int(batch["attention_mask"].sum())
+        step_loss = _backward_micro_batches(model, micro, step, precision, outcome)
         if extra_loss is not None:  # a regulariser on the adapter weights (AdaLoRA), in fp32
             penalty = extra_loss()
             if not torch.isfinite(penalty):
@@ -175,16 +162,7 @@ def _train_loop(
             _record_val(
                 model, val_split, outcome, step, pad_token_id, eval_batch_size, precision, loggers
             )
-        elapsed = time.perf_counter() - start
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{outcome.real_tokens / elapsed:.0f}")
-        if quiet and (step % log_every == 0 or step == steps):
-            print(
-                f"step {step}/{steps} loss {step_loss:.4f} "
-                f"tok/s {outcome.real_tokens / elapsed:.0f} elapsed {elapsed:.0f}s",
-                file=sys.stderr,
-                flush=True,
-            )
+        _show_progress(bar, step, steps, step_loss, outcome.real_tokens, start, quiet)
     bar.close()
     outcome.seconds = time.perf_counter() - start
     outcome.final_train_loss = (
@@ -195,6 +173,47 @@ def _train_loop(
             model, val_split, outcome, steps, pad_token_id, eval_batch_size, precision, loggers
         )
     return outcome
+
+
+def _backward_micro_batches(
+    model: torch.nn.Module,
+    micro: list[dict[str, torch.Tensor]],
+    step: int,
+    precision: Precision,
+    outcome: TrainOutcome,
+) -> float:
+    """Forward and backward over one optimizer step's micro-batches; the step's mean loss.
+
+    The loss is the mean over every response token of the optimizer step, however the
+    step is split into micro-batches.
+    """
+    step_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+    step_loss = 0.0
+    for batch in micro:
+        batch = {k: v.to(precision.device) for k, v in batch.items()}
+        with autocast_context(precision.device, precision.autocast_dtype):
+            loss_sum, _ = response_loss_sum(model, batch)
+        loss = loss_sum / max(step_tokens, 1)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(step, float(loss))
+        loss.backward()
+        step_loss += float(loss.detach())
+        outcome.real_tokens += int(batch["attention_mask"].sum())
+    return step_loss
+
+
+def _show_progress(bar, step: int, steps: int, loss: float, tokens: int, start: float, quiet: bool):
+    """The progress bar, or (quiet) a log line at every tenth of the run and at its end."""
+    elapsed = time.perf_counter() - start
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / elapsed:.0f}")
+    if quiet and (step % max(1, steps // 10) == 0 or step == steps):
+        print(
+            f"step {step}/{steps} loss {loss:.4f} tok/s {tokens / elapsed:.0f} "
+            f"elapsed {elapsed:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _record_val(model, val_split, outcome, step, pad_token_id, batch_size, precision, loggers):
