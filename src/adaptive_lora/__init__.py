@@ -2,6 +2,7 @@
 
 The public API (see `api.py` and the README):
 
+    load_model(spec)                             -> LoadedModel (.model, .tokenizer)
     allocate(model, strategy, budget, **params) -> Allocation
     lora_config(allocation, ...)                 -> peft.LoraConfig (rank/alpha patterns)
     train(config)                                -> RunResult (a run folder)
@@ -22,6 +23,7 @@ _PUBLIC = {
     "lora_config": "adaptive_lora.api",
     "train": "adaptive_lora.api",
     "write_report": "adaptive_lora.api",
+    "load_model": "adaptive_lora.model.loading",
     "load_study": "adaptive_lora.study.spec",
     "run_study": "adaptive_lora.study.runner",
     "Allocation": "adaptive_lora.allocation.core",
