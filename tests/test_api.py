@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch
 from peft import get_peft_model
-from tiny import byte_tokenizer, save_tiny, tiny_gpt2, tiny_llama
 from transformers import Trainer, TrainingArguments
 
 import adaptive_lora as al
 from adaptive_lora.data.builtin import builtin_examples
 from adaptive_lora.data.prompts import collate, tokenize_examples
+from tiny import byte_tokenizer, save_tiny, tiny_gpt2, tiny_llama
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

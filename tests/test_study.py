@@ -19,7 +19,7 @@ from adaptive_lora.cli import main
 from adaptive_lora.cli.run import format_dry_run
 from adaptive_lora.cli.status import format_status
 from adaptive_lora.errors import UserError
-from adaptive_lora.records import METRIC_KEYS, RunResult, run_id_for, write_json
+from adaptive_lora.records import METRIC_KEYS, RunResult, write_json
 from adaptive_lora.study.local import LocalExecutor
 from adaptive_lora.study.lr import select_lr
 from adaptive_lora.study.plan import heuristic_seconds
@@ -99,7 +99,7 @@ def test_expansion_order_ids_and_stability(tmp_path):
         ("r4", 5, "linear_decay"),
     ]
     for spec in study.runs:
-        assert spec.run_id == run_id_for(spec.config.to_dict())
+        assert spec.run_id == spec.config.run_id()
         assert spec.config.allocation.strategy == spec.strategy
         assert spec.config.seed == spec.seed
     assert load_study(path).run_ids == study.run_ids

@@ -14,6 +14,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from adaptive_lora.errors import UserError
+from adaptive_lora.records import run_id_for
 
 
 def _help(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
@@ -144,6 +145,10 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def run_id(self) -> str:
+        """This run's id: strategy, budget, seed and a hash of what names the run."""
+        return run_id_for(self.to_dict(), RunConfig().to_dict())
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> RunConfig:

@@ -69,9 +69,55 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def run_id_for(config_dict: dict[str, Any]) -> str:
-    """A stable id for a resolved run config: readable prefix + content hash."""
-    digest = hashlib.sha256(canonical_json(config_dict).encode()).hexdigest()[:10]
+# The RunConfig fields that existed when run ids were first defined (id schema 1). Each
+# is always hashed; a field added since enters the hash only when it differs from its
+# default, so adding a defaulted field keeps every id (and old stores resume) while any
+# change that alters a run changes its id. `train.threads` is how fast a run goes, not
+# what it computes, and never enters the hash.
+ID_SCHEMA_1 = frozenset(
+    {
+        "model", "seed",
+        "data.source", "data.n_train", "data.n_val", "data.n_test", "data.data_seed",
+        "data.max_length", "data.template",
+        "allocation.strategy", "allocation.budget", "allocation.params", "allocation.target",
+        "allocation.min_rank", "allocation.max_rank",
+        "adapter.alpha_ratio", "adapter.rslora", "adapter.dropout",
+        "train.lr", "train.epochs", "train.max_steps", "train.batch_size", "train.grad_accum",
+        "train.warmup_ratio", "train.scheduler", "train.weight_decay", "train.max_grad_norm",
+        "train.eval_every", "train.group_by_length", "train.precision", "train.report_to",
+        "eval.batch_size", "eval.max_new_tokens", "eval.n_generate",
+    }
+)  # fmt: skip
+NOT_IDENTITY = frozenset({"train.threads"})
+
+
+def run_identity(
+    config_dict: dict[str, Any], defaults: dict[str, Any], prefix: str = ""
+) -> dict[str, Any]:
+    """The part of a resolved run config that names the run (see ID_SCHEMA_1)."""
+    kept = {}
+    for key, value in config_dict.items():
+        path = prefix + key
+        default = defaults.get(key) if isinstance(defaults, dict) else None
+        if path in NOT_IDENTITY:
+            continue
+        if isinstance(value, dict) and path not in ID_SCHEMA_1:
+            kept[key] = run_identity(
+                value, default if isinstance(default, dict) else {}, path + "."
+            )
+        elif path in ID_SCHEMA_1 or key not in defaults or value != default:
+            kept[key] = value
+    return kept
+
+
+def run_id_for(config_dict: dict[str, Any], defaults: dict[str, Any] | None = None) -> str:
+    """A stable id for a resolved run config: readable prefix + hash of its identity.
+
+    `defaults` is the default config's dict (`RunConfig().to_dict()`, which callers
+    pass; records stays below config).
+    """
+    identity = run_identity(config_dict, defaults or {})
+    digest = hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:10]
     alloc = config_dict.get("allocation", {})
     return f"{alloc.get('strategy', 'run')}-{alloc.get('budget', '')}-s{config_dict.get('seed', 0)}-{digest}"
 

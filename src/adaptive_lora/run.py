@@ -37,7 +37,7 @@ from adaptive_lora.environment import environment_manifest, now_iso, peak_memory
 from adaptive_lora.errors import UserError
 from adaptive_lora.evaluation import Stopwatch, generate_answers, mean_loss, perplexity
 from adaptive_lora.model.loading import load_model
-from adaptive_lora.records import STATUS_DONE, STATUS_FAILED, RunResult, run_id_for, write_json
+from adaptive_lora.records import STATUS_DONE, STATUS_FAILED, RunResult, write_json
 from adaptive_lora.training.loggers import MetricLoggers
 from adaptive_lora.training.loop import NonFiniteLoss, total_steps, train_adapter
 
@@ -60,7 +60,7 @@ def execute_run(
     """
 
     config.validate()
-    run_id = run_id or run_id_for(config.to_dict())
+    run_id = run_id or config.run_id()
     run_dir = Path(out_root) / run_id
     steps = RunSteps(config, run_dir, run_id, quiet=quiet)
     steps.prepare(loaded)  # loads model and data, allocates: UserErrors surface here

@@ -27,7 +27,7 @@ configs, so run ids do not depend on where the repository lives.
 
 **Runs.** One run per budget × seed × strategy × learning rate, in that order
 (seed-major, so a half-finished study already holds complete pairs). Its id is
-`records.run_id_for(resolved RunConfig dict)`; the strategy label is display only
+`RunConfig.run_id()` (see `records.ID_SCHEMA_1`); the strategy label is display only
 and lives in the store. With several learning-rate candidates, the one with the
 lowest mean *validation* loss across seeds is chosen per strategy × budget
 (`select_lr`); the report shows *test* numbers of the chosen runs only.
@@ -54,7 +54,7 @@ from adaptive_lora.data.splits import make_splits
 from adaptive_lora.errors import UserError
 from adaptive_lora.model.inventory import ModuleInfo
 from adaptive_lora.model.loading import resolve_source
-from adaptive_lora.records import canonical_json, run_id_for
+from adaptive_lora.records import canonical_json
 
 ADALORA = "adalora"  # the published adaptive baseline; registered by its own module
 
@@ -426,7 +426,7 @@ def _expand_runs(
                     )
                     resolved["train"]["lr"] = lr
                     config = RunConfig.from_dict(resolved)
-                    run_id = run_id_for(config.to_dict())
+                    run_id = config.run_id()
                     if run_id in seen:
                         raise UserError(
                             f"strategies {seen[run_id]!r} and {entry.label!r} describe the "
