@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.metadata
 import platform
 import resource
@@ -61,6 +63,22 @@ def git_commit(start: Path | None = None) -> str | None:
         return None
 
 
+@functools.cache
+def source_hash() -> str:
+    """sha256 (16 hex digits) of this package's source files: their paths and bytes.
+
+    What a run's numbers depend on, unlike HEAD: committing results between sessions
+    moves HEAD without changing a run, and an uncommitted edit changes a run without
+    moving HEAD. Computed once per process.
+    """
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def device_info(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {
         "device": str(device),
@@ -82,4 +100,9 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def environment_manifest(device: torch.device) -> dict[str, Any]:
-    return {"versions": package_versions(), "git_commit": git_commit(), **device_info(device)}
+    return {
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "source_hash": source_hash(),
+        **device_info(device),
+    }

@@ -7,9 +7,15 @@ Trainer never calls it). Its orthogonal regulariser is added by
 loss skips that call (it projects only response positions), so
 `orthogonal_penalty` adds the same term explicitly.
 
-Budget: AdaLoRA's budget is in ranks — target average rank × modules — and it
-masks singular values rather than shrinking matrices, so a run records the
-training-time trainable parameters and the final effective ones (unmasked ranks).
+Budget: PEFT's AdaLoRA budgets in ranks — target average rank × modules — and keeps
+the most important singular-value triplets wherever they are, so the parameters it
+ends with depend on where ranks went (measured on SmolLM2 at r8: 2,213,904 final for a
+2,442,240 budget). `ParameterBudgetMask` keeps AdaLoRA's importance scores and cubic
+schedule but fills the budget in *parameters*: the most important triplets are kept
+until their parameters (d_in + d_out + 1 each) reach the schedule's share of the
+parameter budget, so the final effective count matches the budget like every other
+strategy's. AdaLoRA masks rather than shrinks, so a run records both the
+training-time trainable parameters and the final effective ones.
 """
 
 from __future__ import annotations
@@ -98,7 +104,82 @@ def apply_adalora(
     )
     peft_model = get_peft_model(model, config)
     seeded_svd_init(peft_model, run_seed)
+    allocator = peft_model.base_model.rankallocator
+    allocator.mask_to_budget = ParameterBudgetMask(allocator, allocation.budget.params)
     return peft_model, schedule
+
+
+class ParameterBudgetMask:
+    """AdaLoRA's `mask_to_budget` with the budget counted in parameters (see module doc).
+
+    Called by PEFT's `RankAllocator.update_and_allocate(model, step)` with the rank
+    budget its cubic schedule gives for the step; that rank budget is mapped linearly
+    onto parameters, from all initial triplets (no masking) to `final_params`.
+    """
+
+    def __init__(self, allocator: Any, final_params: int):
+        self.allocator = allocator
+        self.final_params = final_params
+
+    @torch.no_grad()
+    def __call__(self, model: torch.nn.Module, rank_budget: int) -> dict[str, list[bool]]:
+        scores, costs, values = self._triplets(model)
+        allocator = self.allocator
+        initial = sum(float(c) * len(s) for c, s in zip(costs.values(), scores.values()))
+        span = max(1, allocator.init_bgt - allocator.target_bgt)
+        shrink = (allocator.init_bgt - rank_budget) / span  # 0 at the start, 1 at the end
+        params = initial - shrink * (initial - self.final_params)
+        flat = torch.cat([s for s in scores.values()])
+        cost = [float(costs[n]) for n, s in scores.items() for _ in range(len(s))]
+        keep = torch.zeros_like(flat, dtype=torch.bool)
+        keep[_fill(torch.argsort(flat, descending=True).tolist(), cost, params)] = True
+        pattern, start = {}, 0
+        for name, score in scores.items():
+            mask = keep[start : start + len(score)]
+            values[name].masked_fill_(~mask.view(-1, 1), 0.0)
+            pattern[name] = mask.tolist()
+            start += len(score)
+        return pattern
+
+    def _triplets(self, model: torch.nn.Module):
+        """Per lora_E parameter: its triplets' importance, parameters per triplet, the E itself.
+
+        The importance is PEFT's own (`_element_score`, `_combine_ipt`): E's score plus the
+        mean scores of A's row and B's column of the triplet.
+        """
+        allocator, adapter = self.allocator, self.allocator.adapter_name
+        named = dict(model.named_parameters())
+        scores, costs, values = {}, {}, {}
+        for name, value in named.items():
+            if f"lora_E.{adapter}" not in name:
+                continue
+            a_name = name.replace("lora_E", "lora_A")
+            b_name = name.replace("lora_E", "lora_B")
+            a_score = allocator._element_score(a_name).mean(dim=1, keepdim=True)
+            b_score = allocator._element_score(b_name).mean(dim=0).view(-1, 1)
+            ab = torch.cat([a_score, b_score], dim=1)
+            scores[name] = allocator._combine_ipt(allocator._element_score(name), ab).view(-1)
+            costs[name] = named[a_name].shape[1] + named[b_name].shape[0] + 1
+            values[name] = value
+        return scores, costs, values
+
+
+def _fill(order: list[int], cost: list[float], budget: float) -> list[int]:
+    """Triplets to keep: in order of importance, each that still fits the budget; then one
+    more (the most important of the cheapest left) if overshooting by it is closer."""
+    kept, total, dropped = [], 0.0, []
+    for index in order:
+        if total + cost[index] <= budget:
+            kept.append(index)
+            total += cost[index]
+        else:
+            dropped.append(index)
+    if dropped:
+        cheapest = min(cost[i] for i in dropped)
+        extra = next(i for i in dropped if cost[i] == cheapest)
+        if total + cheapest - budget < budget - total:
+            kept.append(extra)
+    return kept
 
 
 def orthogonal_penalty(peft_model: torch.nn.Module, adapter: str = "default") -> torch.Tensor:
