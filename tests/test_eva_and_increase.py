@@ -9,12 +9,14 @@ from adaptive_lora.adapters.eva_init import eva_init_components, load_eva_init
 from adaptive_lora.adapters.lora import AdapterSettings, apply_lora, lora_modules
 from adaptive_lora.allocation.budget import resolve_budget, tolerance
 from adaptive_lora.allocation.core import AllocationContext, allocate
+from adaptive_lora.config import RunConfig
 from adaptive_lora.data.builtin import builtin_examples
 from adaptive_lora.data.calibration import make_calibration
 from adaptive_lora.data.splits import make_splits
 from adaptive_lora.errors import UserError
 from adaptive_lora.model.inventory import build_inventory
-from tiny import byte_tokenizer, tiny_gpt2, tiny_llama
+from adaptive_lora.run import execute_run
+from tiny import byte_tokenizer, save_tiny, tiny_gpt2, tiny_llama
 
 EVA_FAST = {"n_batches": 4, "batch_size": 4, "tau": 0.9}
 
@@ -94,3 +96,27 @@ def test_eva_init_puts_singular_vectors_into_a(calibration, tmp_path):
         rows = components[name].shape[0]
         torch.testing.assert_close(a[:rows], components[name].to(a.dtype))
         assert torch.count_nonzero(module.lora_B["default"].weight) == 0
+
+
+def test_a_run_with_eva_init_sets_every_a_and_records_it(tmp_path):
+
+    folder = save_tiny(tiny_llama(), tmp_path / "llama")
+    config = RunConfig.from_dict(
+        {
+            "model": folder,
+            "data": {
+                "source": "builtin",
+                "n_train": 24,
+                "n_val": 8,
+                "n_test": 8,
+                "max_length": 256,
+            },
+            "allocation": {"strategy": "eva", "params": {**EVA_FAST, "init_from_svd": True}},
+            "train": {"max_steps": 2, "batch_size": 4, "lr": 5e-3},
+            "eval": {"n_generate": 1, "max_new_tokens": 2, "batch_size": 8},
+        }
+    )
+    result = execute_run(config, tmp_path / "runs", quiet=True)
+    assert result.status == "done", result.error
+    n_modules = len(result.metrics["strategy_report"]["eva"]["peft_ranks"])
+    assert result.metrics["eva_init_modules"] == n_modules

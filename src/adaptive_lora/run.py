@@ -23,11 +23,13 @@ from adaptive_lora.adapters.adalora import (
     current_ranks,
     effective_parameters,
 )
+from adaptive_lora.adapters.eva_init import eva_init_components, load_eva_init, wants_eva_init
 from adaptive_lora.adapters.lora import AdapterSettings, apply_lora, trainable_parameters
 from adaptive_lora.allocation.for_model import run_allocation
 from adaptive_lora.allocation.heatmap import rank_heatmap
 from adaptive_lora.compute.precision import Precision, resolve_precision
 from adaptive_lora.config import RunConfig
+from adaptive_lora.data.calibration import make_calibration
 from adaptive_lora.data.prompts import (
     tokenize_examples,
 )
@@ -270,11 +272,26 @@ class RunSteps:
         write_json(self.run_dir / "metrics.json", m)
         return m
 
+    def _eva_components(self) -> dict[str, Any]:
+        """EVA's singular vectors for the allocation's ranks, on the training split only."""
+        calibration = make_calibration(
+            self.splits.train,
+            self.tokenizer,
+            max_length=self.config.data.max_length,
+            template=self.config.data.template,
+            data_hash=self.splits.data_hash,
+        )
+        return eva_init_components(self.loaded.model, self.allocation, calibration)
+
     def _build_adapters(self, adapter: AdapterSettings) -> dict[str, Any]:
         """LoRA with the allocation's ranks, or AdaLoRA; returns the training-loop hooks."""
         cfg = self.config
         if self.allocation.strategy != "adalora":
+            # EVA's optional init reads the base model's layer inputs: before PEFT wraps it.
+            components = self._eva_components() if wants_eva_init(self.allocation) else None
             self.peft_model = apply_lora(self.loaded.model, self.allocation, adapter, cfg.seed)
+            if components is not None:
+                self.metrics["eva_init_modules"] = load_eva_init(self.peft_model, components)
             return {}
 
         steps = total_steps(len(self.train_split.features), cfg.train)
