@@ -21,7 +21,6 @@ from adaptive_lora.cli.status import format_status
 from adaptive_lora.errors import UserError
 from adaptive_lora.records import METRIC_KEYS, RunResult, write_json
 from adaptive_lora.study.local import LocalExecutor
-from adaptive_lora.study.lr import select_lr
 from adaptive_lora.study.plan import heuristic_seconds
 from adaptive_lora.study.runner import run_study
 from adaptive_lora.study.spec import load_study, parse_seeds
@@ -268,7 +267,7 @@ def test_lr_is_chosen_on_validation_loss(tmp_path):
     study = load_study(write_study(tmp_path, lr_candidates=[0.001, 0.002], seeds="0..2"))
     quiet_run(study, FakeRuns())  # val_loss = 2 + lr: the smaller lr wins
     with StudyStore.open(study.store_path) as store:
-        choices = select_lr(study, store.rows())
+        choices = study.select_lr(store.rows())
     for choice in choices.values():
         assert choice.chosen == 0.001
         assert choice.n_seeds == {0.001: 3, 0.002: 3}

@@ -7,7 +7,6 @@ import math
 from typing import Any
 
 from adaptive_lora.analysis import stats
-from adaptive_lora.study.lr import select_lr
 from adaptive_lora.study.spec import Study
 from adaptive_lora.study.store import (
     DONE,
@@ -51,7 +50,7 @@ def analyse(
     study: Study, rows: list[RunRow], *, n_boot: int = 10000, boot_seed: int = 0
 ) -> dict[str, Any]:
     """Everything the report shows, as plain data (also written as stats.json)."""
-    choices = select_lr(study, rows)
+    choices = study.select_lr(rows)
     done = [r for r in rows if r.status == DONE]
     counts = {
         status: sum(1 for r in rows if r.status == status)

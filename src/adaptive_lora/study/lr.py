@@ -1,14 +1,20 @@
-"""Learning-rate choice per strategy × budget, on validation loss only."""
+"""Learning-rate choice per strategy × budget, on validation loss only.
+
+With `lr_tuning_seeds`, the candidates are tried on those seeds only and the choice is
+final once every tuning run of the strategy × budget has finished; the reporting seeds
+then run at the chosen rate alone. Without them, every seed runs every candidate and
+the choice is made on all of them (the report says so). Test loss never enters a choice.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from adaptive_lora.analysis.stats import describe
-from adaptive_lora.study.spec import Study
-from adaptive_lora.study.store import DONE, RunRow
+import numpy as np
+
+from adaptive_lora.study.store import DONE, FAILED, RunRow
 
 
 @dataclass
@@ -20,35 +26,70 @@ class LrChoice:
     candidates: list[float]
     val_loss_mean: dict[float, float]  # lr → mean validation loss over its finished seeds
     n_seeds: dict[float, int]
-    chosen: float | None  # None: no candidate has a finished run yet
+    chosen: float | None  # None: not decided yet, or every candidate failed
+    seeds: list[int] = field(default_factory=list)  # the seeds the choice looks at
+    failed: dict[float, list[int]] = field(default_factory=dict)  # lr → seeds failed or NaN
+    complete: bool = True  # every run the choice needs has finished
+    note: str = ""  # a tie, an excluded candidate, or why nothing was chosen
+
+    def to_dict(self) -> dict:
+        return {
+            "label": self.label,
+            "budget": self.budget,
+            "candidates": self.candidates,
+            "val_loss_mean": {str(lr): v for lr, v in self.val_loss_mean.items()},
+            "n_seeds": {str(lr): n for lr, n in self.n_seeds.items()},
+            "chosen": self.chosen,
+            "seeds": self.seeds,
+            "failed": {str(lr): s for lr, s in self.failed.items()},
+            "complete": self.complete,
+            "note": self.note,
+        }
 
 
-def select_lr(study: Study, rows: Sequence[RunRow]) -> dict[tuple[str, str], LrChoice]:
-    """Per strategy label × budget, the lr with the lowest mean val_loss across seeds.
+def choose_lr(
+    label: str,
+    budget: str,
+    candidates: Sequence[float],
+    seeds: Sequence[int],
+    rows: Sequence[RunRow],
+) -> LrChoice:
+    """The candidate with the lowest mean validation loss over `seeds`.
 
-    Only finished runs count. With a single candidate it is chosen as is. Test loss
-    never enters the choice (DESIGN.md: model selection uses validation).
+    A candidate with a failed run or a non-finite validation loss on any of the seeds
+    is excluded (and named in `note`); a tie goes to the smaller rate (and is said).
+    With one candidate it is chosen as is.
     """
-
-    by_key: dict[tuple[str, str, float], list[float]] = {}
-    for row in rows:
-        if row.status == DONE:
-            value = row.metrics.get("val_loss")
-            if value is not None and math.isfinite(float(value)):
-                by_key.setdefault((row.label, row.budget, row.lr), []).append(float(value))
-    choices = {}
-    for label in study.labels:
-        candidates = list(study.lrs_for(label))
-        for budget in study.budgets:
-            means, counts = {}, {}
-            for lr in candidates:
-                values = by_key.get((label, budget, lr), [])
-                counts[lr] = len(values)
-                if values:
-                    means[lr] = describe(values)["mean"]
-            if len(candidates) == 1:
-                chosen = candidates[0]
-            else:
-                chosen = min(means, key=lambda lr: (means[lr], lr)) if means else None
-            choices[(label, budget)] = LrChoice(label, budget, candidates, means, counts, chosen)
-    return choices
+    mine = [r for r in rows if r.label == label and r.budget == budget and r.seed in seeds]
+    values: dict[float, list[float]] = {lr: [] for lr in candidates}
+    failed: dict[float, list[int]] = {}
+    finished = 0
+    for row in mine:
+        if row.lr not in values or row.status not in (DONE, FAILED):
+            continue
+        finished += 1
+        value = row.metrics.get("val_loss") if row.status == DONE else None
+        if value is None or not math.isfinite(float(value)):
+            failed.setdefault(row.lr, []).append(row.seed)
+        else:
+            values[row.lr].append(float(value))
+    means = {lr: float(np.mean(v)) for lr, v in values.items() if v and lr not in failed}
+    choice = LrChoice(
+        label, budget, list(candidates), means, {lr: len(v) for lr, v in values.items()}, None,
+        seeds=list(seeds), failed=failed,
+        complete=finished == len(candidates) * len(seeds),
+    )  # fmt: skip
+    if len(candidates) == 1:
+        choice.chosen = candidates[0]
+        return choice
+    notes = [f"{lr:g} excluded: failed or NaN on seed(s) {s}" for lr, s in sorted(failed.items())]
+    if means:
+        best = min(means.values())
+        tied = sorted(lr for lr, m in means.items() if m == best)
+        choice.chosen = tied[0]
+        if len(tied) > 1:
+            notes.append(f"tie between {', '.join(f'{lr:g}' for lr in tied)}: the smaller chosen")
+    elif choice.complete:
+        notes.append("every candidate failed: nothing chosen, the strategy is not reported")
+    choice.note = "; ".join(notes)
+    return choice

@@ -42,6 +42,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,14 @@ from adaptive_lora.errors import UserError
 from adaptive_lora.model.inventory import ModuleInfo
 from adaptive_lora.model.loading import resolve_source
 from adaptive_lora.records import canonical_json
+from adaptive_lora.study.lr import LrChoice, choose_lr
+from adaptive_lora.study.protocol import (
+    CrossBudget,
+    parse_cross_budget,
+    parse_entry_budgets,
+    parse_tuning_seeds,
+)
+from adaptive_lora.study.store import RunRow, StudyStore
 
 ADALORA = "adalora"  # the published adaptive baseline; registered by its own module
 
@@ -72,6 +81,8 @@ TOP_KEYS = (
     "adapter",
     "allocation",
     "lr_candidates",
+    "lr_tuning_seeds",
+    "cross_budget",
     "baseline",
     "out",
 )
@@ -80,7 +91,7 @@ TOP_KEYS = (
 REQUIRED_KEYS = ("name", "budgets", "strategies", "seeds")
 
 
-STRATEGY_KEYS = ("name", "params", "label", "lr")
+STRATEGY_KEYS = ("name", "params", "label", "lr", "budgets")
 
 
 ALLOCATION_KEYS = ("min_rank", "max_rank", "target")
@@ -100,6 +111,7 @@ class StrategyEntry:
     label: str
     params: dict[str, Any] = field(default_factory=dict)
     lr: tuple[float, ...] | None = None  # this strategy's own learning-rate candidates
+    budgets: tuple[str, ...] | None = None  # the budgets it runs at (None: all of them)
 
 
 @dataclass(frozen=True)
@@ -114,9 +126,11 @@ class RunSpec:
     lr: float
     config: RunConfig
     position: int
+    tuning: bool = False  # a learning-rate tuning run: never in a reported test
 
     def describe(self) -> str:
-        return f"{self.label} {self.budget} seed {self.seed} lr {self.lr:g}"
+        role = "  (lr tuning)" if self.tuning else ""
+        return f"{self.label} {self.budget} seed {self.seed} lr {self.lr:g}{role}"
 
 
 @dataclass
@@ -136,6 +150,11 @@ class Study:
     runs: list[RunSpec]
     spec_hash: str
     text: str
+    base_lr: float = 1e-3  # train.lr: the rate of a strategy with no candidates
+    lr_tuning_seeds: list[int] = field(default_factory=list)
+    cross_budget: CrossBudget | None = None
+    # (label, budget) → its LrChoice, from the tuning runs stored so far.
+    lr_choices: dict[tuple[str, str], LrChoice] = field(default_factory=dict)
 
     @property
     def store_path(self) -> Path:
@@ -157,13 +176,39 @@ class Study:
     def labels(self) -> list[str]:
         return [entry.label for entry in self.strategies]
 
+    def entry(self, label: str) -> StrategyEntry:
+        return next(e for e in self.strategies if e.label == label)
+
     def lrs_for(self, label: str) -> tuple[float, ...]:
-        """The learning rates a strategy is run with (one when nothing is tuned)."""
-        return tuple(sorted({spec.lr for spec in self.runs if spec.label == label}))
+        """The learning-rate candidates of a strategy (one when nothing is tuned)."""
+        return tuple(sorted(self.entry(label).lr or self.lr_candidates or (self.base_lr,)))
+
+    def budgets_for(self, label: str) -> list[str]:
+        own = self.entry(label).budgets
+        return [b for b in self.budgets if own is None or b in own]
 
     @property
     def tunes_lr(self) -> bool:
         return any(len(self.lrs_for(label)) > 1 for label in self.labels)
+
+    @property
+    def choice_seeds(self) -> list[int]:
+        """The seeds a learning-rate choice looks at: the tuning seeds, else every seed."""
+        return self.lr_tuning_seeds or self.seeds
+
+    def reported(self, spec: RunSpec) -> bool:
+        """Whether a run may enter a reported comparison: not a tuning run, and at its
+        strategy × budget's chosen rate."""
+        choice = self.lr_choices.get((spec.label, spec.budget))
+        return not spec.tuning and choice is not None and choice.chosen == spec.lr
+
+    def select_lr(self, rows: Sequence[RunRow]) -> dict[tuple[str, str], LrChoice]:
+        """Per strategy label × budget, the rate chosen on validation loss (see `study.lr`)."""
+        return {
+            (label, budget): choose_lr(label, budget, self.lrs_for(label), self.choice_seeds, rows)
+            for label in self.labels
+            for budget in self.budgets_for(label)
+        }
 
 
 def parse_seeds(value: Any, where: str = "seeds") -> list[int]:
@@ -217,7 +262,7 @@ def _lr_list(value: Any, where: str) -> tuple[float, ...]:
     return tuple(out)
 
 
-def _strategy_entry(raw: Any, index: int) -> StrategyEntry:
+def _strategy_entry(raw: Any, index: int, budgets: list[str]) -> StrategyEntry:
 
     where = f"strategies[{index}]"
     if isinstance(raw, str):
@@ -249,7 +294,8 @@ def _strategy_entry(raw: Any, index: int) -> StrategyEntry:
     if not isinstance(label, str) or not _NAME.match(label):
         raise UserError(f"{where}.label must be letters, digits, `-`, `_` or `.`, got {label!r}")
     lr = _lr_list(raw["lr"], f"{where}.lr") if raw.get("lr") is not None else None
-    return StrategyEntry(name=name, label=label, params=dict(params), lr=lr)
+    own = parse_entry_budgets(raw.get("budgets"), budgets, where)
+    return StrategyEntry(name=name, label=label, params=dict(params), lr=lr, budgets=own)
 
 
 def _budget_list(value: Any) -> list[str]:
@@ -283,6 +329,14 @@ def _check_sources(config: RunConfig) -> None:
         make_splits(load_examples(source), d.n_train, d.n_val, d.n_test, d.data_seed)
 
 
+def _stored_rows(out: Path) -> list[RunRow]:
+    """The runs already stored for a study (none before its first `run`)."""
+    if not (out / "study.db").is_file():
+        return []
+    with StudyStore.open(out / "study.db", create=False) as store:
+        return store.rows()
+
+
 def load_study(path: str | Path, *, check_sources: bool = True) -> Study:
     """Read and validate a study file; expand it into run specs. Writes nothing.
 
@@ -293,22 +347,40 @@ def load_study(path: str | Path, *, check_sources: bool = True) -> Study:
     path = Path(path)
     raw = load_yaml(str(path))
     try:
-        return _build_study(path, raw, check_sources=check_sources)
+        out = Path(str(raw.get("out") or f"studies/{raw.get('name')}")).expanduser()
+        return _build_study(path, raw, check_sources=check_sources, rows=_stored_rows(out))
     except UserError as error:
         raise UserError(f"{path}: {error}") from None
 
 
-def _build_study(path: Path, raw: dict[str, Any], *, check_sources: bool) -> Study:
-    """Validate every key of a study file and expand it into run specs, in order."""
+def _build_study(
+    path: Path, raw: dict[str, Any], *, check_sources: bool, rows: Sequence[RunRow] = ()
+) -> Study:
+    """Validate every key of a study file and expand it into run specs, in order.
+
+    `rows` are the study's stored runs: with `lr_tuning_seeds`, the reporting runs of a
+    strategy × budget exist only once its tuning runs have chosen a rate.
+    """
     name, description, model = _check_header(raw)
     budgets = _budget_list(raw["budgets"])
     seeds = parse_seeds(raw["seeds"])
-    entries = _strategy_entries(raw["strategies"])
+    entries = _strategy_entries(raw["strategies"], budgets)
     baseline = _baseline(raw.get("baseline", "uniform"), entries)
     lr_candidates = (
         _lr_list(raw["lr_candidates"], "lr_candidates")
         if raw.get("lr_candidates") is not None
         else None
+    )
+    tuning_seeds = []
+    if raw.get("lr_tuning_seeds") is not None:
+        tunes = (lr_candidates and len(lr_candidates) > 1) or any(
+            e.lr and len(e.lr) > 1 for e in entries
+        )
+        tuning = parse_seeds(raw["lr_tuning_seeds"], "lr_tuning_seeds")
+        tuning_seeds = parse_tuning_seeds(seeds, tuning, bool(tunes))
+    baseline_entry = next(e for e in entries if e.label == baseline)
+    cross_budget = parse_cross_budget(
+        raw.get("cross_budget"), budgets, baseline_entry.budgets or tuple(budgets)
     )
     base = _base_sections(raw, model)
     base_config = RunConfig.from_dict(copy.deepcopy(base))  # every section error, once
@@ -321,11 +393,10 @@ def _build_study(path: Path, raw: dict[str, Any], *, check_sources: bool) -> Stu
         raise UserError("data.n_test must be >= 1: the study reports test loss")
     if check_sources:
         _check_sources(base_config)
-    runs = _expand_runs(base, budgets, seeds, entries, lr_candidates or (base_config.train.lr,))
     out = raw.get("out", f"studies/{name}")
     if not isinstance(out, str) or not out:
         raise UserError(f"out must be a folder path, got {out!r}")
-    return Study(
+    study = Study(
         path=path,
         name=name,
         description=description.strip(),
@@ -336,10 +407,17 @@ def _build_study(path: Path, raw: dict[str, Any], *, check_sources: bool) -> Stu
         baseline=baseline,
         lr_candidates=lr_candidates,
         out=Path(out).expanduser(),
-        runs=runs,
-        spec_hash=_spec_hash(name, baseline, runs),
+        runs=[],
+        spec_hash="",
         text=path.read_text(),
+        base_lr=base_config.train.lr,
+        lr_tuning_seeds=tuning_seeds,
+        cross_budget=cross_budget,
     )
+    study.lr_choices = study.select_lr(rows)
+    study.runs = _expand_runs(base, study)
+    study.spec_hash = _spec_hash(name, baseline, study.runs)
+    return study
 
 
 def _check_header(raw: dict[str, Any]) -> tuple[str, str, str]:
@@ -362,10 +440,10 @@ def _check_header(raw: dict[str, Any]) -> tuple[str, str, str]:
     return name, description, model
 
 
-def _strategy_entries(value: Any) -> list[StrategyEntry]:
+def _strategy_entries(value: Any, budgets: list[str]) -> list[StrategyEntry]:
     if not isinstance(value, list) or not value:
         raise UserError("strategies must be a non-empty list of strategy names or mappings")
-    entries = [_strategy_entry(item, i) for i, item in enumerate(value)]
+    entries = [_strategy_entry(item, i, budgets) for i, item in enumerate(value)]
     labels = [e.label for e in entries]
     for label in labels:
         if labels.count(label) > 1:
@@ -405,47 +483,61 @@ def _base_sections(raw: dict[str, Any], model: str) -> dict[str, Any]:
     return base
 
 
-def _expand_runs(
-    base: dict[str, Any],
-    budgets: list[str],
-    seeds: list[int],
-    entries: list[StrategyEntry],
-    default_lrs: tuple[float, ...],
-) -> list[RunSpec]:
-    """One run per budget × seed × strategy × learning rate, seed-major within a budget."""
+def _expand_runs(base: dict[str, Any], study: Study) -> list[RunSpec]:
+    """Tuning runs first (every candidate on every tuning seed), then the reporting runs.
+
+    Within each part: budget-major, then seed, strategy and rate, so that a half-finished
+    study already holds complete pairs. With tuning seeds, a strategy × budget's reporting
+    runs appear once its choice is complete (at the chosen rate only); without them, every
+    seed runs every candidate.
+    """
+    plan: list[tuple[StrategyEntry, str, int, float, bool]] = []
+    for budget in study.budgets:
+        for seed in study.lr_tuning_seeds:
+            for entry in study.strategies:
+                if budget in study.budgets_for(entry.label):
+                    plan += [(entry, budget, seed, lr, True) for lr in study.lrs_for(entry.label)]
+    for budget in study.budgets:
+        for seed in study.seeds:
+            for entry in study.strategies:
+                if budget in study.budgets_for(entry.label):
+                    plan += [
+                        (entry, budget, seed, lr, False)
+                        for lr in _reporting_lrs(study, entry, budget)
+                    ]
     runs: list[RunSpec] = []
     seen: dict[str, str] = {}
-    for budget in budgets:
-        for seed in seeds:
-            for entry in entries:
-                for lr in entry.lr or default_lrs:
-                    resolved = copy.deepcopy(base)
-                    resolved["seed"] = seed
-                    resolved["allocation"].update(
-                        strategy=entry.name, budget=budget, params=dict(entry.params)
-                    )
-                    resolved["train"]["lr"] = lr
-                    config = RunConfig.from_dict(resolved)
-                    run_id = config.run_id()
-                    if run_id in seen:
-                        raise UserError(
-                            f"strategies {seen[run_id]!r} and {entry.label!r} describe the "
-                            "same runs; change a parameter or drop one"
-                        )
-                    seen[run_id] = entry.label
-                    runs.append(
-                        RunSpec(
-                            run_id=run_id,
-                            label=entry.label,
-                            strategy=entry.name,
-                            budget=budget,
-                            seed=seed,
-                            lr=config.train.lr,
-                            config=config,
-                            position=len(runs),
-                        )
-                    )
+    for entry, budget, seed, lr, tuning in plan:
+        config = _run_config(base, entry, budget, seed, lr)
+        run_id = config.run_id()
+        if run_id in seen:
+            raise UserError(
+                f"strategies {seen[run_id]!r} and {entry.label!r} describe the "
+                "same runs; change a parameter or drop one"
+            )
+        seen[run_id] = entry.label
+        runs.append(
+            RunSpec(run_id, entry.label, entry.name, budget, seed, config.train.lr, config,
+                    position=len(runs), tuning=tuning)
+        )  # fmt: skip
     return runs
+
+
+def _reporting_lrs(study: Study, entry: StrategyEntry, budget: str) -> tuple[float, ...]:
+    if not study.lr_tuning_seeds:
+        return study.lrs_for(entry.label)
+    choice = study.lr_choices[(entry.label, budget)]
+    return (choice.chosen,) if choice.complete and choice.chosen is not None else ()
+
+
+def _run_config(
+    base: dict[str, Any], entry: StrategyEntry, budget: str, seed: int, lr: float
+) -> RunConfig:
+    resolved = copy.deepcopy(base)
+    resolved["seed"] = seed
+    resolved["allocation"].update(strategy=entry.name, budget=budget, params=dict(entry.params))
+    resolved["train"]["lr"] = lr
+    return RunConfig.from_dict(resolved)
 
 
 def _spec_hash(name: str, baseline: str, runs: list[RunSpec]) -> str:
