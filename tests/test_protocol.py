@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from test_study import FakeRuns, quiet_run, write_study
 
+from adaptive_lora.analysis import stats
 from adaptive_lora.errors import UserError
+from adaptive_lora.records import METRIC_KEYS, RunResult, write_json
+from adaptive_lora.report.write import write_report
 from adaptive_lora.study.spec import load_study
 from adaptive_lora.study.store import StudyStore
 
@@ -108,3 +114,98 @@ def test_a_tie_goes_to_the_smaller_rate_and_is_said():
     rows = [row(0.002, 0, 1.5), row(0.001, 0, 1.5), row(0.004, 0, 1.7)]
     choice = choose_lr("u", "r8", [0.001, 0.002, 0.004], [0], rows)
     assert choice.chosen == 0.001 and "tie between 0.001, 0.002" in choice.note
+
+
+# ---------------------------------------------------------------------- the report
+
+
+class ShapedRuns(FakeRuns):
+    """Test loss shaped by budget and strategy; the package source differs for one seed."""
+
+    def __init__(self, source_by_seed=None):
+        super().__init__()
+        self.source_by_seed = source_by_seed or {}
+
+    def __call__(self, config, out_root, *, run_id=None, loaded=None, quiet=False):
+        self.calls.append(run_id)
+        run_dir = Path(out_root) / run_id
+        run_dir.mkdir(parents=True)
+        seed, strategy = config.seed, config.allocation.strategy
+        loss = 2.0 + 0.001 * seed + (0.0 if config.allocation.budget == "r8" else 0.10)
+        loss += {"uniform": 0.0, "linear_decay": -0.02, "attention_heavy": -0.095}.get(strategy, 0)
+        loss += 0.003 * (seed % 2) + (0.002 * (seed % 3) if strategy != "uniform" else 0.0)
+        metrics = {k: None for k in METRIC_KEYS}
+        metrics.update(test_loss=loss, val_loss=2.0 + config.train.lr, train_seconds=1.0)
+        metrics.update(trainable_params=100, effective_params=100, deviation_pct=0.0)
+        write_json(run_dir / "metrics.json", metrics)
+        manifest = {"versions": {"torch": "x"}, "source_hash": self.source_by_seed.get(seed, "s1"),
+                    "device": "cpu", "cpu": "AMD EPYC" if seed % 2 else "Intel Xeon"}  # fmt: skip
+        return RunResult(run_id, run_dir, "done", metrics, manifest)
+
+
+def run_all(path, fake):
+    """Tuning runs, then (reloaded) the reporting runs their choice opened."""
+    for _ in range(2):
+        quiet_run(load_study(path, check_sources=False), fake)
+    return load_study(path, check_sources=False)
+
+
+def test_tuning_seeds_never_reach_a_reported_test(tmp_path, monkeypatch):
+    path = write_study(tmp_path, **{**TUNED, "seeds": "1..4"})
+    study = run_all(path, ShapedRuns())
+    seen = []
+    real = stats.compare_family
+
+    def spy(values, baseline, **kw):
+        seen.append({label: set(by_seed) for label, by_seed in values.items()})
+        return real(values, baseline, **kw)
+
+    monkeypatch.setattr(stats, "compare_family", spy)
+    write_report(study, StudyStore.open(study.store_path), tmp_path / "report", n_boot=200)
+    assert seen, "no comparison was computed"
+    for inputs in seen:
+        for seeds in inputs.values():
+            assert seeds == {1, 2, 3, 4}  # the reporting seeds, never the tuning seed 0
+
+
+def test_the_report_states_the_choice_and_the_cross_budget_verdict(tmp_path):
+    path = write_study(
+        tmp_path,
+        budgets=["r4", "r8"],
+        strategies=[
+            "uniform",
+            {"name": "linear_decay", "budgets": ["r4"]},
+            {"name": "attention_heavy", "budgets": ["r4"]},
+        ],
+        lr_candidates=[0.001, 0.002],
+        lr_tuning_seeds=[0, 1],
+        seeds="2..7",
+        cross_budget={"small": "r4", "large": "r8"},
+    )
+    study = run_all(path, ShapedRuns())  # r4 costs uniform +0.10 test loss against r8
+    files = write_report(study, StudyStore.open(study.store_path), tmp_path / "report", n_boot=200)
+    text = files.report_md.read_text()
+    assert "Tuning seeds are excluded from every test in this report." in text
+    assert "## Does a strategy at r4 recover the r8 gain?" in text
+    assert "Equivalence margin ±0.0500 (half of the baseline's measured gain)" in text
+    decay = next(line for line in text.splitlines() if "**linear_decay** at r4" in line)
+    assert "not shown equivalent: it does not recover the r8 gain" in decay  # Δ ≈ +0.08
+    heavy = next(line for line in text.splitlines() if "**attention_heavy** at r4" in line)
+    assert "equivalent within the margin: it recovers the r8 result" in heavy  # Δ ≈ +0.005
+    block = json.loads(files.stats_json.read_text())["cross_budget"]
+    assert block["gain"]["n"] == 6 and block["gain"]["mean"] == pytest.approx(0.1)
+    assert block["strategies"]["attention_heavy"]["tost"]["equivalent"] is True
+
+
+def test_runs_from_different_sources_are_refused_then_pooled_with_allow_mixed(tmp_path):
+    path = write_study(tmp_path, seeds="0..3")
+    study = load_study(path, check_sources=False)
+    quiet_run(study, ShapedRuns(source_by_seed={3: "s2"}))
+    store = StudyStore.open(study.store_path)
+    with pytest.raises(UserError, match="differ in package source: s1 .*; s2 .*--allow-mixed"):
+        write_report(study, store, tmp_path / "report", n_boot=200)
+    assert not (tmp_path / "report").exists()  # nothing half-written
+    files = write_report(study, store, tmp_path / "report", n_boot=200, allow_mixed=True)
+    text = files.report_md.read_text()
+    assert "runs from different environments are pooled" in text
+    assert "CPU model differs between runs (a warning, not a refusal)" in text

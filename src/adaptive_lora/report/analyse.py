@@ -7,6 +7,9 @@ import math
 from typing import Any
 
 from adaptive_lora.analysis import stats
+from adaptive_lora.report.cross_budget import cross_budget
+from adaptive_lora.report.environment_check import check_environment
+from adaptive_lora.study.lr import LrChoice
 from adaptive_lora.study.spec import Study
 from adaptive_lora.study.store import (
     DONE,
@@ -49,98 +52,148 @@ def summarise(by_seed: dict[int, float]) -> dict[str, Any]:
 def analyse(
     study: Study, rows: list[RunRow], *, n_boot: int = 10000, boot_seed: int = 0
 ) -> dict[str, Any]:
-    """Everything the report shows, as plain data (also written as stats.json)."""
+    """Everything the report shows, as plain data (also written as stats.json).
+
+    Only reported runs enter a statistic (`reported_rows`): finished, on a reporting
+    seed, at their strategy × budget's chosen learning rate.
+    """
     choices = study.select_lr(rows)
-    done = [r for r in rows if r.status == DONE]
+    reported = reported_rows(study, rows, choices)
+    analysis = _overview(study, rows, choices)
+    analysis["environment_check"] = check_environment(reported)
+    for budget in study.budgets:
+        analysis["budgets"][budget] = _budget_block(
+            study, budget, reported, choices, n_boot, boot_seed
+        )
+    if study.cross_budget is not None:
+        blocks = analysis["budgets"]
+        losses = {
+            b: {label: e[PRIMARY]["values"] for label, e in block["strategies"].items()}
+            for b, block in blocks.items()
+        }
+        params = {
+            b: {label: e["effective_params"]["mean"] for label, e in block["strategies"].items()}
+            for b, block in blocks.items()
+        }
+        analysis["cross_budget"] = cross_budget(study.cross_budget, study.baseline, losses, params)
+    return analysis
+
+
+def reported_rows(
+    study: Study, rows: list[RunRow], choices: dict[tuple[str, str], LrChoice]
+) -> list[RunRow]:
+    """The rows every reported statistic is computed from: never a tuning seed's."""
+    tuning = set(study.lr_tuning_seeds)
+    out = []
+    for row in rows:
+        choice = choices.get((row.label, row.budget))
+        if row.status == DONE and row.seed not in tuning and choice and choice.chosen == row.lr:
+            out.append(row)
+    return out
+
+
+def _overview(
+    study: Study, rows: list[RunRow], choices: dict[tuple[str, str], LrChoice]
+) -> dict[str, Any]:
     counts = {
         status: sum(1 for r in rows if r.status == status)
         for status in (DONE, FAILED, RUNNING, PENDING)
     }
     counts[PENDING] += len(study.runs) - len(rows)  # specs never stored yet
-    analysis: dict[str, Any] = {
+    return {
         "study": study.name,
         "baseline": study.baseline,
         "spec_hash": study.spec_hash,
         "n_runs": len(study.runs),
         "counts": counts,
-        "lr_selection": [
-            {
-                "label": c.label,
-                "budget": c.budget,
-                "candidates": c.candidates,
-                "val_loss_mean": {str(lr): v for lr, v in c.val_loss_mean.items()},
-                "n_seeds": {str(lr): n for lr, n in c.n_seeds.items()},
-                "chosen": c.chosen,
-            }
-            for c in choices.values()
-        ],
+        "protocol": {
+            "reporting_seeds": study.seeds,
+            "lr_tuning_seeds": study.lr_tuning_seeds,
+            "tuning_excluded": bool(study.lr_tuning_seeds),
+        },
+        "lr_selection": [c.to_dict() for c in choices.values()],
         "budgets": {},
     }
-    for budget in study.budgets:
-        chosen: dict[str, list[RunRow]] = {}
-        for label in study.labels:
-            lr = choices[(label, budget)].chosen
-            chosen[label] = sorted(
-                (r for r in done if r.label == label and r.budget == budget and r.lr == lr),
-                key=lambda r: r.seed,
-            )
-        strategies = {}
-        for label, runs in chosen.items():
-            strategies[label] = {
-                "lr": choices[(label, budget)].chosen,
-                "seeds": [r.seed for r in runs],
-                "missing_seeds": [s for s in study.seeds if s not in {r.seed for r in runs}],
-                "run_ids": [r.id for r in runs],
-                PRIMARY: summarise({r.seed: _value(r, PRIMARY) for r in runs}),
-                "trainable_params": stats.describe(
-                    [v for r in runs if math.isfinite(v := _value(r, "trainable_params"))]
-                ),
-                "deviation_pct": stats.describe(
-                    [v for r in runs if math.isfinite(v := _value(r, "deviation_pct"))]
-                ),
-                "train_seconds": stats.describe(
-                    [v for r in runs if math.isfinite(v := _value(r, "train_seconds"))]
-                ),
-                "wall_seconds": stats.describe([r.seconds for r in runs if r.seconds]),
-            }
-        primary = {
-            label: {r.seed: _value(r, PRIMARY) for r in runs} for label, runs in chosen.items()
-        }
-        comparisons = (
-            stats.compare_family(
-                primary, study.baseline, n_boot=n_boot, seed=boot_seed, metric="test loss"
-            )
-            if len(primary) > 1
-            else {}
+
+
+def _strategy_entry(study: Study, lr: float | None, runs: list[RunRow]) -> dict[str, Any]:
+    def described(key: str) -> dict[str, Any]:
+        return stats.describe([v for r in runs if math.isfinite(v := _value(r, key))])
+
+    return {
+        "lr": lr,
+        "seeds": [r.seed for r in runs],
+        "missing_seeds": [s for s in study.seeds if s not in {r.seed for r in runs}],
+        "run_ids": [r.id for r in runs],
+        PRIMARY: summarise({r.seed: _value(r, PRIMARY) for r in runs}),
+        "trainable_params": described("trainable_params"),
+        # AdaLoRA trains with more parameters than it keeps: its final count is this one.
+        "effective_params": described("effective_params"),
+        "deviation_pct": described("deviation_pct"),
+        "effective_deviation_pct": described("effective_deviation_pct"),
+        "train_seconds": described("train_seconds"),
+        "wall_seconds": stats.describe([r.seconds for r in runs if r.seconds]),
+    }
+
+
+def _budget_block(
+    study: Study,
+    budget: str,
+    reported: list[RunRow],
+    choices: dict[tuple[str, str], LrChoice],
+    n_boot: int,
+    boot_seed: int,
+) -> dict[str, Any]:
+    labels = [label for label in study.labels if budget in study.budgets_for(label)]
+    chosen = {
+        label: sorted(
+            (r for r in reported if r.label == label and r.budget == budget), key=lambda r: r.seed
         )
-        secondary = {}
-        for key, name, lower in SECONDARY:
-            values = {
-                label: {r.seed: _value(r, key) for r in runs} for label, runs in chosen.items()
-            }
-            if not any(math.isfinite(v) for by_seed in values.values() for v in by_seed.values()):
-                continue
-            secondary[key] = {
-                "name": name,
-                "lower_is_better": lower,
-                "summary": {label: summarise(v) for label, v in values.items()},
-                "comparisons": stats.compare_family(
-                    values,
-                    study.baseline,
-                    lower_is_better=lower,
-                    n_boot=n_boot,
-                    seed=boot_seed,
-                    metric=name,
-                )
-                if len(values) > 1
-                else {},
-            }
-        analysis["budgets"][budget] = {
-            "strategies": strategies,
-            "comparisons": comparisons,
-            "secondary": secondary,
+        for label in labels
+    }
+    strategies = {
+        label: _strategy_entry(study, choices[(label, budget)].chosen, runs)
+        for label, runs in chosen.items()
+    }
+    primary = {label: {r.seed: _value(r, PRIMARY) for r in runs} for label, runs in chosen.items()}
+    comparisons = (
+        stats.compare_family(
+            primary, study.baseline, n_boot=n_boot, seed=boot_seed, metric="test loss"
+        )
+        if len(primary) > 1 and study.baseline in primary
+        else {}
+    )
+    return {
+        "strategies": strategies,
+        "comparisons": comparisons,
+        "secondary": _secondary(study, chosen, n_boot, boot_seed),
+    }
+
+
+def _secondary(
+    study: Study, chosen: dict[str, list[RunRow]], n_boot: int, boot_seed: int
+) -> dict[str, Any]:
+    secondary = {}
+    for key, name, lower in SECONDARY:
+        values = {label: {r.seed: _value(r, key) for r in runs} for label, runs in chosen.items()}
+        if not any(math.isfinite(v) for by_seed in values.values() for v in by_seed.values()):
+            continue
+        secondary[key] = {
+            "name": name,
+            "lower_is_better": lower,
+            "summary": {label: summarise(v) for label, v in values.items()},
+            "comparisons": stats.compare_family(
+                values,
+                study.baseline,
+                lower_is_better=lower,
+                n_boot=n_boot,
+                seed=boot_seed,
+                metric=name,
+            )
+            if len(values) > 1 and study.baseline in values
+            else {},
         }
-    return analysis
+    return secondary
 
 
 _ENV_WORDS = (

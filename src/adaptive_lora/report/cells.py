@@ -28,17 +28,26 @@ def _diff(comparison: dict[str, Any] | None) -> str:
     return f"{mean} [{stats.fmt_num(lo, LOSS_DECIMALS)}, {stats.fmt_num(hi, LOSS_DECIMALS)}]"
 
 
-def _params(entry: dict[str, Any]) -> str:
-    d = entry["trainable_params"]
-    if d["n"] == 0:
-        return "n/a"
+def _count(d: dict[str, Any]) -> str:
     if d["min"] == d["max"]:
         return f"{int(d['min']):,}"
     return f"{int(d['min']):,}–{int(d['max']):,}"
 
 
+def _params(entry: dict[str, Any]) -> str:
+    """The trainable count; where a run kept fewer than it trained (AdaLoRA), both."""
+    trained, final = entry["trainable_params"], entry.get("effective_params") or {"n": 0}
+    if trained["n"] == 0:
+        return "n/a"
+    if final["n"] and (final["min"], final["max"]) != (trained["min"], trained["max"]):
+        return f"{_count(trained)} trained, {_count(final)} final"
+    return _count(trained)
+
+
 def _deviation(entry: dict[str, Any]) -> str:
-    d = entry["deviation_pct"]
+    """Deviation from the budget of the final count (AdaLoRA's effective, else trainable)."""
+    final = entry.get("effective_deviation_pct") or {"n": 0}
+    d = final if final["n"] else entry["deviation_pct"]
     if d["n"] == 0:
         return "n/a"
     if d["min"] == d["max"]:
@@ -54,7 +63,7 @@ def _seconds(entry: dict[str, Any]) -> str:
 def main_table_rows(study: Study, block: dict[str, Any]) -> list[dict[str, str]]:
     """The cells of the main table of one budget, as text (shared by Markdown and LaTeX)."""
     out = []
-    for label in study.labels:
+    for label in block["strategies"]:  # the strategies run at this budget
         entry = block["strategies"][label]
         comparison = block["comparisons"].get(label)
         is_base = label == study.baseline

@@ -71,10 +71,11 @@ def _fig_test_loss(study: Study, analysis: dict[str, Any], folder: Path) -> list
     blocks = analysis["budgets"]
     fig, axes = _subplots(len(blocks))
     for ax, (budget, block) in zip(axes, blocks.items()):
-        entries = [block["strategies"][label][PRIMARY] for label in study.labels]
+        labels = list(block["strategies"])  # the strategies run at this budget
+        entries = [block["strategies"][label][PRIMARY] for label in labels]
         _strip(
             ax,
-            study.labels,
+            labels,
             [list(e["values"].values()) for e in entries],
             [e["mean"] for e in entries],
             [e["ci_t"] for e in entries],
@@ -159,7 +160,7 @@ def _fig_allocations(
     paths: list[Path] = []
     for budget, block in analysis["budgets"].items():
         panels, final = [], []
-        for label in study.labels:
+        for label in block["strategies"]:
             found = [
                 (by_id[i], a)
                 for i in block["strategies"][label]["run_ids"]
@@ -228,7 +229,8 @@ def _fig_curves(study: Study, rows: list[RunRow], analysis: dict[str, Any], fold
         for c, (key, name) in enumerate(curves):
             ax = axes[r][c]
             for i, label in enumerate(study.labels):
-                for j, run_id in enumerate(block["strategies"][label]["run_ids"]):
+                run_ids = block["strategies"].get(label, {}).get("run_ids", [])
+                for j, run_id in enumerate(run_ids):
                     points = by_id[run_id].metrics.get(key) or []
                     points = [p for p in points if isinstance(p, (list, tuple)) and len(p) == 2]
                     if points:
@@ -256,7 +258,8 @@ def _fig_time(study: Study, rows: list[RunRow], analysis: dict[str, Any], folder
     fig, axes = _subplots(len(blocks))
     for ax, (budget, block) in zip(axes, blocks.items()):
         values, means = [], []
-        for label in study.labels:
+        labels = list(block["strategies"])
+        for label in labels:
             entry = block["strategies"][label]
             key = "train_seconds" if entry["train_seconds"]["n"] else "wall_seconds"
             if key == "train_seconds":
@@ -265,7 +268,7 @@ def _fig_time(study: Study, rows: list[RunRow], analysis: dict[str, Any], folder
                 points = [by_id[i].seconds or math.nan for i in entry["run_ids"]]
             values.append(points)
             means.append(entry[key]["mean"])
-        _strip(ax, study.labels, values, means, [[math.nan, math.nan]] * len(means), "seconds")
+        _strip(ax, labels, values, means, [[math.nan, math.nan]] * len(means), "seconds")
         ax.set_title(f"training time per run, budget {budget}")
     return _save(fig, folder, "time_per_run")
 

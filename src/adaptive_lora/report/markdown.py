@@ -8,6 +8,8 @@ from typing import Any
 from adaptive_lora.analysis import stats
 from adaptive_lora.report.analyse import LOSS_DECIMALS, PRIMARY, environment
 from adaptive_lora.report.cells import _columns, _interval, _seed_range, main_table_rows
+from adaptive_lora.report.cross_budget import verdict_lines
+from adaptive_lora.report.environment_check import describe as describe_environment
 from adaptive_lora.study.spec import Study
 from adaptive_lora.study.store import (
     DONE,
@@ -29,7 +31,9 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
-def _setup_lines(study: Study, store_manifest: dict[str, Any], rows: list[RunRow]) -> list[str]:
+def _setup_lines(
+    study: Study, store_manifest: dict[str, Any], rows: list[RunRow], analysis_check: dict
+) -> list[str]:
     config = study.runs[0].config
     d, t, e, a = config.data, config.train, config.eval, config.allocation
     steps = f"{t.max_steps} step(s)" if t.max_steps else f"{t.epochs:g} epoch(s)"
@@ -69,6 +73,8 @@ def _setup_lines(study: Study, store_manifest: dict[str, Any], rows: list[RunRow
         lines += [f"- `{key}`: {', '.join(values)}" for key, values in env.items()]
     else:
         lines.append("- (no run manifest holds version or device information)")
+    warnings = {"differ": {}, "warnings": analysis_check["warnings"]}
+    lines += describe_environment(warnings)
     versions = store_manifest.get("versions") or {}
     git = store_manifest.get("git") or {}
     lines += [
@@ -164,7 +170,7 @@ def _results_lines(study: Study, analysis: dict[str, Any]) -> list[str]:
                 for m in block["secondary"].values()
             ]
             table = []
-            for label in study.labels:
+            for label in block["strategies"]:
                 row = [label, str(block["strategies"][label][PRIMARY]["n"])]
                 for metric in block["secondary"].values():
                     summary = metric["summary"][label]
@@ -187,14 +193,27 @@ def _results_lines(study: Study, analysis: dict[str, Any]) -> list[str]:
 def _lr_lines(study: Study, analysis: dict[str, Any]) -> list[str]:
     if not study.tunes_lr:
         return []
+    protocol = analysis["protocol"]
+    if protocol["tuning_excluded"]:
+        how = (
+            f"Candidates were tried on the tuning seed(s) {protocol['lr_tuning_seeds']} only; "
+            "per strategy and budget the rate with the lowest mean validation loss was "
+            f"chosen, and the reporting seeds ({_seed_range(protocol['reporting_seeds'])}) ran "
+            "at that rate alone. **Tuning seeds are excluded from every test in this report.**"
+        )
+    else:
+        how = (
+            "No tuning seeds: every seed ran every candidate, the rate with the lowest mean "
+            "validation loss across seeds was chosen, and the tables use the test results of "
+            "that choice on the same seeds (the choice and the test share seeds)."
+        )
     lines = [
         "## Learning-rate selection",
         "",
-        "Per strategy and budget, the learning rate with the lowest mean validation loss "
-        "across its finished seeds; the tables above use the test results of that choice only.",
+        how,
         "",
-        "| strategy | budget | mean validation loss per lr (seeds) | chosen |",
-        "|---|---|---|---|",
+        "| strategy | budget | mean validation loss per lr (seeds) | chosen | note |",
+        "|---|---|---|---|---|",
     ]
     for choice in analysis["lr_selection"]:
         cells = ", ".join(
@@ -203,8 +222,37 @@ def _lr_lines(study: Study, analysis: dict[str, Any]) -> list[str]:
             for lr in map(str, choice["candidates"])
         )
         chosen = f"{choice['chosen']:g}" if choice["chosen"] is not None else "n/a"
-        lines.append(f"| {choice['label']} | {choice['budget']} | {cells} | {chosen} |")
+        note = choice["note"] or ("" if choice["complete"] else "tuning not finished")
+        lines.append(f"| {choice['label']} | {choice['budget']} | {cells} | {chosen} | {note} |")
     return lines + [""]
+
+
+def _cross_budget_lines(analysis: dict[str, Any]) -> list[str]:
+    block = analysis.get("cross_budget")
+    if not block:
+        return []
+    lines = [f"## Does a strategy at {block['small']} recover the {block['large']} gain?", ""]
+    lines += [f"- {line}" for line in verdict_lines(block, LOSS_DECIMALS)]
+    return lines + [
+        "",
+        f"Δ = strategy at {block['small']} − {block['baseline']} at {block['large']}, paired by "
+        "seed, 95% t interval; TOST: two one-sided t-tests against ± the margin "
+        "(Schuirmann 1987), equivalent when p < 0.05.",
+        "",
+    ]
+
+
+def _environment_warning(analysis: dict[str, Any]) -> list[str]:
+    check = analysis["environment_check"]
+    if not check["mixed"]:
+        return []
+    return [
+        "**Warning: runs from different environments are pooled in this report "
+        "(`--allow-mixed`).** Differences:",
+        "",
+        *describe_environment(check),
+        "",
+    ]
 
 
 def _notes_lines(notes: list[Any], study: Study) -> list[str]:
@@ -274,10 +322,12 @@ def render_markdown(
     ]
     if study.description:
         lines += [study.description, ""]
+    lines += _environment_warning(analysis)
     lines += _status_lines(study, analysis)
     lines += _results_lines(study, analysis)
+    lines += _cross_budget_lines(analysis)
     lines += _lr_lines(study, analysis)
-    lines += _setup_lines(study, store_manifest, rows)
+    lines += _setup_lines(study, store_manifest, rows, analysis["environment_check"])
     lines += _figure_lines(figures, out_dir)
     lines += _notes_lines(notes, study)
     lines += [

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from adaptive_lora.analysis import stats
 from adaptive_lora.report.analyse import analyse
+from adaptive_lora.report.environment_check import refuse_mixed
 from adaptive_lora.report.figures import draw_figures
 from adaptive_lora.report.latex import render_latex
 from adaptive_lora.report.markdown import render_markdown
@@ -34,13 +35,26 @@ def _write(path: Path, text: str) -> None:
 
 
 def write_report(
-    study: Study, store: StudyStore, out_dir: str | Path, *, n_boot: int = 10000
+    study: Study,
+    store: StudyStore,
+    out_dir: str | Path,
+    *,
+    n_boot: int = 10000,
+    allow_mixed: bool = False,
 ) -> ReportFiles:
-    """Write the report of `study` (finished or not) into `out_dir`."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write the report of `study` (finished or not) into `out_dir`.
+
+    Compared runs from different environments (package source, model, data, precision,
+    torch, device type) are refused in one line before anything is written, unless
+    `allow_mixed` (then the report says so at the top).
+    """
     rows = store.rows(study.run_ids)
     analysis = analyse(study, rows, n_boot=n_boot)
+    analysis["allow_mixed"] = allow_mixed
+    if not allow_mixed:
+        refuse_mixed(analysis["environment_check"])
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     figures = draw_figures(study, rows, analysis, out_dir / "figures")
     files = ReportFiles(out_dir / "report.md", out_dir / "table.tex", out_dir / "stats.json")
     files.figures = figures

@@ -1,0 +1,118 @@
+"""The cross-budget question: does a strategy at the smaller budget recover the baseline's gain?
+
+For the study's `cross_budget: {small, large, margin}`: the baseline's gain from `small`
+to `large` (paired by seed, with its 95% t interval), and for every strategy at `small`
+the paired difference from the baseline at `large` with a TOST (`analysis.equivalence`)
+against ±margin. The margin is the study's, else half the measured gain (said so, with
+the gain's interval). Equivalence within the margin means the strategy at `small`
+recovers (at least half of) what the baseline gains by doubling its parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from adaptive_lora.analysis import stats
+from adaptive_lora.analysis.equivalence import tost_paired
+from adaptive_lora.study.protocol import CrossBudget
+
+LossBySeed = dict[int, float]
+
+
+def _paired(a: LossBySeed, b: LossBySeed) -> list[float]:
+    """a − b over the seeds both have with finite values, in seed order."""
+    return [
+        a[s] - b[s] for s in sorted(set(a) & set(b)) if math.isfinite(a[s]) and math.isfinite(b[s])
+    ]
+
+
+def _summary(diffs: list[float]) -> dict[str, Any]:
+    return {
+        "n": len(diffs),
+        "mean": float(np.mean(diffs)) if diffs else math.nan,
+        "ci_t": stats.mean_ci_t(diffs),
+        "values": diffs,
+    }
+
+
+def cross_budget(
+    spec: CrossBudget,
+    baseline: str,
+    losses: dict[str, dict[str, LossBySeed]],
+    params: dict[str, dict[str, float]],
+) -> dict[str, Any]:
+    """The cross-budget block of stats.json.
+
+    `losses[budget][label]` maps seed → test loss of the reported runs; `params[budget]
+    [label]` is the mean final trainable (effective) parameter count.
+    """
+    small, large = losses.get(spec.small, {}), losses.get(spec.large, {})
+    gain = _summary(_paired(small.get(baseline, {}), large.get(baseline, {})))
+    margin, margin_source = spec.margin, "set by the study"
+    if margin is None:
+        margin = 0.5 * gain["mean"] if gain["n"] and gain["mean"] > 0 else None
+        margin_source = "half of the baseline's measured gain"
+    block: dict[str, Any] = {
+        **spec.to_dict(),
+        "baseline": baseline,
+        "gain": gain,
+        "margin": margin,
+        "margin_source": margin_source,
+        "params_large": params.get(spec.large, {}).get(baseline, math.nan),
+        "strategies": {},
+    }
+    for label, by_seed in small.items():
+        if label == baseline:
+            continue
+        diffs = _paired(by_seed, large.get(baseline, {}))
+        entry = _summary(diffs)
+        entry["params"] = params.get(spec.small, {}).get(label, math.nan)
+        entry["tost"] = tost_paired(diffs, margin) if margin else None
+        block["strategies"][label] = entry
+    return block
+
+
+def _params(value: float) -> str:
+    return f"{int(round(value)):,}" if math.isfinite(value) else "n/a"
+
+
+def verdict_lines(block: dict[str, Any], decimals: int = 4) -> list[str]:
+    """The cross-budget answer in words, one line per strategy."""
+    small, large, base = block["small"], block["large"], block["baseline"]
+    gain = block["gain"]
+    lo, hi = gain["ci_t"]
+    lines = [
+        f"{base} gains {stats.fmt_num(gain['mean'], decimals)} in test loss from {small} to "
+        f"{large} ({small} − {large}, 95% CI [{stats.fmt_num(lo, decimals)}, "
+        f"{stats.fmt_num(hi, decimals)}], {gain['n']} paired seeds)."
+    ]
+    if block["margin"] is None:
+        lines.append(
+            f"{base} gains nothing measurable from {small} to {large}, so there is no gain to "
+            "recover and no positive equivalence margin: the question does not arise."
+        )
+        return lines
+    lines.append(
+        f"Equivalence margin ±{stats.fmt_num(block['margin'], decimals)} ({block['margin_source']})."
+    )
+    for label, entry in block["strategies"].items():
+        tost = entry["tost"] or {}
+        lo, hi = entry["ci_t"]
+        head = (
+            f"**{label}** at {small} ({_params(entry['params'])} parameters) vs {base} at "
+            f"{large} ({_params(block['params_large'])}): Δ = "
+            f"{stats.fmt_num(entry['mean'], decimals, plus=True)} [{stats.fmt_num(lo, decimals)}, "
+            f"{stats.fmt_num(hi, decimals)}], TOST p = {stats.fmt_p(tost.get('p', math.nan))}"
+        )
+        if tost.get("equivalent"):
+            tail = (f"equivalent within the margin: it recovers the {large} result with "
+                    f"{_params(entry['params'])} parameters.")  # fmt: skip
+        elif tost.get("equivalent") is None:
+            tail = "not testable (fewer than two paired seeds, or no spread)."
+        else:
+            tail = f"not shown equivalent: it does not recover the {large} gain."
+        lines.append(f"{head} — {tail}")
+    return lines

@@ -1,0 +1,100 @@
+"""One environment per comparison: do the compared runs share what their numbers depend on?
+
+Checked from each run's manifest: the package source (a hash of its source files, not
+HEAD: committing results moves HEAD without changing a run), the model fingerprint, the
+data hash, the precision, the torch version and the device type. Runs that differ in
+any of these are not pooled unless the user says so (`--allow-mixed`). A different CPU
+model is a warning only: the machine may change between sessions of one study.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from adaptive_lora.errors import UserError
+from adaptive_lora.study.store import RunRow
+
+UNKNOWN = "unrecorded"
+
+
+def _device_type(manifest: dict[str, Any]) -> str | None:
+    device = manifest.get("device")
+    return str(device).split(":")[0] if device else None
+
+
+def _model(manifest: dict[str, Any]) -> str | None:
+    fingerprint = manifest.get("model_fingerprint") or {}
+    if isinstance(fingerprint, dict):
+        return fingerprint.get("sha256") or fingerprint.get("hub_id") or fingerprint.get("commit")
+    return str(fingerprint)
+
+
+# What must agree, and how to read it from a manifest.
+MUST_AGREE: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "package source": lambda m: m.get("source_hash"),
+    "model fingerprint": _model,
+    "data hash": lambda m: m.get("data_hash"),
+    "precision": lambda m: m.get("precision"),
+    "torch version": lambda m: (m.get("versions") or {}).get("torch"),
+    "device type": _device_type,
+}
+MAY_DIFFER: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "CPU model": lambda m: m.get("cpu"),
+    "GPU": lambda m: m.get("gpu"),
+}
+
+
+def _groups(rows: Sequence[RunRow], read: Callable[[dict[str, Any]], Any]) -> dict[str, list]:
+    groups: dict[str, list[str]] = {}
+    for row in rows:
+        value = read(row.manifest or {})
+        groups.setdefault(UNKNOWN if value is None else str(value), []).append(row.id)
+    return groups
+
+
+def check_environment(rows: Sequence[RunRow]) -> dict[str, Any]:
+    """{"differ": key → value → run ids, "warnings": the same for CPU/GPU, "mixed": bool}.
+
+    A key whose only value is `unrecorded` (runs from before it was recorded) is not a
+    difference; `unrecorded` beside a recorded value is.
+    """
+    differ = {}
+    for key, read in MUST_AGREE.items():
+        groups = _groups(rows, read)
+        if len(groups) > 1:
+            differ[key] = groups
+    warnings = {}
+    for key, read in MAY_DIFFER.items():
+        groups = {v: ids for v, ids in _groups(rows, read).items() if v != UNKNOWN}
+        if len(groups) > 1:
+            warnings[key] = groups
+    return {"differ": differ, "warnings": warnings, "mixed": bool(differ), "n_runs": len(rows)}
+
+
+def _shown(groups: dict[str, list[str]]) -> str:
+    return "; ".join(
+        f"{value} ({len(ids)} run(s), e.g. {ids[0]})" for value, ids in sorted(groups.items())
+    )
+
+
+def refuse_mixed(check: dict[str, Any]) -> None:
+    """The one-line error for compared runs from different environments."""
+    if not check["mixed"]:
+        return
+    key, groups = next(iter(check["differ"].items()))
+    more = len(check["differ"]) - 1
+    raise UserError(
+        f"the compared runs differ in {key}: {_shown(groups)}"
+        + (f" (and {more} more difference(s))" if more else "")
+        + "; re-run them in one environment, or pass --allow-mixed to pool them anyway"
+    )
+
+
+def describe(check: dict[str, Any]) -> list[str]:
+    """Lines for the report: what differs (pooled anyway) and what merely warns."""
+    lines = [f"- **{key} differs** (pooled with --allow-mixed): {_shown(groups)}"
+             for key, groups in check["differ"].items()]  # fmt: skip
+    lines += [f"- {key} differs between runs (a warning, not a refusal): {_shown(groups)}"
+              for key, groups in check["warnings"].items()]  # fmt: skip
+    return lines
