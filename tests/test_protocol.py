@@ -144,10 +144,11 @@ class ShapedRuns(FakeRuns):
 
 
 def run_all(path, fake):
-    """Tuning runs, then (reloaded) the reporting runs their choice opened."""
-    for _ in range(2):
-        quiet_run(load_study(path, check_sources=False), fake)
-    return load_study(path, check_sources=False)
+    """One `run`: the tuning runs, then the reporting runs their choice opened."""
+    summary = quiet_run(load_study(path, check_sources=False), fake)
+    study = load_study(path, check_sources=False)
+    assert sorted(summary.ran) == sorted(study.run_ids)  # all of it in one call
+    return study
 
 
 def test_tuning_seeds_never_reach_a_reported_test(tmp_path, monkeypatch):
@@ -209,3 +210,13 @@ def test_runs_from_different_sources_are_refused_then_pooled_with_allow_mixed(tm
     text = files.report_md.read_text()
     assert "runs from different environments are pooled" in text
     assert "CPU model differs between runs (a warning, not a refusal)" in text
+
+
+def test_dry_run_counts_the_reporting_runs_to_come(tmp_path):
+    from adaptive_lora.cli.run import format_dry_run
+
+    study = load_study(write_study(tmp_path, **TUNED), check_sources=False)
+    text = format_dry_run(study, retry_failed=False)
+    assert "4 would run" in text
+    assert "then 4 reporting run(s), once the tuning seeds [0] have chosen" in text
+    assert "8 run(s) in all" in text

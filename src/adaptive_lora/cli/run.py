@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 
 from adaptive_lora.cli.status import _mark
-from adaptive_lora.study.plan import current_rows, estimate, open_store_if_any, would_run
+from adaptive_lora.study.plan import (
+    current_rows,
+    estimate,
+    format_duration,
+    open_store_if_any,
+    would_run,
+)
 from adaptive_lora.study.runner import run_study
 from adaptive_lora.study.spec import load_study
 from adaptive_lora.study.store import lock_is_held
@@ -46,7 +52,16 @@ def format_dry_run(study, *, retry_failed: bool) -> str:
             f"  {spec.label:<{width}}  {spec.budget:<6} seed {spec.seed:<3} lr {spec.lr:<8g} "
             f"{spec.run_id}{why}"
         )
-    lines.append(f"estimate: {estimate(study, rows, todo).text()}")
+    guess = estimate(study, rows, todo)
+    lines.append(f"estimate: {guess.text()}")
+    if study.runs_to_come():
+        more = study.runs_to_come()
+        per_run = guess.seconds / guess.n_runs if guess.n_runs else 0.0
+        lines.append(
+            f"then {more} reporting run(s), once the tuning seeds {study.lr_tuning_seeds} have "
+            f"chosen each learning rate: {len(todo) + more} run(s) in all ≈ "
+            f"{format_duration(per_run * (len(todo) + more))} at the same rate per run"
+        )
     return "\n".join(lines)
 
 

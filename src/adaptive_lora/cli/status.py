@@ -76,6 +76,11 @@ def format_status(study) -> str:
         spec for spec in study.runs if marks[spec.run_id] in ("pending", "running", "interrupted")
     ]
     lines.append(f"remaining: {estimate(study, rows, remaining).text()}")
+    if study.runs_to_come():
+        lines.append(
+            f"then {study.runs_to_come()} reporting run(s), once the tuning seeds "
+            f"{study.lr_tuning_seeds} have chosen each learning rate (not in this estimate)"
+        )
     if counts["interrupted"]:
         lines.append(f"interrupted runs re-run at the next `adaptive-lora run {study.path}`")
     failed = [(run_id, row) for run_id, row in rows.items() if marks[run_id] == "failed"]

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adaptive_lora.errors import one_line
-from adaptive_lora.records import STATUS_DONE
+from adaptive_lora.records import STATUS_DONE, RunResult
 from adaptive_lora.study.executor import Executor
 from adaptive_lora.study.local import LocalExecutor
 from adaptive_lora.study.manifest import record_manifest
 from adaptive_lora.study.plan import current_rows, estimate, format_duration
-from adaptive_lora.study.spec import RunSpec, Study
+from adaptive_lora.study.spec import RunSpec, Study, load_study
 from adaptive_lora.study.store import DONE, FAILED, PENDING, StudyLock, StudyStore
 
 
@@ -45,80 +45,113 @@ def run_study(
     Holds the study lock throughout; rows left `running` by a dead process are reset
     and re-run (their partial folders removed first); done runs are never re-run;
     failed runs are recorded with their reason and the study goes on
-    (`retry_failed=True` runs them again).
+    (`retry_failed=True` runs them again). With learning-rate tuning seeds, the
+    reporting runs that the finished tuning runs open (at the chosen rates) follow in
+    the same call.
     """
     executor = executor or LocalExecutor()
     summary = RunSummary()
     study.out.mkdir(parents=True, exist_ok=True)
     with StudyLock(study.lock_path), StudyStore.open(study.store_path) as store:
         record_manifest(store, study)
-        added = store.sync_runs(study.runs)
         summary.interrupted = store.reset_interrupted()
         if retry_failed:
             summary.retried = store.reset_failed(study.run_ids)
-        rows = current_rows(study, store)
-        todo = [s for s in study.runs if rows[s.run_id].status == PENDING]
-        summary.skipped_done = sum(1 for r in rows.values() if r.status == DONE)
-        n_failed = sum(1 for r in rows.values() if r.status == FAILED)
-        log(
-            f"study {study.name}: {len(study.runs)} runs, {summary.skipped_done} done, "
-            f"{n_failed} failed (kept; --retry-failed re-runs them), {len(todo)} to run"
-            + (f"; {added} new" if added and added != len(study.runs) else "")
-        )
         for run_id in summary.interrupted:
             log(f"  {run_id} was interrupted (its process ended mid-run): running it again")
-        if todo:
-            log(f"  estimate: {estimate(study, rows, todo).text()}")
-
-        started: dict[str, float] = {}
-        index = {spec.run_id: i for i, spec in enumerate(todo, 1)}
-
-        def on_start(spec: RunSpec) -> None:
-            run_dir = study.runs_dir / spec.run_id
-            if run_dir.exists():  # what an interrupted or failed attempt left behind
-                shutil.rmtree(run_dir)
-            store.mark_running(spec.run_id, run_dir=str(Path("runs") / spec.run_id))
-            started[spec.run_id] = time.monotonic()
-            log(f"[{index[spec.run_id]}/{len(todo)}] {spec.describe()}  ({spec.run_id})")
-
-        try:
-            for result in executor.execute(todo, study.runs_dir, on_start=on_start, quiet=quiet):
-                if result.run_id not in started:
-                    raise RuntimeError(f"executor returned {result.run_id}, which never started")
-                seconds = time.monotonic() - started.pop(result.run_id)
-                done = result.status == STATUS_DONE
-                store.mark_finished(
-                    result.run_id,
-                    status=DONE if done else FAILED,
-                    metrics=result.metrics,
-                    manifest=result.manifest,
-                    reason=None if done else (result.error or "failed (no reason given)"),
-                    seconds=seconds,
-                )
-                summary.ran.append(result.run_id)
-                (summary.done if done else summary.failed).append(result.run_id)
-                if done:
-                    loss = result.metrics.get("test_loss")
-                    shown = f"test loss {loss:.4f}" if isinstance(loss, (int, float)) else ""
-                    log(f"    done in {format_duration(seconds)}  {shown}".rstrip())
-                else:
-                    log(f"    FAILED after {format_duration(seconds)}: {result.error}")
-                store.export(study.out, study.run_ids)
-        except BaseException as error:
-            # Runs this process started but will not finish go back to pending.
-            reason = (
-                "stopped by the user"
-                if isinstance(error, KeyboardInterrupt)
-                else f"stopped: {one_line(error)}"
+        while True:
+            _run_pending(study, store, executor, summary, quiet=quiet, log=log)
+            if not study.lr_tuning_seeds:
+                break
+            opened = load_study(study.path, check_sources=False)  # rates chosen since
+            if set(opened.run_ids) == set(study.run_ids):
+                break
+            log(
+                f"learning rates chosen: {len(opened.runs) - len(study.runs)} reporting run(s) follow"
             )
-            for run_id in started:
-                store.mark_pending(run_id, reason)
-            with contextlib.suppress(Exception):  # keep the original error in view
-                store.export(study.out, study.run_ids)
-            raise
+            study = opened
         summary.exports = store.export(study.out, study.run_ids)
     log(
         f"study {study.name}: ran {len(summary.ran)} ({len(summary.done)} done, "
         f"{len(summary.failed)} failed); results in {study.out / 'results.csv'}"
     )
     return summary
+
+
+def _run_pending(
+    study: Study,
+    store: StudyStore,
+    executor: Executor,
+    summary: RunSummary,
+    *,
+    quiet: bool,
+    log: Callable[[str], None],
+) -> None:
+    """Store the study's runs, then execute the pending ones and record each result."""
+    added = store.sync_runs(study.runs)
+    rows = current_rows(study, store)
+    todo = [s for s in study.runs if rows[s.run_id].status == PENDING]
+    summary.skipped_done = sum(1 for r in rows.values() if r.status == DONE)
+    n_failed = sum(1 for r in rows.values() if r.status == FAILED)
+    log(
+        f"study {study.name}: {len(study.runs)} runs, {summary.skipped_done} done, "
+        f"{n_failed} failed (kept; --retry-failed re-runs them), {len(todo)} to run"
+        + (f"; {added} new" if added and added != len(study.runs) else "")
+    )
+    if todo:
+        log(f"  estimate: {estimate(study, rows, todo).text()}")
+    started: dict[str, float] = {}
+    index = {spec.run_id: i for i, spec in enumerate(todo, 1)}
+
+    def on_start(spec: RunSpec) -> None:
+        run_dir = study.runs_dir / spec.run_id
+        if run_dir.exists():  # what an interrupted or failed attempt left behind
+            shutil.rmtree(run_dir)
+        store.mark_running(spec.run_id, run_dir=str(Path("runs") / spec.run_id))
+        started[spec.run_id] = time.monotonic()
+        log(f"[{index[spec.run_id]}/{len(todo)}] {spec.describe()}  ({spec.run_id})")
+
+    try:
+        for result in executor.execute(todo, study.runs_dir, on_start=on_start, quiet=quiet):
+            if result.run_id not in started:
+                raise RuntimeError(f"executor returned {result.run_id}, which never started")
+            _record(store, result, time.monotonic() - started.pop(result.run_id), summary, log)
+            store.export(study.out, study.run_ids)
+    except BaseException as error:
+        # Runs this process started but will not finish go back to pending.
+        reason = (
+            "stopped by the user"
+            if isinstance(error, KeyboardInterrupt)
+            else f"stopped: {one_line(error)}"
+        )
+        for run_id in started:
+            store.mark_pending(run_id, reason)
+        with contextlib.suppress(Exception):  # keep the original error in view
+            store.export(study.out, study.run_ids)
+        raise
+
+
+def _record(
+    store: StudyStore,
+    result: RunResult,
+    seconds: float,
+    summary: RunSummary,
+    log: Callable[[str], None],
+) -> None:
+    done = result.status == STATUS_DONE
+    store.mark_finished(
+        result.run_id,
+        status=DONE if done else FAILED,
+        metrics=result.metrics,
+        manifest=result.manifest,
+        reason=None if done else (result.error or "failed (no reason given)"),
+        seconds=seconds,
+    )
+    summary.ran.append(result.run_id)
+    (summary.done if done else summary.failed).append(result.run_id)
+    if done:
+        loss = result.metrics.get("test_loss")
+        shown = f"test loss {loss:.4f}" if isinstance(loss, (int, float)) else ""
+        log(f"    done in {format_duration(seconds)}  {shown}".rstrip())
+    else:
+        log(f"    FAILED after {format_duration(seconds)}: {result.error}")

@@ -202,6 +202,13 @@ class Study:
         choice = self.lr_choices.get((spec.label, spec.budget))
         return not spec.tuning and choice is not None and choice.chosen == spec.lr
 
+    def runs_to_come(self) -> int:
+        """Reporting runs not expanded yet: their strategy × budget is still tuning."""
+        if not self.lr_tuning_seeds:
+            return 0
+        waiting = [c for c in self.lr_choices.values() if not c.complete]
+        return len(waiting) * len(self.seeds)
+
     def select_lr(self, rows: Sequence[RunRow]) -> dict[tuple[str, str], LrChoice]:
         """Per strategy label × budget, the rate chosen on validation loss (see `study.lr`)."""
         return {
