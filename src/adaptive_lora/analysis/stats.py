@@ -424,7 +424,40 @@ def compare_paired(
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
     if int(n_boot) < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    n_boot = int(n_boot)
+    pairs = _pair_up(strategy, baseline)
+    diffs, n, warns = pairs["diffs"], pairs["diffs"].size, pairs["warnings"]
+    out = _empty_comparison(pairs, lower_is_better, alpha, int(n_boot), seed)
+    if n == 0:
+        warns.append("no seeds in common between strategy and baseline: nothing to compare")
+        warns.append("n < 2: no test possible")
+        return out
+    d = describe(diffs)
+    out.update(mean_diff=d["mean"], median_diff=d["median"], iqm_diff=d["iqm"], sd_diff=d["std"])
+    better = diffs < 0 if lower_is_better else diffs > 0
+    out["prob_better"] = float((np.sum(better) + 0.5 * np.sum(diffs == 0)) / n)
+    if n < 2:
+        warns.append(
+            f"n < 2: no test possible (n = {n}); intervals, tests, d_z and power "
+            "need at least 2 paired seeds"
+        )
+        return out
+    if not out["can_reach_significance"]:
+        warns.append(
+            f"with {n} seeds a two-sided Wilcoxon test cannot reach "
+            f"p < {_fmt_g(alpha)} (floor {_fmt_g(out['wilcoxon_floor_p'])})"
+        )
+    out["df"] = float(n - 1)
+    _add_mde(out, n, alpha, warns)
+    if d["std"] > pairs["tol"]:
+        _add_t_and_bootstrap(out, diffs, d["mean"], d["std"], int(n_boot), seed, alpha, warns)
+    else:
+        _note_no_spread(out, diffs, d["mean"], warns)
+    _add_wilcoxon(out, diffs, warns)
+    return out
+
+
+def _pair_up(strategy: Mapping[Any, float], baseline: Mapping[Any, float]) -> dict[str, Any]:
+    """Pair the two samples by seed; the differences and what was dropped, and why."""
     s = _normalise_runs(strategy, "strategy")
     b = _normalise_runs(baseline, "baseline")
     common = sorted(set(s) & set(b), key=_seed_sort_key)
@@ -435,10 +468,9 @@ def compare_paired(
     xs = np.array([s[k] for k in seeds], dtype=float)
     xb = np.array([b[k] for k in seeds], dtype=float)
     diffs = xs - xb
-    n = int(diffs.size)
     # Differences at the level of floating-point rounding of the raw values count as 0
     # (e.g. x + 0.01 - x is not exactly 0.01), so "all equal" and "zero" are robust.
-    tol = 64 * np.finfo(float).eps * float(np.max(np.abs(np.r_[xs, xb]))) if n else 0.0
+    tol = 64 * np.finfo(float).eps * float(np.max(np.abs(np.r_[xs, xb]))) if diffs.size else 0.0
     diffs = np.where(np.abs(diffs) <= tol, 0.0, diffs)
     warns: list[str] = []
     if only_s:
@@ -447,23 +479,33 @@ def compare_paired(
         warns.append(f"seeds only in the baseline, dropped: {only_b}")
     if non_finite:
         warns.append(f"seeds with a non-finite value (failed run?), dropped: {non_finite}")
+    return {
+        "seeds": seeds, "only_s": only_s, "only_b": only_b, "non_finite": non_finite,
+        "xs": xs, "xb": xb, "diffs": diffs, "tol": tol, "warnings": warns,
+    }  # fmt: skip
 
+
+def _empty_comparison(
+    pairs: dict[str, Any], lower_is_better: bool, alpha: float, n_boot: int, seed: int | None
+) -> dict[str, Any]:
+    """Every key of a comparison, NaN where a later step fills it in."""
+    n = int(pairs["diffs"].size)
     floor = wilcoxon_floor_p(n)
-    out: dict[str, Any] = {
+    return {
         "n": n,
         "n_pairs": n,
-        "seeds": seeds,
-        "seeds_only_in_strategy": only_s,
-        "seeds_only_in_baseline": only_b,
-        "seeds_non_finite": non_finite,
+        "seeds": pairs["seeds"],
+        "seeds_only_in_strategy": pairs["only_s"],
+        "seeds_only_in_baseline": pairs["only_b"],
+        "seeds_non_finite": pairs["non_finite"],
         "lower_is_better": bool(lower_is_better),
         "alpha": float(alpha),
         "confidence": 1.0 - float(alpha),
         "n_boot": n_boot,
         "boot_seed": seed,
-        "strategy_summary": describe(xs),
-        "baseline_summary": describe(xb),
-        "diffs": [float(v) for v in diffs],
+        "strategy_summary": describe(pairs["xs"]),
+        "baseline_summary": describe(pairs["xb"]),
+        "diffs": [float(v) for v in pairs["diffs"]],
         "mean_diff": NAN,
         "median_diff": NAN,
         "iqm_diff": NAN,
@@ -487,39 +529,16 @@ def compare_paired(
         "prob_better": NAN,
         "wilcoxon_floor_p": floor,
         "can_reach_significance": bool(floor < alpha),
-        "warnings": warns,
+        "warnings": pairs["warnings"],
     }
-    if n == 0:
-        warns.append("no seeds in common between strategy and baseline: nothing to compare")
-        warns.append("n < 2: no test possible")
-        return out
 
-    d = describe(diffs)
-    out.update(mean_diff=d["mean"], median_diff=d["median"], iqm_diff=d["iqm"], sd_diff=d["std"])
-    better = diffs < 0 if lower_is_better else diffs > 0
-    out["prob_better"] = float((np.sum(better) + 0.5 * np.sum(diffs == 0)) / n)
 
-    if n < 2:
-        warns.append(
-            f"n < 2: no test possible (n = {n}); intervals, tests, d_z and power "
-            "need at least 2 paired seeds"
-        )
-        return out
-
-    if not out["can_reach_significance"]:
-        warns.append(
-            f"with {n} seeds a two-sided Wilcoxon test cannot reach "
-            f"p < {_fmt_g(alpha)} (floor {_fmt_g(floor)})"
-        )
-
-    df = n - 1
-    out["df"] = float(df)
-    sd = d["std"]
-    mean = d["mean"]
-    # Minimum detectable effect (Cohen 1988): depends on n and alpha only.
+def _add_mde(out: dict[str, Any], n: int, alpha: float, warns: list[str]) -> None:
+    """Minimum detectable effect (Cohen 1988): depends on n and alpha only."""
     try:
         with _warnings.catch_warnings():
             _warnings.simplefilter("ignore")
+            # Imported here: statsmodels takes about a second to import and only this needs it.
             from statsmodels.stats.power import TTestPower
 
             mde = float(
@@ -536,52 +555,69 @@ def compare_paired(
         if not any("minimum detectable" in w for w in warns):
             warns.append("minimum detectable effect could not be computed")
 
-    all_zero = bool(np.all(diffs == 0))
-    if sd > tol:
-        se = sd / math.sqrt(n)
-        tcrit = float(_st.t.ppf(1 - alpha / 2, df))
-        t_stat = mean / se
-        out.update(
-            t=float(t_stat),
-            p_t=float(min(1.0, 2 * _st.t.sf(abs(t_stat), df))),
-            ci_t=[float(mean - tcrit * se), float(mean + tcrit * se)],
-            d_z=float(mean / sd),
-            mde_metric=float(out["mde_d_z"] * sd),
-        )
-        boot = _bootstrap(diffs, n_boot, seed, alpha)
-        out["ci_boot_percentile"] = boot["mean_percentile"]
-        out["ci_boot_bca"] = boot["mean_bca"]
-        out["iqm_ci_boot_percentile"] = boot["iqm_percentile"]
-        out["iqm_ci_boot_bca"] = boot["iqm_bca"]
-        if any(math.isnan(v) for v in boot["mean_bca"] + boot["iqm_bca"]):
-            warns.append(
-                "BCa interval undefined (the bootstrap distribution lies on one "
-                "side of the estimate); use the percentile or t interval"
-            )
-        if n < 10:
-            warns.append(
-                f"with only {n} pairs the bootstrap intervals are too narrow "
-                "(no small-sample correction); prefer the t interval"
-            )
-    else:
-        # Every difference is the same number c: there is no spread to test against.
-        c = float(mean)
-        out["sd_diff"] = 0.0
-        out["ci_boot_percentile"] = [c, c]
-        out["ci_boot_bca"] = [c, c]
-        out["iqm_ci_boot_percentile"] = [c, c]
-        out["iqm_ci_boot_bca"] = [c, c]
-        if all_zero:
-            warns.append(
-                "sd of differences is 0: all differences are 0 (strategy and "
-                "baseline identical on every seed); no test possible"
-            )
-        else:
-            warns.append(
-                f"sd of differences is 0: every difference equals {c:g}; the "
-                "t-test, t interval and d_z are undefined"
-            )
 
+def _add_t_and_bootstrap(
+    out: dict[str, Any],
+    diffs: np.ndarray,
+    mean: float,
+    sd: float,
+    n_boot: int,
+    seed: int | None,
+    alpha: float,
+    warns: list[str],
+) -> None:
+    """Paired t-test, t interval, d_z and the bootstrap intervals of mean and IQM."""
+    n = diffs.size
+    df = n - 1
+    se = sd / math.sqrt(n)
+    tcrit = float(_st.t.ppf(1 - alpha / 2, df))
+    t_stat = mean / se
+    out.update(
+        t=float(t_stat),
+        p_t=float(min(1.0, 2 * _st.t.sf(abs(t_stat), df))),
+        ci_t=[float(mean - tcrit * se), float(mean + tcrit * se)],
+        d_z=float(mean / sd),
+        mde_metric=float(out["mde_d_z"] * sd),
+    )
+    boot = _bootstrap(diffs, n_boot, seed, alpha)
+    out["ci_boot_percentile"] = boot["mean_percentile"]
+    out["ci_boot_bca"] = boot["mean_bca"]
+    out["iqm_ci_boot_percentile"] = boot["iqm_percentile"]
+    out["iqm_ci_boot_bca"] = boot["iqm_bca"]
+    if any(math.isnan(v) for v in boot["mean_bca"] + boot["iqm_bca"]):
+        warns.append(
+            "BCa interval undefined (the bootstrap distribution lies on one "
+            "side of the estimate); use the percentile or t interval"
+        )
+    if n < 10:
+        warns.append(
+            f"with only {n} pairs the bootstrap intervals are too narrow "
+            "(no small-sample correction); prefer the t interval"
+        )
+
+
+def _note_no_spread(out: dict[str, Any], diffs: np.ndarray, mean: float, warns: list[str]) -> None:
+    """Every difference is the same number c: there is no spread to test against."""
+    c = float(mean)
+    out["sd_diff"] = 0.0
+    out["ci_boot_percentile"] = [c, c]
+    out["ci_boot_bca"] = [c, c]
+    out["iqm_ci_boot_percentile"] = [c, c]
+    out["iqm_ci_boot_bca"] = [c, c]
+    if bool(np.all(diffs == 0)):
+        warns.append(
+            "sd of differences is 0: all differences are 0 (strategy and "
+            "baseline identical on every seed); no test possible"
+        )
+    else:
+        warns.append(
+            f"sd of differences is 0: every difference equals {c:g}; the "
+            "t-test, t interval and d_z are undefined"
+        )
+
+
+def _add_wilcoxon(out: dict[str, Any], diffs: np.ndarray, warns: list[str]) -> None:
+    n = diffs.size
     w_stat, w_p, w_method, w_n = _wilcoxon(diffs)
     out.update(wilcoxon_stat=w_stat, p_wilcoxon=w_p, wilcoxon_method=w_method, wilcoxon_n=w_n)
     if 0 < w_n < n:
@@ -595,21 +631,17 @@ def compare_paired(
         warns.append(
             "tied |differences|: Wilcoxon p from the exact conditional distribution with mid-ranks"
         )
-    return out
 
 
 # -------------------------------------------------------------------- compare_family
 
 
 def _verdict(name: str, base: str, r: dict[str, Any], *, metric: str, primary: str) -> str:
-    n = r["n"]
-    alpha = r["alpha"]
-    lib = r["lower_is_better"]
+    """One sentence (or two) that says what a comparison found, in plain words."""
+    n, mean = r["n"], r["mean_diff"]
     seeds = f"{n} seed{'s' if n != 1 else ''}"
-    level = f"{_fmt_g(round(100 * r['confidence'], 6))}%"
     if n == 0:
         return f"{name} vs {base}: no seeds in common, nothing to compare."
-    mean = r["mean_diff"]
     if n < 2:
         dec = _metric_decimals(mean)
         return (
@@ -619,70 +651,79 @@ def _verdict(name: str, base: str, r: dict[str, Any], *, metric: str, primary: s
     if all(v == 0 for v in r["diffs"]):
         return f"{name} and {base} give identical {metric} on all {seeds}; no test possible."
     verb = "lowers" if mean < 0 else "raises"
-    good = (mean < 0) == lib
-    judgement = "an improvement" if good else "a deterioration"
-    p_key = "p_t" if primary == "t" else "p_wilcoxon"
-    other_key = "p_wilcoxon" if primary == "t" else "p_t"
-    test_name = {"p_t": "paired t-test", "p_wilcoxon": "Wilcoxon signed-rank test"}
-    p_raw = r[p_key]
-    p_adj = r[p_key + "_holm"]
-    dz = r["d_z"]
-    ci = r["ci_t"]
-
+    judgement = "an improvement" if (mean < 0) == r["lower_is_better"] else "a deterioration"
     if r["sd_diff"] == 0:
-        dec = _metric_decimals(mean)
-        head = (
-            f"{name} {verb} {metric} by {fmt_num(abs(mean), dec)} on every one of the "
-            f"{seeds} vs {base} ({judgement}); with zero spread the t-test and d_z "
-            "are undefined"
-        )
-        pw = r["p_wilcoxon_holm"]
-        if _isnan(pw):
-            return head + "."
-        sig = pw < alpha
-        tail = (
-            f"; Wilcoxon signed-rank {'significant' if sig else 'not significant'} "
-            f"after Holm correction ({fmt_p(pw, alpha=alpha, label='p')}"
-        )
-        if not r["can_reach_significance"]:
-            tail += (
-                f"; it cannot reach p < {_fmt_g(alpha)} with {seeds}, floor "
-                f"{_fmt_g(r['wilcoxon_floor_p'])}"
-            )
-        return head + tail + ")."
+        return _verdict_no_spread(name, base, r, metric, verb, judgement, seeds)
+    p_key = "p_t" if primary == "t" else "p_wilcoxon"
+    text = _verdict_main(name, base, r, metric, verb, judgement, seeds, p_key)
+    return text + _verdict_secondary(r, seeds, p_key)
 
+
+def _verdict_no_spread(name, base, r, metric, verb, judgement, seeds) -> str:
+    alpha, mean = r["alpha"], r["mean_diff"]
+    dec = _metric_decimals(mean)
+    head = (
+        f"{name} {verb} {metric} by {fmt_num(abs(mean), dec)} on every one of the "
+        f"{seeds} vs {base} ({judgement}); with zero spread the t-test and d_z "
+        "are undefined"
+    )
+    pw = r["p_wilcoxon_holm"]
+    if _isnan(pw):
+        return head + "."
+    sig = pw < alpha
+    tail = (
+        f"; Wilcoxon signed-rank {'significant' if sig else 'not significant'} "
+        f"after Holm correction ({fmt_p(pw, alpha=alpha, label='p')}"
+    )
+    if not r["can_reach_significance"]:
+        tail += (
+            f"; it cannot reach p < {_fmt_g(alpha)} with {seeds}, floor "
+            f"{_fmt_g(r['wilcoxon_floor_p'])}"
+        )
+    return head + tail + ")."
+
+
+def _verdict_main(name, base, r, metric, verb, judgement, seeds, p_key) -> str:
+    """Significant after Holm, significant only uncorrected, or no detectable difference."""
+    alpha, mean, ci = r["alpha"], r["mean_diff"], r["ci_t"]
+    p_raw, p_adj = r[p_key], r[p_key + "_holm"]
+    level = f"{_fmt_g(round(100 * r['confidence'], 6))}%"
     dec = _metric_decimals(mean, *ci)
     ci_txt = f"{level} CI {fmt_num(ci[0], dec)} to {fmt_num(ci[1], dec)}"
-    dz_txt = f"d_z = {fmt_sig(dz)}"
+    dz_txt = f"d_z = {fmt_sig(r['d_z'])}"
     if not _isnan(p_adj) and p_adj < alpha:
-        text = (
+        return (
             f"{name} {verb} {metric} by {fmt_num(abs(mean), dec)} ({ci_txt}) vs {base}, "
             f"{judgement}; significant after Holm correction "
             f"({fmt_p(p_adj, alpha=alpha, label='p')}, {dz_txt}, {seeds})."
         )
-    elif not _isnan(p_raw) and p_raw < alpha:
-        text = (
+    if not _isnan(p_raw) and p_raw < alpha:
+        return (
             f"{name} {verb} {metric} by {fmt_num(abs(mean), dec)} ({ci_txt}) vs {base}, "
             f"{judgement}, but not significant after Holm correction "
             f"({fmt_p(p_adj, alpha=alpha, label='p')}; uncorrected "
             f"{fmt_p(p_raw, alpha=alpha)}; {dz_txt}, {seeds})."
         )
-    else:
-        mde = r["mde_d_z"]
-        mde_txt = ""
-        if not _isnan(mde):
-            mde_txt = (
-                f"; with {seeds} the smallest effect detectable at 80% power is "
-                f"d_z = {fmt_sig(mde)}"
-            )
-            if not _isnan(r["mde_metric"]):
-                mde_txt += f" (about {fmt_num(r['mde_metric'], dec)} in {metric})"
-        text = (
-            f"No detectable difference between {name} and {base} in {metric}: mean "
-            f"difference {fmt_num(mean, dec, plus=True)} ({ci_txt}; Holm-adjusted "
-            f"{fmt_p(p_adj, alpha=alpha, label='p')}, {dz_txt}){mde_txt}."
+    mde = r["mde_d_z"]
+    mde_txt = ""
+    if not _isnan(mde):
+        mde_txt = (
+            f"; with {seeds} the smallest effect detectable at 80% power is d_z = {fmt_sig(mde)}"
         )
-    # The secondary test, and the Wilcoxon floor, are always stated.
+        if not _isnan(r["mde_metric"]):
+            mde_txt += f" (about {fmt_num(r['mde_metric'], dec)} in {metric})"
+    return (
+        f"No detectable difference between {name} and {base} in {metric}: mean "
+        f"difference {fmt_num(mean, dec, plus=True)} ({ci_txt}; Holm-adjusted "
+        f"{fmt_p(p_adj, alpha=alpha, label='p')}, {dz_txt}){mde_txt}."
+    )
+
+
+def _verdict_secondary(r: dict[str, Any], seeds: str, p_key: str) -> str:
+    """The other test, and the Wilcoxon floor, are always stated."""
+    alpha, p_adj = r["alpha"], r[p_key + "_holm"]
+    other_key = "p_wilcoxon" if p_key == "p_t" else "p_t"
+    test_name = {"p_t": "paired t-test", "p_wilcoxon": "Wilcoxon signed-rank test"}
     p_other = r[other_key + "_holm"]
     extra = ""
     if not _isnan(p_other):
@@ -698,7 +739,7 @@ def _verdict(name: str, base: str, r: dict[str, Any], *, metric: str, primary: s
             f" With {seeds} a two-sided Wilcoxon test cannot reach p < "
             f"{_fmt_g(alpha)} (floor {_fmt_g(r['wilcoxon_floor_p'])})."
         )
-    return text + extra
+    return extra
 
 
 def compare_family(
