@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from test_study import FakeRuns, quiet_run, write_study
 
-from adaptive_lora.analysis import stats
+from adaptive_lora.analysis import paired as stats
 from adaptive_lora.errors import UserError
 from adaptive_lora.records import METRIC_KEYS, RunResult, write_json
 from adaptive_lora.report.write import write_report

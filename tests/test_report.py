@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from adaptive_lora.analysis import stats
+from adaptive_lora.analysis import descriptive, formatting, paired
 from adaptive_lora.records import METRIC_KEYS, RunResult, write_json
 from adaptive_lora.report.analyse import analyse
 from adaptive_lora.report.write import write_report
@@ -110,7 +110,7 @@ def expected_family(study, rows):
     results = {label: {} for label in study.labels}
     for row in rows:
         results[row.label][row.seed] = row.metrics["test_loss"]
-    return stats.compare_family(results, "uniform", n_boot=2000, metric="test loss")
+    return paired.compare_family(results, "uniform", n_boot=2000, metric="test loss")
 
 
 def test_main_table_holds_the_stats_numbers(full):
@@ -125,10 +125,10 @@ def test_main_table_holds_the_stats_numbers(full):
     for label in ("linear_decay", "attention_heavy"):
         cells = [c.strip() for c in by_label[label].split("|")[1:-1]]
         comparison = family[label]
-        assert cells[4] == stats.fmt_p(comparison["p_t_holm"])
-        assert cells[5] == stats.fmt_p(comparison["p_wilcoxon_holm"])
-        assert cells[6] == stats.fmt_sig(comparison["d_z"])
-        assert cells[3].startswith(stats.fmt_num(comparison["mean_diff"], 4, plus=True))
+        assert cells[4] == formatting.fmt_p(comparison["p_t_holm"])
+        assert cells[5] == formatting.fmt_p(comparison["p_wilcoxon_holm"])
+        assert cells[6] == formatting.fmt_sig(comparison["d_z"])
+        assert cells[3].startswith(formatting.fmt_num(comparison["mean_diff"], 4, plus=True))
         assert comparison["verdict"] in text
     assert by_label["linear_decay"].count("4,103") == 1 and "+0.17%" in by_label["linear_decay"]
     assert family["linear_decay"]["p_t_holm"] < 0.05  # the synthetic effect is found
@@ -146,7 +146,7 @@ def test_stats_json_has_every_table_number(full):
         assert stored["ci_t"] == pytest.approx(comparison["ci_t"])
     uniform = block["strategies"]["uniform"]["test_loss"]
     values = [r.metrics["test_loss"] for r in rows if r.label == "uniform"]
-    assert uniform["mean"] == pytest.approx(stats.describe(values)["mean"])
+    assert uniform["mean"] == pytest.approx(descriptive.describe(values)["mean"])
     assert uniform["ci_t"][0] < uniform["mean"] < uniform["ci_t"][1]
     assert set(block["secondary"]) == {"val_loss", "rouge_l"}  # exact_match is never set
     assert data["counts"]["done"] == 15

@@ -13,19 +13,12 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
-from adaptive_lora.analysis.stats import (
-    _signed_rank_exact_p,
-    compare_family,
-    compare_paired,
-    describe,
-    fmt_num,
-    fmt_p,
-    fmt_sig,
-    holm,
-    iqm,
-    to_jsonable,
-    wilcoxon_floor_p,
-)
+from adaptive_lora.analysis.corrections import holm
+from adaptive_lora.analysis.descriptive import describe, iqm
+from adaptive_lora.analysis.formatting import fmt_num, fmt_p, fmt_sig
+from adaptive_lora.analysis.jsonable import to_jsonable
+from adaptive_lora.analysis.paired import compare_family, compare_paired
+from adaptive_lora.analysis.signed_rank import _signed_rank_exact_p, wilcoxon_floor_p
 
 PAIRED_KEYS = {
     "n",
@@ -608,7 +601,7 @@ def test_to_jsonable():
 def test_mean_ci_t_matches_scipy():
     from scipy import stats as st
 
-    from adaptive_lora.analysis.stats import mean_ci_t
+    from adaptive_lora.analysis.descriptive import mean_ci_t
 
     x = [1.0, 2.0, 4.0, 7.0]
     low, high = mean_ci_t(x)

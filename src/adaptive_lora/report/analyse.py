@@ -6,7 +6,8 @@ import json
 import math
 from typing import Any
 
-from adaptive_lora.analysis import stats
+from adaptive_lora.analysis import paired
+from adaptive_lora.analysis.descriptive import describe, mean_ci_t
 from adaptive_lora.report.cross_budget import cross_budget
 from adaptive_lora.report.environment_check import check_environment
 from adaptive_lora.study.lr import LrChoice
@@ -41,10 +42,10 @@ def _value(row: RunRow, key: str) -> float:
 
 
 def summarise(by_seed: dict[int, float]) -> dict[str, Any]:
-    """`stats.describe` of the finite values, plus the 95% t interval of their mean."""
+    """`describe` of the finite values, plus the 95% t interval of their mean."""
     finite = [v for v in by_seed.values() if math.isfinite(v)]
-    out = stats.describe(finite)
-    out["ci_t"] = stats.mean_ci_t(finite)
+    out = describe(finite)
+    out["ci_t"] = mean_ci_t(finite)
     out["values"] = {k: by_seed[k] for k in sorted(by_seed)}
     return out
 
@@ -118,7 +119,7 @@ def _overview(
 
 def _strategy_entry(study: Study, lr: float | None, runs: list[RunRow]) -> dict[str, Any]:
     def described(key: str) -> dict[str, Any]:
-        return stats.describe([v for r in runs if math.isfinite(v := _value(r, key))])
+        return describe([v for r in runs if math.isfinite(v := _value(r, key))])
 
     return {
         "lr": lr,
@@ -132,7 +133,7 @@ def _strategy_entry(study: Study, lr: float | None, runs: list[RunRow]) -> dict[
         "deviation_pct": described("deviation_pct"),
         "effective_deviation_pct": described("effective_deviation_pct"),
         "train_seconds": described("train_seconds"),
-        "wall_seconds": stats.describe([r.seconds for r in runs if r.seconds]),
+        "wall_seconds": describe([r.seconds for r in runs if r.seconds]),
     }
 
 
@@ -157,7 +158,7 @@ def _budget_block(
     }
     primary = {label: {r.seed: _value(r, PRIMARY) for r in runs} for label, runs in chosen.items()}
     comparisons = (
-        stats.compare_family(
+        paired.compare_family(
             primary, study.baseline, n_boot=n_boot, seed=boot_seed, metric="test loss"
         )
         if len(primary) > 1 and study.baseline in primary
@@ -182,7 +183,7 @@ def _secondary(
             "name": name,
             "lower_is_better": lower,
             "summary": {label: summarise(v) for label, v in values.items()},
-            "comparisons": stats.compare_family(
+            "comparisons": paired.compare_family(
                 values,
                 study.baseline,
                 lower_is_better=lower,

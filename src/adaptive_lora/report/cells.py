@@ -5,27 +5,27 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from adaptive_lora.analysis import stats
+from adaptive_lora.analysis.formatting import fmt_num, fmt_p, fmt_sig
 from adaptive_lora.report.analyse import LOSS_DECIMALS, PRIMARY
 from adaptive_lora.study.spec import Study
 
 
 def _interval(summary: dict[str, Any], decimals: int) -> str:
-    mean = stats.fmt_num(summary["mean"], decimals)
+    mean = fmt_num(summary["mean"], decimals)
     lo, hi = summary["ci_t"]
     if math.isnan(lo):
         return mean
-    return f"{mean} [{stats.fmt_num(lo, decimals)}, {stats.fmt_num(hi, decimals)}]"
+    return f"{mean} [{fmt_num(lo, decimals)}, {fmt_num(hi, decimals)}]"
 
 
 def _diff(comparison: dict[str, Any] | None) -> str:
     if not comparison or comparison["n"] == 0:
         return "n/a"
-    mean = stats.fmt_num(comparison["mean_diff"], LOSS_DECIMALS, plus=True)
+    mean = fmt_num(comparison["mean_diff"], LOSS_DECIMALS, plus=True)
     lo, hi = comparison["ci_t"]
     if math.isnan(lo):
         return mean
-    return f"{mean} [{stats.fmt_num(lo, LOSS_DECIMALS)}, {stats.fmt_num(hi, LOSS_DECIMALS)}]"
+    return f"{mean} [{fmt_num(lo, LOSS_DECIMALS)}, {fmt_num(hi, LOSS_DECIMALS)}]"
 
 
 def _count(d: dict[str, Any]) -> str:
@@ -51,13 +51,13 @@ def _deviation(entry: dict[str, Any]) -> str:
     if d["n"] == 0:
         return "n/a"
     if d["min"] == d["max"]:
-        return stats.fmt_num(d["mean"], 2, plus=True) + "%"
-    return f"{stats.fmt_num(d['min'], 2, plus=True)} to {stats.fmt_num(d['max'], 2, plus=True)}%"
+        return fmt_num(d["mean"], 2, plus=True) + "%"
+    return f"{fmt_num(d['min'], 2, plus=True)} to {fmt_num(d['max'], 2, plus=True)}%"
 
 
 def _seconds(entry: dict[str, Any]) -> str:
     d = entry["train_seconds"] if entry["train_seconds"]["n"] else entry["wall_seconds"]
-    return stats.fmt_num(d["mean"], 1)
+    return fmt_num(d["mean"], 1)
 
 
 def main_table_rows(study: Study, block: dict[str, Any]) -> list[dict[str, str]]:
@@ -74,11 +74,9 @@ def main_table_rows(study: Study, block: dict[str, Any]) -> list[dict[str, str]]
                 "n": str(entry[PRIMARY]["n"]),
                 "test": _interval(entry[PRIMARY], LOSS_DECIMALS),
                 "diff": "—" if is_base else _diff(comparison),
-                "p_t": "—" if is_base or not comparison else stats.fmt_p(comparison["p_t_holm"]),
-                "p_w": "—"
-                if is_base or not comparison
-                else stats.fmt_p(comparison["p_wilcoxon_holm"]),
-                "d_z": "—" if is_base or not comparison else stats.fmt_sig(comparison["d_z"]),
+                "p_t": "—" if is_base or not comparison else fmt_p(comparison["p_t_holm"]),
+                "p_w": "—" if is_base or not comparison else fmt_p(comparison["p_wilcoxon_holm"]),
+                "d_z": "—" if is_base or not comparison else fmt_sig(comparison["d_z"]),
                 "params": _params(entry),
                 "deviation": _deviation(entry),
                 "seconds": _seconds(entry),

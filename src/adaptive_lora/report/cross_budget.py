@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from adaptive_lora.analysis import stats
+from adaptive_lora.analysis.descriptive import mean_ci_t
 from adaptive_lora.analysis.equivalence import tost_paired
+from adaptive_lora.analysis.formatting import fmt_num, fmt_p
 from adaptive_lora.study.protocol import CrossBudget
 
 LossBySeed = dict[int, float]
@@ -33,7 +34,7 @@ def _summary(diffs: list[float]) -> dict[str, Any]:
     return {
         "n": len(diffs),
         "mean": float(np.mean(diffs)) if diffs else math.nan,
-        "ci_t": stats.mean_ci_t(diffs),
+        "ci_t": mean_ci_t(diffs),
         "values": diffs,
     }
 
@@ -85,9 +86,9 @@ def verdict_lines(block: dict[str, Any], decimals: int = 4) -> list[str]:
     gain = block["gain"]
     lo, hi = gain["ci_t"]
     lines = [
-        f"{base} gains {stats.fmt_num(gain['mean'], decimals)} in test loss from {small} to "
-        f"{large} ({small} − {large}, 95% CI [{stats.fmt_num(lo, decimals)}, "
-        f"{stats.fmt_num(hi, decimals)}], {gain['n']} paired seeds)."
+        f"{base} gains {fmt_num(gain['mean'], decimals)} in test loss from {small} to "
+        f"{large} ({small} − {large}, 95% CI [{fmt_num(lo, decimals)}, "
+        f"{fmt_num(hi, decimals)}], {gain['n']} paired seeds)."
     ]
     if block["margin"] is None:
         lines.append(
@@ -96,7 +97,7 @@ def verdict_lines(block: dict[str, Any], decimals: int = 4) -> list[str]:
         )
         return lines
     lines.append(
-        f"Equivalence margin ±{stats.fmt_num(block['margin'], decimals)} ({block['margin_source']})."
+        f"Equivalence margin ±{fmt_num(block['margin'], decimals)} ({block['margin_source']})."
     )
     for label, entry in block["strategies"].items():
         tost = entry["tost"] or {}
@@ -104,8 +105,8 @@ def verdict_lines(block: dict[str, Any], decimals: int = 4) -> list[str]:
         head = (
             f"**{label}** at {small} ({_params(entry['params'])} parameters) vs {base} at "
             f"{large} ({_params(block['params_large'])}): Δ = "
-            f"{stats.fmt_num(entry['mean'], decimals, plus=True)} [{stats.fmt_num(lo, decimals)}, "
-            f"{stats.fmt_num(hi, decimals)}], TOST p = {stats.fmt_p(tost.get('p', math.nan))}"
+            f"{fmt_num(entry['mean'], decimals, plus=True)} [{fmt_num(lo, decimals)}, "
+            f"{fmt_num(hi, decimals)}], TOST p = {fmt_p(tost.get('p', math.nan))}"
         )
         if tost.get("equivalent"):
             tail = (f"equivalent within the margin: it recovers the {large} result with "

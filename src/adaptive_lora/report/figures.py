@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from adaptive_lora.allocation.heatmap import draw_layer_kind_heatmap
 from adaptive_lora.model.inventory import ALL_KINDS, ModuleInfo
 from adaptive_lora.report.analyse import PRIMARY, _value
@@ -18,7 +20,7 @@ from adaptive_lora.study.store import (
 
 
 def _save(fig: Any, folder: Path, stem: str) -> list[Path]:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # slow to import; only drawing a figure needs it
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{stem}.png", folder / f"{stem}.svg"]
@@ -33,7 +35,7 @@ def _slug(text: str) -> str:
 
 
 def _subplots(n: int, width: float = 5.0, height: float = 3.6, ncols: int | None = None):
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # slow to import; only drawing a figure needs it
 
     ncols = ncols or min(n, 3)
     nrows = math.ceil(n / ncols)
@@ -44,8 +46,6 @@ def _subplots(n: int, width: float = 5.0, height: float = 3.6, ncols: int | None
 
 
 def _strip(ax: Any, labels: list[str], values: list[list[float]], means, cis, ylabel: str):
-    import numpy as np
-
     rng = np.random.default_rng(0)  # the same jitter in every report
     for i, points in enumerate(values):
         finite = [v for v in points if math.isfinite(v)]
@@ -135,7 +135,7 @@ def _heatmaps(
     stem: str,
     label: str,
 ) -> list[Path]:
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # slow to import; only drawing a figure needs it
 
     n_layers = max(1 + max(m.layer for m in inventory) for _, inventory, _ in panels)
     fig, axes = _subplots(
@@ -210,7 +210,7 @@ def _match_names(ranks: dict[str, Any], inventory: list[Any]) -> dict[str, float
 
 
 def _fig_curves(study: Study, rows: list[RunRow], analysis: dict[str, Any], folder: Path):
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # slow to import; only drawing a figure needs it
 
     by_id = {r.id: r for r in rows}
     blocks = analysis["budgets"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from adaptive_lora.analysis import stats
+from adaptive_lora.analysis.formatting import MINUS
 from adaptive_lora.report.cells import _columns, main_table_rows
 from adaptive_lora.study.spec import Study
 
@@ -15,7 +15,7 @@ _TEX_ESCAPES = {"_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$"}
 def _tex(text: str) -> str:
     text = "".join(_TEX_ESCAPES.get(ch, ch) for ch in text)
     return (
-        text.replace(stats.MINUS, "$-$")
+        text.replace(MINUS, "$-$")
         .replace("< ", "$<$ ")
         .replace("—", "---")
         .replace("–", "--")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from adaptive_lora.analysis import stats
+from adaptive_lora.analysis.formatting import fmt_num, fmt_p
 from adaptive_lora.report.analyse import LOSS_DECIMALS, PRIMARY, environment
 from adaptive_lora.report.cells import _columns, _interval, _seed_range, main_table_rows
 from adaptive_lora.report.cross_budget import verdict_lines
@@ -118,6 +118,7 @@ def _status_lines(study: Study, analysis: dict[str, Any]) -> list[str]:
 
 
 def _results_lines(study: Study, analysis: dict[str, Any]) -> list[str]:
+    """Per budget: the main table, what the comparisons found, and the secondary metrics."""
     lines: list[str] = []
     columns = _columns(study)
     for budget, block in analysis["budgets"].items():
@@ -126,68 +127,78 @@ def _results_lines(study: Study, analysis: dict[str, Any]) -> list[str]:
         lines += _markdown_table(
             [h for _, h in columns], [[c[k] for k, _ in columns] for c in cells]
         )
-        comparisons = block["comparisons"]
-        k = len(comparisons)
+        lines += _comparison_lines(study, block["comparisons"])
+        if block["secondary"]:
+            lines += _secondary_lines(study, budget, block)
+    return lines
+
+
+def _comparison_lines(study: Study, comparisons: dict[str, Any]) -> list[str]:
+    """The legend, the Wilcoxon floors, one verdict per comparison, and the caveats."""
+    k = len(comparisons)
+    lines = [
+        "",
+        f"Δ = strategy − {study.baseline} (negative: lower test loss, better). Intervals "
+        "are 95% t intervals. p-values: paired t-test and Wilcoxon signed-rank test, "
+        f"Holm-corrected across the {k} comparison{'s' if k != 1 else ''} at this budget. "
+        "d_z = mean Δ / sd Δ.",
+        "",
+    ]
+    floors = sorted(
+        {
+            (c["n"], c["wilcoxon_floor_p"])
+            for c in comparisons.values()
+            if c["n"] >= 2 and not c["can_reach_significance"]
+        }
+    )
+    for n, floor in floors:
         lines += [
-            "",
-            f"Δ = strategy − {study.baseline} (negative: lower test loss, better). Intervals "
-            "are 95% t intervals. p-values: paired t-test and Wilcoxon signed-rank test, "
-            f"Holm-corrected across the {k} comparison{'s' if k != 1 else ''} at this budget. "
-            "d_z = mean Δ / sd Δ.",
+            f"With {n} paired seeds a two-sided Wilcoxon signed-rank test cannot reach "
+            f"p < 0.05: its smallest possible p-value is 2/2^{n} = {floor:g}.",
             "",
         ]
-        floors = sorted(
-            {
-                (c["n"], c["wilcoxon_floor_p"])
-                for c in comparisons.values()
-                if c["n"] >= 2 and not c["can_reach_significance"]
-            }
-        )
-        for n, floor in floors:
-            lines += [
-                f"With {n} paired seeds a two-sided Wilcoxon signed-rank test cannot reach "
-                f"p < 0.05: its smallest possible p-value is 2/2^{n} = {floor:g}.",
-                "",
-            ]
-        for comparison in comparisons.values():
-            lines.append(f"- {comparison['verdict']}")
-        caveats = sorted(
-            {
-                w
-                for c in comparisons.values()
-                for w in c["warnings"]
-                if "Wilcoxon test cannot reach" not in w
-            }
-        )
-        if caveats:
-            lines += ["", "Caveats from the statistics:", ""]
-            lines += [f"- {w}" for w in caveats]
-        lines.append("")
-        if block["secondary"]:
-            lines += [f"### Secondary metrics at budget {budget}", ""]
-            header = ["strategy", "n"] + [
-                f"{m['name']} ({'lower' if m['lower_is_better'] else 'higher'} is better)"
-                for m in block["secondary"].values()
-            ]
-            table = []
-            for label in block["strategies"]:
-                row = [label, str(block["strategies"][label][PRIMARY]["n"])]
-                for metric in block["secondary"].values():
-                    summary = metric["summary"][label]
-                    text = _interval(summary, LOSS_DECIMALS if metric["lower_is_better"] else 3)
-                    comparison = metric["comparisons"].get(label)
-                    if comparison and comparison["n"] >= 2:
-                        text += f"; p = {stats.fmt_p(comparison['p_t_holm'])}"
-                    row.append(text)
-                table.append(row)
-            lines += _markdown_table(header, table)
-            lines += [
-                "",
-                "Mean [95% t interval]; p: paired t-test against "
-                f"{study.baseline}, Holm-corrected per metric.",
-                "",
-            ]
-    return lines
+    for comparison in comparisons.values():
+        lines.append(f"- {comparison['verdict']}")
+    caveats = sorted(
+        {
+            w
+            for c in comparisons.values()
+            for w in c["warnings"]
+            if "Wilcoxon test cannot reach" not in w
+        }
+    )
+    if caveats:
+        lines += ["", "Caveats from the statistics:", ""]
+        lines += [f"- {w}" for w in caveats]
+    return lines + [""]
+
+
+def _secondary_lines(study: Study, budget: str, block: dict[str, Any]) -> list[str]:
+    """The secondary metrics of one budget: mean [95% t interval] and Holm p per strategy."""
+    header = ["strategy", "n"] + [
+        f"{m['name']} ({'lower' if m['lower_is_better'] else 'higher'} is better)"
+        for m in block["secondary"].values()
+    ]
+    table = []
+    for label in block["strategies"]:
+        row = [label, str(block["strategies"][label][PRIMARY]["n"])]
+        for metric in block["secondary"].values():
+            summary = metric["summary"][label]
+            text = _interval(summary, LOSS_DECIMALS if metric["lower_is_better"] else 3)
+            comparison = metric["comparisons"].get(label)
+            if comparison and comparison["n"] >= 2:
+                text += f"; p = {fmt_p(comparison['p_t_holm'])}"
+            row.append(text)
+        table.append(row)
+    return [
+        f"### Secondary metrics at budget {budget}",
+        "",
+        *_markdown_table(header, table),
+        "",
+        "Mean [95% t interval]; p: paired t-test against "
+        f"{study.baseline}, Holm-corrected per metric.",
+        "",
+    ]
 
 
 def _lr_lines(study: Study, analysis: dict[str, Any]) -> list[str]:
@@ -217,7 +228,7 @@ def _lr_lines(study: Study, analysis: dict[str, Any]) -> list[str]:
     ]
     for choice in analysis["lr_selection"]:
         cells = ", ".join(
-            f"{float(lr):g}: {stats.fmt_num(choice['val_loss_mean'].get(lr), LOSS_DECIMALS)}"
+            f"{float(lr):g}: {fmt_num(choice['val_loss_mean'].get(lr), LOSS_DECIMALS)}"
             f" ({choice['n_seeds'][lr]})"
             for lr in map(str, choice["candidates"])
         )

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adaptive_lora.analysis import stats
+from adaptive_lora.analysis.jsonable import to_jsonable
 from adaptive_lora.report.analyse import analyse
 from adaptive_lora.report.environment_check import refuse_mixed
 from adaptive_lora.report.figures import draw_figures
@@ -63,6 +63,6 @@ def write_report(
         files.report_md,
         render_markdown(study, analysis, rows, store.notes(), store.manifest(), figures, out_dir),
     )
-    _write(files.stats_json, json.dumps(stats.to_jsonable(analysis), indent=2))
+    _write(files.stats_json, json.dumps(to_jsonable(analysis), indent=2))
     files.exports = export_results(rows, out_dir)
     return files

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from adaptive_lora.analysis.stats import describe
+from adaptive_lora.analysis.descriptive import describe
 from adaptive_lora.config import RunConfig
 from adaptive_lora.study.spec import RunSpec, Study
 from adaptive_lora.study.store import DONE, FAILED, PENDING, RUNNING, RunRow, StudyStore
