@@ -26,6 +26,7 @@ from train_throughput import uniform_r8  # bench/ is on sys.path when run as a s
 
 from adaptive_lora.adapters.lora import AdapterSettings, apply_lora
 from adaptive_lora.allocation.importance import probe_importance
+from adaptive_lora.allocation.probe_settings import ProbeSettings
 from adaptive_lora.compute.precision import resolve_precision
 from adaptive_lora.config import TrainSettings
 from adaptive_lora.data.calibration import make_calibration
@@ -60,8 +61,8 @@ def main() -> int:
         f"{train_split.n_tokens} tokens (max length {MAX_LENGTH})"
     )
 
-    probe_importance(model, inventory, calibration, n_batches=1, seed=99)  # warm-up
-    probe = probe_importance(model, inventory, calibration, seed=SEED)
+    probe_importance(model, inventory, calibration, ProbeSettings(n_batches=1, seed=99))  # warm-up
+    probe = probe_importance(model, inventory, calibration, ProbeSettings(seed=SEED))
     print(
         f"probe: {probe.n_batches} batches of {probe.settings['batch_size']} "
         f"({probe.settings['precision']}, {probe.metric}) in {probe.seconds:.2f}s, "

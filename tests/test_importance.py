@@ -1,6 +1,7 @@
 import argparse
 import json
 import math
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
@@ -10,12 +11,19 @@ import adaptive_lora.allocation.importance as importance
 import adaptive_lora.cli.importance as importance_cli
 from adaptive_lora.allocation.budget import resolve_budget, tolerance
 from adaptive_lora.allocation.core import AllocationContext, allocate
-from adaptive_lora.allocation.importance import cached_importance, probe_importance, spearman
+from adaptive_lora.allocation.importance import (
+    ImportanceResult,
+    cached_importance,
+    importance_cache_key,
+    probe_importance,
+    spearman,
+)
+from adaptive_lora.allocation.probe_settings import ProbeSettings
 from adaptive_lora.data.builtin import builtin_examples
 from adaptive_lora.data.calibration import calibration_from_source, make_calibration
 from adaptive_lora.data.prompts import tokenize_examples
 from adaptive_lora.data.sources import load_examples
-from adaptive_lora.data.splits import make_splits
+from adaptive_lora.data.splits import hash_examples, make_splits
 from adaptive_lora.errors import UserError
 from adaptive_lora.model.inventory import build_inventory
 from adaptive_lora.model.loading import LoadedModel
@@ -102,7 +110,10 @@ def test_probe_sees_only_training_features(tiny_model, splits, calibration):
 
     causal_parts(tiny_model)[0].register_forward_pre_hook(spy, with_kwargs=True)
     probe_importance(
-        tiny_model, build_inventory(tiny_model), calibration, n_batches=8, batch_size=8
+        tiny_model,
+        build_inventory(tiny_model),
+        calibration,
+        ProbeSettings(n_batches=8, batch_size=8),
     )
     assert len(seen) == 64
     assert all(s in train for s in seen)
@@ -141,11 +152,13 @@ def test_probe_equals_direct_computation(tiny_model, calibration, metric):
         tiny_model,
         inventory,
         calibration,
-        metric=metric,
-        n_batches=3,
-        batch_size=4,
-        seed=7,
-        precision="fp32",  # compared exactly with an fp32 backward
+        ProbeSettings(
+            metric=metric,
+            n_batches=3,
+            batch_size=4,
+            seed=7,
+            precision="fp32",  # compared exactly with an fp32 backward
+        ),
     )
     expected = direct_scores(tiny_model, inventory, calibration, metric, 3, 4, 7)
     assert result.n_batches == 3 and len(result.spearman_trace) == 2
@@ -176,11 +189,13 @@ def test_grad_nuclear_is_the_nuclear_norm_of_the_mean_gradient(gpt2, calibration
             gpt2,
             inventory,
             calibration,
-            metric="grad_nuclear",
-            precision="fp32",
-            n_batches=2,
-            batch_size=4,
-            nuclear_rank=rank,
+            ProbeSettings(
+                metric="grad_nuclear",
+                precision="fp32",
+                n_batches=2,
+                batch_size=4,
+                nuclear_rank=rank,
+            ),
         ).scores
 
     # A rank covering the whole spectrum gives the exact nuclear norm of the mean gradient.
@@ -202,7 +217,10 @@ def test_probe_restores_the_model(llama, calibration):
     llama.train()
     state = torch.random.get_rng_state()
     probe_importance(
-        llama, build_inventory(llama), calibration, metric="grad_nuclear", n_batches=2, batch_size=2
+        llama,
+        build_inventory(llama),
+        calibration,
+        ProbeSettings(metric="grad_nuclear", n_batches=2, batch_size=2),
     )
     assert [p.requires_grad for p in params] == flags
     assert all(p.grad is None for p in params)
@@ -213,10 +231,10 @@ def test_probe_restores_the_model(llama, calibration):
 def test_early_stop(gpt2, calibration):
     inventory = build_inventory(gpt2)
     stopped = probe_importance(
-        gpt2, inventory, calibration, n_batches=6, batch_size=2, early_stop=-1.0
+        gpt2, inventory, calibration, ProbeSettings(n_batches=6, batch_size=2, early_stop=-1.0)
     )
     assert stopped.n_batches == 2 and len(stopped.spearman_trace) == 1
-    full = probe_importance(gpt2, inventory, calibration, n_batches=6, batch_size=2)
+    full = probe_importance(gpt2, inventory, calibration, ProbeSettings(n_batches=6, batch_size=2))
     assert full.n_batches == 6 and len(full.spearman_trace) == 5
     assert all(-1.0 <= rho <= 1.0 for rho in full.spearman_trace)
 
@@ -224,10 +242,10 @@ def test_early_stop(gpt2, calibration):
 def test_bf16_autocast_probe_ranks_like_fp32(llama, calibration):
     inventory = build_inventory(llama)
     exact = probe_importance(
-        llama, inventory, calibration, n_batches=2, batch_size=4, precision="fp32"
+        llama, inventory, calibration, ProbeSettings(n_batches=2, batch_size=4, precision="fp32")
     )
     fast = probe_importance(
-        llama, inventory, calibration, n_batches=2, batch_size=4, precision="bf16"
+        llama, inventory, calibration, ProbeSettings(n_batches=2, batch_size=4, precision="bf16")
     )
     assert fast.settings["precision"] == "bf16"
     names = list(exact.scores)
@@ -244,11 +262,11 @@ def test_spearman():
 def test_bad_probe_settings_are_user_errors(gpt2, calibration):
     inventory = build_inventory(gpt2)
     with pytest.raises(UserError, match="unknown importance metric"):
-        probe_importance(gpt2, inventory, calibration, metric="fisher")
+        probe_importance(gpt2, inventory, calibration, ProbeSettings(metric="fisher"))
     with pytest.raises(UserError, match="n_batches"):
-        probe_importance(gpt2, inventory, calibration, n_batches=0)
+        probe_importance(gpt2, inventory, calibration, ProbeSettings(n_batches=0))
     with pytest.raises(UserError, match="precision"):
-        probe_importance(gpt2, inventory, calibration, precision="fp8")
+        probe_importance(gpt2, inventory, calibration, ProbeSettings(precision="fp8"))
 
 
 # ---- cache -------------------------------------------------------------------------------
@@ -256,7 +274,8 @@ def test_bad_probe_settings_are_user_errors(gpt2, calibration):
 
 def test_cache_is_hit_on_the_second_call(gpt2, calibration, tmp_path, monkeypatch):
     inventory = build_inventory(gpt2)
-    settings = dict(n_batches=2, batch_size=2, model_fingerprint="m", cache_dir=tmp_path)
+    probe = ProbeSettings(n_batches=2, batch_size=2)
+    settings = dict(settings=probe, model_fingerprint="m", cache_dir=tmp_path)
     first = cached_importance(gpt2, inventory, calibration, **settings)
     assert first.cache == "miss"
     assert Path(first.cache_path).parent == tmp_path  # cache_dir is the folder of score files
@@ -269,7 +288,9 @@ def test_cache_is_hit_on_the_second_call(gpt2, calibration, tmp_path, monkeypatc
     assert second.cache == "hit" and second.cache_path == first.cache_path
     assert second.scores == first.scores and second.n_batches == first.n_batches
     with pytest.raises(AssertionError, match="the probe ran"):  # a different key misses
-        cached_importance(gpt2, inventory, calibration, **{**settings, "seed": 1})
+        cached_importance(
+            gpt2, inventory, calibration, **{**settings, "settings": replace(probe, seed=1)}
+        )
     with pytest.raises(AssertionError, match="the probe ran"):
         cached_importance(gpt2, inventory, calibration, **{**settings, "model_fingerprint": "x"})
 
@@ -329,6 +350,77 @@ def test_empirical_needs_model_and_data(llama, calibration):
     ctx.model, ctx.calibration = llama, calibration
     with pytest.raises(UserError, match="temperature"):
         allocate("empirical", ctx, {"temperature": -1, "n_batches": 1, "batch_size": 1})
+
+
+# ---- one ProbeSettings for the strategy, the cache key and the CLI ------------------------
+
+
+def test_probe_settings_feed_the_strategy_the_cache_key_and_the_cli(
+    gpt2, calibration, tmp_path, monkeypatch
+):
+    # A bad setting is a one-line UserError, raised by ProbeSettings itself.
+    with pytest.raises(UserError, match=r"^importance batch_size must be an integer >= 1, got 0$"):
+        ProbeSettings(batch_size=0)
+    assert all(f.metadata["help"] for f in fields(ProbeSettings))
+
+    # The empirical strategy's params become one ProbeSettings, handed to the probe.
+    seen = []
+
+    def fake_probe(model, inventory, calibration, settings):
+        seen.append(settings)
+        scores = {m.name: 1.0 for m in inventory}
+        return ImportanceResult(settings.metric, scores, settings.n_batches, 0.0, 0.0, [])
+
+    monkeypatch.setattr(importance, "probe_importance", fake_probe)
+    ctx = empirical_ctx(gpt2, calibration, "r8", tmp_path)
+    params = {"n_batches": 3, "calibration_seed": 5, "precision": "fp32"}
+    allocation = allocate("empirical", ctx, params)
+    assert seen == [ProbeSettings(n_batches=3, seed=5, precision="fp32")]
+    with pytest.raises(UserError, match="unknown importance metric 'fisher'"):
+        allocate(
+            "empirical", empirical_ctx(gpt2, calibration, "r8", tmp_path), {"metric": "fisher"}
+        )
+
+    # The cache key is derived from that one ProbeSettings, and holds the same fields
+    # (cache version 2) as when they were spelled out one by one.
+    key, key_fields = importance_cache_key(
+        gpt2, ctx.inventory, calibration, seen[0], model_fingerprint="tiny"
+    )
+    assert key_fields == {
+        "version": 2,
+        "model": "tiny",
+        "data": calibration.data_hash,
+        "calibration": calibration.fingerprint,
+        "seed": 5,
+        "metric": "taylor",
+        "n_batches": 3,
+        "batch_size": 1,
+        "early_stop": None,
+        "nuclear_rank": None,  # only grad_nuclear keys on it
+        "precision": "fp32",
+        "targets": hash_examples([m.name for m in ctx.inventory]),
+    }
+    assert key == hash_examples(key_fields)
+    stored = json.loads(Path(allocation.report["importance"]["cache_path"]).read_text())
+    assert stored["key"] == key
+    same = replace(seen[0], nuclear_rank=4)
+    assert (
+        importance_cache_key(gpt2, ctx.inventory, calibration, same, model_fingerprint="tiny")[0]
+        == key
+    )
+
+    # The CLI builds one per distinct seed from its flags, and checks them before loading.
+    parser = argparse.ArgumentParser()
+    importance_cli.register(parser.add_subparsers(dest="command"))
+    common = ["importance", "--model", str(tmp_path / "no-such-model")]
+    args = parser.parse_args([*common, "--batches", "2", "--seeds", "3", "1", "3"])
+    assert importance_cli.probe_settings_per_seed(args) == {
+        3: ProbeSettings(n_batches=2, seed=3),
+        1: ProbeSettings(n_batches=2, seed=1),
+    }
+    args = parser.parse_args([*common, "--batches", "0"])
+    with pytest.raises(UserError, match="importance n_batches must be an integer >= 1, got 0"):
+        args.func(args)
 
 
 # ---- CLI ---------------------------------------------------------------------------------

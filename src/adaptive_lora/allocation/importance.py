@@ -53,6 +53,13 @@ import psutil
 import torch
 from torch import nn
 
+from adaptive_lora.allocation.probe_settings import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_PRECISION,
+    METRICS,
+    PRECISIONS,
+    ProbeSettings,
+)
 from adaptive_lora.compute.fast_step import (
     frozen_weights_stored_in,
     keep_freed_memory,
@@ -62,24 +69,26 @@ from adaptive_lora.compute.loss import response_loss_sum
 from adaptive_lora.compute.threads import single_thread
 from adaptive_lora.data.calibration import Calibration
 from adaptive_lora.data.splits import hash_examples
-from adaptive_lora.errors import UserError
 from adaptive_lora.model.inventory import ModuleInfo
 from adaptive_lora.model.loading import cache_root
 from adaptive_lora.records import write_json
 
-METRICS = ("taylor", "grad_norm", "grad_nuclear")
-
-
-# One set of probe defaults for the `empirical` strategy, `importance` and the cache
-# keys: 16 single-example batches under bf16 autocast (the module ranking agreed
-# with fp32 at Spearman 0.9999 on SmolLM2, at half the time).
-DEFAULT_BATCH_SIZE = 1
-
-
-DEFAULT_PRECISION = "bf16"
-
-
-PRECISIONS = ("fp32", "bf16")
+# The probe settings and their constants live in probe_settings; re-exported here.
+__all__ = [
+    "CACHE_VERSION",
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_PRECISION",
+    "METRICS",
+    "PRECISIONS",
+    "ImportanceResult",
+    "ProbeSettings",
+    "cached_importance",
+    "importance_cache_dir",
+    "importance_cache_key",
+    "probe_importance",
+    "spearman",
+    "weights_fingerprint",
+]
 
 
 # Bump when the meaning of a cached score changes.
@@ -107,24 +116,6 @@ class ImportanceResult:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> ImportanceResult:
         return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
-
-
-def check_settings(
-    metric: str, n_batches: int, batch_size: int, nuclear_rank: int = 8, precision: str = "fp32"
-) -> None:
-    """One-line errors for settings a user passes (CLI flags, strategy parameters)."""
-    if precision not in PRECISIONS:
-        raise UserError(
-            f"importance precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
-        )
-    if metric not in METRICS:
-        raise UserError(f"unknown importance metric {metric!r}; choose one of {', '.join(METRICS)}")
-    if not isinstance(n_batches, int) or n_batches < 1:
-        raise UserError(f"importance n_batches must be an integer >= 1, got {n_batches!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise UserError(f"importance batch_size must be an integer >= 1, got {batch_size!r}")
-    if not isinstance(nuclear_rank, int) or nuclear_rank < 1:
-        raise UserError(f"importance nuclear_rank must be an integer >= 1, got {nuclear_rank!r}")
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
@@ -205,73 +196,61 @@ def _weight_gradients_to(
             handle.remove()
 
 
-def probe_importance(
-    model: nn.Module,
-    inventory: Sequence[ModuleInfo],
-    calibration: Calibration,
-    *,
-    metric: str = "taylor",
-    n_batches: int = 16,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    seed: int = 0,
-    early_stop: float | None = None,
-    nuclear_rank: int = 8,
-    precision: str = DEFAULT_PRECISION,
-) -> ImportanceResult:
-    """Score every inventory module of the frozen `model` on calibration batches.
+class _Statistics:
+    """Running per-module statistics of the weight gradients, and the scores they give."""
 
-    Batches are `calibration.batches(n_batches, batch_size, seed)`, the model runs
-    in eval mode (no dropout), and the loss is the model's own mean cross-entropy
-    over label tokens. `precision` "fp32" runs in the model's own dtype (exact);
-    "bf16" runs the forward under bf16 autocast (about 1.75× faster on CPUs with
-    bf16 support; the statistics are still accumulated in fp32). Afterwards the
-    model's `requires_grad` flags, existing `.grad`s and train/eval mode are as
-    they were.
-    """
-    check_settings(metric, n_batches, batch_size, nuclear_rank, precision)
-    modules = dict(model.named_modules())
-    names = [m.name for m in inventory]
-    own_dtype = modules[names[0]].weight.dtype
-    device = modules[names[0]].weight.device
-    held_in = torch.bfloat16 if precision == "bf16" else None
+    def __init__(self, modules: Mapping[str, nn.Module], names: list[str], settings: ProbeSettings):
+        self.modules, self.names, self.settings = modules, names, settings
+        self.totals = dict.fromkeys(names, 0.0)  # Σ_b per-batch statistic (taylor, grad_norm)
+        self.grad_sums: dict[str, torch.Tensor] = {}  # Σ_b G_b (grad_nuclear)
+        self.rss = _PeakRss()
 
-    totals = dict.fromkeys(names, 0.0)  # Σ_b per-batch statistic (taylor, grad_norm)
-    grad_sums: dict[str, torch.Tensor] = {}  # Σ_b G_b (grad_nuclear)
-    rss = _PeakRss()
-
-    def fold(name: str, grad: torch.Tensor) -> None:
+    def fold(self, name: str, grad: torch.Tensor) -> None:
         """Add one batch's statistic of G (laid out like the weight) and let G go."""
-        weight = modules[name].weight.detach()
+        metric = self.settings.metric
         if metric == "taylor":
             # G is ours: the product is formed in its memory and summed in fp32,
             # whatever the weights are held in.
-            product = grad.mul_(weight).abs_()
-            totals[name] += float(product.sum(dtype=torch.float32)) / product.numel()
+            product = grad.mul_(self.modules[name].weight.detach()).abs_()
+            self.totals[name] += float(product.sum(dtype=torch.float32)) / product.numel()
         elif metric == "grad_norm":
             norm = torch.linalg.vector_norm(grad, dtype=torch.float32)
-            totals[name] += float(norm) / math.sqrt(grad.numel())
-        elif name in grad_sums:
-            grad_sums[name] += grad
+            self.totals[name] += float(norm) / math.sqrt(grad.numel())
+        elif name in self.grad_sums:
+            self.grad_sums[name] += grad
         else:
-            grad_sums[name] = grad.float()
-        rss.sample()
+            self.grad_sums[name] = grad.float()
+        self.rss.sample()
 
-    def estimate(used: int) -> list[float]:
-        if metric != "grad_nuclear":
-            return [totals[name] / used for name in names]
+    def estimate(self, used: int) -> list[float]:
+        """The scores after `used` batches, in the order of `names`."""
+        if self.settings.metric != "grad_nuclear":
+            return [self.totals[name] / used for name in self.names]
+        rank, seed = self.settings.nuclear_rank, self.settings.seed
         # Singular values do not depend on the orientation either (Conv1D or Linear).
         with single_thread():
             return [
-                _nuclear_estimate(grad_sums[name], used, nuclear_rank, seed)
-                if name in grad_sums
+                _nuclear_estimate(self.grad_sums[name], used, rank, seed)
+                if name in self.grad_sums
                 else 0.0
-                for name in names
+                for name in self.names
             ]
 
+
+@contextlib.contextmanager
+def _probing(
+    model: nn.Module,
+    held_in: torch.dtype | None,
+    targets: Mapping[str, nn.Module],
+    receive: Callable[[str, torch.Tensor], None],
+):
+    """The model set up for the probe: frozen, eval mode, gradients to `receive`.
+
+    Afterwards its `requires_grad` flags, held weights and train/eval mode are as
+    they were.
+    """
     flags = [(p, p.requires_grad) for p in model.parameters()]
     was_training = model.training
-    keep_freed_memory()  # every batch forms 106M gradient entries (SmolLM2): reuse the memory
-    start = time.perf_counter()
     held = contextlib.ExitStack()
     try:
         # No weight requires grad: autograd computes only the activation gradients,
@@ -284,49 +263,104 @@ def probe_importance(
             # batch or the same activation once per consuming projection.
             held.enter_context(frozen_weights_stored_in(model, held_in))
             held.enter_context(norm_outputs_cast_to(model, held_in))
-        held.enter_context(_weight_gradients_to(model, {n: modules[n] for n in names}, fold))
+        held.enter_context(_weight_gradients_to(model, targets, receive))
         model.eval()
-        trace: list[float | None] = []
-        previous: list[float] | None = None
-        used = 0
-        for batch in calibration.batches(n_batches, batch_size, seed):
-            batch = {key: value.to(device) for key, value in batch.items()}
-            with torch.autocast(device.type, torch.bfloat16, enabled=held_in is not None):
-                # The training objective itself (mean CE on response tokens), with the
-                # vocabulary projection only where there is a label.
-                loss_sum, n_tokens = response_loss_sum(model, batch)
-                loss = loss_sum / max(n_tokens, 1)
-            rss.sample()
-            loss.backward()
-            del loss
-            used += 1
-            current = estimate(used)
-            if previous is not None:
-                rho = spearman(previous, current)
-                trace.append(None if math.isnan(rho) else rho)
-                if early_stop is not None and not math.isnan(rho) and rho >= early_stop:
-                    break
-            previous = current
-        scores = dict(zip(names, estimate(used)))
+        yield
     finally:
         held.close()
         for p, flag in flags:
             p.requires_grad_(flag)
         model.train(was_training)
+
+
+def _backward(
+    model: nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    device: torch.device,
+    held_in: torch.dtype | None,
+    rss: _PeakRss,
+) -> None:
+    """One forward and backward pass of the training loss on `batch`."""
+    batch = {key: value.to(device) for key, value in batch.items()}
+    with torch.autocast(device.type, torch.bfloat16, enabled=held_in is not None):
+        # The training objective itself (mean CE on response tokens), with the
+        # vocabulary projection only where there is a label.
+        loss_sum, n_tokens = response_loss_sum(model, batch)
+        loss = loss_sum / max(n_tokens, 1)
+    rss.sample()
+    loss.backward()
+
+
+def _run_batches(
+    model: nn.Module,
+    calibration: Calibration,
+    stats: _Statistics,
+    device: torch.device,
+    held_in: torch.dtype | None,
+) -> tuple[int, list[float | None]]:
+    """Fold the calibration batches in; the batches used and the Spearman trace.
+
+    Stops early once successive score vectors reach `settings.early_stop`.
+    """
+    settings = stats.settings
+    trace: list[float | None] = []
+    previous: list[float] | None = None
+    used = 0
+    for batch in calibration.batches(settings.n_batches, settings.batch_size, settings.seed):
+        _backward(model, batch, device, held_in, stats.rss)
+        used += 1
+        current = stats.estimate(used)
+        if previous is not None:
+            rho = spearman(previous, current)
+            trace.append(None if math.isnan(rho) else rho)
+            stop = settings.early_stop
+            if stop is not None and not math.isnan(rho) and rho >= stop:
+                break
+        previous = current
+    return used, trace
+
+
+def probe_importance(
+    model: nn.Module,
+    inventory: Sequence[ModuleInfo],
+    calibration: Calibration,
+    settings: ProbeSettings,
+) -> ImportanceResult:
+    """Score every inventory module of the frozen `model` on calibration batches.
+
+    Batches are `calibration.batches(n_batches, batch_size, seed)` of `settings`,
+    the model runs in eval mode (no dropout), and the loss is the model's own mean
+    cross-entropy over label tokens. Precision "fp32" runs in the model's own
+    dtype (exact); "bf16" runs the forward under bf16 autocast (about 1.75× faster
+    on CPUs with bf16 support; the statistics are still accumulated in fp32).
+    Afterwards the model's `requires_grad` flags, existing `.grad`s and train/eval
+    mode are as they were.
+    """
+    modules = dict(model.named_modules())
+    names = [m.name for m in inventory]
+    own_dtype = modules[names[0]].weight.dtype
+    device = modules[names[0]].weight.device
+    held_in = torch.bfloat16 if settings.precision == "bf16" else None
+    stats = _Statistics(modules, names, settings)
+    keep_freed_memory()  # every batch forms 106M gradient entries (SmolLM2): reuse the memory
+    start = time.perf_counter()
+    with _probing(model, held_in, {n: modules[n] for n in names}, stats.fold):
+        used, trace = _run_batches(model, calibration, stats, device, held_in)
+        scores = dict(zip(names, stats.estimate(used)))
     return ImportanceResult(
-        metric=metric,
+        metric=settings.metric,
         scores=scores,
         n_batches=used,
         seconds=round(time.perf_counter() - start, 3),
-        peak_rss_mb=round(rss.peak, 1),
+        peak_rss_mb=round(stats.rss.peak, 1),
         spearman_trace=trace,
         settings={
-            "n_batches": n_batches,
-            "batch_size": batch_size,
-            "seed": seed,
-            "early_stop": early_stop,
-            "nuclear_rank": nuclear_rank if metric == "grad_nuclear" else None,
-            "precision": precision,
+            "n_batches": settings.n_batches,
+            "batch_size": settings.batch_size,
+            "seed": settings.seed,
+            "early_stop": settings.early_stop,
+            "nuclear_rank": settings.used_nuclear_rank,
+            "precision": settings.precision,
             "dtype": str(held_in or own_dtype).removeprefix("torch."),
         },
     )
@@ -350,46 +384,35 @@ def weights_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def cached_importance(
+def importance_cache_key(
     model: nn.Module,
     inventory: Sequence[ModuleInfo],
     calibration: Calibration,
+    settings: ProbeSettings,
     *,
-    metric: str = "taylor",
-    n_batches: int = 16,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    seed: int = 0,
-    early_stop: float | None = None,
-    nuclear_rank: int = 8,
-    precision: str = DEFAULT_PRECISION,
     model_fingerprint: str | None = None,
     data_hash: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-) -> ImportanceResult:
-    """`probe_importance`, answered from the JSON cache when the same probe ran before.
+) -> tuple[str, dict[str, Any]]:
+    """The cache key of a probe and the fields it hashes.
 
     The key covers the model (its fingerprint, else a hash of its weights), the
     data (`data_hash`, else the calibration's) and the calibration features
-    themselves, the seed, metric, batch count and size, early stopping, the
-    randomized-SVD rank (for `grad_nuclear`), the precision and the target module names.
+    themselves, every field of `settings` (`nuclear_rank` only for
+    `grad_nuclear`) and the target module names.
     """
-    check_settings(metric, n_batches, batch_size, nuclear_rank, precision)
     key_fields = {
         "version": CACHE_VERSION,
         "model": model_fingerprint or weights_fingerprint(model),
         "data": data_hash or calibration.data_hash,
         "calibration": calibration.fingerprint,
-        "seed": seed,
-        "metric": metric,
-        "n_batches": n_batches,
-        "batch_size": batch_size,
-        "early_stop": early_stop,
-        "nuclear_rank": nuclear_rank if metric == "grad_nuclear" else None,
-        "precision": precision,
+        **settings.key_fields(),
         "targets": hash_examples([m.name for m in inventory]),
     }
-    key = hash_examples(key_fields)
-    path = importance_cache_dir(cache_dir) / f"{metric}-{key[:24]}.json"
+    return hash_examples(key_fields), key_fields
+
+
+def _read_cached(path: Path, key: str) -> ImportanceResult | None:
+    """The result stored at `path` under `key`; None when missing, unreadable or stale."""
     try:
         stored = json.loads(path.read_text())
         if stored.get("key") == key:
@@ -398,18 +421,37 @@ def cached_importance(
             return result
     except (OSError, ValueError, KeyError, TypeError):
         pass  # missing or unreadable: compute it again
-    result = probe_importance(
+    return None
+
+
+def cached_importance(
+    model: nn.Module,
+    inventory: Sequence[ModuleInfo],
+    calibration: Calibration,
+    *,
+    settings: ProbeSettings,
+    model_fingerprint: str | None = None,
+    data_hash: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> ImportanceResult:
+    """`probe_importance`, answered from the JSON cache when the same probe ran before.
+
+    The key is `importance_cache_key`: the model, the data, the calibration
+    features, the probe `settings` and the target module names.
+    """
+    key, key_fields = importance_cache_key(
         model,
         inventory,
         calibration,
-        metric=metric,
-        n_batches=n_batches,
-        batch_size=batch_size,
-        seed=seed,
-        early_stop=early_stop,
-        nuclear_rank=nuclear_rank,
-        precision=precision,
+        settings,
+        model_fingerprint=model_fingerprint,
+        data_hash=data_hash,
     )
+    path = importance_cache_dir(cache_dir) / f"{settings.metric}-{key[:24]}.json"
+    cached = _read_cached(path, key)
+    if cached is not None:
+        return cached
+    result = probe_importance(model, inventory, calibration, settings)
     result.cache, result.cache_path = "miss", str(path)
     write_json(path, {"key": key, "key_fields": key_fields, "result": result.to_dict()})
     return result

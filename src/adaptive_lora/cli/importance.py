@@ -5,23 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from itertools import combinations
 from typing import Any
 
 from adaptive_lora.allocation.heatmap import rank_heatmap
 from adaptive_lora.allocation.importance import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_PRECISION,
-    METRICS,
-    PRECISIONS,
+    ImportanceResult,
     cached_importance,
-    check_settings,
     probe_importance,
     spearman,
 )
-from adaptive_lora.data.calibration import calibration_from_source
+from adaptive_lora.allocation.probe_settings import METRICS, PRECISIONS, ProbeSettings
+from adaptive_lora.data.calibration import Calibration, calibration_from_source
 from adaptive_lora.model.inventory import ModuleInfo, build_inventory
-from adaptive_lora.model.loading import load_model
+from adaptive_lora.model.loading import LoadedModel, load_model
 
 
 def register(subparsers) -> None:
@@ -33,28 +31,35 @@ def register(subparsers) -> None:
         "print per-module scores, per-layer and per-kind sums, and the Spearman "
         "correlation of the scores between each pair of seeds.",
     )
+    defaults = ProbeSettings()
     parser.add_argument("--model", default="smollm2-135m", help="preset, hub id, folder or .gguf")
     parser.add_argument(
         "--data", default="builtin", help="data source; its training split is the calibration"
     )
     parser.add_argument(
-        "--seeds", type=int, nargs="+", default=[0], help="calibration seeds (batch draws)"
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[defaults.seed],
+        help="calibration seeds (batch draws)",
     )
-    parser.add_argument("--metric", default="taylor", choices=METRICS)
-    parser.add_argument("--batches", type=int, default=16, help="calibration batches per seed")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--metric", default=defaults.metric, choices=METRICS)
+    parser.add_argument(
+        "--batches", type=int, default=defaults.n_batches, help="calibration batches per seed"
+    )
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument(
         "--precision",
-        default=DEFAULT_PRECISION,
+        default=defaults.precision,
         choices=PRECISIONS,
         help="bf16: autocast forward (faster)",
     )
     parser.add_argument(
         "--early-stop",
         type=float,
-        default=None,
+        default=defaults.early_stop,
         metavar="RHO",
-        help="stop once successive score rankings reach this Spearman correlation",
+        help=ProbeSettings.help("early_stop"),
     )
     parser.add_argument(
         "--target", default="all", help="all, attention, mlp or a comma list of kinds"
@@ -65,6 +70,41 @@ def register(subparsers) -> None:
     parser.set_defaults(func=cmd_importance)
 
 
+def probe_settings_per_seed(args: argparse.Namespace) -> dict[int, ProbeSettings]:
+    """One validated `ProbeSettings` per distinct calibration seed, from the flags."""
+    base = ProbeSettings(
+        metric=args.metric,
+        n_batches=args.batches,
+        batch_size=args.batch_size,
+        early_stop=args.early_stop,
+        precision=args.precision,
+    )
+    return {seed: replace(base, seed=seed) for seed in dict.fromkeys(args.seeds)}
+
+
+def _probe_each(
+    args: argparse.Namespace,
+    loaded: LoadedModel,
+    inventory: Sequence[ModuleInfo],
+    calibration: Calibration,
+    per_seed: Mapping[int, ProbeSettings],
+) -> dict[int, ImportanceResult]:
+    """The probe's result for each seed, from the cache unless `--no-cache`."""
+    results = {}
+    for seed, settings in per_seed.items():
+        if args.no_cache:
+            results[seed] = probe_importance(loaded.model, inventory, calibration, settings)
+        else:
+            results[seed] = cached_importance(
+                loaded.model,
+                inventory,
+                calibration,
+                settings=settings,
+                model_fingerprint=loaded.fingerprint.get("sha256", args.model),
+            )
+    return results
+
+
 def _sums(inventory: Sequence[ModuleInfo], scores: Mapping[str, float], key: str) -> dict:
     sums: dict[Any, float] = {}
     for m in inventory:
@@ -73,71 +113,67 @@ def _sums(inventory: Sequence[ModuleInfo], scores: Mapping[str, float], key: str
     return sums
 
 
-def cmd_importance(args: argparse.Namespace) -> int:
+@dataclass
+class _Summary:
+    """The seeds' scores summed up: mean per module, per layer and kind, agreement."""
 
-    check_settings(args.metric, args.batches, args.batch_size, precision=args.precision)
-    seeds = list(dict.fromkeys(args.seeds))
-    loaded = load_model(args.model)
-    inventory = build_inventory(loaded.model, args.target)
-    calibration = calibration_from_source(args.data, loaded.tokenizer)
-    results = {}
-    for seed in seeds:
-        settings = dict(
-            metric=args.metric,
-            n_batches=args.batches,
-            batch_size=args.batch_size,
-            seed=seed,
-            early_stop=args.early_stop,
-            precision=args.precision,
-        )
-        if args.no_cache:
-            results[seed] = probe_importance(loaded.model, inventory, calibration, **settings)
-        else:
-            results[seed] = cached_importance(
-                loaded.model,
-                inventory,
-                calibration,
-                model_fingerprint=loaded.fingerprint.get("sha256", args.model),
-                **settings,
-            )
+    mean: dict[str, float]
+    pairs: dict[str, float]  # "a-b" -> Spearman between seeds a and b
+    per_layer: dict[Any, float]
+    per_kind: dict[Any, float]
+
+
+def _summarise(
+    inventory: Sequence[ModuleInfo], results: Mapping[int, ImportanceResult]
+) -> _Summary:
     names = [m.name for m in inventory]
     mean = {n: sum(r.scores[n] for r in results.values()) / len(results) for n in names}
     pairs = {
         f"{a}-{b}": spearman(
             [results[a].scores[n] for n in names], [results[b].scores[n] for n in names]
         )
-        for a, b in combinations(seeds, 2)
+        for a, b in combinations(results, 2)
     }
-    per_layer, per_kind = _sums(inventory, mean, "layer"), _sums(inventory, mean, "kind")
-    if args.plot:
-        rank_heatmap(
-            inventory,
-            mean,
-            args.plot,
-            title=f"{args.metric} importance ({args.model}, mean of {len(seeds)} seed(s))",
-            label="importance",
-            integer=False,
+    return _Summary(mean, pairs, _sums(inventory, mean, "layer"), _sums(inventory, mean, "kind"))
+
+
+def _print_json(
+    args: argparse.Namespace,
+    calibration: Calibration,
+    results: Mapping[int, ImportanceResult],
+    summary: _Summary,
+) -> None:
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "data": args.data,
+                "metric": args.metric,
+                "calibration": {"data_hash": calibration.data_hash, **calibration.info},
+                "seeds": {str(s): r.to_dict() for s, r in results.items()},
+                "mean_scores": summary.mean,
+                "per_layer": {str(k): v for k, v in summary.per_layer.items()},
+                "per_kind": summary.per_kind,
+                "spearman_between_seeds": summary.pairs,
+            },
+            indent=2,
         )
-    if args.json:
-        summary = {
-            "model": args.model,
-            "data": args.data,
-            "metric": args.metric,
-            "calibration": {"data_hash": calibration.data_hash, **calibration.info},
-            "seeds": {str(s): r.to_dict() for s, r in results.items()},
-            "mean_scores": mean,
-            "per_layer": {str(k): v for k, v in per_layer.items()},
-            "per_kind": per_kind,
-            "spearman_between_seeds": pairs,
-        }
-        print(json.dumps(summary, indent=2))
-        return 0
-    width = max(len(n) for n in names)
+    )
+
+
+def _print_table(
+    args: argparse.Namespace,
+    inventory: Sequence[ModuleInfo],
+    calibration: Calibration,
+    results: Mapping[int, ImportanceResult],
+    summary: _Summary,
+) -> None:
+    width = max(len(m.name) for m in inventory)
     print(f"{'module':<{width}}  layer  kind  {'mean score':>10}  {'min':>9}  {'max':>9}")
     for m in inventory:
         values = [r.scores[m.name] for r in results.values()]
         print(
-            f"{m.name:<{width}}  {m.layer:>5}  {m.kind:<4}  {mean[m.name]:>10.3e}  "
+            f"{m.name:<{width}}  {m.layer:>5}  {m.kind:<4}  {summary.mean[m.name]:>10.3e}  "
             f"{min(values):>9.3e}  {max(values):>9.3e}"
         )
     print()
@@ -150,10 +186,33 @@ def cmd_importance(args: argparse.Namespace) -> int:
             f"seed {seed}: {r.n_batches} batches of {args.batch_size} in {r.seconds:.1f} s, "
             f"peak RSS {r.peak_rss_mb:,.0f} MB, cache {r.cache}"
         )
-    print("per layer:  " + "  ".join(f"L{k}: {v:.3e}" for k, v in per_layer.items()))
-    print("per kind:   " + "  ".join(f"{k}: {v:.3e}" for k, v in per_kind.items()))
-    if pairs:
-        print("Spearman between seeds:  " + "  ".join(f"{k}: {v:.4f}" for k, v in pairs.items()))
+    print("per layer:  " + "  ".join(f"L{k}: {v:.3e}" for k, v in summary.per_layer.items()))
+    print("per kind:   " + "  ".join(f"{k}: {v:.3e}" for k, v in summary.per_kind.items()))
+    if summary.pairs:
+        pairs = "  ".join(f"{k}: {v:.4f}" for k, v in summary.pairs.items())
+        print("Spearman between seeds:  " + pairs)
     if args.plot:
         print(f"heatmap: {args.plot}")
+
+
+def cmd_importance(args: argparse.Namespace) -> int:
+    per_seed = probe_settings_per_seed(args)  # bad flags fail before the model loads
+    loaded = load_model(args.model)
+    inventory = build_inventory(loaded.model, args.target)
+    calibration = calibration_from_source(args.data, loaded.tokenizer)
+    results = _probe_each(args, loaded, inventory, calibration, per_seed)
+    summary = _summarise(inventory, results)
+    if args.plot:
+        rank_heatmap(
+            inventory,
+            summary.mean,
+            args.plot,
+            title=f"{args.metric} importance ({args.model}, mean of {len(per_seed)} seed(s))",
+            label="importance",
+            integer=False,
+        )
+    if args.json:
+        _print_json(args, calibration, results, summary)
+    else:
+        _print_table(args, inventory, calibration, results, summary)
     return 0
