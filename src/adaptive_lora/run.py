@@ -38,6 +38,7 @@ from adaptive_lora.data.splits import make_splits
 from adaptive_lora.environment import environment_manifest, now_iso, peak_memory_mb
 from adaptive_lora.errors import UserError
 from adaptive_lora.evaluation import Stopwatch, generate_answers, mean_loss, perplexity
+from adaptive_lora.evaluation_metrics import check_metric_data, default_metrics, metrics_for_run
 from adaptive_lora.model.loading import load_model
 from adaptive_lora.records import STATUS_DONE, STATUS_FAILED, RunResult, write_json
 from adaptive_lora.training.loggers import MetricLoggers
@@ -132,6 +133,7 @@ class RunSteps:
         self.splits = make_splits(
             examples, cfg.data.n_train, cfg.data.n_val, cfg.data.n_test, cfg.data.data_seed
         )
+        check_metric_data(cfg.eval.metrics, self.splits.test[: cfg.eval.n_generate])
         tokenize = lambda split: tokenize_examples(  # noqa: E731
             split, self.tokenizer, cfg.data.max_length, cfg.data.template
         )
@@ -252,13 +254,17 @@ class RunSteps:
                 batch_size=cfg.eval.batch_size,
                 device=self.precision.device,
                 autocast_dtype=self.precision.autocast_dtype,
+                metrics=metrics_for_run(cfg.eval.metrics, cfg.data.source == "builtin"),
             )
         for name in ("val", "test"):
             m[f"{name}_ppl_before"] = perplexity(m[f"{name}_loss_before"])
             m[f"{name}_ppl"] = perplexity(m[f"{name}_loss"])
         m.update(
+            generation.means,
+            # Every run has these two keys (None where not scored), as it always had.
             rouge_l=generation.rouge_l,
             exact_match=generation.exact_match,
+            eval_metrics=list(cfg.eval.metrics or default_metrics(cfg.data.source == "builtin")),
             eval_seconds=before.seconds + after.seconds,
             allocation_seconds=self.allocation_seconds,
             strategy_report=self.allocation.report,

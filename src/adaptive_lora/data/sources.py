@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 _FIX_HINT = "pass a local Alpaca-format .json or .jsonl file, or 'builtin'"
+# Sources already warned about in this process: a study loads its data once per run.
+_WARNED_EMPTY: set[str] = set()
 
 
 def load_examples(source: str) -> list[Example]:
@@ -37,13 +40,31 @@ def load_examples(source: str) -> list[Example]:
         return builtin_examples()
     path = Path(source)
     if path.suffix.lower() in (".json", ".jsonl") or path.exists():
-        return _load_file(path)
+        return _warn_empty_outputs(source, _load_file(path))
     if _HUB_ID.fullmatch(source):
-        return _load_hub(source)
+        return _warn_empty_outputs(source, _load_hub(source))
     raise UserError(
         f"data source not found: '{source}' is not a file, 'builtin' or a hub id (owner/name); "
         f"{_FIX_HINT}"
     )
+
+
+def _warn_empty_outputs(source: str, records: list[Example]) -> list[Example]:
+    """Count records whose `output` is blank and warn once per source, in one line.
+
+    They are kept, not refused: their response-only loss is not over nothing but over
+    the EOS token, which teaches the model to end its answer at once; that may be meant
+    (an instruction that needs no answer) and is more often a data error, hence the warning.
+    """
+    empty = sum(1 for record in records if not record["output"].strip())
+    if empty and source not in _WARNED_EMPTY:
+        _WARNED_EMPTY.add(source)
+        print(
+            f"warning: {source}: {empty} of {len(records)} records have an empty output; "
+            "they are kept and teach the model to stop at once (remove them if unintended)",
+            file=sys.stderr,
+        )
+    return records
 
 
 def _load_file(path: Path) -> list[Example]:

@@ -2,32 +2,45 @@
 
 A rank-allocation strategy never looks at the model itself: it looks at this
 inventory, one `ModuleInfo` per linear projection that can carry a LoRA pair.
-Two architecture families are understood by name:
+A projection's kind is decided by its leaf name and the name of its parent
+inside the transformer block (GPT-2 names both its attention output and its
+MLP output `c_proj`). The families whose names are known:
 
+* Llama (SmolLM2), Qwen2, Qwen3, Mistral, Gemma-2, Gemma-3: `nn.Linear`
+  `self_attn.{q,k,v,o}_proj` and `mlp.{gate,up,down}_proj`.
+* Phi-3: fused `self_attn.qkv_proj` (kind `qkv`) and `mlp.gate_up_proj` (kind
+  `gate_up`), then `o_proj` and `down_proj`.
 * GPT-2 (DialoGPT): `transformers.pytorch_utils.Conv1D` layers whose weight is
-  stored (in, out); attention is one fused `attn.c_attn` (q, k and v) and
-  `attn.c_proj`; the MLP is `mlp.c_fc` and `mlp.c_proj` (same leaf name as the
-  attention output, which is why kinds are decided by the parent too).
-* Llama (SmolLM2) and relatives: `nn.Linear` `self_attn.{q,k,v,o}_proj` and
-  `mlp.{gate,up,down}_proj`.
+  stored (in, out); fused `attn.c_attn` (q, k and v), `attn.c_proj`, `mlp.c_fc`
+  and `mlp.c_proj`.
+* GPT-NeoX and Falcon: fused `attention.query_key_value` (Falcon:
+  `self_attention.…`), `dense`, and `mlp.dense_h_to_4h` / `mlp.dense_4h_to_h`
+  (kinds `fc` and `proj`, the up and down projections of an MLP without a gate).
+* OPT: `self_attn.{q,k,v,out}_proj` and `fc1` / `fc2` directly in the block.
 
-Other names fall back to generic rules (`fc`, `proj`) so a new family still gets
-an inventory, with kinds that say honestly that they are generic.
+A linear projection inside a numbered block that no rule names still gets an
+inventory entry, with a generic kind (`attn_generic` if its path inside the
+block mentions attention, else `mlp_generic`): strategies work on it, and
+`build_inventory` warns while `inventory_report` says so for the allocation report.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from adaptive_lora.errors import UserError
 
-ATTENTION_KINDS = ("q", "k", "v", "o", "qkv")
-MLP_KINDS = ("gate", "up", "down", "fc", "proj")
+# The generic kinds say only which group a projection belongs to, not what it does.
+GENERIC_KINDS = ("attn_generic", "mlp_generic")
+ATTENTION_KINDS = ("q", "k", "v", "o", "qkv", "attn_generic")
+MLP_KINDS = ("gate", "up", "down", "gate_up", "fc", "proj", "mlp_generic")
 ALL_KINDS = ATTENTION_KINDS + MLP_KINDS
 
 # Target selections a config may name; a list of kinds is accepted too.
@@ -39,25 +52,35 @@ TARGET_GROUPS = {
 
 _LAYER_INDEX = re.compile(r"\.(?:h|layers|layer|blocks|decoder\.layers)\.(\d+)\.")
 
-# (parent, leaf) -> kind. The parent matters: GPT-2 names both its attention
-# output and its MLP output `c_proj`.
+# (parent inside the block, leaf) -> kind; parent "" is the block itself (OPT's fc1/fc2).
 _KIND_BY_NAME = {
+    # GPT-2: the parent tells the two `c_proj` apart.
     ("attn", "c_attn"): "qkv",
     ("attn", "c_proj"): "o",
     ("mlp", "c_fc"): "fc",
     ("mlp", "c_proj"): "proj",
+    # Llama, Qwen2/3, Mistral, Gemma-2/3; Phi-3's fused qkv_proj; OPT's out_proj.
     ("self_attn", "q_proj"): "q",
     ("self_attn", "k_proj"): "k",
     ("self_attn", "v_proj"): "v",
     ("self_attn", "o_proj"): "o",
+    ("self_attn", "out_proj"): "o",
     ("self_attn", "qkv_proj"): "qkv",
     ("mlp", "gate_proj"): "gate",
     ("mlp", "up_proj"): "up",
     ("mlp", "down_proj"): "down",
+    ("mlp", "gate_up_proj"): "gate_up",  # Phi-3
     ("mlp", "fc1"): "fc",
     ("mlp", "fc2"): "proj",
+    ("", "fc1"): "fc",  # OPT
+    ("", "fc2"): "proj",
+    # GPT-NeoX (`attention`) and Falcon (`self_attention`).
     ("attention", "query_key_value"): "qkv",
     ("attention", "dense"): "o",
+    ("self_attention", "query_key_value"): "qkv",
+    ("self_attention", "dense"): "o",
+    ("mlp", "dense_h_to_4h"): "fc",
+    ("mlp", "dense_4h_to_h"): "proj",
 }
 
 
@@ -101,23 +124,26 @@ def _features(module: nn.Module) -> tuple[int, int] | None:
     return None
 
 
-def _kind_of(name: str) -> str | None:
-    parts = name.split(".")
-    if len(parts) < 2:
+def _place(name: str) -> tuple[int, list[str]] | None:
+    """(block index, path inside the block) of a module, or None outside numbered blocks."""
+    match = _LAYER_INDEX.search("." + name + ".")
+    if match is None:
         return None
-    parent, leaf = parts[-2], parts[-1]
-    kind = _KIND_BY_NAME.get((parent, leaf))
+    inside = ("." + name + ".")[match.end() :].strip(".")
+    return int(match.group(1)), inside.split(".") if inside else []
+
+
+def _kind_of(inside: list[str]) -> str | None:
+    """A projection's kind from its path inside its block (None for the block itself)."""
+    if not inside:
+        return None
+    parent = inside[-2] if len(inside) > 1 else ""
+    kind = _KIND_BY_NAME.get((parent, inside[-1]))
     if kind is not None:
         return kind
-    # Generic fallbacks for families not listed above: an MLP-ish parent.
-    if parent in ("mlp", "feed_forward", "ffn"):
-        return "fc" if "fc" in leaf or "in" in leaf else "proj"
-    return None
-
-
-def _layer_of(name: str) -> int | None:
-    match = _LAYER_INDEX.search("." + name + ".")
-    return int(match.group(1)) if match else None
+    # Unknown naming: keep the module, but only claim the group its path suggests.
+    attention = any("attn" in part or "attention" in part for part in inside)
+    return "attn_generic" if attention else "mlp_generic"
 
 
 def resolve_targets(target: str | Sequence[str]) -> tuple[str, ...]:
@@ -139,25 +165,48 @@ def build_inventory(model: nn.Module, target: str | Sequence[str] = "all") -> li
     """List the adaptable modules of `model`, in module order, restricted to `target` kinds.
 
     Works on a model on the meta device (only shapes are read), so strategies
-    that need no weights can be answered without loading any.
+    that need no weights can be answered without loading any. Projections with
+    a generic kind are listed too, and a warning names how many there are.
     """
     kinds = set(resolve_targets(target))
     inventory = []
     for name, module in model.named_modules():
         features = _features(module)
-        if features is None:
+        place = _place(name) if features is not None else None
+        kind = _kind_of(place[1]) if place is not None else None
+        if kind is None or kind not in kinds:
             continue
-        kind = _kind_of(name)
-        layer = _layer_of(name)
-        if kind is None or layer is None or kind not in kinds:
-            continue
-        inventory.append(ModuleInfo(name, layer, kind, *features))
+        inventory.append(ModuleInfo(name, place[0], kind, *features))
     if not inventory:
         raise UserError(
             f"no adaptable modules of kind(s) {sorted(kinds)} found in "
             f"{type(model).__name__}; check the model and the `target` setting"
         )
+    report = inventory_report(inventory)
+    if report:
+        warnings.warn(report["inventory_note"], GenericKindsWarning, stacklevel=2)
     return inventory
+
+
+class GenericKindsWarning(UserWarning):
+    """The inventory met projection names it does not know and gave them generic kinds."""
+
+
+def inventory_report(inventory: Iterable[ModuleInfo]) -> dict[str, Any]:
+    """What an allocation report must say about the inventory: {} when every kind is known.
+
+    Otherwise `inventory_note` (one line) and `generic_modules` (their names), so an
+    unclassified architecture is never allocated for silently.
+    """
+    generic = [m.name for m in inventory if m.kind in GENERIC_KINDS]
+    if not generic:
+        return {}
+    note = (
+        f"{len(generic)} projection(s) have names no known architecture uses (e.g. "
+        f"{generic[0]}); they got the generic kinds {', '.join(GENERIC_KINDS)} (attention "
+        "or MLP guessed from the module path), so per-kind strategies see them as one kind"
+    )
+    return {"inventory_note": note, "generic_modules": generic}
 
 
 def layer_count(inventory: Iterable[ModuleInfo]) -> int:

