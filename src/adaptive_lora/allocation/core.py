@@ -17,7 +17,7 @@ from typing import Any
 
 from adaptive_lora.allocation.budget import Budget, apportion, tolerance, total_params
 from adaptive_lora.errors import UserError
-from adaptive_lora.model.inventory import ModuleInfo
+from adaptive_lora.model.inventory import ModuleInfo, inventory_report
 
 
 @dataclass
@@ -173,9 +173,9 @@ def allocate(
     names = [m.name for m in ctx.inventory]
     if sorted(ranks) != sorted(names):
         raise RuntimeError(f"strategy {name} did not assign exactly the inventory's modules")
-    allocation = Allocation(
-        name, resolved, ctx.budget, list(ctx.inventory), dict(ranks), ctx.report
-    )
+    # An inventory with unclassified projections says so in every allocation's report.
+    report = {**inventory_report(ctx.inventory), **ctx.report}
+    allocation = Allocation(name, resolved, ctx.budget, list(ctx.inventory), dict(ranks), report)
     gap = abs(allocation.total_params - ctx.budget.params)
     if gap > tolerance(ctx.inventory, ctx.budget.params):
         raise RuntimeError(

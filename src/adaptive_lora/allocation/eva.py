@@ -138,6 +138,8 @@ def eva_components(
             batches,
             peft_config=config,
             forward_fn=_forward_without_loss,
+            prepare_model_inputs_fn=_token_mask,
+            prepare_layer_inputs_fn=_masked_rows,
             show_progress_bar=False,
             gather_distributed_inputs=False,
         )
@@ -156,6 +158,25 @@ def eva_ranks(
     """The rank PEFT's EVA gives each inventory module (0 where it gives none)."""
     state = eva_components(model, {m.name: rank for m in inventory}, calibration, **settings)
     return {m.name: int(state[m.name].shape[0]) if m.name in state else 0 for m in inventory}
+
+
+def _token_mask(inputs: dict[str, torch.Tensor], config: LoraConfig) -> torch.Tensor:
+    """(batch, seq) mask of the tokens whose layer inputs the SVD sees: real, labelled tokens."""
+    mask = inputs["attention_mask"].bool()
+    if config.eva_config.use_label_mask and "labels" in inputs:
+        mask &= inputs["labels"] != config.eva_config.label_mask_value
+    return mask
+
+
+def _masked_rows(layer_input: Any, mask: torch.Tensor, layer_name: str) -> torch.Tensor:
+    """A layer's input rows at the masked tokens, as (tokens, width).
+
+    Written here rather than PEFT's default because some families (OPT's fc1/fc2) see
+    their input already flattened to (batch·seq, width), which the default indexes as
+    (batch, seq, width) and fails on.
+    """
+    x = layer_input[0] if isinstance(layer_input, (tuple, list)) else layer_input
+    return x[mask.reshape(-1)] if x.dim() == 2 else x[mask]
 
 
 def _forward_without_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> Any:
