@@ -220,3 +220,19 @@ def test_dry_run_counts_the_reporting_runs_to_come(tmp_path):
     assert "4 would run" in text
     assert "then 4 reporting run(s), once the tuning seeds [0] have chosen" in text
     assert "8 run(s) in all" in text
+
+
+def test_a_named_task_metric_gets_a_column_and_a_paired_test(tmp_path):
+    class WithMetric(ShapedRuns):
+        def __call__(self, config, out_root, **kw):
+            result = super().__call__(config, out_root, **kw)
+            result.metrics["final_number"] = 0.5 + 0.05 * config.seed  # a share of examples
+            return result
+
+    path = write_study(tmp_path, seeds="0..3", eval={"metrics": ["final_number"]})
+    study = load_study(path, check_sources=False)
+    quiet_run(study, WithMetric())
+    files = write_report(study, StudyStore.open(study.store_path), tmp_path / "r", n_boot=200)
+    secondary = json.loads(files.stats_json.read_text())["budgets"]["r4"]["secondary"]
+    assert secondary["final_number"]["comparisons"]["linear_decay"]["n"] == 4
+    assert "final number (higher is better)" in files.report_md.read_text()

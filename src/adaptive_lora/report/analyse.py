@@ -8,6 +8,7 @@ from typing import Any
 
 from adaptive_lora.analysis import paired
 from adaptive_lora.analysis.descriptive import describe, mean_ci_t
+from adaptive_lora.evaluation_metrics import METRICS
 from adaptive_lora.report.cross_budget import cross_budget
 from adaptive_lora.report.environment_check import check_environment
 from adaptive_lora.study.lr import LrChoice
@@ -24,10 +25,11 @@ PRIMARY = "test_loss"
 
 
 # (metric key, name in prose, lower is better)
-SECONDARY = (
-    ("val_loss", "validation loss", True),
-    ("rouge_l", "ROUGE-L", False),
-    ("exact_match", "exact match", False),
+# (metric key, name in prose, lower is better): validation loss, then every task metric
+# of the registry (a column and a paired test appear for those the runs recorded).
+_NAMES = {"rouge_l": "ROUGE-L", "exact_match": "exact match"}
+SECONDARY = (("val_loss", "validation loss", True),) + tuple(
+    (name, _NAMES.get(name, name.replace("_", " ")), False) for name in METRICS
 )
 
 
