@@ -51,6 +51,8 @@ CURVE_KEYS = ("train_loss_curve", "val_loss_curve")
 
 STATUS_DONE = "done"
 STATUS_FAILED = "failed"
+# An executor lost the run (its worker died, retries used up): it goes back to pending.
+STATUS_INTERRUPTED = "interrupted"
 
 
 @dataclass
@@ -59,7 +61,7 @@ class RunResult:
 
     run_id: str
     run_dir: Path
-    status: str  # STATUS_DONE or STATUS_FAILED
+    status: str  # STATUS_DONE, STATUS_FAILED or (from an executor) STATUS_INTERRUPTED
     metrics: dict[str, Any] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
     error: str | None = None  # one line: why it failed (e.g. "loss is nan at step 12")

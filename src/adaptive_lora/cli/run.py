@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from adaptive_lora.cli.status import _mark
+from adaptive_lora.errors import UserError
 from adaptive_lora.study.plan import (
     current_rows,
     estimate,
@@ -16,15 +17,42 @@ from adaptive_lora.study.runner import run_study
 from adaptive_lora.study.spec import load_study
 from adaptive_lora.study.store import lock_is_held
 
+RAY_ONLY = ("threads_per_run", "gpus_per_run", "memory_gb", "max_retries")
+
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Run the study's pending runs: in this process, or on Ray with --workers/--address."""
 
     study = load_study(args.study)
     if args.dry_run:
         print(format_dry_run(study, retry_failed=args.retry_failed))
         return 0
-    # Failed runs are part of a study's record, not an error of the command.
-    run_study(study, retry_failed=args.retry_failed, quiet=args.quiet)
+    if args.workers is None and args.address is None:
+        if any(getattr(args, name) is not None for name in RAY_ONLY):
+            flags = ", ".join("--" + name.replace("_", "-") for name in RAY_ONLY)
+            raise UserError(f"{flags} need --workers N or --address ADDR")
+        # Failed runs are part of a study's record, not an error of the command.
+        run_study(study, retry_failed=args.retry_failed, quiet=args.quiet)
+        return 0
+    # Imported here only: Ray takes 1-2 s to import, which the in-process default must not pay.
+    from adaptive_lora.study.ray_executor import RayExecutor, Resources
+
+    executor = RayExecutor(
+        workers=args.workers,
+        address=args.address,
+        resources=Resources.merge(
+            study.resources,
+            threads_per_run=args.threads_per_run,
+            gpus_per_run=args.gpus_per_run,
+            memory_gb=args.memory_gb,
+        ),
+        max_retries=1 if args.max_retries is None else args.max_retries,
+    )
+    try:
+        executor.connect()  # an unreachable cluster or impossible resources: before the store
+        run_study(study, executor=executor, retry_failed=args.retry_failed, quiet=args.quiet)
+    finally:
+        executor.close()
     return 0
 
 
@@ -79,4 +107,27 @@ def register(subparsers) -> None:
     )
     run.add_argument("--retry-failed", action="store_true", help="run failed runs again")
     run.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
+    ray = run.add_argument_group(
+        "parallel runs on Ray (default: one run at a time in this process)",
+        "Per-run resources also come from the study's `resources:` key; flags win.",
+    )
+    ray.add_argument(
+        "--workers", type=int, metavar="N", help="run N runs at once on a local Ray (127.0.0.1)"
+    )
+    ray.add_argument(
+        "--address", metavar="ADDR", help="run on the Ray cluster at HOST:PORT (or `auto`)"
+    )
+    ray.add_argument(
+        "--threads-per-run", type=int, metavar="T", help="CPU threads per run (cores / workers)"
+    )
+    ray.add_argument(
+        "--gpus-per-run", type=float, metavar="G", help="GPUs per run, e.g. 0.25 (default 0)"
+    )
+    ray.add_argument("--memory-gb", type=float, metavar="GB", help="memory reserved per run")
+    ray.add_argument(
+        "--max-retries",
+        type=int,
+        metavar="K",
+        help="re-run a run whose worker died up to K times (default 1), else leave it pending",
+    )
     run.set_defaults(func=cmd_run)

@@ -81,6 +81,10 @@ def format_status(study) -> str:
             f"then {study.runs_to_come()} reporting run(s), once the tuning seeds "
             f"{study.lr_tuning_seeds} have chosen each learning rate (not in this estimate)"
         )
+    running = [(run_id, row) for run_id, row in rows.items() if marks[run_id] == "running"]
+    if running:  # host and pid of the process that has it: a Ray worker's with --workers
+        lines.append("running now:")
+        lines += [f"  {run_id}: on {row.host} pid {row.pid}" for run_id, row in running]
     if counts["interrupted"]:
         lines.append(f"interrupted runs re-run at the next `adaptive-lora run {study.path}`")
     failed = [(run_id, row) for run_id, row in rows.items() if marks[run_id] == "failed"]

@@ -1,11 +1,13 @@
 """The executor Protocol: how the runner hands runs to whatever executes them.
 
-An executor is one file behind this Protocol (`local.py` runs in this process).
+An executor is one file behind this Protocol (`local.py` runs in this process,
+`ray_executor.py` on Ray workers).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -13,12 +15,27 @@ from adaptive_lora.records import RunResult
 from adaptive_lora.study.spec import RunSpec
 
 
+@dataclass(frozen=True)
+class Where:
+    """Where a run runs: the host and process of the worker that has it."""
+
+    host: str
+    pid: int | None = None
+    worker: str = ""  # e.g. a Ray actor id; empty in-process
+
+    def text(self) -> str:
+        return f"{self.host} pid {self.pid}" + (f" ({self.worker})" if self.worker else "")
+
+
 class Executor(Protocol):
     """Runs specs and yields one `RunResult` per spec, as each finishes (any order).
 
-    It calls `on_start(spec)` right before a run starts (the runner cleans the run
-    folder and marks the run `running` there). A `UserError` ends the study; any
-    other failure of one run comes back as a failed `RunResult`.
+    It calls `on_start(spec, where)` right before a run starts (the runner cleans the
+    run folder and marks the run `running` there; `where=None` means this process),
+    and again with the new `where` if it moves the run to another worker. A
+    `UserError` ends the study; any other failure of one run comes back as a failed
+    `RunResult`; a run it lost (its worker died) comes back `interrupted` and the
+    runner puts it back to pending.
     """
 
     def execute(
@@ -26,6 +43,6 @@ class Executor(Protocol):
         specs: Sequence[RunSpec],
         out_root: Path,
         *,
-        on_start: Callable[[RunSpec], None],
+        on_start: Callable[..., None],
         quiet: bool = False,
     ) -> Iterator[RunResult]: ...

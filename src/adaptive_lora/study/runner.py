@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adaptive_lora.errors import one_line
-from adaptive_lora.records import STATUS_DONE, RunResult
-from adaptive_lora.study.executor import Executor
+from adaptive_lora.records import STATUS_DONE, STATUS_INTERRUPTED, RunResult
+from adaptive_lora.study.executor import Executor, Where
 from adaptive_lora.study.local import LocalExecutor
 from adaptive_lora.study.manifest import record_manifest
 from adaptive_lora.study.plan import current_rows, estimate, format_duration
@@ -28,6 +28,7 @@ class RunSummary:
     failed: list[str] = field(default_factory=list)
     interrupted: list[str] = field(default_factory=list)  # reset from a dead process
     retried: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)  # an executor lost them: pending again
     skipped_done: int = 0
     exports: list[Path] = field(default_factory=list)
 
@@ -73,7 +74,9 @@ def run_study(
         summary.exports = store.export(study.out, study.run_ids)
     log(
         f"study {study.name}: ran {len(summary.ran)} ({len(summary.done)} done, "
-        f"{len(summary.failed)} failed); results in {study.out / 'results.csv'}"
+        f"{len(summary.failed)} failed"
+        + (f", {len(summary.lost)} interrupted: the next `run` redoes them" if summary.lost else "")
+        + f"); results in {study.out / 'results.csv'}"
     )
     return summary
 
@@ -103,19 +106,29 @@ def _run_pending(
     started: dict[str, float] = {}
     index = {spec.run_id: i for i, spec in enumerate(todo, 1)}
 
-    def on_start(spec: RunSpec) -> None:
+    def on_start(spec: RunSpec, where: Where | None = None) -> None:
+        host, pid = (where.host, where.pid) if where else (None, None)
+        if spec.run_id in started:  # the executor retries it on another worker
+            store.move_running(spec.run_id, host=host or "?", pid=pid)
+            log(f"    {spec.run_id}: its worker died; retrying on {where.text() if where else '?'}")
+            return
         run_dir = study.runs_dir / spec.run_id
         if run_dir.exists():  # what an interrupted or failed attempt left behind
             shutil.rmtree(run_dir)
-        store.mark_running(spec.run_id, run_dir=str(Path("runs") / spec.run_id))
+        store.mark_running(spec.run_id, run_dir=str(Path("runs") / spec.run_id), host=host, pid=pid)
         started[spec.run_id] = time.monotonic()
-        log(f"[{index[spec.run_id]}/{len(todo)}] {spec.describe()}  ({spec.run_id})")
+        on = f"  on {where.text()}" if where else ""
+        log(f"[{index[spec.run_id]}/{len(todo)}] {spec.describe()}  ({spec.run_id}){on}")
 
     try:
         for result in executor.execute(todo, study.runs_dir, on_start=on_start, quiet=quiet):
             if result.run_id not in started:
                 raise RuntimeError(f"executor returned {result.run_id}, which never started")
-            _record(store, result, time.monotonic() - started.pop(result.run_id), summary, log)
+            seconds = time.monotonic() - started.pop(result.run_id)
+            tag = f"[{index[result.run_id]}/{len(todo)}]"  # runs may finish out of order
+            _record(
+                store, result, seconds, summary, lambda line, tag=tag: log(f"{tag} {line.lstrip()}")
+            )
             store.export(study.out, study.run_ids)
     except BaseException as error:
         # Runs this process started but will not finish go back to pending.
@@ -138,6 +151,13 @@ def _record(
     summary: RunSummary,
     log: Callable[[str], None],
 ) -> None:
+    """Store what one run returned: done, failed, or lost by the executor (→ pending)."""
+    if result.status == STATUS_INTERRUPTED:
+        reason = f"interrupted ({result.error or 'its worker died'}); will re-run"
+        store.mark_pending(result.run_id, reason, ended_as="interrupted")
+        summary.lost.append(result.run_id)
+        log(f"    INTERRUPTED: {reason}")
+        return
     done = result.status == STATUS_DONE
     store.mark_finished(
         result.run_id,

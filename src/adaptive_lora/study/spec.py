@@ -53,6 +53,7 @@ from adaptive_lora.config import RunConfig, load_yaml
 from adaptive_lora.data.sources import load_examples
 from adaptive_lora.data.splits import make_splits
 from adaptive_lora.errors import UserError
+from adaptive_lora.evaluation_metrics import check_metric_data
 from adaptive_lora.model.inventory import ModuleInfo
 from adaptive_lora.model.loading import resolve_source
 from adaptive_lora.records import canonical_json
@@ -85,6 +86,7 @@ TOP_KEYS = (
     "cross_budget",
     "baseline",
     "out",
+    "resources",
 )
 
 
@@ -95,6 +97,10 @@ STRATEGY_KEYS = ("name", "params", "label", "lr", "budgets")
 
 
 ALLOCATION_KEYS = ("min_rank", "max_rank", "target")
+
+
+# What one run may take from a Ray worker (`study/ray_executor.py`); flags override them.
+RESOURCE_KEYS = ("threads_per_run", "gpus_per_run", "memory_gb")
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -155,6 +161,7 @@ class Study:
     cross_budget: CrossBudget | None = None
     # (label, budget) → its LrChoice, from the tuning runs stored so far.
     lr_choices: dict[tuple[str, str], LrChoice] = field(default_factory=dict)
+    resources: dict[str, float] = field(default_factory=dict)  # RESOURCE_KEYS given
 
     @property
     def store_path(self) -> Path:
@@ -327,13 +334,14 @@ def _budget_list(value: Any) -> list[str]:
 
 
 def _check_sources(config: RunConfig) -> None:
-    """Fail now, not an hour in, on a model or data path that does not exist."""
+    """Fail now, not an hour in, on a missing model or data path, or data a metric cannot score."""
 
     resolve_source(config.model)
     source = config.data.source
     if source == "builtin" or Path(source).exists() or source.endswith((".json", ".jsonl")):
         d = config.data
-        make_splits(load_examples(source), d.n_train, d.n_val, d.n_test, d.data_seed)
+        splits = make_splits(load_examples(source), d.n_train, d.n_val, d.n_test, d.data_seed)
+        check_metric_data(config.eval.metrics, splits.test[: config.eval.n_generate])
 
 
 def _stored_rows(out: Path) -> list[RunRow]:
@@ -420,11 +428,31 @@ def _build_study(
         base_lr=base_config.train.lr,
         lr_tuning_seeds=tuning_seeds,
         cross_budget=cross_budget,
+        resources=_resources(raw.get("resources")),
     )
     study.lr_choices = study.select_lr(rows)
     study.runs = _expand_runs(base, study)
     study.spec_hash = _spec_hash(name, baseline, study.runs)
     return study
+
+
+def _resources(raw: Any) -> dict[str, float]:
+    """The `resources` section: known keys, non-negative numbers, whole threads >= 1."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"resources must be a mapping of {', '.join(RESOURCE_KEYS)}")
+    unknown = sorted(set(raw) - set(RESOURCE_KEYS))
+    if unknown:
+        known = ", ".join(RESOURCE_KEYS)
+        raise UserError(f"unknown resources key(s) {', '.join(unknown)}; known: {known}")
+    for key, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise UserError(f"resources.{key} must be a number >= 0, got {value!r}")
+    threads = raw.get("threads_per_run")
+    if threads is not None and (threads != int(threads) or threads < 1):
+        raise UserError(f"resources.threads_per_run must be a whole number >= 1, got {threads!r}")
+    return dict(raw)
 
 
 def _check_header(raw: dict[str, Any]) -> tuple[str, str, str]:

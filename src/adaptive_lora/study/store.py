@@ -10,7 +10,8 @@ Tables:
 
 * `runs`: one row per run spec (id, strategy label, strategy, budget, seed, lr,
   status pending/running/done/failed, reason, config/metrics/manifest JSON, wall
-  seconds, run folder, start/end, attempt count, pid and host of the last attempt);
+  seconds, run folder, start/end, attempt count, pid and host of the last attempt:
+  the process that runs it, a Ray worker's under `run --workers/--address`);
 * `attempts`: every attempt of every run, with how it ended (done, failed,
   interrupted, error), so "every run done exactly once" can be checked;
 * `manifest`: the study's own record (versions, host, git commit, spec hash, ...);
@@ -315,9 +316,20 @@ class StudyStore:
                 )
         return chosen
 
-    def mark_running(self, run_id: str, *, run_dir: str | None = None) -> None:
-        """pending → running, one more attempt. Refuses any other starting state."""
-        pid, host, started = os.getpid(), socket.gethostname(), now_iso()
+    def mark_running(
+        self,
+        run_id: str,
+        *,
+        run_dir: str | None = None,
+        host: str | None = None,
+        pid: int | None = None,
+    ) -> None:
+        """pending → running, one more attempt. Refuses any other starting state.
+
+        `host` and `pid` say where the run runs (a Ray worker's); default: this process.
+        """
+        pid = os.getpid() if pid is None else pid
+        host, started = host or socket.gethostname(), now_iso()
         with self._tx() as conn:
             row = conn.execute(
                 "SELECT status, attempts FROM runs WHERE id = ?", (run_id,)
@@ -336,6 +348,19 @@ class StudyStore:
                 "INSERT INTO attempts (run_id, attempt, status, pid, host, started_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (run_id, attempt, RUNNING, pid, host, started),
+            )
+
+    def move_running(self, run_id: str, *, host: str, pid: int | None) -> None:
+        """A running run moved to another worker (a retry): record where it runs now."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE runs SET host = ?, pid = ? WHERE id = ? AND status = ?",
+                (host, pid, run_id, RUNNING),
+            )
+            conn.execute(
+                "UPDATE attempts SET host = ?, pid = ? WHERE run_id = ? AND "
+                "attempt = (SELECT attempts FROM runs WHERE id = ?)",
+                (host, pid, run_id, run_id),
             )
 
     def mark_finished(
@@ -373,10 +398,11 @@ class StudyStore:
                 ),
             )
 
-    def mark_pending(self, run_id: str, reason: str) -> None:
-        """running → pending: this process stopped it (Ctrl-C, a user error) before its end."""
+    def mark_pending(self, run_id: str, reason: str, *, ended_as: str = "error") -> None:
+        """running → pending: this process stopped it (Ctrl-C, a user error) before its end,
+        or (`ended_as="interrupted"`) an executor lost it when its worker died."""
         with self._tx() as conn:
-            self._end_attempt(conn, run_id, "error", reason)
+            self._end_attempt(conn, run_id, ended_as, reason)
             conn.execute(
                 "UPDATE runs SET status = ?, reason = ?, pid = NULL WHERE id = ? AND status = ?",
                 (PENDING, reason, run_id, RUNNING),

@@ -1,0 +1,273 @@
+"""Studies on Ray: parallel workers, a simulated two-node cluster, dead workers, bad requests.
+
+Ray stays on this machine (127.0.0.1, no dashboard); every test is bounded in time
+and shuts down the Ray it started.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from adaptive_lora.cli import main
+from adaptive_lora.cli.status import format_status
+from adaptive_lora.records import METRIC_KEYS
+from adaptive_lora.study.runner import run_study
+from adaptive_lora.study.spec import load_study
+from adaptive_lora.study.store import StudyStore
+
+ray = pytest.importorskip("ray")
+
+# How long a run took, not what it computed: everything else must match bit for bit.
+TIMINGS = {
+    "train_seconds",
+    "eval_seconds",
+    "allocation_seconds",
+    "tokens_per_second",
+    "peak_memory_mb",
+}
+
+
+@pytest.fixture
+def time_limit():
+    """Fail a test that runs past its limit instead of hanging the suite; a test stuck
+    in Ray's C++ code (where no Python signal handler runs) ends the process soon after."""
+
+    def on_alarm(signum, frame):
+        raise TimeoutError("test ran past its time limit")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+
+    def limit(seconds: int) -> None:
+        signal.alarm(seconds)
+        faulthandler.dump_traceback_later(seconds + 30, exit=True, file=sys.__stderr__)
+
+    yield limit
+    signal.alarm(0)
+    faulthandler.cancel_dump_traceback_later()
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture
+def no_ray_left():
+    """Whatever a test started, Ray is down after it."""
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    from tiny import save_tiny, tiny_llama
+
+    return save_tiny(tiny_llama(), tmp_path_factory.mktemp("model") / "m")
+
+
+def write_study(folder: Path, model: str, *, max_steps: int = 2, **changes) -> Path:
+    """A 4-run study (2 strategies × 2 seeds) of the tiny model, 1 thread per run."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "name": "t",
+        "model": model,
+        "data": {
+            "source": "builtin",
+            "n_train": 8,
+            "n_val": 4,
+            "n_test": 4,
+            "max_length": 128,
+            "template": "chat",
+        },
+        "budgets": ["r4"],
+        "strategies": ["uniform", "linear_decay"],
+        "seeds": "0..1",
+        "train": {"max_steps": max_steps, "batch_size": 4, "threads": 1},
+        "eval": {"n_generate": 2, "max_new_tokens": 4},
+        "out": str(folder / "out"),
+        **changes,
+    }
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def stored(study) -> dict:
+    with StudyStore.open(study.store_path, create=False) as store:
+        return {row.id: row for row in store.rows()}
+
+
+def attempts(study) -> list[tuple[str, int, str]]:
+    with StudyStore.open(study.store_path, create=False) as store:
+        return [(a["run_id"], a["attempt"], a["status"]) for a in store.attempts()]
+
+
+def computed(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k not in TIMINGS}
+
+
+def assert_all_done_once(study) -> None:
+    """Every run done, with its folder; every attempt ended (none left running)."""
+    rows = stored(study)
+    assert {r.status for r in rows.values()} == {"done"}
+    assert all(status in ("done", "interrupted") for _, _, status in attempts(study))
+    for run_id, row in rows.items():
+        assert [a for a in attempts(study) if a[0] == run_id][-1][2] == "done"
+        folder = study.out / row.run_dir
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["test_loss"] == row.metrics["test_loss"]
+        assert (folder / "adapter").is_dir() and (folder / "manifest.json").is_file()
+
+
+# ---------------------------------------------------------------------- default suite
+
+
+def test_two_workers_match_the_in_process_executor(tmp_path, tiny_model, time_limit, no_ray_left):
+    time_limit(240)
+    local = load_study(write_study(tmp_path / "local", tiny_model))
+    run_study(local, log=lambda line: None)
+    path = write_study(tmp_path / "ray", tiny_model)
+    assert main(["run", str(path), "--workers", "2", "--threads-per-run", "1", "--quiet"]) == 0
+    assert not ray.is_initialized()  # the executor shut down the Ray it started
+    on_ray = load_study(path)
+    assert on_ray.run_ids == local.run_ids
+    assert_all_done_once(on_ray)
+    want, got = stored(local), stored(on_ray)
+    for run_id in local.run_ids:
+        assert set(METRIC_KEYS) <= set(got[run_id].metrics)
+        assert computed(got[run_id].metrics) == computed(want[run_id].metrics), run_id
+        manifest = got[run_id].manifest
+        assert manifest["hostname"] and manifest["device"] == "cpu"
+        assert manifest["worker"]["pid"] != os.getpid() and manifest["worker"]["threads"] == 1
+        on_disk = json.loads((on_ray.out / got[run_id].run_dir / "manifest.json").read_text())
+        assert on_disk["worker"] == manifest["worker"]
+    assert "running now" not in format_status(on_ray)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--address", "127.0.0.1:{port}"], "cannot reach the Ray cluster"),
+        (["--workers", "1", "--threads-per-run", "4096"], "no node of this machine"),
+        (["--workers", "1", "--gpus-per-run", "64"], "no node of this machine"),
+        (["--workers", "0"], "--workers must be at least 1"),
+        (["--threads-per-run", "1"], "need --workers N or --address"),
+    ],
+)
+def test_bad_cluster_or_resources_are_one_line_errors_before_any_run(
+    tmp_path, tiny_model, time_limit, no_ray_left, capsys, flags, message
+):
+    time_limit(60)
+    path = write_study(tmp_path, tiny_model)
+    flags = [f.format(port=_free_port()) for f in flags]
+    assert main(["run", str(path), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out" / "study.db").exists()
+
+
+def test_resources_key_of_a_study(tmp_path, tiny_model):
+    path = write_study(tmp_path, tiny_model, resources={"threads_per_run": 1, "gpus_per_run": 0})
+    assert load_study(path).resources == {"threads_per_run": 1, "gpus_per_run": 0}
+    bad = write_study(tmp_path / "bad", tiny_model, resources={"cores": 2})
+    with pytest.raises(Exception, match="unknown resources key"):
+        load_study(bad)
+
+
+# ---------------------------------------------------------------------- slow
+
+
+@pytest.mark.slow
+def test_a_two_node_cluster_runs_a_study_on_both_nodes(
+    tmp_path, tiny_model, time_limit, no_ray_left, monkeypatch
+):
+    import ray._private.ray_constants as ray_constants
+    from ray.cluster_utils import Cluster
+
+    time_limit(300)
+    # Ray replaces a loopback address by this machine's interface address unless it
+    # thinks it cannot cluster; the nodes here listen on 127.0.0.1 only.
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
+    node = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, head_node_args=node)
+    try:
+        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        cluster.wait_for_nodes()
+        # Runs long enough that the second worker is up before the first one is done.
+        path = write_study(tmp_path, tiny_model, max_steps=40)
+        assert main(["run", str(path), "--address", cluster.address, "--quiet"]) == 0
+        study = load_study(path)
+        assert_all_done_once(study)
+        nodes = {row.manifest["worker"]["node_id"] for row in stored(study).values()}
+        assert len(nodes) == 2
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def _kill_a_worker_mid_run(proc, study, timeout: float = 180) -> str:
+    """SIGKILL the worker process of the first run the store shows running; its run id."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        if study.store_path.exists():
+            conn = sqlite3.connect(study.store_path, timeout=10)
+            try:
+                row = conn.execute(
+                    "SELECT id, pid FROM runs WHERE status = 'running' AND started_at IS NOT NULL"
+                ).fetchone()
+            except sqlite3.OperationalError:  # schema not written yet
+                row = None
+            finally:
+                conn.close()
+            if row and row[1] != proc.pid:
+                os.kill(row[1], signal.SIGKILL)  # the run was handed to it: it dies mid-run
+                return row[0]
+        time.sleep(0.05)
+    pytest.fail("no run started on a worker")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("retries", [1, 0])
+def test_a_worker_killed_mid_run_loses_nothing(tmp_path, tiny_model, time_limit, retries):
+    time_limit(420)
+    path = write_study(tmp_path, tiny_model, max_steps=200)
+    study = load_study(path)
+    command = [sys.executable, "-m", "adaptive_lora.cli", "run", str(path), "--quiet"]
+    flags = ["--workers", "2", "--threads-per-run", "1", "--max-retries", str(retries)]
+    proc = subprocess.Popen(command + flags, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        killed = _kill_a_worker_mid_run(proc, study)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    rows = stored(study)
+    if retries:  # retried on another worker within the same attempt
+        assert_all_done_once(study)
+        assert rows[killed].attempts == 1 and rows[killed].manifest["worker"]["attempt"] == 2
+        return
+    assert rows[killed].status == "pending" and "interrupted" in rows[killed].reason
+    assert {r.status for i, r in rows.items() if i != killed} == {"done"}
+    done_before = {i: r.ended_at for i, r in rows.items() if i != killed}
+    assert main(["run", str(path), "--workers", "2", "--threads-per-run", "1", "--quiet"]) == 0
+    assert_all_done_once(study)
+    rows = stored(study)
+    assert {i: r.ended_at for i, r in rows.items() if i != killed} == done_before
+    assert [a[2] for a in attempts(study) if a[0] == killed] == ["interrupted", "done"]
