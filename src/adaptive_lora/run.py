@@ -193,25 +193,58 @@ class RunSteps:
         )
 
     def train_and_evaluate(self) -> dict[str, Any]:
-
+        """Adapt, measure before, train, measure after, save: the run's metrics."""
         cfg = self.config
         torch.manual_seed(cfg.seed)  # dropout, if any; data order and init have their own seeds
         adapter = AdapterSettings(cfg.adapter.alpha_ratio, cfg.adapter.rslora, cfg.adapter.dropout)
         hooks = self._build_adapters(adapter)
-        trainable = trainable_parameters(self.peft_model)
+        self._record_counts()
         m = self.metrics
-        m.update(
-            trainable_params=trainable,
-            effective_params=trainable,
-            budget_params=self.allocation.budget.params,
-            allocation_params=self.allocation.total_params,
-            deviation_pct=100.0
-            * (trainable - self.allocation.budget.params)
-            / self.allocation.budget.params,
-        )
         with Stopwatch() as before:
             m["val_loss_before"] = self._loss(self.val_split)
             m["test_loss_before"] = self._loss(self.test_split)
+        outcome = self._train(hooks)
+        if self.allocation.strategy == "adalora":
+            self._record_adalora_ranks()
+        with Stopwatch() as after:
+            m["val_loss"] = outcome.val_loss_curve[-1][1] if outcome.val_loss_curve else math.nan
+            m["test_loss"] = self._loss(self.test_split)
+            generation = self._generate()
+        for name in ("val", "test"):
+            m[f"{name}_ppl_before"] = perplexity(m[f"{name}_loss_before"])
+            m[f"{name}_ppl"] = perplexity(m[f"{name}_loss"])
+        m.update(
+            generation.means,
+            # Every run has these two keys (None where not scored), as it always had.
+            rouge_l=generation.rouge_l,
+            exact_match=generation.exact_match,
+            eval_metrics=list(cfg.eval.metrics or default_metrics(cfg.data.source == "builtin")),
+            eval_seconds=before.seconds + after.seconds,
+            allocation_seconds=self.allocation_seconds,
+            strategy_report=self.allocation.report,
+        )
+        with open(self.run_dir / "generations.jsonl", "w") as handle:
+            for record in generation.records:
+                handle.write(json.dumps(record) + "\n")
+        self.peft_model.save_pretrained(str(self.run_dir / "adapter"))
+        m["peak_memory_mb"] = peak_memory_mb(self.precision.device)
+        write_json(self.run_dir / "metrics.json", m)
+        return m
+
+    def _record_counts(self) -> None:
+        trainable = trainable_parameters(self.peft_model)
+        budget = self.allocation.budget.params
+        self.metrics.update(
+            trainable_params=trainable,
+            effective_params=trainable,
+            budget_params=budget,
+            allocation_params=self.allocation.total_params,
+            deviation_pct=100.0 * (trainable - budget) / budget,
+        )
+
+    def _train(self, hooks: dict[str, Any]) -> Any:
+        """The training loop, with its curves recorded (validation from step 0)."""
+        cfg, m = self.config, self.metrics
         loggers = MetricLoggers(cfg.train.report_to, self.run_dir, self.run_id)
         try:
             outcome = train_adapter(
@@ -240,43 +273,21 @@ class RunSteps:
         if self.val_split is not None:
             # The curve starts from the untrained adapter (B = 0: the base model).
             m["val_loss_curve"].insert(0, [0, m["val_loss_before"]])
-        if self.allocation.strategy == "adalora":
-            self._record_adalora_ranks()
-        with Stopwatch() as after:
-            m["val_loss"] = outcome.val_loss_curve[-1][1] if outcome.val_loss_curve else math.nan
-            m["test_loss"] = self._loss(self.test_split)
-            generation = generate_answers(
-                self.peft_model,
-                self.tokenizer,
-                self.splits.test[: cfg.eval.n_generate],
-                template=cfg.data.template,
-                max_new_tokens=cfg.eval.max_new_tokens,
-                batch_size=cfg.eval.batch_size,
-                device=self.precision.device,
-                autocast_dtype=self.precision.autocast_dtype,
-                metrics=metrics_for_run(cfg.eval.metrics, cfg.data.source == "builtin"),
-            )
-        for name in ("val", "test"):
-            m[f"{name}_ppl_before"] = perplexity(m[f"{name}_loss_before"])
-            m[f"{name}_ppl"] = perplexity(m[f"{name}_loss"])
-        m.update(
-            generation.means,
-            # Every run has these two keys (None where not scored), as it always had.
-            rouge_l=generation.rouge_l,
-            exact_match=generation.exact_match,
-            eval_metrics=list(cfg.eval.metrics or default_metrics(cfg.data.source == "builtin")),
-            eval_seconds=before.seconds + after.seconds,
-            allocation_seconds=self.allocation_seconds,
-            strategy_report=self.allocation.report,
-        )
-        with open(self.run_dir / "generations.jsonl", "w") as handle:
-            for record in generation.records:
-                handle.write(json.dumps(record) + "\n")
-        self.peft_model.save_pretrained(str(self.run_dir / "adapter"))
+        return outcome
 
-        m["peak_memory_mb"] = peak_memory_mb(self.precision.device)
-        write_json(self.run_dir / "metrics.json", m)
-        return m
+    def _generate(self) -> Any:
+        cfg = self.config
+        return generate_answers(
+            self.peft_model,
+            self.tokenizer,
+            self.splits.test[: cfg.eval.n_generate],
+            template=cfg.data.template,
+            max_new_tokens=cfg.eval.max_new_tokens,
+            batch_size=cfg.eval.batch_size,
+            device=self.precision.device,
+            autocast_dtype=self.precision.autocast_dtype,
+            metrics=metrics_for_run(cfg.eval.metrics, cfg.data.source == "builtin"),
+        )
 
     def _eva_components(self) -> dict[str, Any]:
         """EVA's singular vectors for the allocation's ranks, on the training split only."""
