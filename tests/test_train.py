@@ -250,3 +250,25 @@ def test_chunked_response_loss_matches_in_value_and_gradient(monkeypatch, tokeni
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
     for a, b in zip(chunked_grads, whole_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_the_loss_before_training_is_measured_once_and_is_the_same_number(llama_folder, tmp_path):
+    import adaptive_lora.run as run_module
+
+    loaded = load_model(llama_folder)
+    first = execute_run(tiny_config(llama_folder), tmp_path / "a", loaded=loaded, quiet=True)
+    second = execute_run(
+        tiny_config(llama_folder, allocation__strategy="linear_decay"),
+        tmp_path / "b",
+        loaded=loaded,
+        quiet=True,
+    )
+    run_module._LOSS_BEFORE.clear()  # measured afresh on the second strategy's adapter
+    fresh = execute_run(
+        tiny_config(llama_folder, allocation__strategy="linear_decay", seed=1),
+        tmp_path / "c",
+        loaded=loaded,
+        quiet=True,
+    )
+    for key in ("test_loss_before", "val_loss_before"):
+        assert first.metrics[key] == second.metrics[key] == fresh.metrics[key]
