@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from adaptive_lora.analysis.jsonable import to_jsonable
 from adaptive_lora.report.analyse import analyse
+from adaptive_lora.report.cross_model import agreement_lines, cross_model_agreement
 from adaptive_lora.report.environment_check import refuse_mixed
 from adaptive_lora.report.figures import draw_figures
 from adaptive_lora.report.latex import render_latex
@@ -46,23 +48,63 @@ def write_report(
 
     Compared runs from different environments (package source, model, data, precision,
     torch, device type) are refused in one line before anything is written, unless
-    `allow_mixed` (then the report says so at the top).
+    `allow_mixed` (then the report says so at the top). A study with several models is
+    analysed per model (pairs never cross models), with a cross-model agreement table.
     """
     rows = store.rows(study.run_ids)
-    analysis = analyse(study, rows, n_boot=n_boot)
-    analysis["allow_mixed"] = allow_mixed
-    if not allow_mixed:
-        refuse_mixed(analysis["environment_check"])
+    parts = {}
+    for model in study.models or [study.model]:
+        sub = study.for_model(model) if study.multi_model else study
+        sub_rows = [r for r in rows if not study.multi_model or r.config.get("model") == model]
+        analysis = analyse(sub, sub_rows, n_boot=n_boot)
+        analysis["allow_mixed"] = allow_mixed
+        if not allow_mixed:
+            refuse_mixed(analysis["environment_check"])
+        parts[model] = (sub, sub_rows, analysis)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    figures = draw_figures(study, rows, analysis, out_dir / "figures")
     files = ReportFiles(out_dir / "report.md", out_dir / "table.tex", out_dir / "stats.json")
-    files.figures = figures
-    _write(files.table_tex, render_latex(study, analysis))
-    _write(
-        files.report_md,
-        render_markdown(study, analysis, rows, store.notes(), store.manifest(), figures, out_dir),
-    )
-    _write(files.stats_json, json.dumps(to_jsonable(analysis), indent=2))
+    if not study.multi_model:
+        sub, sub_rows, analysis = parts[study.model]
+        files.figures = draw_figures(sub, sub_rows, analysis, out_dir / "figures")
+        markdown = render_markdown(
+            sub, analysis, sub_rows, store.notes(), store.manifest(), files.figures, out_dir
+        )
+        latex, stats = render_latex(sub, analysis), analysis
+    else:
+        markdown, latex, stats = _multi_model(study, store, parts, out_dir, files)
+    _write(files.table_tex, latex)
+    _write(files.report_md, markdown)
+    _write(files.stats_json, json.dumps(to_jsonable(stats), indent=2))
     files.exports = export_results(rows, out_dir)
     return files
+
+
+def _multi_model(
+    study: Study, store: StudyStore, parts: dict, out_dir: Path, files: ReportFiles
+) -> tuple[str, str, dict]:
+    """One section per model (headings one level down), the agreement table first."""
+    analyses = {model: analysis for model, (_, _, analysis) in parts.items()}
+    agreement = cross_model_agreement(analyses, study.baseline)
+    lines = [
+        f"# Study `{study.name}`: rank allocation at a fixed parameter budget, {len(parts)} models",
+        "",
+        "Each model is analysed on its own: runs are paired by seed within a model, and "
+        "every statistic is per model. The sections below follow the agreement table.",
+        "",
+        *agreement_lines(agreement, list(parts), study.baseline),
+    ]
+    latex = []
+    for model, (sub, sub_rows, analysis) in parts.items():
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", model).strip("-")
+        figures = draw_figures(sub, sub_rows, analysis, out_dir / "figures" / slug)
+        files.figures += figures
+        text = render_markdown(
+            sub, analysis, sub_rows, store.notes(), store.manifest(), figures, out_dir
+        )
+        body = text.split("\n", 1)[1]  # the per-model title is replaced by the model's name
+        lines += [f"## Model `{model}`", ""]
+        lines += [("#" + line) if line.startswith("#") else line for line in body.splitlines()]
+        latex.append(render_latex(sub, analysis).replace("\\label{tab:", f"\\label{{tab:{slug}-"))
+    stats = {"models": analyses, "cross_model_agreement": agreement}
+    return "\n".join(lines), "\n".join(latex), stats

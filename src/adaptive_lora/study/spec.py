@@ -40,6 +40,7 @@ process, loading each model once; a distributed executor plugs in the same way.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import re
 from collections.abc import Sequence
@@ -73,6 +74,7 @@ TOP_KEYS = (
     "name",
     "description",
     "model",
+    "models",
     "data",
     "budgets",
     "strategies",
@@ -159,8 +161,10 @@ class Study:
     base_lr: float = 1e-3  # train.lr: the rate of a strategy with no candidates
     lr_tuning_seeds: list[int] = field(default_factory=list)
     cross_budget: CrossBudget | None = None
-    # (label, budget) → its LrChoice, from the tuning runs stored so far.
+    # (label, budget) → its LrChoice, from the tuning runs stored so far (the first model's).
     lr_choices: dict[tuple[str, str], LrChoice] = field(default_factory=dict)
+    models: list[str] = field(default_factory=list)  # several: paired within each model
+    lr_choices_by_model: dict[str, dict[tuple[str, str], LrChoice]] = field(default_factory=dict)
     resources: dict[str, float] = field(default_factory=dict)  # RESOURCE_KEYS given
 
     @property
@@ -203,17 +207,34 @@ class Study:
         """The seeds a learning-rate choice looks at: the tuning seeds, else every seed."""
         return self.lr_tuning_seeds or self.seeds
 
+    @property
+    def multi_model(self) -> bool:
+        return len(self.models) > 1
+
+    def for_model(self, model: str) -> Study:
+        """The part of a multi-model study on one model: its runs and its rate choices."""
+        return dataclasses.replace(
+            self,
+            model=model,
+            models=[model],
+            runs=[spec for spec in self.runs if spec.config.model == model],
+            lr_choices=self.lr_choices_by_model.get(model, {}),
+            lr_choices_by_model={model: self.lr_choices_by_model.get(model, {})},
+        )
+
     def reported(self, spec: RunSpec) -> bool:
         """Whether a run may enter a reported comparison: not a tuning run, and at its
         strategy × budget's chosen rate."""
-        choice = self.lr_choices.get((spec.label, spec.budget))
+        choices = self.lr_choices_by_model.get(spec.config.model, self.lr_choices)
+        choice = choices.get((spec.label, spec.budget))
         return not spec.tuning and choice is not None and choice.chosen == spec.lr
 
     def runs_to_come(self) -> int:
         """Reporting runs not expanded yet: their strategy × budget is still tuning."""
         if not self.lr_tuning_seeds:
             return 0
-        waiting = [c for c in self.lr_choices.values() if not c.complete]
+        choices = self.lr_choices_by_model.values() or [self.lr_choices]
+        waiting = [c for by_key in choices for c in by_key.values() if not c.complete]
         return len(waiting) * len(self.seeds)
 
     def select_lr(self, rows: Sequence[RunRow]) -> dict[tuple[str, str], LrChoice]:
@@ -376,7 +397,8 @@ def _build_study(
     `rows` are the study's stored runs: with `lr_tuning_seeds`, the reporting runs of a
     strategy × budget exist only once its tuning runs have chosen a rate.
     """
-    name, description, model = _check_header(raw)
+    name, description, models = _check_header(raw)
+    model = models[0]
     budgets = _budget_list(raw["budgets"])
     seeds = parse_seeds(raw["seeds"])
     entries = _strategy_entries(raw["strategies"], budgets)
@@ -408,6 +430,8 @@ def _build_study(
         raise UserError("data.n_test must be >= 1: the study reports test loss")
     if check_sources:
         _check_sources(base_config)
+        for other in models[1:]:  # every model of a multi-model study, before any run
+            resolve_source(other)
     out = raw.get("out", f"studies/{name}")
     if not isinstance(out, str) or not out:
         raise UserError(f"out must be a folder path, got {out!r}")
@@ -430,7 +454,11 @@ def _build_study(
         cross_budget=cross_budget,
         resources=_resources(raw.get("resources")),
     )
-    study.lr_choices = study.select_lr(rows)
+    study.models = models
+    study.lr_choices_by_model = {
+        m: study.select_lr([r for r in rows if r.config.get("model", model) == m]) for m in models
+    }
+    study.lr_choices = study.lr_choices_by_model[model]
     study.runs = _expand_runs(base, study)
     study.spec_hash = _spec_hash(name, baseline, study.runs)
     return study
@@ -455,8 +483,8 @@ def _resources(raw: Any) -> dict[str, float]:
     return dict(raw)
 
 
-def _check_header(raw: dict[str, Any]) -> tuple[str, str, str]:
-    """Known keys, required keys present; (name, description, model)."""
+def _check_header(raw: dict[str, Any]) -> tuple[str, str, list[str]]:
+    """Known keys, required keys present; (name, description, models)."""
     unknown = sorted(set(raw) - set(TOP_KEYS))
     if unknown:
         raise UserError(f"unknown key(s) {', '.join(unknown)}; a study has: {', '.join(TOP_KEYS)}")
@@ -469,10 +497,28 @@ def _check_header(raw: dict[str, Any]) -> tuple[str, str, str]:
     description = raw.get("description") or ""
     if not isinstance(description, str):
         raise UserError("description must be text")
+    if raw.get("models") is not None:
+        return name, description, _model_list(raw)
     model = raw.get("model", RunConfig().model)
     if not isinstance(model, str) or not model:
         raise UserError(f"model must be a preset, hub id, folder or .gguf path, got {model!r}")
-    return name, description, model
+    return name, description, [model]
+
+
+def _model_list(raw: dict[str, Any]) -> list[str]:
+    """`models: [a, b]`: runs are paired by seed within a model, statistics are per model."""
+    if raw.get("model") is not None:
+        raise UserError("give `model` (one) or `models` (a list), not both")
+    models = raw["models"]
+    if not isinstance(models, list) or not models:
+        raise UserError(f"models must be a non-empty list of model specs, got {models!r}")
+    if any(not isinstance(m, str) or not m for m in models):
+        raise UserError(
+            f"models: each must be a preset, hub id, folder or .gguf path, got {models}"
+        )
+    if len(set(models)) != len(models):
+        raise UserError(f"models: a model appears twice in {models}")
+    return list(models)
 
 
 def _strategy_entries(value: Any, budgets: list[str]) -> list[StrategyEntry]:
@@ -526,24 +572,25 @@ def _expand_runs(base: dict[str, Any], study: Study) -> list[RunSpec]:
     runs appear once its choice is complete (at the chosen rate only); without them, every
     seed runs every candidate.
     """
-    plan: list[tuple[StrategyEntry, str, int, float, bool]] = []
-    for budget in study.budgets:
-        for seed in study.lr_tuning_seeds:
-            for entry in study.strategies:
-                if budget in study.budgets_for(entry.label):
-                    plan += [(entry, budget, seed, lr, True) for lr in study.lrs_for(entry.label)]
-    for budget in study.budgets:
-        for seed in study.seeds:
-            for entry in study.strategies:
-                if budget in study.budgets_for(entry.label):
-                    plan += [
-                        (entry, budget, seed, lr, False)
-                        for lr in _reporting_lrs(study, entry, budget)
-                    ]
+    plan: list[tuple[str, StrategyEntry, str, int, float, bool]] = []
+    for model in study.models:
+        choices = study.lr_choices_by_model[model]
+        for budget in study.budgets:
+            for seed in study.lr_tuning_seeds:
+                for entry in study.strategies:
+                    if budget in study.budgets_for(entry.label):
+                        lrs = study.lrs_for(entry.label)
+                        plan += [(model, entry, budget, seed, lr, True) for lr in lrs]
+        for budget in study.budgets:
+            for seed in study.seeds:
+                for entry in study.strategies:
+                    if budget in study.budgets_for(entry.label):
+                        lrs = _reporting_lrs(study, entry, budget, choices)
+                        plan += [(model, entry, budget, seed, lr, False) for lr in lrs]
     runs: list[RunSpec] = []
     seen: dict[str, str] = {}
-    for entry, budget, seed, lr, tuning in plan:
-        config = _run_config(base, entry, budget, seed, lr)
+    for model, entry, budget, seed, lr, tuning in plan:
+        config = _run_config({**base, "model": model}, entry, budget, seed, lr)
         run_id = config.run_id()
         if run_id in seen:
             raise UserError(
@@ -558,10 +605,12 @@ def _expand_runs(base: dict[str, Any], study: Study) -> list[RunSpec]:
     return runs
 
 
-def _reporting_lrs(study: Study, entry: StrategyEntry, budget: str) -> tuple[float, ...]:
+def _reporting_lrs(
+    study: Study, entry: StrategyEntry, budget: str, choices: dict[tuple[str, str], LrChoice]
+) -> tuple[float, ...]:
     if not study.lr_tuning_seeds:
         return study.lrs_for(entry.label)
-    choice = study.lr_choices[(entry.label, budget)]
+    choice = choices[(entry.label, budget)]
     return (choice.chosen,) if choice.complete and choice.chosen is not None else ()
 
 
