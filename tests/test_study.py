@@ -476,7 +476,9 @@ def test_sigkill_mid_run_then_resume_runs_only_the_interrupted_run(tmp_path):
 # ---------------------------------------------------------------------- shipped configs
 
 
-@pytest.mark.parametrize("name", ["quickstart", "alpaca-smollm2", "dialogpt-medium"])
+@pytest.mark.parametrize(
+    "name", ["quickstart", "alpaca-smollm2", "alpaca-gemma3", "two-models", "dialogpt-medium"]
+)
 def test_shipped_configs(name, monkeypatch):
     path = ROOT / "configs" / f"{name}.yaml"
     first = path.read_text().splitlines()[0]
