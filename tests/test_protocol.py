@@ -236,3 +236,14 @@ def test_a_named_task_metric_gets_a_column_and_a_paired_test(tmp_path):
     secondary = json.loads(files.stats_json.read_text())["budgets"]["r4"]["secondary"]
     assert secondary["final_number"]["comparisons"]["linear_decay"]["n"] == 4
     assert "final number (higher is better)" in files.report_md.read_text()
+
+
+def test_status_shows_tuning_seeds_and_leaves_unrun_rates_blank(tmp_path):
+    from adaptive_lora.cli.status import format_status
+
+    study = run_all(write_study(tmp_path, **TUNED), ShapedRuns())
+    lines = format_status(study).splitlines()
+    assert "seeds t0  1  2" in lines[2]
+    rows = {tuple(line.split()[:3]): line for line in lines[3:7]}
+    assert rows[("uniform", "r4", "0.001")].split()[3:] == ["✓", "✓", "✓"]
+    assert rows[("uniform", "r4", "0.002")].split()[3:] == ["✓"]  # tuning seed only

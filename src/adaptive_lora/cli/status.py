@@ -54,19 +54,26 @@ def format_status(study) -> str:
         key = (spec.label, spec.budget, spec.lr) if tuned else (spec.label, spec.budget)
         groups.setdefault(key, {})[spec.seed] = marks[spec.run_id]
     width = max(len("strategy"), *(len(label) for label in study.labels))
-    seed_w = max(2, *(len(str(s)) for s in study.seeds))
+    # Tuning seeds first ("t0"); a cell with no run at that rate stays blank.
+    columns = [(s, f"t{s}") for s in study.lr_tuning_seeds] + [(s, str(s)) for s in study.seeds]
+    seed_w = max(2, *(len(name) for _, name in columns))
     head = f"{'strategy':<{width}}  {'budget':<6}" + ("  lr      " if tuned else "")
     lines = [
         f"study {study.name}: {study.path} → {study.out}"
         + ("" if store else "  (nothing has run yet)"),
         "",
-        head + "  seeds " + " ".join(f"{s:>{seed_w}}" for s in study.seeds),
+        head + "  seeds " + " ".join(f"{name:>{seed_w}}" for _, name in columns),
     ]
     for key, by_seed in groups.items():
         text = f"{key[0]:<{width}}  {key[1]:<6}" + (f"  {key[2]:<8g}" if tuned else "")
-        cells = " ".join(f"{MARKS[by_seed.get(s, 'pending')]:>{seed_w}}" for s in study.seeds)
+        blank = "" if study.lr_tuning_seeds else MARKS["pending"]
+        cells = " ".join(
+            f"{MARKS[by_seed[s]] if s in by_seed else blank:>{seed_w}}" for s, _ in columns
+        )
         lines.append(text + "        " + cells)
     lines += ["", f"legend: {LEGEND}"]
+    if study.lr_tuning_seeds:
+        lines.append("tN: a learning-rate tuning seed; blank: no run at that rate on that seed")
     counts = {name: sum(1 for m in marks.values() if m == name) for name in MARKS}
     lines.append(
         f"{len(study.runs)} runs: "
