@@ -247,3 +247,26 @@ def test_status_shows_tuning_seeds_and_leaves_unrun_rates_blank(tmp_path):
     rows = {tuple(line.split()[:3]): line for line in lines[3:7]}
     assert rows[("uniform", "r4", "0.001")].split()[3:] == ["✓", "✓", "✓"]
     assert rows[("uniform", "r4", "0.002")].split()[3:] == ["✓"]  # tuning seed only
+
+
+def test_source_hash_covers_what_a_run_computes_and_not_what_reads_it(tmp_path):
+    """A fix to the report or the scheduler keeps a long study one environment;
+    an edit to anything a run computes with does not."""
+    import shutil
+
+    import adaptive_lora
+    from adaptive_lora.environment import sources_digest
+
+    package = tmp_path / "adaptive_lora"
+    shutil.copytree(Path(adaptive_lora.__file__).parent, package)
+    before = sources_digest(package)
+    for reader in ("report/markdown.py", "study/runner.py", "analysis/paired.py", "cli/run.py"):
+        (package / reader).write_text((package / reader).read_text() + "\n# a later fix\n")
+    assert sources_digest(package) == before
+    for computes in ("training/loop.py", "allocation/budget.py", "evaluation.py", "run.py"):
+        path = package / computes
+        original = path.read_text()
+        path.write_text(original + "\n# a change\n")
+        assert sources_digest(package) != before, computes
+        path.write_text(original)
+    assert sources_digest(package) == before

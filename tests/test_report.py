@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from adaptive_lora.analysis import descriptive, formatting, paired
-from adaptive_lora.records import METRIC_KEYS, RunResult, write_json
+from adaptive_lora.records import ALLOCATION_KEY, METRIC_KEYS, RunResult, write_json
 from adaptive_lora.report.analyse import analyse
 from adaptive_lora.report.write import write_report
 from adaptive_lora.study.local import LocalExecutor
@@ -173,6 +173,31 @@ def test_figures_exist_in_png_and_svg(full):
         assert path.is_file() and path.stat().st_size > 1000
     text = files.report_md.read_text()
     assert "![" in text and "figures/allocation_r8.png" in text and "figures/test_loss.svg" in text
+
+
+def allocation_in_store_run(config, out_root, *, run_id=None, loaded=None, quiet=False):
+    """A synthetic run whose allocation lives only in its metrics (as real runs store it)."""
+    result = synthetic_run(config, out_root, run_id=run_id)
+    allocation = result.run_dir / "allocation.json"
+    result.metrics[ALLOCATION_KEY] = json.loads(allocation.read_text())["modules"]
+    allocation.unlink()
+    return result
+
+
+def test_the_store_alone_draws_the_allocation_heatmaps(tmp_path):
+    """A committed study database without its run folders still has every figure."""
+    import shutil
+
+    study = load_study(make_study(tmp_path, seeds="0..2"))
+    run_study(
+        study,
+        executor=LocalExecutor(allocation_in_store_run, lambda spec: None),
+        log=lambda s: None,
+    )
+    shutil.rmtree(study.runs_dir)
+    with StudyStore.open(study.store_path) as store:
+        files = write_report(study, store, tmp_path / "report", n_boot=200)
+    assert "allocation_r8.png" in {p.name for p in files.figures}
 
 
 def test_latex_table_is_booktabs(full):

@@ -76,6 +76,10 @@ def test_run_folder_is_complete_and_self_describing(llama_folder, tmp_path):
     metrics, manifest = read(d, "metrics.json"), read(d, "manifest.json")
     allocation = read(d, "allocation.json")
     assert metrics["trainable_params"] == allocation["total_params"]
+    # The ranks travel with the metrics into a study's store (its figures need no run folder).
+    assert metrics["allocation_modules"] == [
+        {k: m[k] for k in ("name", "layer", "kind", "rank")} for m in allocation["modules"]
+    ]
     assert metrics["steps"] == 4 and len(metrics["train_loss_curve"]) == 4
     for key in ("test_loss", "test_loss_before", "val_loss", "val_loss_before", "test_ppl"):
         assert math.isfinite(metrics[key])

@@ -63,18 +63,32 @@ def git_commit(start: Path | None = None) -> str | None:
         return None
 
 
+# The stages above one run: they read, schedule or present runs but never change a
+# run's numbers (a run's config, which the study stage writes, is in its id already).
+# Leaving them out lets a long study take fixes to its report or scheduler between
+# sessions and still pool every run as one environment.
+NOT_RUN_SOURCES = ("analysis", "report", "study", "cli", "api.py", "__init__.py")
+
+
 @functools.cache
 def source_hash() -> str:
-    """sha256 (16 hex digits) of this package's source files: their paths and bytes.
+    """sha256 (16 hex digits) of the source files a run's numbers depend on.
 
-    What a run's numbers depend on, unlike HEAD: committing results between sessions
-    moves HEAD without changing a run, and an uncommitted edit changes a run without
-    moving HEAD. Computed once per process.
+    Unlike HEAD: committing results between sessions moves HEAD without changing a
+    run, and an uncommitted edit changes a run without moving HEAD. Computed once
+    per process over the package minus `NOT_RUN_SOURCES` (top-level names).
     """
-    root = Path(__file__).resolve().parent
+    return sources_digest(Path(__file__).resolve().parent)
+
+
+def sources_digest(root: Path) -> str:
+    """The hash of `source_hash` for a package folder `root`: paths and bytes of its run sources."""
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        relative = path.relative_to(root)
+        if relative.parts[0] in NOT_RUN_SOURCES:
+            continue
+        digest.update(relative.as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 

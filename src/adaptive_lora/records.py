@@ -48,6 +48,11 @@ METRIC_KEYS = (
 )
 # Curves: lists of [step, value].
 CURVE_KEYS = ("train_loss_curve", "val_loss_curve")
+# The allocation, one {name, layer, kind, rank} per module: in the store with the run's
+# metrics, so a committed study database alone redraws the allocation figures.
+ALLOCATION_KEY = "allocation_modules"
+# Too long for a column of results.csv: they stay in the store and in metrics.json.
+NOT_EXPORTED_KEYS = (*CURVE_KEYS, ALLOCATION_KEY)
 
 STATUS_DONE = "done"
 STATUS_FAILED = "failed"

@@ -41,7 +41,7 @@ from adaptive_lora.errors import UserError
 from adaptive_lora.evaluation import Stopwatch, generate_answers, mean_loss, perplexity
 from adaptive_lora.evaluation_metrics import check_metric_data, default_metrics, metrics_for_run
 from adaptive_lora.model.loading import load_model
-from adaptive_lora.records import STATUS_DONE, STATUS_FAILED, RunResult, write_json
+from adaptive_lora.records import ALLOCATION_KEY, STATUS_DONE, STATUS_FAILED, RunResult, write_json
 from adaptive_lora.training.loggers import MetricLoggers
 from adaptive_lora.training.loop import NonFiniteLoss, total_steps, train_adapter
 
@@ -109,6 +109,11 @@ def base_manifest(config: RunConfig, run_id: str, precision: Precision) -> dict[
         "precision": precision.name,
         **environment_manifest(precision.device),
     }
+
+
+def allocation_modules(allocation: Any) -> list[dict[str, Any]]:
+    """Each module's layer, kind and rank, as the run's metrics carry them into the store."""
+    return [{k: row[k] for k in ("name", "layer", "kind", "rank")} for row in allocation.rows()]
 
 
 # (model, data, split, evaluation settings, model object) → the untrained adapter's loss.
@@ -249,6 +254,7 @@ class RunSteps:
             eval_seconds=before.seconds + after.seconds,
             allocation_seconds=self.allocation_seconds,
             strategy_report=self.allocation.report,
+            **{ALLOCATION_KEY: allocation_modules(self.allocation)},
         )
         with open(self.run_dir / "generations.jsonl", "w") as handle:
             for record in generation.records:

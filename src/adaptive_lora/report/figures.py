@@ -12,6 +12,7 @@ import numpy as np
 
 from adaptive_lora.allocation.heatmap import draw_layer_kind_heatmap
 from adaptive_lora.model.inventory import ALL_KINDS, ModuleInfo
+from adaptive_lora.records import ALLOCATION_KEY
 from adaptive_lora.report.analyse import PRIMARY, _value
 from adaptive_lora.study.spec import Study
 from adaptive_lora.study.store import (
@@ -120,6 +121,10 @@ def _run_dir(study: Study, row: RunRow) -> Path:
 
 
 def _read_allocation(study: Study, row: RunRow) -> dict[str, Any] | None:
+    """The run's allocation from the store; from its run folder for runs stored before that."""
+    modules = row.metrics.get(ALLOCATION_KEY)
+    if isinstance(modules, list) and modules:
+        return {"modules": modules}
     path = _run_dir(study, row) / "allocation.json"
     try:
         data = json.loads(path.read_text())

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptive_lora.errors import UserError
-from adaptive_lora.records import CURVE_KEYS
+from adaptive_lora.records import NOT_EXPORTED_KEYS
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 STATUSES = (PENDING, RUNNING, DONE, FAILED)
@@ -494,8 +494,8 @@ def result_records(rows: Sequence[RunRow]) -> list[dict[str, Any]]:
             "run_dir": row.run_dir,
         }
         for key, value in row.metrics.items():
-            if key in CURVE_KEYS:
-                continue  # curves stay in each run's metrics.json
+            if key in NOT_EXPORTED_KEYS:
+                continue  # curves and per-module ranks stay in the store and metrics.json
             if isinstance(value, (dict, list, tuple)):
                 record[key] = json.dumps(value, default=str)
             elif isinstance(value, float) and not math.isfinite(value):
