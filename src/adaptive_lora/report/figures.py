@@ -26,7 +26,10 @@ def _save(fig: Any, folder: Path, stem: str) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{stem}.png", folder / f"{stem}.svg"]
     fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    # No date and fixed element ids: the same store redraws the same bytes, so a
+    # regenerated report can be compared with the committed one file by file.
+    with plt.rc_context({"svg.hashsalt": "adaptive-lora"}):
+        fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
     return paths
 
