@@ -293,6 +293,20 @@ def test_dry_run_lists_and_estimates_without_writing(tmp_path, capsys):
     assert format_dry_run(study, retry_failed=False).count("\n") == 1
 
 
+def test_the_estimate_takes_runs_side_by_side_in_rounds():
+    """Three runs of 60 s, two at a time: two rounds, 2 min; one at a time: 3 min."""
+    from types import SimpleNamespace
+
+    from adaptive_lora.study.plan import estimate
+
+    rows = {f"r{i}": SimpleNamespace(status="done", seconds=60.0) for i in range(4)}
+    todo = ["a", "b", "c"]
+    assert estimate(None, rows, todo).seconds == pytest.approx(180.0)
+    two = estimate(None, rows, todo, at_once=2)
+    assert two.seconds == pytest.approx(120.0)
+    assert "2 at a time" in two.text() and "2 min 00 s" in two.text()
+
+
 def test_status_marks_and_counts(tmp_path, capsys):
     path = write_study(tmp_path, seeds="0..2")
     assert main(["status", str(path)]) == 0

@@ -25,7 +25,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     study = load_study(args.study)
     if args.dry_run:
-        print(format_dry_run(study, retry_failed=args.retry_failed))
+        print(format_dry_run(study, retry_failed=args.retry_failed, at_once=args.workers or 1))
         return 0
     if args.workers is None and args.address is None:
         if any(getattr(args, name) is not None for name in RAY_ONLY):
@@ -56,8 +56,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_dry_run(study, *, retry_failed: bool) -> str:
-    """What `run` would do now, and how long it would take."""
+def format_dry_run(study, *, retry_failed: bool, at_once: int = 1) -> str:
+    """What `run` would do now, and how long it would take (`at_once`: --workers)."""
 
     store = open_store_if_any(study)
     try:
@@ -80,7 +80,7 @@ def format_dry_run(study, *, retry_failed: bool) -> str:
             f"  {spec.label:<{width}}  {spec.budget:<6} seed {spec.seed:<3} lr {spec.lr:<8g} "
             f"{spec.run_id}{why}"
         )
-    guess = estimate(study, rows, todo)
+    guess = estimate(study, rows, todo, at_once=at_once)
     lines.append(f"estimate: {guess.text()}")
     if study.runs_to_come():
         more = study.runs_to_come()
@@ -89,6 +89,7 @@ def format_dry_run(study, *, retry_failed: bool) -> str:
             f"then {more} reporting run(s), once the tuning seeds {study.lr_tuning_seeds} have "
             f"chosen each learning rate: {len(todo) + more} run(s) in all ≈ "
             f"{format_duration(per_run * (len(todo) + more))} at the same rate per run"
+            + (f", {at_once} at a time" if at_once > 1 else "")
         )
     return "\n".join(lines)
 

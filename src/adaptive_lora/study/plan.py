@@ -55,16 +55,20 @@ def would_run(
 
 @dataclass
 class Estimate:
-    """Seconds that `n_runs` runs will take, and how that was estimated."""
+    """Seconds that `n_runs` runs will take, `at_once` at a time, and how that was estimated."""
 
     seconds: float
     n_runs: int
     source: str
+    at_once: int = 1
 
     def text(self) -> str:
         if self.n_runs == 0:
             return "nothing left to run"
-        return f"{self.n_runs} run(s) ≈ {format_duration(self.seconds)} ({self.source})"
+        side_by_side = f", {self.at_once} at a time" if self.at_once > 1 else ""
+        return (
+            f"{self.n_runs} run(s) ≈ {format_duration(self.seconds)}{side_by_side} ({self.source})"
+        )
 
 
 def heuristic_seconds(config: RunConfig) -> float:
@@ -82,23 +86,31 @@ def heuristic_seconds(config: RunConfig) -> float:
     )
 
 
-def estimate(study: Study, rows: dict[str, RunRow | None], todo: Sequence[RunSpec]) -> Estimate:
-    """From the mean wall time of this study's finished runs; before any, a heuristic."""
+def estimate(
+    study: Study, rows: dict[str, RunRow | None], todo: Sequence[RunSpec], *, at_once: int = 1
+) -> Estimate:
+    """From the mean wall time of this study's finished runs; before any, a heuristic.
 
+    `at_once` runs go side by side (`--workers`): the runs are taken in rounds of that
+    many. A finished run's wall time is what it took as it ran, so the estimate holds
+    for the worker setting those runs had.
+    """
+    at_once = max(1, at_once)
+    rounds = math.ceil(len(todo) / at_once)
     finished = [
         r.seconds for r in rows.values() if r is not None and r.status == DONE and r.seconds
     ]
     if finished:
         mean = describe(finished)["mean"]
         source = f"mean of {len(finished)} finished run(s): {format_duration(mean)} each"
-        return Estimate(mean * len(todo), len(todo), source)
-    seconds = sum(heuristic_seconds(spec.config) for spec in todo)
+        return Estimate(mean * rounds, len(todo), source, at_once)
+    seconds = sum(heuristic_seconds(spec.config) for spec in todo) * rounds / max(1, len(todo))
     source = (
         "rough heuristic, no finished runs yet: "
         f"{HEURISTIC_TRAIN_TOKENS_PER_S:g} training tokens/s as SmolLM2-135M on 2 CPU cores, "
         "every example at max_length, so an upper bound"
     )
-    return Estimate(seconds, len(todo), source)
+    return Estimate(seconds, len(todo), source, at_once)
 
 
 def format_duration(seconds: float) -> str:

@@ -102,7 +102,8 @@ def _run_pending(
         + (f"; {added} new" if added and added != len(study.runs) else "")
     )
     if todo:
-        log(f"  estimate: {estimate(study, rows, todo).text()}")
+        at_once = getattr(executor, "workers", None) or 1  # a Ray executor's, once connected
+        log(f"  estimate: {estimate(study, rows, todo, at_once=at_once).text()}")
     started: dict[str, float] = {}
     index = {spec.run_id: i for i, spec in enumerate(todo, 1)}
 
