@@ -30,6 +30,8 @@ def test_the_committed_database_regenerates_the_committed_report(tmp_path, monke
     written = sorted(p.relative_to(work / "report") for p in (work / "report").rglob("*"))
     assert written == committed
     assert any(p.name == "allocation_r8.png" for p in written)  # drawn from the store alone
+    text = (work / "report" / "report.md").read_text()
+    assert "- not run at r16 (the study lists them at other budgets only): linear_decay" in text
     for relative in committed:
         old, new = FIXTURE / "report" / relative, work / "report" / relative
         if old.is_dir():

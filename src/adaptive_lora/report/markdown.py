@@ -100,6 +100,7 @@ def _status_lines(study: Study, analysis: dict[str, Any]) -> list[str]:
         f"{counts[DONE]} of {total} runs done, {counts[FAILED]} failed, "
         f"{counts[RUNNING]} running, {counts[PENDING]} not yet run.",
     ]
+    lines += _not_run_lines(study)
     if missing:
         lines += [
             "",
@@ -115,6 +116,21 @@ def _status_lines(study: Study, analysis: dict[str, Any]) -> list[str]:
                         f"{', '.join(map(str, entry['missing_seeds']))}"
                     )
     return lines + [""]
+
+
+def _not_run_lines(study: Study) -> list[str]:
+    """Strategy × budget pairs the study leaves out by design (a strategy's own `budgets:`)."""
+    lines = []
+    for budget in study.budgets:
+        skipped = [label for label in study.labels if budget not in study.budgets_for(label)]
+        if skipped:
+            lines.append(
+                f"- not run at {budget} (the study lists them at other budgets only): "
+                + ", ".join(skipped)
+            )
+    if not lines:
+        return []
+    return ["", "Left out by the study's design (its description says why, where it does):", *lines]
 
 
 def _results_lines(study: Study, analysis: dict[str, Any]) -> list[str]:
