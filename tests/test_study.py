@@ -307,6 +307,24 @@ def test_the_estimate_takes_runs_side_by_side_in_rounds():
     assert "2 at a time" in two.text() and "2 min 00 s" in two.text()
 
 
+def test_the_runner_estimates_with_the_executors_workers(tmp_path):
+    """The runner's estimate counts rounds of `executor.workers` runs (the Protocol's field)."""
+    path = write_study(tmp_path, seeds="0..1")
+    quiet_run(load_study(path), FakeRuns())
+    more = load_study(write_study(tmp_path, seeds="0..3"))
+    side_by_side = executor(FakeRuns())
+    side_by_side.workers = 2
+    lines: list[str] = []
+    run_study(more, executor=side_by_side, log=lines.append)
+    assert any("estimate:" in line and "2 at a time" in line for line in lines), lines
+    lines.clear()
+    one_at_a_time = load_study(write_study(tmp_path, seeds="0..5"))
+    run_study(one_at_a_time, executor=executor(FakeRuns()), log=lines.append)
+    assert any("estimate:" in line for line in lines) and not any(
+        "at a time" in line for line in lines
+    )
+
+
 def test_status_marks_and_counts(tmp_path, capsys):
     path = write_study(tmp_path, seeds="0..2")
     assert main(["status", str(path)]) == 0

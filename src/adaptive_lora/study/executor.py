@@ -36,7 +36,12 @@ class Executor(Protocol):
     `UserError` ends the study; any other failure of one run comes back as a failed
     `RunResult`; a run it lost (its worker died) comes back `interrupted` and the
     runner puts it back to pending.
+
+    `workers` is how many runs it runs side by side (the runner's estimate counts
+    rounds of that many); `None` until it knows (a Ray executor before it connects).
     """
+
+    workers: int | None
 
     def execute(
         self,

@@ -21,6 +21,8 @@ class LocalExecutor:
     `model.loading.load_model`; tests inject stand-ins.
     """
 
+    workers = 1  # one run at a time
+
     def __init__(
         self,
         execute_run: Callable[..., RunResult] | None = None,

@@ -102,7 +102,7 @@ def _run_pending(
         + (f"; {added} new" if added and added != len(study.runs) else "")
     )
     if todo:
-        at_once = getattr(executor, "workers", None) or 1  # a Ray executor's, once connected
+        at_once = executor.workers or 1
         log(f"  estimate: {estimate(study, rows, todo, at_once=at_once).text()}")
     started: dict[str, float] = {}
     index = {spec.run_id: i for i, spec in enumerate(todo, 1)}
