@@ -116,6 +116,30 @@ def test_a_tie_goes_to_the_smaller_rate_and_is_said():
     assert choice.chosen == 0.001 and "tie between 0.001, 0.002" in choice.note
 
 
+def test_a_choice_at_the_end_of_the_grid_is_said():
+    from adaptive_lora.study.lr import choose_lr
+    from adaptive_lora.study.store import RunRow
+
+    def rows(*vals):
+        return [
+            RunRow(f"r{lr}", 0, "u", "uniform", "r8", 0, lr, "done", None, {},
+                   metrics={"val_loss": val})
+            for lr, val in zip([0.001, 0.002, 0.004], vals)
+        ]  # fmt: skip
+
+    grid = [0.001, 0.002, 0.004]
+    top = choose_lr("u", "r8", grid, [0], rows(1.7, 1.6, 1.5))
+    assert top.chosen == 0.004 and "largest candidate" in top.note
+    bottom = choose_lr("u", "r8", grid, [0], rows(1.5, 1.6, 1.7))
+    assert bottom.chosen == 0.001 and "smallest candidate" in bottom.note
+    inside = choose_lr("u", "r8", grid, [0], rows(1.6, 1.5, 1.7))
+    assert inside.chosen == 0.002 and inside.note == ""
+    # Two candidates: every choice is at an end, so nothing is said.
+    assert choose_lr("u", "r8", grid[:2], [0], rows(1.7, 1.6)).note == ""
+    # Not finished: the choice may still move, so nothing is said yet.
+    assert choose_lr("u", "r8", grid, [0], rows(1.7, 1.6)).note == ""
+
+
 # ---------------------------------------------------------------------- the report
 
 

@@ -58,7 +58,8 @@ def choose_lr(
 
     A candidate with a failed run or a non-finite validation loss on any of the seeds
     is excluded (and named in `note`); a tie goes to the smaller rate (and is said).
-    With one candidate it is chosen as is.
+    With one candidate it is chosen as is. A finished choice at either end of a grid
+    of three or more rates is said too: the best rate may lie outside the grid.
     """
     mine = [r for r in rows if r.label == label and r.budget == budget and r.seed in seeds]
     values: dict[float, list[float]] = {lr: [] for lr in candidates}
@@ -89,7 +90,24 @@ def choose_lr(
         choice.chosen = tied[0]
         if len(tied) > 1:
             notes.append(f"tie between {', '.join(f'{lr:g}' for lr in tied)}: the smaller chosen")
+        edge = _edge_of_grid(choice.chosen, candidates)
+        if edge and choice.complete:
+            notes.append(edge)
     elif choice.complete:
         notes.append("every candidate failed: nothing chosen, the strategy is not reported")
     choice.note = "; ".join(notes)
     return choice
+
+
+def _edge_of_grid(chosen: float, candidates: Sequence[float]) -> str:
+    """A note when `chosen` is the smallest or largest of three or more candidates.
+
+    With two candidates every choice is at an end, so the note would say nothing.
+    """
+    if len(candidates) < 3:
+        return ""
+    if chosen == max(candidates):
+        return "the largest candidate: a larger rate might do better"
+    if chosen == min(candidates):
+        return "the smallest candidate: a smaller rate might do better"
+    return ""
