@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from adaptive_lora.analysis import descriptive, formatting, paired
+from adaptive_lora.analysis.power import minimum_detectable_d_z
 from adaptive_lora.records import ALLOCATION_KEY, METRIC_KEYS, RunResult, write_json
 from adaptive_lora.report.analyse import analyse
 from adaptive_lora.report.write import write_report
@@ -152,6 +153,53 @@ def test_stats_json_has_every_table_number(full):
     assert data["counts"]["done"] == 15
 
 
+def test_the_answer_quotes_the_comparisons_and_what_the_seeds_can_resolve(full):
+    study, files, rows = full
+    text = files.report_md.read_text()
+    answer = text[text.index("## Answer") : text.index("## Status")]
+    family = expected_family(study, rows)
+    decay = family["linear_decay"]
+    assert decay["significant"] and not family["attention_heavy"]["significant"]
+    lo, hi = decay["ci_t"]
+    quoted = (
+        f"better than uniform: linear_decay Δ = {formatting.fmt_num(decay['mean_diff'], 4, plus=True)}"
+        f" [{formatting.fmt_num(lo, 4)}, {formatting.fmt_num(hi, 4)}]"
+    )
+    assert quoted in answer and "1 other(s) do not differ significantly" in answer
+    assert "Provisional" not in answer
+    assert f"|d_z| ≥ {formatting.fmt_sig(minimum_detectable_d_z(5, 0.05))} with 80% power" in answer
+    assert f"α/2, where |d_z| ≥ {formatting.fmt_sig(minimum_detectable_d_z(5, 0.025))}" in answer
+
+
+def test_the_answer_without_a_winner_names_the_closest():
+    from adaptive_lora.report.answer import answer_lines
+
+    noise = [-0.010, 0.012, -0.008, 0.009, -0.011, 0.006, -0.007, 0.003]  # mean −0.00075
+    base = {seed: 2.0 + 0.03 * seed for seed in range(8)}
+
+    def answer(shift_a: float, shift_b: float) -> str:
+        results = {
+            "uniform": base,
+            "a": {s: v + shift_a + noise[s] for s, v in base.items()},
+            "b": {s: v + shift_b + noise[::-1][s] for s, v in base.items()},
+        }
+        family = paired.compare_family(results, "uniform", n_boot=200)
+        assert not any(c["significant"] for c in family.values())
+        analysis = {
+            "budgets": {"r8": {"comparisons": family}},
+            "n_runs": 24,
+            "counts": {"done": 24},
+            "cross_budget": None,
+        }
+        return "\n".join(answer_lines("uniform", analysis))
+
+    text = answer(0.0, 0.002)
+    assert "no strategy's test loss differs significantly from uniform's" in text
+    assert "Largest mean improvement over uniform: a Δ = −0.0008" in text
+    assert "What 8 seeds can resolve" in text
+    assert "the smallest gap: b Δ = +0.0023" in answer(0.004, 0.00305)
+
+
 def test_wilcoxon_floor_and_decisions_are_reported(full):
     _, files, _ = full
     text = files.report_md.read_text()
@@ -245,6 +293,9 @@ def test_partial_study_says_what_is_missing(tmp_path):
     comparison = analysis["budgets"]["r8"]["comparisons"]["linear_decay"]
     assert comparison["n"] == 3 and comparison["seeds"] == [0, 1, 2]
     assert "cannot reach p < 0.05" in text  # 3 or 4 paired seeds
+    answer = text[text.index("## Answer") : text.index("## Status")]
+    assert "*Provisional: 3 of 15 runs are missing;" in answer
+    assert "3–4 paired seeds" in answer and "What 3 seeds can resolve" in answer
 
 
 def test_report_of_a_study_with_nothing_finished(tmp_path):
@@ -255,6 +306,7 @@ def test_report_of_a_study_with_nothing_finished(tmp_path):
         files = write_report(study, store, tmp_path / "report", n_boot=100)
     text = files.report_md.read_text()
     assert "0 of 15 runs done" in text and files.figures == []
+    assert "## Answer" not in text  # nothing compared, nothing to answer
     assert "no seeds in common" in text
     json.loads(files.stats_json.read_text())
 

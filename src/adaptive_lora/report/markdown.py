@@ -1,4 +1,4 @@
-"""report.md: setup, status, results, learning rates, notes and figures, in that order."""
+"""report.md: answer, status, results, cross-budget, learning rates, set-up, figures, notes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 from adaptive_lora.analysis.formatting import fmt_num, fmt_p
 from adaptive_lora.report.analyse import LOSS_DECIMALS, PRIMARY, environment
+from adaptive_lora.report.answer import answer_lines
 from adaptive_lora.report.cells import _columns, _interval, _seed_range, main_table_rows
 from adaptive_lora.report.cross_budget import verdict_lines
 from adaptive_lora.report.environment_check import describe as describe_environment
@@ -350,6 +351,7 @@ def render_markdown(
     if study.description:
         lines += [study.description, ""]
     lines += _environment_warning(analysis)
+    lines += answer_lines(study.baseline, analysis)
     lines += _status_lines(study, analysis)
     lines += _results_lines(study, analysis)
     lines += _cross_budget_lines(analysis)

@@ -1,0 +1,150 @@
+"""The answer in a few lines at the top of the report, read from the analysis alone.
+
+Per budget: which strategies differ from the baseline after Holm correction, which one
+came closest to beating it, and what the seeds could have detected at all (the minimum
+detectable effect of a paired t-test at 80 % power, before and after the first Holm
+step). Then the cross-budget verdict in one line. A study with runs missing says its
+answer is provisional. Every number comes from `stats.json`'s blocks, so a README that
+quotes these lines quotes the report.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from adaptive_lora.analysis.formatting import fmt_num, fmt_p, fmt_sig
+from adaptive_lora.analysis.power import POWER, minimum_detectable_d_z
+from adaptive_lora.report.analyse import LOSS_DECIMALS
+from adaptive_lora.study.store import DONE
+
+
+def _improves(comparison: dict[str, Any]) -> bool:
+    diff = comparison["mean_diff"]
+    return diff < 0 if comparison["lower_is_better"] else diff > 0
+
+
+def _effect(label: str, comparison: dict[str, Any]) -> str:
+    lo, hi = comparison["ci_t"]
+    return (
+        f"{label} Δ = {fmt_num(comparison['mean_diff'], LOSS_DECIMALS, plus=True)} "
+        f"[{fmt_num(lo, LOSS_DECIMALS)}, {fmt_num(hi, LOSS_DECIMALS)}], "
+        f"Holm {fmt_p(comparison['p_t_holm'], label='p')}, d_z = {fmt_sig(comparison['d_z'])}"
+    )
+
+
+def _tested(comparisons: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The comparisons with a test: two or more paired seeds and a finite p-value."""
+    return {
+        label: c
+        for label, c in comparisons.items()
+        if c["n"] >= 2 and c["p_t_holm"] is not None and math.isfinite(c["p_t_holm"])
+    }
+
+
+def _verdict(baseline: str, budget: str, tested: dict[str, dict[str, Any]]) -> str:
+    ns = sorted({c["n"] for c in tested.values()})
+    seeds = str(ns[0]) if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
+    k = len(tested)
+    head = (
+        f"At {budget} ({k} strateg{'y' if k == 1 else 'ies'} against {baseline}, "
+        f"{seeds} paired seeds, paired t-test, Holm-corrected): "
+    )
+    better = [(label, c) for label, c in tested.items() if c["significant"] and _improves(c)]
+    worse = [(label, c) for label, c in tested.items() if c["significant"] and not _improves(c)]
+    if not better and not worse:
+        return head + f"no strategy's test loss differs significantly from {baseline}'s."
+    parts = []
+    if better:
+        parts.append(f"better than {baseline}: " + "; ".join(_effect(*e) for e in better))
+    if worse:
+        parts.append(f"worse than {baseline}: " + "; ".join(_effect(*e) for e in worse))
+    rest = k - len(better) - len(worse)
+    tail = f"; {rest} other(s) do not differ significantly." if rest else "."
+    return head + "; ".join(parts) + tail
+
+
+def _closest(baseline: str, tested: dict[str, dict[str, Any]]) -> str:
+    """The strategy with the best mean against the baseline, significant or not."""
+
+    def gain(item: tuple[str, dict[str, Any]]) -> float:
+        c = item[1]
+        return -c["mean_diff"] if c["lower_is_better"] else c["mean_diff"]
+
+    label, comparison = max(tested.items(), key=gain)
+    if _improves(comparison):
+        return f"Largest mean improvement over {baseline}: {_effect(label, comparison)}."
+    return (
+        f"Every strategy's mean is worse than {baseline}'s; the smallest gap: "
+        f"{_effect(label, comparison)}."
+    )
+
+
+def _detectable(tested: dict[str, dict[str, Any]]) -> str:
+    """What the seeds could resolve: the MDE in d_z and, through each sd of Δ, in loss."""
+    n = min(c["n"] for c in tested.values())
+    alpha = next(iter(tested.values()))["alpha"]
+    k = len(tested)
+    mde = minimum_detectable_d_z(n, alpha)
+    in_loss = [c["mde_metric"] for c in tested.values() if c["n"] == n]
+    in_loss = [x for x in in_loss if x is not None and math.isfinite(x)]
+    text = (
+        f"What {n} seeds can resolve: a paired t-test at α = {alpha:g} detects |d_z| ≥ "
+        f"{fmt_sig(mde)} with {POWER:.0%} power"
+    )
+    if in_loss:
+        low, high = (fmt_num(x, LOSS_DECIMALS) for x in (min(in_loss), max(in_loss)))
+        text += (
+            f", here a test-loss difference of about {low if low == high else f'{low} to {high}'}"
+            " (|d_z| × the sd of Δ)"
+        )
+    if k > 1:
+        strict = minimum_detectable_d_z(n, alpha / k)
+        text += f"; the first Holm step tests at α/{k}, where |d_z| ≥ {fmt_sig(strict)} is needed"
+    return text + ". Smaller true differences are likely to go unseen."
+
+
+def _cross_budget(block: dict[str, Any] | None) -> list[str]:
+    if not block:
+        return []
+    small, large, base = block["small"], block["large"], block["baseline"]
+    gain = block["gain"]
+    if block["margin"] is None or not gain["n"]:
+        return [f"- Across budgets: {base} gains nothing measurable from {small} to {large}."]
+    lo, hi = gain["ci_t"]
+    recovered = [
+        label for label, e in block["strategies"].items() if (e["tost"] or {}).get("equivalent")
+    ]
+    n = len(block["strategies"])
+    return [
+        f"- Across budgets: {base} gains {fmt_num(gain['mean'], LOSS_DECIMALS)} "
+        f"[{fmt_num(lo, LOSS_DECIMALS)}, {fmt_num(hi, LOSS_DECIMALS)}] in test loss from "
+        f"{small} to {large} ({gain['n']} paired seeds); {len(recovered)} of {n} "
+        f"strateg{'y' if n == 1 else 'ies'} at {small} shown equivalent to {base} at {large} "
+        f"within ±{fmt_num(block['margin'], LOSS_DECIMALS)} (TOST)"
+        + (f": {', '.join(recovered)}." if recovered else ".")
+    ]
+
+
+def answer_lines(baseline: str, analysis: dict[str, Any]) -> list[str]:
+    """The report's "Answer" section (empty when nothing could be compared yet)."""
+    body: list[str] = []
+    for budget, block in analysis["budgets"].items():
+        tested = _tested(block["comparisons"])
+        if tested:
+            body += [f"- {_verdict(baseline, budget, tested)}"]
+            if not any(c["significant"] for c in tested.values()):
+                body += [f"  - {_closest(baseline, tested)}"]
+            body += [f"  - {_detectable(tested)}"]
+    if not body:
+        return []
+    body += _cross_budget(analysis.get("cross_budget"))
+    missing = analysis["n_runs"] - analysis["counts"][DONE]
+    head = ["## Answer", ""]
+    if missing:
+        head += [
+            f"*Provisional: {missing} of {analysis['n_runs']} runs are missing; these "
+            "numbers will change when the study is complete.*",
+            "",
+        ]
+    return head + body + [""]
