@@ -1,0 +1,163 @@
+"""`adaptive-lora rerun`: train a stored run again from its record and compare the numbers.
+
+A study's store holds every run's resolved config and manifest. This command takes a
+finished run's config from there (not from the study file, which may have changed),
+trains it again on as many threads as the stored run had (a different thread count
+changes the order of floating-point sums), and compares metric by metric. The package
+source, model, data, precision and torch version of both are shown side by side: only
+where they agree should the numbers agree exactly. Exit status 0 when every compared
+number is equal (within `--tolerance`), 1 when one differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from adaptive_lora.config import RunConfig
+from adaptive_lora.errors import UserError
+from adaptive_lora.records import CURVE_KEYS, STATUS_DONE
+from adaptive_lora.report.environment_check import MUST_AGREE
+from adaptive_lora.study.spec import load_study
+from adaptive_lora.study.store import DONE, RunRow, StudyStore
+
+# The numbers a run computes; times, memory and throughput vary between any two runs.
+COMPARED = (
+    "test_loss",
+    "test_loss_before",
+    "val_loss",
+    "val_loss_before",
+    "rouge_l",
+    "exact_match",
+    "trainable_params",
+    "effective_params",
+    "steps",
+    "final_train_loss",
+)
+
+
+def _find_run(store: StudyStore, wanted: str) -> RunRow:
+    """The stored run with id `wanted`, or the only one whose id starts with it."""
+    rows = store.rows()
+    matches = [r for r in rows if r.id == wanted] or [r for r in rows if r.id.startswith(wanted)]
+    if not matches:
+        raise UserError(f"no run {wanted!r} in the study store (`adaptive-lora status` lists them)")
+    if len(matches) > 1:
+        raise UserError(
+            f"{wanted!r} names {len(matches)} runs ({', '.join(r.id for r in matches[:3])}, ...): "
+            "give more of the id"
+        )
+    row = matches[0]
+    if row.status != DONE:
+        raise UserError(f"run {row.id} is {row.status}, not done: there is nothing to compare with")
+    return row
+
+
+def _same(stored: Any, now: Any, tolerance: float) -> bool:
+    if stored is None or now is None:
+        return stored is None and now is None
+    if isinstance(stored, list):
+        return (
+            isinstance(now, list)
+            and len(stored) == len(now)
+            and all(_same(a, b, tolerance) for a, b in zip(stored, now))
+        )
+    a, b = float(stored), float(now)
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return a == b if tolerance == 0 else abs(a - b) <= tolerance
+
+
+def compare_metrics(
+    stored: dict[str, Any], now: dict[str, Any], tolerance: float = 0.0
+) -> list[tuple[str, Any, Any, bool]]:
+    """(key, stored, re-run, same) for every compared number and curve either run has."""
+    keys = [k for k in (*COMPARED, *CURVE_KEYS) if k in stored or k in now]
+    return [
+        (k, stored.get(k), now.get(k), _same(stored.get(k), now.get(k), tolerance)) for k in keys
+    ]
+
+
+def environment_lines(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What the numbers depend on, for the stored run and the re-run."""
+    lines = []
+    for name, read in MUST_AGREE.items():
+        a, b = read(stored), read(now)
+        mark = "same" if a == b else "DIFFERS"
+        lines.append(f"  {name:<18} {mark:<8} stored {a}" + ("" if a == b else f", now {b}"))
+    return lines
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return f"curve of {len(value)} points"
+    return "None" if value is None else repr(value)
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    import torch
+
+    from adaptive_lora.run import execute_run
+
+    if args.tolerance < 0:
+        raise UserError(f"--tolerance must be 0 or more, got {args.tolerance:g}")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
+    study = load_study(args.study)
+    with StudyStore.open(study.store_path, create=False) as store:
+        row = _find_run(store, args.run)
+    out = Path(args.out).resolve() if args.out else None
+    if out is not None and out == study.runs_dir.resolve():
+        raise UserError(f"--out {args.out} is the study's own run folder: choose another folder")
+    threads = args.threads or (row.manifest.get("worker") or {}).get("threads")
+    threads = threads or row.manifest.get("cpu_threads") or torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    config = RunConfig.from_dict(row.config)
+    print(f"re-running {row.id} ({row.label} {row.budget} seed {row.seed} lr {row.lr:g}) "
+          f"on {threads} thread(s), as stored")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="adaptive-lora-rerun-") as scratch:
+        result = execute_run(config, out or Path(scratch), run_id=row.id, quiet=not args.verbose)
+        if result.status != STATUS_DONE:
+            print(f"the re-run {result.status}: {result.error}")
+            return 1
+        print("what the numbers depend on:")
+        print("\n".join(environment_lines(row.manifest, result.manifest)))
+        rows = compare_metrics(row.metrics, result.metrics, args.tolerance)
+    print("what they computed:")
+    width = max(len(k) for k, *_ in rows)
+    for key, stored, now, same in rows:
+        verdict = "equal" if same else "DIFFERS"
+        print(f"  {key:<{width}}  {verdict:<7}  stored {_shown(stored)}, re-run {_shown(now)}")
+    differing = [k for k, *_, same in rows if not same]
+    how = "exactly" if args.tolerance == 0 else f"within {args.tolerance:g}"
+    if differing:
+        print(f"not reproduced: {', '.join(differing)} differ ({len(rows) - len(differing)} "
+              f"of {len(rows)} equal {how})")  # fmt: skip
+        return 1
+    print(f"reproduced: all {len(rows)} compared numbers and curves equal {how}")
+    return 0
+
+
+def register(subparsers) -> None:
+    rerun = subparsers.add_parser(
+        "rerun",
+        help="train a finished run of a study again from its stored record and compare",
+        description="Takes the run's config from the study store, trains it again on the "
+        "stored run's thread count and compares losses, scores, parameter counts and curves.",
+    )
+    rerun.add_argument("study", metavar="STUDY.yaml")
+    rerun.add_argument("run", metavar="RUN_ID", help="a run id (or a unique start of one)")
+    rerun.add_argument(
+        "--out", help="keep the re-run's folder here (default: a temporary folder, removed)"
+    )
+    rerun.add_argument(
+        "--threads", type=int, help="torch threads (default: the stored run's worker threads)"
+    )
+    rerun.add_argument(
+        "--tolerance", type=float, default=0.0, help="largest absolute difference called equal"
+    )
+    rerun.add_argument("--verbose", action="store_true", help="show the run's progress")
+    rerun.set_defaults(func=cmd_rerun)
