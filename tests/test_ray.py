@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from adaptive_lora.cli import main
 from adaptive_lora.cli.status import format_status
@@ -74,30 +73,9 @@ def tiny_model(tmp_path_factory) -> str:
 
 
 def write_study(folder: Path, model: str, *, max_steps: int = 2, **changes) -> Path:
-    """A 4-run study (2 strategies × 2 seeds) of the tiny model, 1 thread per run."""
-    folder.mkdir(parents=True, exist_ok=True)
-    spec = {
-        "name": "t",
-        "model": model,
-        "data": {
-            "source": "builtin",
-            "n_train": 8,
-            "n_val": 4,
-            "n_test": 4,
-            "max_length": 128,
-            "template": "chat",
-        },
-        "budgets": ["r4"],
-        "strategies": ["uniform", "linear_decay"],
-        "seeds": "0..1",
-        "train": {"max_steps": max_steps, "batch_size": 4, "threads": 1},
-        "eval": {"n_generate": 2, "max_new_tokens": 4},
-        "out": str(folder / "out"),
-        **changes,
-    }
-    path = folder / "study.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
+    from tiny import write_tiny_study
+
+    return write_tiny_study(folder, model, max_steps=max_steps, **changes)
 
 
 def stored(study) -> dict:

@@ -18,30 +18,11 @@ from adaptive_lora.study.spec import load_study
 @pytest.fixture(scope="module")
 def study_path(tmp_path_factory) -> Path:
     """A finished two-run study of a tiny model (uniform and linear_decay, seed 0)."""
-    from tiny import save_tiny, tiny_llama
+    from tiny import save_tiny, tiny_llama, write_tiny_study
 
     folder = tmp_path_factory.mktemp("rerun")
     model = save_tiny(tiny_llama(), folder / "model")
-    spec = {
-        "name": "rerun",
-        "model": model,
-        "data": {
-            "source": "builtin",
-            "n_train": 8,
-            "n_val": 4,
-            "n_test": 4,
-            "max_length": 128,
-            "template": "chat",
-        },
-        "budgets": ["r4"],
-        "strategies": ["uniform", "linear_decay"],
-        "seeds": [0],
-        "train": {"max_steps": 3, "batch_size": 4},
-        "eval": {"n_generate": 2, "max_new_tokens": 4},
-        "out": str(folder / "out"),
-    }
-    path = folder / "study.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    path = write_tiny_study(folder, model, max_steps=3, seeds=[0])
     run_study(load_study(path), log=lambda line: None, quiet=True)
     return path
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+import yaml
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     GPT2Config,
@@ -80,6 +83,28 @@ def save_tiny(model, folder) -> str:
     model.save_pretrained(folder)
     byte_tokenizer().save_pretrained(folder)
     return str(folder)
+
+
+def write_tiny_study(folder: Path, model: str, *, max_steps: int = 2, **changes) -> Path:
+    """A 4-run study (uniform and linear_decay × seeds 0, 1) of a saved tiny model, 1 thread
+    per run, in `folder/study.yaml`; `changes` replace top-level keys."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "name": "t",
+        "model": model,
+        "data": {"source": "builtin", "n_train": 8, "n_val": 4, "n_test": 4,
+                 "max_length": 128, "template": "chat"},
+        "budgets": ["r4"],
+        "strategies": ["uniform", "linear_decay"],
+        "seeds": "0..1",
+        "train": {"max_steps": max_steps, "batch_size": 4, "threads": 1},
+        "eval": {"n_generate": 2, "max_new_tokens": 4},
+        "out": str(folder / "out"),
+        **changes,
+    }  # fmt: skip
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
 
 
 def allocation_for(model, strategy, budget="r8", seed=0, target="all") -> Allocation:
