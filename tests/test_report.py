@@ -331,3 +331,30 @@ def test_lr_selection_and_adalora_final_ranks(tmp_path):
     # Only the chosen learning rate's runs enter the comparison: 3 seeds, not 6.
     assert data["budgets"]["r8"]["comparisons"]["adalora"]["n"] == 3
     assert not math.isnan(data["budgets"]["r8"]["strategies"]["adalora"]["lr"])
+
+
+def test_compute_time_counts_the_hours_runs_were_going_not_the_gaps_between_sessions():
+    from adaptive_lora.report.timing import compute_line, compute_time
+    from adaptive_lora.study.store import RunRow
+
+    def row(i, status, start, end, seconds):
+        return RunRow(f"r{i}", i, "uniform", "uniform", "r8", 0, 1e-3, status, None, {},
+                      seconds=seconds, started_at=f"2026-11-30T{start}:00+00:00",
+                      ended_at=f"2026-11-30T{end}:00+00:00" if end else None)  # fmt: skip
+
+    rows = [
+        row(0, "done", "01:00", "01:10", 600.0),  # two workers side by side ...
+        row(1, "done", "01:00", "01:08", 480.0),
+        row(2, "failed", "01:09", "01:20", 660.0),  # ... then a third run, 1 min after
+        row(3, "done", "05:00", "05:30", 1800.0),  # the next session
+        row(4, "running", "05:30", None, None),  # not finished: not counted
+        row(5, "pending", "05:31", "05:40", 540.0),  # interrupted and reset: not counted
+    ]
+    timing = compute_time(rows)
+    assert timing["runs"] == 4 and timing["run_seconds"] == 600 + 480 + 660 + 1800
+    assert timing["wall_seconds"] == 20 * 60 + 30 * 60 and timing["stretches"] == 2
+    assert timing["first_start"].startswith("2026-11-30T01:00")
+    line = compute_line(timing)
+    assert "4 finished run(s) took 59 min 00 s of run time in 50 min 00 s of wall time" in line
+    assert "in 2 stretches, 2026-11-30 01:00 to 2026-11-30 05:30 UTC" in line
+    assert compute_line(compute_time([])) == "No run has finished yet."

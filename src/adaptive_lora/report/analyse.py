@@ -11,6 +11,7 @@ from adaptive_lora.analysis.descriptive import describe, mean_ci_t
 from adaptive_lora.evaluation_metrics import METRICS
 from adaptive_lora.report.cross_budget import cross_budget
 from adaptive_lora.report.environment_check import check_environment
+from adaptive_lora.report.timing import compute_time
 from adaptive_lora.study.lr import LrChoice
 from adaptive_lora.study.spec import Study
 from adaptive_lora.study.store import (
@@ -115,6 +116,7 @@ def _overview(
             "tuning_excluded": bool(study.lr_tuning_seeds),
         },
         "lr_selection": [c.to_dict() for c in choices.values()],
+        "compute": compute_time(rows),
         "budgets": {},
     }
 

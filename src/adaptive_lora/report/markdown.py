@@ -11,6 +11,7 @@ from adaptive_lora.report.answer import answer_lines
 from adaptive_lora.report.cells import _columns, _interval, _seed_range, main_table_rows
 from adaptive_lora.report.cross_budget import verdict_lines
 from adaptive_lora.report.environment_check import describe as describe_environment
+from adaptive_lora.report.timing import compute_line
 from adaptive_lora.study.spec import Study
 from adaptive_lora.study.store import (
     DONE,
@@ -100,6 +101,8 @@ def _status_lines(study: Study, analysis: dict[str, Any]) -> list[str]:
         "",
         f"{counts[DONE]} of {total} runs done, {counts[FAILED]} failed, "
         f"{counts[RUNNING]} running, {counts[PENDING]} not yet run.",
+        "",
+        compute_line(analysis["compute"]),
     ]
     lines += _not_run_lines(study)
     if missing:
