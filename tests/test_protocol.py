@@ -220,6 +220,14 @@ def test_the_report_states_the_choice_and_the_cross_budget_verdict(tmp_path):
     block = json.loads(files.stats_json.read_text())["cross_budget"]
     assert block["gain"]["n"] == 6 and block["gain"]["mean"] == pytest.approx(0.1)
     assert block["strategies"]["attention_heavy"]["tost"]["equivalent"] is True
+    # The same answer as a second LaTeX table: one row per strategy, then the baseline.
+    tex = files.table_tex.read_text()
+    table = tex[tex.index("\\label{tab:t-cross-budget}") :]
+    rows = {line.split(" & ")[0]: line for line in table.splitlines() if line.endswith("\\\\")}
+    assert rows["attention\\_heavy"].endswith("& yes \\\\")
+    assert rows["linear\\_decay"].endswith("& no \\\\")
+    assert "uniform at r8" in rows and len({r.count(" & ") for r in rows.values()}) == 1
+    assert "−" not in tex and "±" not in tex and tex.count("{") == tex.count("}")
 
 
 def test_runs_from_different_sources_are_refused_then_pooled_with_allow_mixed(tmp_path):

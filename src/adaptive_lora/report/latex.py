@@ -1,11 +1,13 @@
-"""table.tex: the main table as a booktabs LaTeX table."""
+"""table.tex: the main table and the cross-budget table as booktabs LaTeX tables."""
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
-from adaptive_lora.analysis.formatting import MINUS
+from adaptive_lora.analysis.formatting import MINUS, fmt_num, fmt_p
+from adaptive_lora.report.analyse import LOSS_DECIMALS
 from adaptive_lora.report.cells import _columns, main_table_rows
 from adaptive_lora.study.spec import Study
 
@@ -47,7 +49,7 @@ def render_latex(study: Study, analysis: dict[str, Any]) -> str:
         f"$\\Delta$: strategy $-$ {_tex(study.baseline)}, paired by seed; intervals are "
         "95\\% $t$ intervals; $p$: paired $t$-test and Wilcoxon signed-rank test, "
         "Holm-corrected per budget.}",
-        f"\\label{{tab:{re.sub(r'[^A-Za-z0-9]+', '-', study.name)}}}",
+        f"\\label{{tab:{_slug(study.name)}}}",
         f"\\begin{{tabular}}{{{spec}}}",
         "\\toprule",
         "Budget & Strategy & " + " & ".join(heads[k] for k, _ in columns) + " \\\\",
@@ -64,4 +66,56 @@ def render_latex(study: Study, analysis: dict[str, Any]) -> str:
                 + " \\\\"
             )
     lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + _cross_budget_table(study, analysis.get("cross_budget")))
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", name)
+
+
+def _interval(mean: float, ci: list[float], plus: bool = True) -> str:
+    lo, hi = ci
+    return _tex(
+        f"{fmt_num(mean, LOSS_DECIMALS, plus=plus)} "
+        f"[{fmt_num(lo, LOSS_DECIMALS)}, {fmt_num(hi, LOSS_DECIMALS)}]"
+    )
+
+
+def _cross_budget_table(study: Study, block: dict[str, Any] | None) -> list[str]:
+    """Each strategy at the small budget against the baseline at the large one (TOST)."""
+    if not block or block["margin"] is None:
+        return []
+    small, large, base = block["small"], block["large"], _tex(block["baseline"])
+    gain = block["gain"]
+    lines = [
+        "\\begin{table}[t]",
+        "\\centering",
+        "\\small",
+        f"\\caption{{Does a strategy at {small} recover what {base} gains from {small} to "
+        f"{large}? {base} gains {_interval(gain['mean'], gain['ci_t'], plus=False)} in test "
+        f"loss ({gain['n']} paired seeds). $\\Delta$: strategy at {small} $-$ {base} at "
+        f"{large}, paired by seed, 95\\% $t$ interval; TOST against "
+        f"$\\pm${_tex(fmt_num(block['margin'], LOSS_DECIMALS))} "
+        f"({_tex(block['margin_source'])}); equivalent when $p < 0.05$.}}",
+        f"\\label{{tab:{_slug(study.name)}-cross-budget}}",
+        "\\begin{tabular}{lrllc}",
+        "\\toprule",
+        f"Strategy at {small} & Params & $\\Delta$ vs {base} at {large} [95\\% CI] & "
+        "$p_{\\mathrm{TOST}}$ & Equivalent \\\\",
+        "\\midrule",
+    ]
+    for label, entry in block["strategies"].items():
+        tost = entry["tost"] or {}
+        params = entry["params"]
+        verdict = {True: "yes", False: "no"}.get(tost.get("equivalent"), "n/a")
+        lines.append(
+            f"{_tex(label)} & {f'{round(params):,}' if math.isfinite(params) else 'n/a'} & "
+            f"{_interval(entry['mean'], entry['ci_t'])} & "
+            f"{_tex(fmt_p(tost.get('p', math.nan)))} & {verdict} \\\\"
+        )
+    large_params = block["params_large"]
+    if math.isfinite(large_params):
+        lines.append(
+            f"\\midrule\n{base} at {large} & {round(large_params):,} & --- & --- & --- \\\\"
+        )
+    return lines + ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
