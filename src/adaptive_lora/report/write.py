@@ -1,4 +1,4 @@
-"""Write a study's report: report.md, table.tex (main and cross-budget tables), stats.json, figures and results.csv."""
+"""Write a study's report: report.md, table.tex (two tables), stats.json, figures, results."""
 
 from __future__ import annotations
 
