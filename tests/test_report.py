@@ -298,6 +298,17 @@ def test_partial_study_says_what_is_missing(tmp_path):
     assert "3–4 paired seeds" in answer and "What 3 seeds can resolve" in answer
 
 
+def test_the_answer_leaves_the_cross_budget_question_open_until_both_budgets_ran(tmp_path):
+    path = make_study(tmp_path, budgets=["r8", "r16"], cross_budget={"small": "r8", "large": "r16"})
+    study = load_study(path)
+    study = fill(path, only={s.run_id for s in study.runs if s.budget == "r8"})
+    with StudyStore.open(study.store_path) as store:
+        text = write_report(study, store, tmp_path / "report", n_boot=100).report_md.read_text()
+    assert "no seed has uniform at both r8 and r16 yet" in text  # the answer
+    assert "No seed has uniform at both r8 and r16 yet: the question is still open." in text
+    assert "gains nothing measurable" not in text
+
+
 def test_report_of_a_study_with_nothing_finished(tmp_path):
     path = make_study(tmp_path)
     study = load_study(path)

@@ -109,7 +109,12 @@ def _cross_budget(block: dict[str, Any] | None) -> list[str]:
         return []
     small, large, base = block["small"], block["large"], block["baseline"]
     gain = block["gain"]
-    if block["margin"] is None or not gain["n"]:
+    if not gain["n"]:
+        return [
+            f"- Across budgets: no seed has {base} at both {small} and {large} yet, "
+            "so the cross-budget question is still open."
+        ]
+    if block["margin"] is None:
         return [f"- Across budgets: {base} gains nothing measurable from {small} to {large}."]
     lo, hi = gain["ci_t"]
     recovered = [

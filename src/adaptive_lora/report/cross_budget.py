@@ -90,6 +90,11 @@ def verdict_lines(block: dict[str, Any], decimals: int = 4) -> list[str]:
         f"{large} ({small} − {large}, 95% CI [{fmt_num(lo, decimals)}, "
         f"{fmt_num(hi, decimals)}], {gain['n']} paired seeds)."
     ]
+    if not gain["n"]:
+        lines.append(
+            f"No seed has {base} at both {small} and {large} yet: the question is still open."
+        )
+        return lines
     if block["margin"] is None:
         lines.append(
             f"{base} gains nothing measurable from {small} to {large}, so there is no gain to "
