@@ -369,3 +369,42 @@ def test_compute_time_counts_the_hours_runs_were_going_not_the_gaps_between_sess
     assert "4 finished run(s) took 59 min 00 s of run time in 50 min 00 s of wall time" in line
     assert "in 2 stretches, 2026-11-30 01:00 to 2026-11-30 05:30 UTC" in line
     assert compute_line(compute_time([])) == "No run has finished yet."
+
+
+@pytest.mark.parametrize(
+    "large_losses, says, answers",
+    [
+        ({}, "the question is still open", "no seed has uniform at both r8 and r16 yet"),
+        (
+            {0: 1.52, 1: 1.61, 2: 1.55},  # r16 no better than r8
+            "the question does not arise",
+            "uniform gains nothing measurable from r8 to r16",
+        ),
+        (
+            {0: 1.40, 1: 1.50, 2: 1.42},  # r16 gains 0.10
+            "Equivalence margin ±0.0500",
+            "0 of 1 strategy at r8 shown equivalent to uniform at r16 within ±0.0500 (TOST).",
+        ),
+    ],
+)
+def test_cross_budget_verdict_open_absent_or_measured(large_losses, says, answers):
+    from adaptive_lora.report.answer import answer_lines
+    from adaptive_lora.report.cross_budget import cross_budget, verdict_lines
+    from adaptive_lora.study.protocol import CrossBudget
+
+    small = {"uniform": {0: 1.50, 1: 1.60, 2: 1.52}, "eva": {0: 1.49, 1: 1.60, 2: 1.53}}
+    block = cross_budget(
+        CrossBudget("r8", "r16", None),
+        "uniform",
+        {"r8": small, "r16": {"uniform": large_losses} if large_losses else {}},
+        {"r8": {"uniform": 8.0, "eva": 8.0}, "r16": {"uniform": 16.0}},
+    )
+    assert any(says in line for line in verdict_lines(block))
+    comparisons = paired.compare_family(small, "uniform", n_boot=100)
+    analysis = {
+        "budgets": {"r8": {"comparisons": comparisons}},
+        "n_runs": 9,
+        "counts": {"done": 9},
+        "cross_budget": block,
+    }
+    assert answers in "\n".join(answer_lines("uniform", analysis))
