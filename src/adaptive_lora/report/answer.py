@@ -16,6 +16,7 @@ from typing import Any
 from adaptive_lora.analysis.formatting import fmt_num, fmt_p, fmt_sig
 from adaptive_lora.analysis.power import POWER, minimum_detectable_d_z
 from adaptive_lora.report.analyse import LOSS_DECIMALS
+from adaptive_lora.report.cells import mean_and_ci
 from adaptive_lora.study.store import DONE
 
 
@@ -25,10 +26,8 @@ def _improves(comparison: dict[str, Any]) -> bool:
 
 
 def _effect(label: str, comparison: dict[str, Any]) -> str:
-    lo, hi = comparison["ci_t"]
     return (
-        f"{label} Δ = {fmt_num(comparison['mean_diff'], LOSS_DECIMALS, plus=True)} "
-        f"[{fmt_num(lo, LOSS_DECIMALS)}, {fmt_num(hi, LOSS_DECIMALS)}], "
+        f"{label} Δ = {mean_and_ci(comparison['mean_diff'], comparison['ci_t'])}, "
         f"Holm {fmt_p(comparison['p_t_holm'], label='p')}, d_z = {fmt_sig(comparison['d_z'])}"
     )
 
@@ -116,14 +115,13 @@ def _cross_budget(block: dict[str, Any] | None) -> list[str]:
         ]
     if block["margin"] is None:
         return [f"- Across budgets: {base} gains nothing measurable from {small} to {large}."]
-    lo, hi = gain["ci_t"]
     recovered = [
         label for label, e in block["strategies"].items() if (e["tost"] or {}).get("equivalent")
     ]
     n = len(block["strategies"])
     return [
-        f"- Across budgets: {base} gains {fmt_num(gain['mean'], LOSS_DECIMALS)} "
-        f"[{fmt_num(lo, LOSS_DECIMALS)}, {fmt_num(hi, LOSS_DECIMALS)}] in test loss from "
+        f"- Across budgets: {base} gains {mean_and_ci(gain['mean'], gain['ci_t'], plus=False)}"
+        " in test loss from "
         f"{small} to {large} ({gain['n']} paired seeds); {len(recovered)} of {n} "
         f"strateg{'y' if n == 1 else 'ies'} at {small} shown equivalent to {base} at {large} "
         f"within ±{fmt_num(block['margin'], LOSS_DECIMALS)} (TOST)"

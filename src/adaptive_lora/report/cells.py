@@ -18,14 +18,21 @@ def _interval(summary: dict[str, Any], decimals: int) -> str:
     return f"{mean} [{fmt_num(lo, decimals)}, {fmt_num(hi, decimals)}]"
 
 
+def mean_and_ci(mean: float, ci: list[float], *, plus: bool = True) -> str:
+    """A loss difference with its interval: "+0.0123 [−0.0010, 0.0250]"."""
+    lo, hi = ci
+    return (
+        f"{fmt_num(mean, LOSS_DECIMALS, plus=plus)} "
+        f"[{fmt_num(lo, LOSS_DECIMALS)}, {fmt_num(hi, LOSS_DECIMALS)}]"
+    )
+
+
 def _diff(comparison: dict[str, Any] | None) -> str:
     if not comparison or comparison["n"] == 0:
         return "n/a"
-    mean = fmt_num(comparison["mean_diff"], LOSS_DECIMALS, plus=True)
-    lo, hi = comparison["ci_t"]
-    if math.isnan(lo):
-        return mean
-    return f"{mean} [{fmt_num(lo, LOSS_DECIMALS)}, {fmt_num(hi, LOSS_DECIMALS)}]"
+    if math.isnan(comparison["ci_t"][0]):
+        return fmt_num(comparison["mean_diff"], LOSS_DECIMALS, plus=True)
+    return mean_and_ci(comparison["mean_diff"], comparison["ci_t"])
 
 
 def _count(d: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 from adaptive_lora.analysis.formatting import MINUS, fmt_num, fmt_p
 from adaptive_lora.report.analyse import LOSS_DECIMALS
-from adaptive_lora.report.cells import _columns, main_table_rows
+from adaptive_lora.report.cells import _columns, main_table_rows, mean_and_ci
 from adaptive_lora.study.spec import Study
 
 _TEX_ESCAPES = {"_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$"}
@@ -74,11 +74,7 @@ def _slug(name: str) -> str:
 
 
 def _interval(mean: float, ci: list[float], plus: bool = True) -> str:
-    lo, hi = ci
-    return _tex(
-        f"{fmt_num(mean, LOSS_DECIMALS, plus=plus)} "
-        f"[{fmt_num(lo, LOSS_DECIMALS)}, {fmt_num(hi, LOSS_DECIMALS)}]"
-    )
+    return _tex(mean_and_ci(mean, ci, plus=plus))
 
 
 def _cross_budget_table(study: Study, block: dict[str, Any] | None) -> list[str]:
