@@ -12,6 +12,7 @@ from adaptive_lora.analysis import paired as stats
 from adaptive_lora.errors import UserError
 from adaptive_lora.records import METRIC_KEYS, RunResult, write_json
 from adaptive_lora.report.write import write_report
+from adaptive_lora.study.runner import run_study
 from adaptive_lora.study.spec import load_study
 from adaptive_lora.study.store import StudyStore
 
@@ -86,6 +87,53 @@ def test_tuning_runs_first_then_reporting_runs_at_the_chosen_rate(tmp_path):
     for choice in study.lr_choices.values():
         assert choice.chosen == 0.001 and choice.seeds == [0] and choice.complete
     assert all(study.reported(s) == (not s.tuning and s.lr == 0.001) for s in study.runs)
+
+
+class TwoSlots:
+    """An executor with two runs in flight (a stand-in for two Ray workers): it fills
+    free slots from the queue, finishes the older run, yields it, and goes on until the
+    queue is empty and nothing is in flight, as the Executor Protocol asks."""
+
+    workers = 2
+
+    def __init__(self, fake: FakeRuns):
+        self.fake = fake
+        self.events: list[tuple[str, str]] = []
+        self.calls = 0
+
+    def execute(self, specs, out_root, *, on_start, quiet=False):
+        self.calls += 1
+        in_flight = []
+        while specs or in_flight:
+            while specs and len(in_flight) < self.workers:
+                spec = specs.popleft()
+                on_start(spec)
+                self.events.append(("start", spec.run_id))
+                in_flight.append(spec)
+            spec = in_flight.pop(0)
+            self.events.append(("end", spec.run_id))
+            yield self.fake(spec.config, out_root, run_id=spec.run_id)
+
+
+def test_reporting_runs_join_the_queue_while_other_tuning_runs_go_on(tmp_path):
+    """Once uniform's rate is chosen its reporting runs are queued at once, so a free
+    worker takes one before linear_decay's last tuning run ends: one pool, no idle slot."""
+    path = write_study(tmp_path, **TUNED)
+    study = load_study(path, check_sources=False)
+    slots = TwoSlots(FakeRuns())
+    lines: list[str] = []
+    run_study(study, executor=slots, log=lines.append)
+    assert slots.calls == 1
+    final = load_study(path, check_sources=False)
+    assert len(slots.fake.calls) == len(final.runs) == 8
+    order = {event: i for i, event in enumerate(slots.events)}
+    last_tuning = [s.run_id for s in final.runs if s.tuning and s.label == "linear_decay"][-1]
+    first_report = next(s.run_id for s in final.runs if not s.tuning and s.label == "uniform")
+    assert order[("start", first_report)] < order[("end", last_tuning)], slots.events
+    assert any("reporting run(s) join the queue" in line for line in lines), lines
+    assert lines[-1].startswith("study t: ran 8 (8 done, 0 failed)")
+    with StudyStore.open(study.store_path) as store:
+        assert {row.status for row in store.rows()} == {"done"}
 
 
 def test_a_failed_candidate_is_excluded_and_said(tmp_path):

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from adaptive_lora.cli import main
@@ -249,3 +250,55 @@ def test_a_worker_killed_mid_run_loses_nothing(tmp_path, tiny_model, time_limit,
     rows = stored(study)
     assert {i: r.ended_at for i, r in rows.items() if i != killed} == done_before
     assert [a[2] for a in attempts(study) if a[0] == killed] == ["interrupted", "done"]
+
+
+def _running_runs(study, proc, want: int, timeout: float = 180) -> dict[str, int]:
+    """Wait until the store shows `want` runs running on workers; their run id → worker pid."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        if study.store_path.exists():
+            conn = sqlite3.connect(study.store_path, timeout=10)
+            try:
+                rows = conn.execute("SELECT id, pid FROM runs WHERE status = 'running'").fetchall()
+            except sqlite3.OperationalError:  # schema not written yet
+                rows = []
+            finally:
+                conn.close()
+            if len(rows) >= want:
+                return dict(rows)
+        time.sleep(0.05)
+    pytest.fail(f"{want} runs never ran side by side")
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_ray_study_its_workers_and_ray(tmp_path, tiny_model, time_limit):
+    """`kill` of `run --workers 2` mid-run (ray.init installs a SIGTERM handler of its
+    own; ours must win): one line, exit 143, both started runs pending with the reason,
+    the worker processes gone, and a second `run` finishes the study."""
+    time_limit(420)
+    path = write_study(tmp_path, tiny_model, max_steps=200)
+    study = load_study(path)
+    command = [sys.executable, "-m", "adaptive_lora.cli", "run", str(path), "--quiet"]
+    flags = ["--workers", "2", "--threads-per-run", "1"]
+    proc = subprocess.Popen(command + flags, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        running = _running_runs(study, proc, want=2)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 128 + signal.SIGTERM, lines[-20:]
+    assert lines[-1] == "adaptive-lora: stopped by SIGTERM"
+    rows = stored(study)
+    for run_id in running:
+        assert (rows[run_id].status, rows[run_id].reason) == ("pending", "stopped by SIGTERM")
+    deadline = time.monotonic() + 30
+    while any(psutil.pid_exists(pid) for pid in running.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(psutil.pid_exists(pid) for pid in running.values())
+    assert main(["run", str(path), *flags]) == 0
+    assert_all_done_once(study)

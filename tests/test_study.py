@@ -24,7 +24,7 @@ from adaptive_lora.study.local import LocalExecutor
 from adaptive_lora.study.plan import heuristic_seconds
 from adaptive_lora.study.runner import run_study
 from adaptive_lora.study.spec import load_study, parse_seeds
-from adaptive_lora.study.store import DONE, FAILED, PENDING, StudyStore
+from adaptive_lora.study.store import DONE, FAILED, PENDING, StudyStore, lock_is_held
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -438,9 +438,11 @@ def _statuses(db: Path) -> dict[str, tuple[str, int]]:
         conn.close()
 
 
-def _sigkill_once_running(proc, study, run_id: str, *, timeout: float, folder_too=False):
-    """SIGKILL the study process as soon as the store marks `run_id` running
-    (and, with `folder_too`, its run folder exists); fail if it never gets there."""
+def _sigkill_once_running(
+    proc, study, run_id: str, *, timeout: float, folder_too=False, sig=signal.SIGKILL
+):
+    """SIGKILL (or send `sig` to) the study process as soon as the store marks `run_id`
+    running (and, with `folder_too`, its run folder exists); fail if it never gets there."""
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -451,8 +453,8 @@ def _sigkill_once_running(proc, study, run_id: str, *, timeout: float, folder_to
             if time.monotonic() >= deadline:
                 pytest.fail(f"run {run_id} never started")
             time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=30)  # a handled signal unwinds first: the store, the exports
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -533,13 +535,12 @@ def test_shipped_configs(name, monkeypatch):
 # ---------------------------------------------------------------------- end to end
 
 
-def test_real_cli_killed_mid_run_resumes_with_a_tiny_model(tmp_path):
-    """The real executor end to end: SIGKILL in the 2nd run, resume, report."""
-    pytest.importorskip("adaptive_lora.run")
+def _tiny_model_study(tmp_path) -> Path:
+    """Two runs of a tiny Llama built in code, two steps each: the real executor, fast."""
     from tiny import save_tiny, tiny_llama
 
     model = save_tiny(tiny_llama(), tmp_path / "m")
-    path = write_study(
+    return write_study(
         tmp_path,
         model=model,
         data={
@@ -554,6 +555,11 @@ def test_real_cli_killed_mid_run_resumes_with_a_tiny_model(tmp_path):
         eval={"n_generate": 2, "max_new_tokens": 4},
         seeds=[0],
     )
+
+
+def test_real_cli_killed_mid_run_resumes_with_a_tiny_model(tmp_path):
+    """The real executor end to end: SIGKILL in the 2nd run, resume, report."""
+    path = _tiny_model_study(tmp_path)
     study = load_study(path)
     first, second = study.run_ids
     proc = subprocess.Popen(
@@ -581,3 +587,33 @@ def test_real_cli_killed_mid_run_resumes_with_a_tiny_model(tmp_path):
         assert row.metrics["test_loss"] == metrics["test_loss"]
     assert main(["report", str(path), "--out", str(tmp_path / "report")]) == 0
     assert (tmp_path / "report" / "figures" / "allocation_r4.png").is_file()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_real_cli_stops_cleanly_on_sigterm_and_sigint(tmp_path, sig):
+    """`kill` (SIGTERM) or `kill -INT` stops `run` mid-run with one line and 128 + the
+    signal: the started run goes back to pending with the reason, the exports are
+    written and the lock is free. The process starts with SIGINT ignored, as a shell
+    starts `nohup ... &`: SIGINT must stop it all the same."""
+    path = _tiny_model_study(tmp_path)
+    study = load_study(path)
+    first, second = study.run_ids
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "adaptive_lora.cli", "run", str(path), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    _sigkill_once_running(proc, study, second, timeout=120, sig=sig)
+    stderr = proc.stderr.read().decode().strip().splitlines()
+    assert proc.returncode == 128 + sig, stderr
+    assert stderr[-1] == f"adaptive-lora: stopped by {sig.name}"
+    with StudyStore.open(study.store_path) as store:
+        rows = {row.id: row for row in store.rows()}
+        attempts = [a for a in store.attempts() if a["run_id"] == second]
+    assert rows[first].status == DONE and rows[second].status == PENDING
+    assert rows[second].reason == f"stopped by {sig.name}"
+    assert [(a["status"], a["reason"]) for a in attempts] == [("error", f"stopped by {sig.name}")]
+    assert not lock_is_held(study.lock_path)
+    exported = (study.out / "results.csv").read_text()
+    assert first in exported

@@ -27,6 +27,6 @@ def dispatch(args: argparse.Namespace) -> int:
     except UserError as error:
         print(f"adaptive-lora: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("adaptive-lora: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:  # Ctrl-C, or `run`'s `Stopped` (SIGTERM, SIGINT)
+        print(f"adaptive-lora: {stop or 'interrupted'}", file=sys.stderr)
+        return getattr(stop, "exit_code", 130)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
+from collections.abc import Iterator
 
 from adaptive_lora.cli.status import _mark
 from adaptive_lora.errors import UserError
+from adaptive_lora.study.executor import Stopped
 from adaptive_lora.study.plan import (
     current_rows,
     estimate,
@@ -18,6 +22,31 @@ from adaptive_lora.study.spec import load_study
 from adaptive_lora.study.store import lock_is_held
 
 RAY_ONLY = ("threads_per_run", "gpus_per_run", "memory_gb", "max_retries")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def stopping_on_signals() -> Iterator[None]:
+    """While a study runs, SIGTERM and SIGINT stop it cleanly (`Stopped`).
+
+    SIGTERM is what `kill`, batch schedulers and container runtimes send; without a
+    handler Python dies at once and the started runs stay `running` until the next
+    `run`. SIGINT is handled too because a shell starts a background job (`nohup ... &`)
+    with SIGINT ignored, and `kill -INT` must still stop it. A second signal while the
+    first one unwinds kills the process (the store survives that too).
+    """
+
+    def stop(signum: int, frame) -> None:
+        for sig in STOP_SIGNALS:  # a second signal ends the process at once
+            signal.signal(sig, signal.SIG_DFL)
+        raise Stopped(signal.Signals(signum).name, 128 + signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -32,7 +61,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             flags = ", ".join("--" + name.replace("_", "-") for name in RAY_ONLY)
             raise UserError(f"{flags} need --workers N or --address ADDR")
         # Failed runs are part of a study's record, not an error of the command.
-        run_study(study, retry_failed=args.retry_failed, quiet=args.quiet)
+        with stopping_on_signals():
+            run_study(study, retry_failed=args.retry_failed, quiet=args.quiet)
         return 0
     # Imported here only: Ray takes 1-2 s to import, which the in-process default must not pay.
     from adaptive_lora.study.ray_executor import RayExecutor, Resources
@@ -50,9 +80,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     try:
         executor.connect()  # an unreachable cluster or impossible resources: before the store
-        run_study(study, executor=executor, retry_failed=args.retry_failed, quiet=args.quiet)
+        with stopping_on_signals():  # after connecting: ray.init sets a SIGTERM handler of its own
+            run_study(study, executor=executor, retry_failed=args.retry_failed, quiet=args.quiet)
     finally:
-        executor.close()
+        executor.close()  # ends the workers too: Ray kills the actors of a driver that leaves
     return 0
 
 

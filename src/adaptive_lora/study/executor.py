@@ -6,13 +6,23 @@ An executor is one file behind this Protocol (`local.py` runs in this process,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from adaptive_lora.records import RunResult
 from adaptive_lora.study.spec import RunSpec
+
+
+class Stopped(KeyboardInterrupt):
+    """A signal asked the study to stop (`run` turns SIGTERM and SIGINT into this): it
+    unwinds like Ctrl-C, so started runs go back to pending and the exports are written."""
+
+    def __init__(self, signal_name: str, exit_code: int):
+        super().__init__(f"stopped by {signal_name}")
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -30,6 +40,11 @@ class Where:
 class Executor(Protocol):
     """Runs specs and yields one `RunResult` per spec, as each finishes (any order).
 
+    `specs` is a queue the executor takes from the left whenever it can start a run;
+    the runner may append to it each time a result is yielded (the reporting runs that
+    a finished tuning run opens), so the executor ends only when the queue is empty
+    and no run is in flight — never on a count taken at the start.
+
     It calls `on_start(spec, where)` right before a run starts (the runner cleans the
     run folder and marks the run `running` there; `where=None` means this process),
     and again with the new `where` if it moves the run to another worker. A
@@ -45,7 +60,7 @@ class Executor(Protocol):
 
     def execute(
         self,
-        specs: Sequence[RunSpec],
+        specs: deque[RunSpec],
         out_root: Path,
         *,
         on_start: Callable[..., None],

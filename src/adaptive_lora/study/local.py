@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +40,15 @@ class LocalExecutor:
 
     def execute(
         self,
-        specs: Sequence[RunSpec],
+        specs: deque[RunSpec],
         out_root: Path,
         *,
         on_start: Callable[[RunSpec], None],
         quiet: bool = False,
     ) -> Iterator[RunResult]:
         execute_run = self._execute_run
-        for spec in specs:
+        while specs:  # the runner may append while we run (see the Executor Protocol)
+            spec = specs.popleft()
             loaded = self._loaded(spec.config.model)
             on_start(spec)
             try:

@@ -27,7 +27,7 @@ import tempfile
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -334,41 +334,43 @@ class RayExecutor:
 
     def execute(
         self,
-        specs: Sequence[RunSpec],
+        specs: deque[RunSpec],
         out_root: Path,
         *,
         on_start: Callable[..., None],
         quiet: bool = False,
     ) -> Iterator[RunResult]:
-        """Run `specs` on the workers; yield each result as its run folder lands in
-        `out_root`. Calls `on_start(spec, where)` as a worker takes a run (again on a retry)."""
+        """Run the specs of the queue on the workers; yield each result as its run folder
+        lands in `out_root`. Calls `on_start(spec, where)` as a worker takes a run (again
+        on a retry). One pool serves the whole queue, also what the runner appends to it."""
         self.connect()
         pool = _Pool(self)
-        queue = deque((spec, 0) for spec in specs)
+        tries: dict[str, int] = {}  # run id → failed attempts so far (worker deaths)
         try:
-            for _ in range(min(self.workers or 1, len(queue))):
-                pool.start()
-            while queue or pool.busy:
-                while queue and pool.idle:
-                    spec, tries = queue.popleft()
-                    pool.submit(spec, tries, on_start)
-                yield from self._next_outcome(pool, queue, Path(out_root))
+            while specs or pool.busy:
+                pool.grow(min(self.workers or 1, len(specs) + len(pool.busy)))
+                while specs and pool.idle:
+                    spec = specs.popleft()
+                    pool.submit(spec, tries.get(spec.run_id, 0), on_start)
+                yield from self._next_outcome(pool, specs, tries, Path(out_root))
         finally:
             pool.stop()
 
-    def _next_outcome(self, pool: _Pool, queue: deque, out_root: Path) -> Iterator[RunResult]:
+    def _next_outcome(
+        self, pool: _Pool, specs: deque[RunSpec], tries: dict[str, int], out_root: Path
+    ) -> Iterator[RunResult]:
         """Wait for the next event: a worker up, a run back, or a worker dead (→ retry)."""
         ref, event = pool.wait()
         if event == "up":
             return
-        actor, where, spec, tries = event
+        actor, where, spec, attempt = event
         try:
             kind, payload, archive = ray.get(ref)
         except ray.exceptions.RayActorError as error:  # the worker process died mid-run
-            if tries < self.max_retries or queue:
-                pool.start()  # a fresh worker (another process, maybe another node)
-            if tries < self.max_retries:
-                queue.appendleft((spec, tries + 1))
+            # The next `grow` starts a fresh worker (another process, maybe another node).
+            if attempt < self.max_retries:
+                tries[spec.run_id] = attempt + 1
+                specs.appendleft(spec)
                 return
             reason = f"its worker ({where.text()}) died: {one_line(error)[:120]}"
             yield RunResult(spec.run_id, out_root / spec.run_id, STATUS_INTERRUPTED, error=reason)
@@ -389,11 +391,21 @@ class _Pool:
         self.idle: list[tuple[Any, Where]] = []
         self.busy: dict[Any, tuple[Any, Where, RunSpec, int]] = {}  # run reference → ...
         self._actors: list[Any] = []
+        self.failed_starts = 0
 
-    def start(self) -> None:
-        actor = self._executor._start_worker()
-        self._actors.append(actor)
-        self.starting[actor.where.remote()] = actor
+    def grow(self, wanted: int) -> None:
+        """Start workers until `wanted` are alive (starting, idle or busy): at the start,
+        when the queue grows, and in place of one that died. A worker that dies while
+        starting is not replaced more than the pool's size times over: something is
+        wrong with every start then, and `wait` says so once none is left."""
+        while self.alive < wanted and self.failed_starts < (self._executor.workers or 1):
+            actor = self._executor._start_worker()
+            self._actors.append(actor)
+            self.starting[actor.where.remote()] = actor
+
+    @property
+    def alive(self) -> int:
+        return len(self.starting) + len(self.idle) + len(self.busy)
 
     def submit(self, spec: RunSpec, tries: int, on_start: Callable[..., None]) -> None:
         actor, where = self.idle.pop(0)
@@ -423,7 +435,7 @@ class _Pool:
         try:
             self.idle.append((actor, ray.get(ref)))
         except ray.exceptions.RayError:  # died while starting: the others carry on
-            pass
+            self.failed_starts += 1
         return ref, "up"
 
     def stop(self) -> None:

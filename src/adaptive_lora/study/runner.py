@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,8 @@ def run_study(
     failed runs are recorded with their reason and the study goes on
     (`retry_failed=True` runs them again). With learning-rate tuning seeds, the
     reporting runs that the finished tuning runs open (at the chosen rates) follow in
-    the same call.
+    the same call: they join the queue as soon as a strategy's rate is chosen, so a
+    worker that frees up takes one while other tuning runs are still going.
     """
     executor = executor or LocalExecutor()
     summary = RunSummary()
@@ -60,17 +62,7 @@ def run_study(
             summary.retried = store.reset_failed(study.run_ids)
         for run_id in summary.interrupted:
             log(f"  {run_id} was interrupted (its process ended mid-run): running it again")
-        while True:
-            _run_pending(study, store, executor, summary, quiet=quiet, log=log)
-            if not study.lr_tuning_seeds:
-                break
-            opened = load_study(study.path, check_sources=False)  # rates chosen since
-            if set(opened.run_ids) == set(study.run_ids):
-                break
-            log(
-                f"learning rates chosen: {len(opened.runs) - len(study.runs)} reporting run(s) follow"
-            )
-            study = opened
+        study = _run_pending(study, store, executor, summary, quiet=quiet, log=log)
         summary.exports = store.export(study.out, study.run_ids)
     log(
         f"study {study.name}: ran {len(summary.ran)} ({len(summary.done)} done, "
@@ -89,23 +81,51 @@ def _run_pending(
     *,
     quiet: bool,
     log: Callable[[str], None],
-) -> None:
-    """Store the study's runs, then execute the pending ones and record each result."""
+) -> Study:
+    """Store the study's runs, then execute the pending ones and record each result.
+
+    The executor takes specs from a queue that grows while it runs: after each tuning
+    run, the study is read again, and the reporting runs its chosen rates open are
+    stored and queued. Returns the study as it stands at the end (with those runs).
+    """
     added = store.sync_runs(study.runs)
     rows = current_rows(study, store)
-    todo = [s for s in study.runs if rows[s.run_id].status == PENDING]
+    queue = deque(s for s in study.runs if rows[s.run_id].status == PENDING)
     summary.skipped_done = sum(1 for r in rows.values() if r.status == DONE)
     n_failed = sum(1 for r in rows.values() if r.status == FAILED)
     log(
         f"study {study.name}: {len(study.runs)} runs, {summary.skipped_done} done, "
-        f"{n_failed} failed (kept; --retry-failed re-runs them), {len(todo)} to run"
+        f"{n_failed} failed (kept; --retry-failed re-runs them), {len(queue)} to run"
         + (f"; {added} new" if added and added != len(study.runs) else "")
     )
-    if todo:
-        at_once = executor.workers or 1
-        log(f"  estimate: {estimate(study, rows, todo, at_once=at_once).text()}")
+    at_once = executor.workers or 1
+    if queue:
+        log(f"  estimate: {estimate(study, rows, list(queue), at_once=at_once).text()}")
     started: dict[str, float] = {}
-    index = {spec.run_id: i for i, spec in enumerate(todo, 1)}
+    index = {spec.run_id: i for i, spec in enumerate(queue, 1)}
+
+    def tag(run_id: str) -> str:
+        return f"[{index[run_id]}/{len(index)}]"
+
+    def open_reporting_runs() -> None:
+        """Queue the reporting runs that rates chosen since the last look open."""
+        nonlocal study
+        opened = load_study(study.path, check_sources=False)
+        new = [s for s in opened.runs if s.run_id not in set(study.run_ids)]
+        if not new:
+            return
+        store.sync_runs(opened.runs)
+        study = opened
+        rows = current_rows(study, store)
+        fresh = [s for s in new if rows[s.run_id].status == PENDING]
+        for spec in fresh:
+            index[spec.run_id] = len(index) + 1
+        queue.extend(fresh)
+        waiting = [s for s in study.runs if rows[s.run_id].status == PENDING]
+        log(
+            f"learning rates chosen: {len(fresh)} reporting run(s) join the queue; "
+            f"estimate: {estimate(study, rows, waiting, at_once=at_once).text()}"
+        )
 
     def on_start(spec: RunSpec, where: Where | None = None) -> None:
         host, pid = (where.host, where.pid) if where else (None, None)
@@ -119,30 +139,33 @@ def _run_pending(
         store.mark_running(spec.run_id, run_dir=str(Path("runs") / spec.run_id), host=host, pid=pid)
         started[spec.run_id] = time.monotonic()
         on = f"  on {where.text()}" if where else ""
-        log(f"[{index[spec.run_id]}/{len(todo)}] {spec.describe()}  ({spec.run_id}){on}")
+        log(f"{tag(spec.run_id)} {spec.describe()}  ({spec.run_id}){on}")
 
+    tuning = {s.run_id for s in study.runs if s.tuning}
     try:
-        for result in executor.execute(todo, study.runs_dir, on_start=on_start, quiet=quiet):
+        for result in executor.execute(queue, study.runs_dir, on_start=on_start, quiet=quiet):
             if result.run_id not in started:
                 raise RuntimeError(f"executor returned {result.run_id}, which never started")
             seconds = time.monotonic() - started.pop(result.run_id)
-            tag = f"[{index[result.run_id]}/{len(todo)}]"  # runs may finish out of order
+            shown = tag(result.run_id)  # runs may finish out of order
             _record(
-                store, result, seconds, summary, lambda line, tag=tag: log(f"{tag} {line.lstrip()}")
+                store, result, seconds, summary, lambda line, t=shown: log(f"{t} {line.lstrip()}")
             )
             store.export(study.out, study.run_ids)
+            if result.run_id in tuning:
+                open_reporting_runs()
     except BaseException as error:
         # Runs this process started but will not finish go back to pending.
-        reason = (
-            "stopped by the user"
-            if isinstance(error, KeyboardInterrupt)
-            else f"stopped: {one_line(error)}"
-        )
+        if isinstance(error, KeyboardInterrupt):  # Ctrl-C, or a signal (`Stopped`)
+            reason = str(error) or "stopped by the user"
+        else:
+            reason = f"stopped: {one_line(error)}"
         for run_id in started:
             store.mark_pending(run_id, reason)
         with contextlib.suppress(Exception):  # keep the original error in view
             store.export(study.out, study.run_ids)
         raise
+    return study
 
 
 def _record(
