@@ -408,3 +408,29 @@ def test_cross_budget_verdict_open_absent_or_measured(large_losses, says, answer
         "cross_budget": block,
     }
     assert answers in "\n".join(answer_lines("uniform", analysis))
+
+
+def test_runs_from_several_commits_with_one_source_hash_are_explained():
+    from adaptive_lora.report.markdown import _commits_note
+
+    one_hash = {"git_commit": ["aaa-dirty", "bbb"], "source_hash": ["1660bcb4a191bff7"]}
+    assert "span 2 git commits" in "\n".join(_commits_note(one_hash))
+    assert _commits_note({**one_hash, "git_commit": ["aaa"]}) == []
+    # two source hashes: the environment check refuses to pool them; nothing to explain
+    assert _commits_note({**one_hash, "source_hash": ["1", "2"]}) == []
+
+
+def test_a_budget_with_only_the_baseline_says_there_is_nothing_to_compare(tmp_path):
+    strategies = ["uniform", {"name": "linear_decay", "budgets": ["r8"]}]
+    path = make_study(
+        tmp_path,
+        budgets=["r8", "r16"],
+        strategies=strategies,
+        cross_budget={"small": "r8", "large": "r16"},
+    )
+    study = fill(path)
+    with StudyStore.open(study.store_path) as store:
+        text = write_report(study, store, tmp_path / "report", n_boot=100).report_md.read_text()
+    r16 = text[text.index("## Test loss at budget r16") : text.index("## Does a strategy")]
+    assert "Only `uniform` runs at this budget: nothing to compare here." in r16
+    assert "Holm-corrected" not in r16

@@ -73,6 +73,7 @@ def _setup_lines(
     lines += ["", "**Environment recorded by the runs:**", ""]
     if env:
         lines += [f"- `{key}`: {', '.join(values)}" for key, values in env.items()]
+        lines += _commits_note(env)
     else:
         lines.append("- (no run manifest holds version or device information)")
     warnings = {"differ": {}, "warnings": analysis_check["warnings"]}
@@ -91,6 +92,21 @@ def _setup_lines(
         "",
     ]
     return lines
+
+
+def _commits_note(env: dict[str, list[str]]) -> list[str]:
+    """Why runs from several commits are still one environment (when they are)."""
+    commits = env.get("git_commit", [])
+    if len(commits) < 2 or len(env.get("source_hash", [])) != 1:
+        return []
+    return [
+        "",
+        f"The runs span {len(commits)} git commits (`-dirty`: the work tree had changes when "
+        "the run started) but share one `source_hash`, the hash of the sources a run "
+        "computes with: commits that change only the study, report, analysis or command "
+        "code, or the committed results, leave it unchanged, and `report` pools runs only "
+        "when it is the same.",
+    ]
 
 
 def _status_lines(study: Study, analysis: dict[str, Any]) -> list[str]:
@@ -156,6 +172,8 @@ def _results_lines(study: Study, analysis: dict[str, Any]) -> list[str]:
 def _comparison_lines(study: Study, comparisons: dict[str, Any]) -> list[str]:
     """The legend, the Wilcoxon floors, one verdict per comparison, and the caveats."""
     k = len(comparisons)
+    if not k:  # e.g. the baseline alone at the larger budget of a cross-budget question
+        return ["", f"Only `{study.baseline}` runs at this budget: nothing to compare here.", ""]
     lines = [
         "",
         f"Δ = strategy − {study.baseline} (negative: lower test loss, better). Intervals "
@@ -215,8 +233,12 @@ def _secondary_lines(study: Study, budget: str, block: dict[str, Any]) -> list[s
         "",
         *_markdown_table(header, table),
         "",
-        "Mean [95% t interval]; p: paired t-test against "
-        f"{study.baseline}, Holm-corrected per metric.",
+        "Mean [95% t interval]"
+        + (
+            f"; p: paired t-test against {study.baseline}, Holm-corrected per metric."
+            if block["comparisons"]
+            else "."
+        ),
         "",
     ]
 
