@@ -111,7 +111,8 @@ def _run_pending(
         """Queue the reporting runs that rates chosen since the last look open."""
         nonlocal study
         opened = load_study(study.path, check_sources=False)
-        new = [s for s in opened.runs if s.run_id not in set(study.run_ids)]
+        known = set(study.run_ids)
+        new = [s for s in opened.runs if s.run_id not in known]
         if not new:
             return
         store.sync_runs(opened.runs)
