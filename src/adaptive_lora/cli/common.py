@@ -28,5 +28,5 @@ def dispatch(args: argparse.Namespace) -> int:
         print(f"adaptive-lora: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as stop:  # Ctrl-C, or `run`'s `Stopped` (SIGTERM, SIGINT)
-        print(f"adaptive-lora: {stop or 'interrupted'}", file=sys.stderr)
+        print(f"adaptive-lora: {str(stop) or 'interrupted'}", file=sys.stderr)
         return getattr(stop, "exit_code", 130)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 from adaptive_lora.cli.status import _mark
 from adaptive_lora.errors import UserError
-from adaptive_lora.study.executor import Stopped
+from adaptive_lora.study.executor import Stopped, as_stopped
 from adaptive_lora.study.plan import (
     current_rows,
     estimate,
@@ -39,12 +39,16 @@ def stopping_on_signals() -> Iterator[None]:
     def stop(signum: int, frame) -> None:
         for sig in STOP_SIGNALS:  # a second signal ends the process at once
             signal.signal(sig, signal.SIG_DFL)
-        raise Stopped(signal.Signals(signum).name, 128 + signum)
+        Stopped.latest = Stopped(signal.Signals(signum).name, 128 + signum)
+        raise Stopped.latest
 
     previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     try:
         yield
+    except KeyboardInterrupt as error:  # Ray hands back a bare one for our `Stopped`
+        raise as_stopped(error) from None
     finally:
+        Stopped.latest = None
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

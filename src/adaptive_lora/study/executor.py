@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from adaptive_lora.records import RunResult
 from adaptive_lora.study.spec import RunSpec
@@ -18,11 +18,23 @@ from adaptive_lora.study.spec import RunSpec
 
 class Stopped(KeyboardInterrupt):
     """A signal asked the study to stop (`run` turns SIGTERM and SIGINT into this): it
-    unwinds like Ctrl-C, so started runs go back to pending and the exports are written."""
+    unwinds like Ctrl-C, so started runs go back to pending and the exports are written.
+
+    `latest` is the one a signal raised last in this process: Ray's blocking waits run
+    the signal handler themselves and raise a bare `KeyboardInterrupt` in its place,
+    so code that catches one asks `as_stopped` which signal it was.
+    """
+
+    latest: ClassVar[Stopped | None] = None
 
     def __init__(self, signal_name: str, exit_code: int):
         super().__init__(f"stopped by {signal_name}")
         self.exit_code = exit_code
+
+
+def as_stopped(error: KeyboardInterrupt) -> KeyboardInterrupt:
+    """The `Stopped` behind a `KeyboardInterrupt`, if a signal raised one; else `error`."""
+    return error if isinstance(error, Stopped) else (Stopped.latest or error)
 
 
 @dataclass(frozen=True)

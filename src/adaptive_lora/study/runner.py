@@ -12,7 +12,7 @@ from pathlib import Path
 
 from adaptive_lora.errors import one_line
 from adaptive_lora.records import STATUS_DONE, STATUS_INTERRUPTED, RunResult
-from adaptive_lora.study.executor import Executor, Where
+from adaptive_lora.study.executor import Executor, Where, as_stopped
 from adaptive_lora.study.local import LocalExecutor
 from adaptive_lora.study.manifest import record_manifest
 from adaptive_lora.study.plan import current_rows, estimate, format_duration
@@ -158,7 +158,7 @@ def _run_pending(
     except BaseException as error:
         # Runs this process started but will not finish go back to pending.
         if isinstance(error, KeyboardInterrupt):  # Ctrl-C, or a signal (`Stopped`)
-            reason = str(error) or "stopped by the user"
+            reason = str(as_stopped(error)) or "stopped by the user"
         else:
             reason = f"stopped: {one_line(error)}"
         for run_id in started:
