@@ -107,27 +107,6 @@ def _run_pending(
     def tag(run_id: str) -> str:
         return f"[{index[run_id]}/{len(index)}]"
 
-    def open_reporting_runs() -> None:
-        """Queue the reporting runs that rates chosen since the last look open."""
-        nonlocal study
-        opened = load_study(study.path, check_sources=False)
-        known = set(study.run_ids)
-        new = [s for s in opened.runs if s.run_id not in known]
-        if not new:
-            return
-        store.sync_runs(opened.runs)
-        study = opened
-        rows = current_rows(study, store)
-        fresh = [s for s in new if rows[s.run_id].status == PENDING]
-        for spec in fresh:
-            index[spec.run_id] = len(index) + 1
-        queue.extend(fresh)
-        waiting = [s for s in study.runs if rows[s.run_id].status == PENDING]
-        log(
-            f"learning rates chosen: {len(fresh)} reporting run(s) join the queue; "
-            f"estimate: {estimate(study, rows, waiting, at_once=at_once).text()}"
-        )
-
     def on_start(spec: RunSpec, where: Where | None = None) -> None:
         host, pid = (where.host, where.pid) if where else (None, None)
         if spec.run_id in started:  # the executor retries it on another worker
@@ -154,7 +133,7 @@ def _run_pending(
             )
             store.export(study.out, study.run_ids)
             if result.run_id in tuning:
-                open_reporting_runs()
+                study = _queue_reporting_runs(study, store, queue, index, at_once, log)
     except BaseException as error:
         # Runs this process started but will not finish go back to pending.
         if isinstance(error, KeyboardInterrupt):  # Ctrl-C, or a signal (`Stopped`)
@@ -167,6 +146,35 @@ def _run_pending(
             store.export(study.out, study.run_ids)
         raise
     return study
+
+
+def _queue_reporting_runs(
+    study: Study,
+    store: StudyStore,
+    queue: deque[RunSpec],
+    index: dict[str, int],
+    at_once: int,
+    log: Callable[[str], None],
+) -> Study:
+    """Queue the reporting runs that rates chosen since `study` was read open (numbering
+    them for the log); returns the study as read now."""
+    opened = load_study(study.path, check_sources=False)
+    known = set(study.run_ids)
+    new = [s for s in opened.runs if s.run_id not in known]
+    if not new:
+        return study
+    store.sync_runs(opened.runs)
+    rows = current_rows(opened, store)
+    fresh = [s for s in new if rows[s.run_id].status == PENDING]
+    for spec in fresh:
+        index[spec.run_id] = len(index) + 1
+    queue.extend(fresh)
+    waiting = [s for s in opened.runs if rows[s.run_id].status == PENDING]
+    log(
+        f"learning rates chosen: {len(fresh)} reporting run(s) join the queue; "
+        f"estimate: {estimate(opened, rows, waiting, at_once=at_once).text()}"
+    )
+    return opened
 
 
 def _record(
