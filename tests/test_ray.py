@@ -198,26 +198,27 @@ def test_a_two_node_cluster_runs_a_study_on_both_nodes(
         cluster.shutdown()
 
 
-def _kill_a_worker_mid_run(proc, study, timeout: float = 180) -> str:
-    """SIGKILL the worker process of the first run the store shows running; its run id."""
+def _runs_on_workers(study, proc, want: int, timeout: float = 180) -> dict[str, int]:
+    """Wait until the store shows `want` runs started on worker processes (not the
+    driver `proc`); their run id → worker pid."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         if study.store_path.exists():
             conn = sqlite3.connect(study.store_path, timeout=10)
             try:
-                row = conn.execute(
+                rows = conn.execute(
                     "SELECT id, pid FROM runs WHERE status = 'running' AND started_at IS NOT NULL"
-                ).fetchone()
+                ).fetchall()
             except sqlite3.OperationalError:  # schema not written yet
-                row = None
+                rows = []
             finally:
                 conn.close()
-            if row and row[1] != proc.pid:
-                os.kill(row[1], signal.SIGKILL)  # the run was handed to it: it dies mid-run
-                return row[0]
+            on_workers = {run_id: pid for run_id, pid in rows if pid != proc.pid}
+            if len(on_workers) >= want:
+                return on_workers
         time.sleep(0.05)
-    pytest.fail("no run started on a worker")
+    pytest.fail(f"{want} run(s) never started on workers")
 
 
 @pytest.mark.slow
@@ -230,7 +231,8 @@ def test_a_worker_killed_mid_run_loses_nothing(tmp_path, tiny_model, time_limit,
     flags = ["--workers", "2", "--threads-per-run", "1", "--max-retries", str(retries)]
     proc = subprocess.Popen(command + flags, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        killed = _kill_a_worker_mid_run(proc, study)
+        killed, pid = next(iter(_runs_on_workers(study, proc, want=1).items()))
+        os.kill(pid, signal.SIGKILL)  # the run was handed to it: it dies mid-run
         out, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
@@ -252,25 +254,6 @@ def test_a_worker_killed_mid_run_loses_nothing(tmp_path, tiny_model, time_limit,
     assert [a[2] for a in attempts(study) if a[0] == killed] == ["interrupted", "done"]
 
 
-def _running_runs(study, proc, want: int, timeout: float = 180) -> dict[str, int]:
-    """Wait until the store shows `want` runs running on workers; their run id → worker pid."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        if study.store_path.exists():
-            conn = sqlite3.connect(study.store_path, timeout=10)
-            try:
-                rows = conn.execute("SELECT id, pid FROM runs WHERE status = 'running'").fetchall()
-            except sqlite3.OperationalError:  # schema not written yet
-                rows = []
-            finally:
-                conn.close()
-            if len(rows) >= want:
-                return dict(rows)
-        time.sleep(0.05)
-    pytest.fail(f"{want} runs never ran side by side")
-
-
 @pytest.mark.slow
 def test_sigterm_stops_a_ray_study_its_workers_and_ray(tmp_path, tiny_model, time_limit):
     """`kill` of `run --workers 2` mid-run (ray.init installs a SIGTERM handler of its
@@ -283,7 +266,7 @@ def test_sigterm_stops_a_ray_study_its_workers_and_ray(tmp_path, tiny_model, tim
     flags = ["--workers", "2", "--threads-per-run", "1"]
     proc = subprocess.Popen(command + flags, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        running = _running_runs(study, proc, want=2)
+        running = _runs_on_workers(study, proc, want=2)
         os.kill(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:

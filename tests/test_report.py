@@ -296,6 +296,9 @@ def test_partial_study_says_what_is_missing(tmp_path):
     answer = text[text.index("## Answer") : text.index("## Status")]
     assert "*Provisional: 3 of 15 runs are missing;" in answer
     assert "3–4 paired seeds" in answer and "What 3 seeds can resolve" in answer
+    # a caveat names the comparisons it concerns
+    assert "- seeds only in the baseline, dropped: [3, 4] (linear_decay)" in text
+    assert "- seeds only in the baseline, dropped: [0] (attention_heavy)" in text
 
 
 def test_the_answer_leaves_the_cross_budget_question_open_until_both_budgets_ran(tmp_path):
@@ -434,3 +437,17 @@ def test_a_budget_with_only_the_baseline_says_there_is_nothing_to_compare(tmp_pa
     r16 = text[text.index("## Test loss at budget r16") : text.index("## Does a strategy")]
     assert "Only `uniform` runs at this budget: nothing to compare here." in r16
     assert "Holm-corrected" not in r16
+
+
+def test_a_caveat_shared_by_every_comparison_is_said_once():
+    from adaptive_lora.report.markdown import _caveats_by_strategy
+
+    narrow = "with only 8 pairs the bootstrap intervals are too narrow"
+    comparisons = {
+        "eva": {"warnings": [narrow, "seeds only in the baseline, dropped: [9]"]},
+        "spectral": {"warnings": [narrow, "Wilcoxon test cannot reach p < 0.05"]},
+    }
+    assert _caveats_by_strategy(comparisons) == [
+        ("seeds only in the baseline, dropped: [9]", "eva"),
+        (narrow, "all comparisons"),
+    ]

@@ -557,16 +557,18 @@ def _tiny_model_study(tmp_path) -> Path:
     )
 
 
+def _start_cli(path: Path, **popen) -> subprocess.Popen:
+    """`adaptive-lora run <path> --quiet` as its own process; stderr kept for the asserts."""
+    command = [sys.executable, "-m", "adaptive_lora.cli", "run", str(path), "--quiet"]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen)
+
+
 def test_real_cli_killed_mid_run_resumes_with_a_tiny_model(tmp_path):
     """The real executor end to end: SIGKILL in the 2nd run, resume, report."""
     path = _tiny_model_study(tmp_path)
     study = load_study(path)
     first, second = study.run_ids
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "adaptive_lora.cli", "run", str(path), "--quiet"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = _start_cli(path)
     _sigkill_once_running(proc, study, second, timeout=120)
     rows = _statuses(study.store_path)
     assert rows[first] == ("done", 1) and rows[second] == ("running", 1)
@@ -598,12 +600,7 @@ def test_real_cli_stops_cleanly_on_sigterm_and_sigint(tmp_path, sig):
     path = _tiny_model_study(tmp_path)
     study = load_study(path)
     first, second = study.run_ids
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "adaptive_lora.cli", "run", str(path), "--quiet"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
-    )
+    proc = _start_cli(path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     _sigkill_once_running(proc, study, second, timeout=120, sig=sig)
     stderr = proc.stderr.read().decode().strip().splitlines()
     assert proc.returncode == 128 + sig, stderr

@@ -197,18 +197,25 @@ def _comparison_lines(study: Study, comparisons: dict[str, Any]) -> list[str]:
         ]
     for comparison in comparisons.values():
         lines.append(f"- {comparison['verdict']}")
-    caveats = sorted(
-        {
-            w
-            for c in comparisons.values()
-            for w in c["warnings"]
-            if "Wilcoxon test cannot reach" not in w
-        }
-    )
+    caveats = _caveats_by_strategy(comparisons)
     if caveats:
         lines += ["", "Caveats from the statistics:", ""]
-        lines += [f"- {w}" for w in caveats]
+        lines += [f"- {w} ({who})" for w, who in caveats]
     return lines + [""]
+
+
+def _caveats_by_strategy(comparisons: dict[str, Any]) -> list[tuple[str, str]]:
+    """Each caveat once, with the strategies it concerns ("all comparisons" when it
+    concerns every one): a dropped seed means something only beside its strategy."""
+    concerned: dict[str, list[str]] = {}
+    for strategy, comparison in comparisons.items():
+        for warning in comparison["warnings"]:
+            if "Wilcoxon test cannot reach" not in warning:  # said above, with the floor
+                concerned.setdefault(warning, []).append(strategy)
+    return [
+        (warning, "all comparisons" if len(who) == len(comparisons) > 1 else ", ".join(who))
+        for warning, who in sorted(concerned.items())
+    ]
 
 
 def _secondary_lines(study: Study, budget: str, block: dict[str, Any]) -> list[str]:
