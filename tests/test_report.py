@@ -386,7 +386,9 @@ def test_compute_time_counts_the_hours_runs_were_going_not_the_gaps_between_sess
         (
             {0: 1.40, 1: 1.50, 2: 1.42},  # r16 gains 0.10
             "Equivalence margin ±0.0500",
-            "0 of 1 strategy at r8 shown equivalent to uniform at r16 within ±0.0500 (TOST).",
+            "0 of 1 strategy at r8 shown to recover it (equivalent to uniform at r16 within "
+            "±0.0500 by TOST, or better). Worse than uniform at r16 (95% interval above 0, "
+            "uncorrected): eva.",
         ),
     ],
 )
@@ -451,3 +453,22 @@ def test_a_caveat_shared_by_every_comparison_is_said_once():
         ("seeds only in the baseline, dropped: [9]", "eva"),
         (narrow, "all comparisons"),
     ]
+
+
+@pytest.mark.parametrize(
+    "ci, equivalent, kind",
+    [
+        ((-0.01, 0.01), True, "equivalent"),
+        ((-0.30, -0.10), False, "better"),  # all of it below −margin
+        ((0.10, 0.30), False, "worse_beyond_margin"),  # all of it above +margin
+        ((0.01, 0.30), False, "worse"),  # above 0, reaching past the margin
+        ((-0.01, 0.30), False, "inconclusive"),
+        ((-0.30, 0.01), False, "inconclusive"),
+        ((math.nan, math.nan), None, "untestable"),
+    ],
+)
+def test_what_a_cross_budget_difference_says(ci, equivalent, kind):
+    from adaptive_lora.report.cross_budget import recovery
+
+    tost = None if equivalent is None else {"equivalent": equivalent, "p": 0.5}
+    assert recovery({"ci_t": ci, "tost": tost}, margin=0.05) == kind

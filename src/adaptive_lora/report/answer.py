@@ -17,6 +17,7 @@ from adaptive_lora.analysis.formatting import fmt_num, fmt_p, fmt_sig
 from adaptive_lora.analysis.power import POWER, minimum_detectable_d_z
 from adaptive_lora.report.analyse import LOSS_DECIMALS
 from adaptive_lora.report.cells import mean_and_ci
+from adaptive_lora.report.cross_budget import recovery
 from adaptive_lora.study.store import DONE
 
 
@@ -115,18 +116,32 @@ def _cross_budget(block: dict[str, Any] | None) -> list[str]:
         ]
     if block["margin"] is None:
         return [f"- Across budgets: {base} gains nothing measurable from {small} to {large}."]
-    recovered = [
-        label for label, e in block["strategies"].items() if (e["tost"] or {}).get("equivalent")
-    ]
+    kinds: dict[str, list[str]] = {}
+    for label, entry in block["strategies"].items():
+        kinds.setdefault(recovery(entry, block["margin"]), []).append(label)
+    recovered = kinds.get("equivalent", []) + kinds.get("better", [])
     n = len(block["strategies"])
-    return [
+    lo, hi = gain["ci_t"]
+    line = (
         f"- Across budgets: {base} gains {mean_and_ci(gain['mean'], gain['ci_t'], plus=False)}"
-        " in test loss from "
-        f"{small} to {large} ({gain['n']} paired seeds); {len(recovered)} of {n} "
-        f"strateg{'y' if n == 1 else 'ies'} at {small} shown equivalent to {base} at {large} "
-        f"within ±{fmt_num(block['margin'], LOSS_DECIMALS)} (TOST)"
+        f" in test loss from {small} to {large} ({gain['n']} paired seeds"
+        + ("; the interval includes 0" if gain["n"] >= 2 and lo <= 0 <= hi else "")
+        + f"); {len(recovered)} of {n} strateg{'y' if n == 1 else 'ies'} at {small} shown to "
+        f"recover it (equivalent to {base} at {large} within "
+        f"±{fmt_num(block['margin'], LOSS_DECIMALS)} by TOST, or better)"
         + (f": {', '.join(recovered)}." if recovered else ".")
+    )
+    worse = [  # in the study's order
+        label
+        for label in block["strategies"]
+        if label in kinds.get("worse_beyond_margin", []) + kinds.get("worse", [])
     ]
+    if worse:
+        line += f" Worse than {base} at {large} (95% interval above 0, uncorrected): "
+        line += f"{', '.join(worse)}."
+    if kinds.get("inconclusive"):
+        line += f" Too uncertain to tell: {', '.join(kinds['inconclusive'])}."
+    return [line]
 
 
 def answer_lines(baseline: str, analysis: dict[str, Any]) -> list[str]:

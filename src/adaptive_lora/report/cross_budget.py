@@ -80,15 +80,57 @@ def _params(value: float) -> str:
     return f"{int(round(value)):,}" if math.isfinite(value) else "n/a"
 
 
+def recovery(entry: dict[str, Any], margin: float) -> str:
+    """What a strategy's paired difference from the baseline at the larger budget says.
+
+    "equivalent": TOST within ±margin. Otherwise the 95% interval decides what can be
+    said: "better" (all of it below −margin), "worse_beyond_margin" (all of it above
+    +margin), "worse" (above 0: the whole gain is not recovered, though part may be),
+    "inconclusive" (it reaches past the margin on a side that is not ruled out), or
+    "untestable" (fewer than two seeds, or no spread).
+    """
+    tost = entry["tost"] or {}
+    if tost.get("equivalent"):
+        return "equivalent"
+    if tost.get("equivalent") is None:
+        return "untestable"
+    lo, hi = entry["ci_t"]
+    if hi < -margin:
+        return "better"
+    if lo > margin:
+        return "worse_beyond_margin"
+    if lo > 0:
+        return "worse"
+    return "inconclusive"
+
+
+def _recovery_words(kind: str, base: str, large: str, params: str) -> str:
+    return {
+        "equivalent": f"equivalent within the margin: it recovers the {large} result with "
+        f"{params} parameters.",
+        "better": f"better than {base} at {large} by more than the margin, with {params} "
+        "parameters.",
+        "worse_beyond_margin": f"worse than {base} at {large} by more than the margin: it "
+        f"does not recover the {large} gain.",
+        "worse": f"not shown equivalent, and worse than {base} at {large} (interval above 0): "
+        f"it does not recover the whole {large} gain.",
+        "inconclusive": "not shown equivalent, nor shown worse: the interval is too wide to "
+        f"tell whether it recovers the {large} gain.",
+        "untestable": "not testable (fewer than two paired seeds, or no spread).",
+    }[kind]
+
+
 def verdict_lines(block: dict[str, Any], decimals: int = 4) -> list[str]:
     """The cross-budget answer in words, one line per strategy."""
     small, large, base = block["small"], block["large"], block["baseline"]
     gain = block["gain"]
     lo, hi = gain["ci_t"]
+    uncertain = gain["n"] >= 2 and lo <= 0 <= hi
     lines = [
         f"{base} gains {fmt_num(gain['mean'], decimals)} in test loss from {small} to "
         f"{large} ({small} − {large}, 95% CI [{fmt_num(lo, decimals)}, "
-        f"{fmt_num(hi, decimals)}], {gain['n']} paired seeds)."
+        f"{fmt_num(hi, decimals)}], {gain['n']} paired seeds)"
+        + ("; the interval includes 0: the gain itself is not established." if uncertain else ".")
     ]
     if not gain["n"]:
         lines.append(
@@ -113,12 +155,6 @@ def verdict_lines(block: dict[str, Any], decimals: int = 4) -> list[str]:
             f"{fmt_num(entry['mean'], decimals, plus=True)} [{fmt_num(lo, decimals)}, "
             f"{fmt_num(hi, decimals)}], TOST p = {fmt_p(tost.get('p', math.nan))}"
         )
-        if tost.get("equivalent"):
-            tail = (f"equivalent within the margin: it recovers the {large} result with "
-                    f"{_params(entry['params'])} parameters.")  # fmt: skip
-        elif tost.get("equivalent") is None:
-            tail = "not testable (fewer than two paired seeds, or no spread)."
-        else:
-            tail = f"not shown equivalent: it does not recover the {large} gain."
-        lines.append(f"{head} — {tail}")
+        kind = recovery(entry, block["margin"])
+        lines.append(f"{head} — {_recovery_words(kind, base, large, _params(entry['params']))}")
     return lines
