@@ -425,7 +425,19 @@ def test_runs_from_several_commits_with_one_source_hash_are_explained():
     assert _commits_note({**one_hash, "source_hash": ["1", "2"]}) == []
 
 
-def test_a_budget_with_only_the_baseline_says_there_is_nothing_to_compare(tmp_path):
+def test_a_budget_with_only_the_baseline_says_there_is_nothing_to_compare(tmp_path, monkeypatch):
+    from adaptive_lora.report import figures
+
+    panels = {}
+    real_subplots = figures._subplots
+
+    def counting_subplots(n, *args, **kwargs):
+        import inspect
+
+        panels[inspect.stack()[1].function] = n  # which figure asked for how many panels
+        return real_subplots(n, *args, **kwargs)
+
+    monkeypatch.setattr(figures, "_subplots", counting_subplots)
     strategies = ["uniform", {"name": "linear_decay", "budgets": ["r8"]}]
     path = make_study(
         tmp_path,
@@ -439,6 +451,8 @@ def test_a_budget_with_only_the_baseline_says_there_is_nothing_to_compare(tmp_pa
     r16 = text[text.index("## Test loss at budget r16") : text.index("## Does a strategy")]
     assert "Only `uniform` runs at this budget: nothing to compare here." in r16
     assert "Holm-corrected" not in r16
+    assert panels["_fig_paired"] == 1  # no empty r16 panel of differences
+    assert panels["_fig_test_loss"] == 2
 
 
 def test_a_caveat_shared_by_every_comparison_is_said_once():

@@ -68,6 +68,7 @@ def _strip(ax: Any, labels: list[str], values: list[list[float]], means, cis, yl
             else:
                 ax.plot(i + 0.25, means[i], "o", color="C3")
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    ax.set_xlim(-0.5, len(labels) - 0.5)  # one strategy alone stays centred, not stretched
     ax.set_ylabel(ylabel)
 
 
@@ -86,12 +87,22 @@ def _fig_test_loss(study: Study, analysis: dict[str, Any], folder: Path) -> list
             "test loss",
         )
         ax.set_title(f"budget {budget}")
+    # One y scale for every budget, so the budgets compare by eye.
+    low = min(ax.get_ylim()[0] for ax in axes)
+    high = max(ax.get_ylim()[1] for ax in axes)
+    for ax in axes:
+        ax.set_ylim(low, high)
     return _save(fig, folder, "test_loss")
 
 
 def _fig_paired(study: Study, analysis: dict[str, Any], folder: Path) -> list[Path]:
-    blocks = analysis["budgets"]
-    if not any(c["n"] for b in blocks.values() for c in b["comparisons"].values()):
+    # A budget where only the baseline ran has nothing to compare: no empty panel for it.
+    blocks = {
+        budget: block
+        for budget, block in analysis["budgets"].items()
+        if any(c["n"] for c in block["comparisons"].values())
+    }
+    if not blocks:
         return []
     fig, axes = _subplots(len(blocks))
     for ax, (budget, block) in zip(axes, blocks.items()):
