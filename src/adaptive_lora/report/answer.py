@@ -116,10 +116,12 @@ def _cross_budget(block: dict[str, Any] | None) -> list[str]:
         ]
     if block["margin"] is None:
         return [f"- Across budgets: {base} gains nothing measurable from {small} to {large}."]
-    kinds: dict[str, list[str]] = {}
-    for label, entry in block["strategies"].items():
-        kinds.setdefault(recovery(entry, block["margin"]), []).append(label)
-    recovered = kinds.get("equivalent", []) + kinds.get("better", [])
+    kind = {label: recovery(e, block["margin"]) for label, e in block["strategies"].items()}
+
+    def of_kind(*kinds: str) -> list[str]:  # in the study's order
+        return [label for label, k in kind.items() if k in kinds]
+
+    recovered = of_kind("equivalent", "better")
     n = len(block["strategies"])
     lo, hi = gain["ci_t"]
     line = (
@@ -131,16 +133,11 @@ def _cross_budget(block: dict[str, Any] | None) -> list[str]:
         f"±{fmt_num(block['margin'], LOSS_DECIMALS)} by TOST, or better)"
         + (f": {', '.join(recovered)}." if recovered else ".")
     )
-    worse = [  # in the study's order
-        label
-        for label in block["strategies"]
-        if label in kinds.get("worse_beyond_margin", []) + kinds.get("worse", [])
-    ]
-    if worse:
+    if worse := of_kind("worse_beyond_margin", "worse"):
         line += f" Worse than {base} at {large} (95% interval above 0, uncorrected): "
         line += f"{', '.join(worse)}."
-    if kinds.get("inconclusive"):
-        line += f" Too uncertain to tell: {', '.join(kinds['inconclusive'])}."
+    if uncertain := of_kind("inconclusive"):
+        line += f" Too uncertain to tell: {', '.join(uncertain)}."
     return [line]
 
 
