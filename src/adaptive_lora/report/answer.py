@@ -17,7 +17,7 @@ from adaptive_lora.analysis.formatting import fmt_num, fmt_p, fmt_sig
 from adaptive_lora.analysis.power import POWER, minimum_detectable_d_z
 from adaptive_lora.report.analyse import LOSS_DECIMALS
 from adaptive_lora.report.cells import mean_and_ci
-from adaptive_lora.report.cross_budget import recovery
+from adaptive_lora.report.cross_budget import gain_includes_zero, recovery
 from adaptive_lora.study.store import DONE
 
 
@@ -123,11 +123,10 @@ def _cross_budget(block: dict[str, Any] | None) -> list[str]:
 
     recovered = of_kind("equivalent", "better")
     n = len(block["strategies"])
-    lo, hi = gain["ci_t"]
     line = (
         f"- Across budgets: {base} gains {mean_and_ci(gain['mean'], gain['ci_t'], plus=False)}"
         f" in test loss from {small} to {large} ({gain['n']} paired seeds"
-        + ("; the interval includes 0" if gain["n"] >= 2 and lo <= 0 <= hi else "")
+        + ("; the interval includes 0" if gain_includes_zero(gain) else "")
         + f"); {len(recovered)} of {n} strateg{'y' if n == 1 else 'ies'} at {small} shown to "
         f"recover it (equivalent to {base} at {large} within "
         f"±{fmt_num(block['margin'], LOSS_DECIMALS)} by TOST, or better)"

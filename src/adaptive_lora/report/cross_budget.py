@@ -80,6 +80,13 @@ def _params(value: float) -> str:
     return f"{int(round(value)):,}" if math.isfinite(value) else "n/a"
 
 
+def gain_includes_zero(gain: dict[str, Any]) -> bool:
+    """Whether the baseline's measured gain has a 95% interval that includes 0 (the
+    gain itself is then not established)."""
+    lo, hi = gain["ci_t"]
+    return gain["n"] >= 2 and lo <= 0 <= hi
+
+
 def recovery(entry: dict[str, Any], margin: float) -> str:
     """What a strategy's paired difference from the baseline at the larger budget says.
 
@@ -125,12 +132,15 @@ def verdict_lines(block: dict[str, Any], decimals: int = 4) -> list[str]:
     small, large, base = block["small"], block["large"], block["baseline"]
     gain = block["gain"]
     lo, hi = gain["ci_t"]
-    uncertain = gain["n"] >= 2 and lo <= 0 <= hi
     lines = [
         f"{base} gains {fmt_num(gain['mean'], decimals)} in test loss from {small} to "
         f"{large} ({small} − {large}, 95% CI [{fmt_num(lo, decimals)}, "
         f"{fmt_num(hi, decimals)}], {gain['n']} paired seeds)"
-        + ("; the interval includes 0: the gain itself is not established." if uncertain else ".")
+        + (
+            "; the interval includes 0: the gain itself is not established."
+            if gain_includes_zero(gain)
+            else "."
+        )  # fmt: skip
     ]
     if not gain["n"]:
         lines.append(
