@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+from typing import Any
 
 from adaptive_lora.api import write_report
 
 
+def pooled_differences(stats_json: Path) -> list[str]:
+    """What the pooled runs differ in (one analysis per model in a multi-model study)."""
+    stats = json.loads(stats_json.read_text())
+    analyses = list((stats.get("models") or {}).values()) or [stats]
+    found: dict[str, None] = {}
+    for analysis in analyses:
+        check: dict[str, Any] = analysis.get("environment_check") or {}
+        found.update(dict.fromkeys(check.get("differ") or {}))
+    return list(found)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     files = write_report(args.study, args.out, allow_mixed=args.allow_mixed)
+    if args.allow_mixed and (differ := pooled_differences(files.stats_json)):
+        print(f"pooled runs that differ in {', '.join(differ)} (--allow-mixed); "
+              "report.md says so at its top")  # fmt: skip
     print(f"report: {files.report_md}")
     print(f"table:  {files.table_tex}")
     print(f"stats:  {files.stats_json}")
@@ -28,6 +45,6 @@ def register(subparsers) -> None:
         "--allow-mixed",
         action="store_true",
         help="pool runs from different environments (source, model, data, precision, torch, "
-        "device type); the report then says so at the top",
+        "device type, bf16 matrix-instruction family); the report then says so at the top",
     )
     report.set_defaults(func=cmd_report)

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from adaptive_lora.cli.status import _mark
 from adaptive_lora.errors import UserError
 from adaptive_lora.study.executor import Stopped, as_stopped
+from adaptive_lora.study.machine_check import check_machine
 from adaptive_lora.study.plan import (
     current_rows,
     estimate,
@@ -60,6 +61,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(format_dry_run(study, retry_failed=args.retry_failed, at_once=args.workers or 1))
         return 0
+    # Before any run starts: bf16 runs on another CPU family than the stored ones would not
+    # pool. On a cluster (--address) the workers' machines are not known here.
+    if args.address is None:
+        if warning := check_machine(
+            study, retry_failed=args.retry_failed, allow_mixed=args.allow_mixed
+        ):
+            print(warning)
     if args.workers is None and args.address is None:
         if any(getattr(args, name) is not None for name in RAY_ONLY):
             flags = ", ".join("--" + name.replace("_", "-") for name in RAY_ONLY)
@@ -143,6 +151,12 @@ def register(subparsers) -> None:
     )
     run.add_argument("--retry-failed", action="store_true", help="run failed runs again")
     run.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
+    run.add_argument(
+        "--allow-mixed",
+        action="store_true",
+        help="go on although this machine's bf16 matrix-instruction family (AMX-bf16, "
+        "AVX512-bf16, ...) differs from the stored runs' (their numbers will not pool)",
+    )
     ray = run.add_argument_group(
         "parallel runs on Ray (default: one run at a time in this process)",
         "Per-run resources also come from the study's `resources:` key; flags win.",

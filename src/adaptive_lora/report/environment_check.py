@@ -2,9 +2,13 @@
 
 Checked from each run's manifest: the package source (a hash of its source files, not
 HEAD: committing results moves HEAD without changing a run), the model fingerprint, the
-data hash, the precision, the torch version and the device type. Runs that differ in
-any of these are not pooled unless the user says so (`--allow-mixed`). A different CPU
-model is a warning only: the machine may change between sessions of one study.
+data hash, the precision, the torch version and the device type; and for bf16 runs the
+matrix-instruction family of the CPU (AMX-bf16, AVX512-bf16, ...) or the GPU model, which
+changes the last bits of every bf16 sum (by about the size of the effects studied). Runs
+that differ in any of these are not pooled unless the user says so (`--allow-mixed`).
+A run recorded before families were (no `matrix_family` in its manifest) is of an
+unknown family and never a reason to refuse. A different CPU model within one family is
+a warning only: the machine may change between sessions of one study.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from adaptive_lora.errors import UserError
+from adaptive_lora.study.machine_check import bf16_families
 from adaptive_lora.study.store import RunRow
 
 UNKNOWN = "unrecorded"
@@ -39,6 +44,8 @@ MUST_AGREE: dict[str, Callable[[dict[str, Any]], Any]] = {
     "torch version": lambda m: (m.get("versions") or {}).get("torch"),
     "device type": _device_type,
 }
+# Only among bf16 runs that recorded one (see `study.machine_check.bf16_families`).
+FAMILY_KEY = "matrix-instruction family (bf16)"
 MAY_DIFFER: dict[str, Callable[[dict[str, Any]], Any]] = {
     "CPU model": lambda m: m.get("cpu"),
     "GPU": lambda m: m.get("gpu"),
@@ -57,13 +64,17 @@ def check_environment(rows: Sequence[RunRow]) -> dict[str, Any]:
     """{"differ": key → value → run ids, "warnings": the same for CPU/GPU, "mixed": bool}.
 
     A key whose only value is `unrecorded` (runs from before it was recorded) is not a
-    difference; `unrecorded` beside a recorded value is.
+    difference; `unrecorded` beside a recorded value is, except for the bf16 family: a run
+    without one (recorded before families were) is left out of that comparison.
     """
     differ = {}
     for key, read in MUST_AGREE.items():
         groups = _groups(rows, read)
         if len(groups) > 1:
             differ[key] = groups
+    families = bf16_families(rows)
+    if len(families) > 1:
+        differ[FAMILY_KEY] = families
     warnings = {}
     for key, read in MAY_DIFFER.items():
         groups = {v: ids for v, ids in _groups(rows, read).items() if v != UNKNOWN}

@@ -1,0 +1,193 @@
+"""Hardening (issue 22): the CPU's matrix-instruction family in a run's record and the
+checks that read it, run-time checks of what the tool patches in PEFT, edge-case data
+and store writes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from adaptive_lora.cli import main
+from adaptive_lora.environment import matrix_family
+from adaptive_lora.study.runner import run_study
+from adaptive_lora.study.spec import load_study
+
+# ---------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def done_study(tmp_path_factory) -> Path:
+    """A finished 4-run bf16 study of a tiny model (uniform, linear_decay × seeds 0, 1)."""
+    from tiny import save_tiny, tiny_llama, write_tiny_study
+
+    folder = tmp_path_factory.mktemp("hardening")
+    model = save_tiny(tiny_llama(), folder / "model")
+    path = write_tiny_study(folder, model, max_steps=2)
+    run_study(load_study(path), log=lambda line: None, quiet=True)
+    return path
+
+
+def copy_study(path: Path, to: Path) -> Path:
+    """A copy of a study (its file and its out folder) that a test may change."""
+    spec = yaml.safe_load(path.read_text())
+    shutil.copytree(spec["out"], to / "out")
+    copy = to / "study.yaml"
+    copy.write_text(yaml.safe_dump({**spec, "out": str(to / "out")}, sort_keys=False))
+    return copy
+
+
+def edit_manifests(path: Path, change, where: str = "1") -> None:
+    """Apply `change(manifest)` to the stored manifest of the runs matching SQL `where`."""
+    store = Path(yaml.safe_load(path.read_text())["out"]) / "study.db"
+    with sqlite3.connect(store) as conn:
+        for run_id, text in conn.execute(f"SELECT id, manifest FROM runs WHERE {where}"):
+            manifest = json.loads(text)
+            change(manifest)
+            conn.execute(
+                "UPDATE runs SET manifest = ? WHERE id = ?", (json.dumps(manifest), run_id)
+            )
+    conn.close()
+
+
+def table(path: Path, sql: str) -> list[tuple]:
+    store = Path(yaml.safe_load(path.read_text())["out"]) / "study.db"
+    conn = sqlite3.connect(store)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def set_family(family: str | None):
+    def change(manifest: dict) -> None:
+        if family is None:
+            manifest.pop("matrix_family", None)
+        else:
+            manifest["matrix_family"] = family
+
+    return change
+
+
+# ---------------------------------------------------------------------- the CPU's family
+
+
+@pytest.mark.parametrize(
+    "flags, family",
+    [
+        ({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, "AMX-bf16"),
+        ({"avx2", "avx512f", "avx512_bf16"}, "AVX512-bf16"),
+        ({"avx2", "avx512f"}, "AVX512"),
+        ({"avx2", "fma"}, "AVX2"),
+    ],
+)
+def test_matrix_family_is_the_widest_instructions_the_cpu_has(flags, family):
+    assert matrix_family(torch.device("cpu"), frozenset(flags)) == family
+
+
+def test_a_runs_manifest_names_the_family_and_kernel_path(done_study):
+    spec = yaml.safe_load(done_study.read_text())
+    for run_dir, text in table(done_study, "SELECT run_dir, manifest FROM runs"):
+        stored = json.loads(text)
+        assert stored["matrix_family"] == matrix_family(torch.device("cpu"))
+        assert stored["kernel_path"].startswith("ATen ")
+        on_disk = json.loads((Path(spec["out"]) / run_dir / "manifest.json").read_text())
+        assert on_disk["matrix_family"] == stored["matrix_family"]
+
+
+def test_report_refuses_bf16_runs_of_two_families_unless_allowed(done_study, tmp_path, capsys):
+    path = copy_study(done_study, tmp_path)
+    edit_manifests(path, set_family("AMX-bf16"), "label = 'uniform'")
+    edit_manifests(path, set_family("AVX512-bf16"), "label != 'uniform'")
+    out = tmp_path / "report"
+    assert main(["report", str(path), "--out", str(out)]) == 2
+    err = one_error_line(capsys)
+    assert (
+        "matrix-instruction family (bf16)" in err and "AMX-bf16" in err and "--allow-mixed" in err
+    )
+    assert not out.exists()
+    assert main(["report", str(path), "--out", str(out), "--allow-mixed"]) == 0
+    assert "pooled runs that differ in matrix-instruction family" in capsys.readouterr().out
+    top = (out / "report.md").read_text().split("\n## ")[0]
+    assert "Warning: runs from different environments are pooled" in top
+    assert "matrix-instruction family (bf16) differs" in top
+
+
+def test_runs_without_a_family_are_never_refused(done_study, tmp_path, capsys):
+    """Runs recorded before families were: unknown, beside a known one or alone."""
+    path = copy_study(done_study, tmp_path)
+    edit_manifests(path, set_family(None), "label = 'uniform'")
+    edit_manifests(path, set_family("AMX-bf16"), "label != 'uniform'")
+    assert main(["report", str(path), "--out", str(tmp_path / "report")]) == 0
+    assert "Warning: runs from different" not in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_fp32_runs_of_two_families_are_pooled(done_study, tmp_path):
+    path = copy_study(done_study, tmp_path)
+    edit_manifests(path, lambda m: m.update(precision="fp32", matrix_family="AMX-bf16"))
+    edit_manifests(path, set_family("AVX2"), "label = 'uniform'")
+    assert main(["report", str(path), "--out", str(tmp_path / "report")]) == 0
+
+
+def _reopen_one_run(path: Path) -> str:
+    """Make one done run pending again (as if it had not run yet); its id."""
+    store = Path(yaml.safe_load(path.read_text())["out"]) / "study.db"
+    with sqlite3.connect(store) as conn:
+        (run_id,) = conn.execute("SELECT id FROM runs ORDER BY position LIMIT 1").fetchone()
+        conn.execute("UPDATE runs SET status = 'pending' WHERE id = ?", (run_id,))
+    conn.close()
+    return run_id
+
+
+def test_run_stops_before_any_run_on_another_family(done_study, tmp_path, capsys):
+    path = copy_study(done_study, tmp_path)
+    edit_manifests(path, set_family("AMX-bf16"))
+    reopened = _reopen_one_run(path)
+    before = table(path, "SELECT * FROM attempts")
+    assert main(["run", str(path), "--quiet"]) == 2
+    err = one_error_line(capsys)
+    here = matrix_family(torch.device("cpu"))
+    assert f"this machine computes bf16 with {here}" in err and "AMX-bf16 (3 run(s))" in err
+    assert table(path, "SELECT * FROM attempts") == before  # nothing started
+    assert main(["run", str(path), "--quiet", "--allow-mixed"]) == 0
+    assert "going on (--allow-mixed)" in capsys.readouterr().out
+    assert table(path, f"SELECT status FROM runs WHERE id = '{reopened}'") == [("done",)]
+
+
+def test_run_does_not_stop_for_runs_of_unknown_family_or_nothing_to_run(done_study, tmp_path):
+    path = copy_study(done_study, tmp_path)
+    edit_manifests(path, set_family("AMX-bf16"))
+    assert main(["run", str(path), "--quiet"]) == 0  # nothing left to run: nothing to stop
+    edit_manifests(path, set_family(None))
+    _reopen_one_run(path)
+    assert main(["run", str(path), "--quiet"]) == 0
+
+
+def test_rerun_names_a_family_difference_and_differences_in_seed_sds(done_study, tmp_path, capsys):
+    path = copy_study(done_study, tmp_path)
+    edit_manifests(path, set_family("AMX-bf16"))
+    (run_id, text) = table(path, "SELECT id, metrics FROM runs WHERE label = 'uniform'")[0]
+    metrics = json.loads(text)
+    metrics["test_loss"] += 1e-3  # as if the stored machine had computed another number
+    store = Path(yaml.safe_load(path.read_text())["out"]) / "study.db"
+    with sqlite3.connect(store) as conn:
+        conn.execute("UPDATE runs SET metrics = ? WHERE id = ?", (json.dumps(metrics), run_id))
+    conn.close()
+    assert main(["rerun", str(path), run_id]) == 1
+    out = capsys.readouterr().out
+    here = matrix_family(torch.device("cpu"))
+    assert f"matrix family      DIFFERS  stored AMX-bf16, now {here}" in out
+    line = next(x for x in out.splitlines() if x.strip().startswith("test_loss "))
+    assert "DIFFERS" in line and "(Δ -0.001 = " in line and " sd)" in line, line
+    assert "over the 2 seeds of this strategy, budget and rate" in out
