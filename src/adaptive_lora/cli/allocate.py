@@ -9,6 +9,7 @@ from adaptive_lora.allocation import STRATEGIES
 from adaptive_lora.allocation.for_model import allocation_for
 from adaptive_lora.allocation.heatmap import rank_heatmap
 from adaptive_lora.cli.common import _strategy_params
+from adaptive_lora.cli.export import check_export, export_allocation, print_lines
 
 
 def format_allocation_table(allocation) -> str:
@@ -45,6 +46,8 @@ def format_allocation_table(allocation) -> str:
 
 def cmd_allocate(args: argparse.Namespace) -> int:
 
+    if args.export:
+        check_export(*args.export, args.strategy)  # bad format or path: fail first
     allocation = allocation_for(
         model_spec=args.model,
         strategy=args.strategy,
@@ -69,6 +72,11 @@ def cmd_allocate(args: argparse.Namespace) -> int:
         print(format_allocation_table(allocation))
         if args.plot:
             print(f"heatmap: {args.plot}")
+    if args.export:
+        lines = export_allocation(
+            allocation, *args.export, model_spec=args.model, data=args.data, seed=args.seed
+        )
+        print_lines(lines, to_stderr=args.json)  # stdout stays pure JSON under --json
     return 0
 
 
@@ -100,4 +108,11 @@ def register(subparsers) -> None:
     )
     alloc.add_argument("--json", action="store_true", help="print JSON instead of a table")
     alloc.add_argument("--plot", metavar="FILE.png", help="also draw a layer × kind heatmap")
+    alloc.add_argument(
+        "--export",
+        nargs=2,
+        metavar=("FORMAT", "FILE"),
+        help="also write the allocation for another trainer: peft (adapter_config.json) or "
+        "axolotl (YAML keys), with FILE.provenance.json beside it",
+    )
     alloc.set_defaults(func=cmd_allocate)
