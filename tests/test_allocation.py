@@ -203,9 +203,35 @@ def test_property_attention_heavy_favours_attention(problem, multiple):
 def test_apportion_rejects_bad_bounds():
     inv = [ModuleInfo("a.0.q", 0, "q", 4, 4)]
     with pytest.raises(UserError):
-        apportion(inv, {"a.0.q": 1.0}, 80, min_rank=0)
+        apportion(inv, {"a.0.q": 1.0}, 80, min_rank=-1)
     with pytest.raises(UserError):
         apportion(inv, {"a.0.q": 1.0}, 80, min_rank=4, max_rank=2)
+
+
+def test_min_rank_zero_leaves_modules_out_and_meets_a_budget_below_r1(llama):
+    """Below r1 on every module, min_rank 0 lets a strategy adapt only some modules."""
+    inv = build_inventory(llama)
+    r1 = sum(m.cost_per_rank for m in inv)
+    budget = f"{r1 // 3}"
+    ctx = ctx_for(inv, budget, min_rank=0)
+    allocation = allocate("attention_heavy", ctx)
+    assert 0 in allocation.ranks.values()
+    assert abs(allocation.total_params - r1 // 3) <= tolerance(inv, r1 // 3)
+    with pytest.raises(UserError, match="uniform cannot spend"):
+        allocate("uniform", ctx_for(inv, budget, min_rank=0))
+
+
+def test_a_budget_below_r1_reaches_half_a_percent_by_swapping_ranks():
+    """Leftovers below the cheapest module's cost but above 0.5% are swapped away."""
+    inv = [ModuleInfo(f"m.{i}.k", i, "k", 576, 192) for i in range(10)] + [
+        ModuleInfo(f"m.{i}.q", i, "q", 576, 576) for i in range(10)
+    ]
+    # 50,320 = 65·768 + 400: k ranks alone leave 400 (0.79%), less than one k costs;
+    # one q rank (1,152) in place of one k rank lands 16 parameters from the budget.
+    for shares in ({m.name: 1.0 for m in inv}, {m.name: float(m.kind == "k") for m in inv}):
+        ranks = apportion(inv, shares, 50_320, min_rank=0)
+        total = sum(ranks[m.name] * m.cost_per_rank for m in inv)
+        assert abs(total - 50_320) <= 0.005 * 50_320
 
 
 def test_registry_lists_the_four_shape_strategies():

@@ -35,6 +35,10 @@ class DataSettings:
     template: str = _help(
         "prompt format: `alpaca` or `chat` (the tokenizer's chat template)", "alpaca"
     )
+    options: dict[str, Any] = _help(
+        "generator options of a `reasoning_gym:<task>` source, e.g. {max_terms: 3}",
+        default_factory=dict,
+    )
 
     def validate(self) -> None:
         _at_least(self, "n_train", 1)
@@ -51,14 +55,16 @@ class AllocationSettings:
     )
     budget: str = _help("`rN` (parameters of uniform rank N) or a parameter count", "r8")
     params: dict[str, Any] = _help("strategy parameters, e.g. {ratio: 4}", default_factory=dict)
-    min_rank: int = _help("smallest rank any module gets", 1)
+    min_rank: int = _help(
+        "smallest rank any module gets (0: a strategy may leave a module without an adapter)", 1
+    )
     max_rank: int | None = _help("largest rank any module gets (none: unbounded)", None)
     target: str = _help(
         "modules to adapt: `all`, `attention`, `mlp` or a comma list of kinds", "all"
     )
 
     def validate(self) -> None:
-        _at_least(self, "min_rank", 1)
+        _at_least(self, "min_rank", 0)
         if self.max_rank is not None and self.max_rank < self.min_rank:
             raise UserError(
                 f"allocation.max_rank ({self.max_rank}) must be >= min_rank ({self.min_rank})"
@@ -122,7 +128,8 @@ class EvalSettings:
     batch_size: int = _help("examples per evaluation batch", 16)
     metrics: list[str] = _help(
         "task metrics of the generated answers: rouge_l, exact_match, final_number, exact, "
-        "contains (none: exact_match on built-in data, rouge_l otherwise; rouge_l, and "
+        "contains, task_score (none: exact_match on built-in data, task_score on a "
+        "reasoning_gym task, rouge_l otherwise; rouge_l, and "
         "exact_match on built-in data, are recorded always)",
         default_factory=list,
     )

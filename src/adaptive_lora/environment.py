@@ -114,7 +114,10 @@ def git_commit(start: Path | None = None) -> str | None:
 # run's numbers (a run's config, which the study stage writes, is in its id already).
 # Leaving them out lets a long study take fixes to its report or scheduler between
 # sessions and still pool every run as one environment.
-NOT_RUN_SOURCES = ("analysis", "report", "study", "cli", "api.py", "__init__.py")
+NOT_RUN_SOURCES = (
+    "analysis", "report", "study", "cli", "api.py", "__init__.py",
+    "adapters/export.py",  # writes files for other trainers; no run imports it
+)  # fmt: skip
 
 
 @functools.cache
@@ -123,7 +126,7 @@ def source_hash() -> str:
 
     Unlike HEAD: committing results between sessions moves HEAD without changing a
     run, and an uncommitted edit changes a run without moving HEAD. Computed once
-    per process over the package minus `NOT_RUN_SOURCES` (top-level names).
+    per process over the package minus `NOT_RUN_SOURCES` (top-level names, or paths).
     """
     return sources_digest(Path(__file__).resolve().parent)
 
@@ -133,7 +136,7 @@ def sources_digest(root: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         relative = path.relative_to(root)
-        if relative.parts[0] in NOT_RUN_SOURCES:
+        if relative.parts[0] in NOT_RUN_SOURCES or relative.as_posix() in NOT_RUN_SOURCES:
             continue
         digest.update(relative.as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")

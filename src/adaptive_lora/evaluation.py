@@ -6,6 +6,7 @@ in `evaluation_metrics`.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -13,11 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import StoppingCriteria
 
-from adaptive_lora.compute.loss import response_loss_sum
+from adaptive_lora.compute.loss import response_loss_per_row, response_loss_sum
 from adaptive_lora.compute.precision import autocast_context
 from adaptive_lora.data.prompts import TokenizedSplit, collate, format_prompt
-from adaptive_lora.evaluation_metrics import mean_scores, reference_of, score
+from adaptive_lora.evaluation_metrics import mean_scores, score
 
 
 @torch.no_grad()
@@ -47,6 +49,55 @@ def mean_loss(
         count += n
     model.train(was_training)
     return total / count if count else math.nan
+
+
+@dataclass
+class ItemLosses:
+    """Each item's response-token loss sum and token count, in the split's order."""
+
+    loss_sum: list[float]
+    tokens: list[int]
+
+    @property
+    def mean(self) -> float:
+        """Token-weighted mean over the items: the split's loss."""
+        count = sum(self.tokens)
+        return math.fsum(self.loss_sum) / count if count else math.nan
+
+    def item_means(self) -> list[float]:
+        return [s / n if n else math.nan for s, n in zip(self.loss_sum, self.tokens)]
+
+
+@torch.no_grad()
+def item_losses(
+    model: torch.nn.Module,
+    split: TokenizedSplit,
+    *,
+    pad_token_id: int,
+    batch_size: int,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+) -> ItemLosses:
+    """Per-item response loss over a split (the test set's per-item records).
+
+    Batches go in length order to keep padding small; results come back in the
+    split's own order, so item j of every run of a study is the same test example.
+    """
+    was_training = model.training
+    model.eval()
+    n = len(split.features)
+    sums, counts = [0.0] * n, [0] * n
+    order = sorted(range(n), key=lambda i: len(split.features[i]["input_ids"]))
+    for start in range(0, n, batch_size):
+        chunk = order[start : start + batch_size]
+        batch = collate([split.features[i] for i in chunk], pad_token_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast_context(device, autocast_dtype):
+            row_sums, row_counts = response_loss_per_row(model, batch)
+        for i, value, count in zip(chunk, row_sums.tolist(), row_counts.tolist()):
+            sums[i], counts[i] = value, int(count)
+    model.train(was_training)
+    return ItemLosses(sums, counts)
 
 
 def perplexity(loss: float) -> float:
@@ -81,8 +132,15 @@ def generate_answers(
     device: torch.device,
     autocast_dtype: torch.dtype | None,
     metrics: Sequence[str] = ("rouge_l",),
+    stop_at_line_end: bool = False,
 ) -> GenerationResult:
-    """Greedy answers for `examples` (batched, left padding), each scored by every metric.
+    """Greedy answers for `examples`, each scored by every metric; records in input order.
+
+    Batched decoding with the KV cache (`model.generate`), prompts grouped by length so
+    a batch carries little padding, and each sequence stopped at its end of sequence —
+    or, with `stop_at_line_end` (short-answer tasks scored on the first line), at the
+    first line break after some text: tokens past it cannot change a verdict. A batch
+    ends when all its sequences have stopped.
 
     Each record holds the prompt fields, `reference`, `prediction` and one verdict
     per metric name (the reference is the built-in set's short answer where there
@@ -92,17 +150,25 @@ def generate_answers(
         return GenerationResult([], {name: None for name in metrics})
     was_training = model.training
     model.eval()
-    records = []
+    prompts = [format_prompt(ex, template, tokenizer) for ex in examples]
+    add_special = template != "chat"  # a chat template writes its own special tokens
+    lengths = [len(tokenizer(p, add_special_tokens=add_special)["input_ids"]) for p in prompts]
+    order = sorted(range(len(examples)), key=lambda i: (lengths[i], i))
+    texts: dict[int, str] = {}
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues from the right edge
     try:
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start : start + batch_size]
-            prompts = [format_prompt(ex, template, tokenizer) for ex in chunk]
-            add_special = template != "chat"  # a chat template writes its own special tokens
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
             encoded = tokenizer(
-                prompts, return_tensors="pt", padding=True, add_special_tokens=add_special
+                [prompts[i] for i in chunk],
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=add_special,
             ).to(device)
+            stopping = (
+                [LineEnd(tokenizer, encoded["input_ids"].shape[1])] if stop_at_line_end else None
+            )
             with autocast_context(device, autocast_dtype):
                 output = model.generate(
                     **encoded,
@@ -111,23 +177,63 @@ def generate_answers(
                     use_cache=True,
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=tokenizer.eos_token_id,
+                    stopping_criteria=stopping,
                 )
             new_tokens = output[:, encoded["input_ids"].shape[1] :]
-            for example, ids in zip(chunk, new_tokens):
-                text = tokenizer.decode(ids, skip_special_tokens=True).strip()
-                records.append(
-                    {
-                        "instruction": example["instruction"],
-                        "input": example.get("input", ""),
-                        "reference": example["output"],
-                        "prediction": text,
-                        **score(metrics, text, reference_of(example)),
-                    }
-                )
+            for i, ids in zip(chunk, new_tokens):
+                texts[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
+    records = [
+        {
+            "instruction": example["instruction"],
+            "input": example.get("input", ""),
+            "reference": example["output"],
+            "prediction": texts[i],
+            **score(metrics, texts[i], example),
+        }
+        for i, example in enumerate(examples)
+    ]
     return GenerationResult(records, mean_scores(metrics, records))
+
+
+class LineEnd(StoppingCriteria):
+    """Stops each sequence at the first token holding a line break after some text.
+
+    Works on token ids, once per step and vectorised: which ids hold a line break and
+    which are whitespace only is read from the vocabulary once per tokenizer.
+    """
+
+    def __init__(self, tokenizer: Any, prompt_length: int):
+        self.breaks, self.blank = _line_tokens(tokenizer)
+        self.prompt_length = prompt_length
+        self.seen_text: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        last = input_ids[:, -1]
+        breaks, blank = self.breaks.to(last.device), self.blank.to(last.device)
+        before = (
+            self.seen_text
+            if self.seen_text is not None
+            else torch.zeros_like(last, dtype=torch.bool)
+        )
+        done = before & torch.isin(last, breaks)
+        self.seen_text = before | ~torch.isin(last, blank)
+        return done
+
+
+@functools.lru_cache(maxsize=4)
+def _line_tokens(tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids whose text holds a line break, ids whose text is blank), over the vocabulary."""
+    breaks, blank = [], []
+    for token_id in range(len(tokenizer)):
+        text = tokenizer.decode([token_id])
+        if "\n" in text:
+            breaks.append(token_id)
+        if not text.strip():
+            blank.append(token_id)
+    return torch.tensor(breaks, dtype=torch.long), torch.tensor(blank, dtype=torch.long)
 
 
 class Stopwatch:

@@ -5,12 +5,15 @@ over the scored examples is a `metrics.json` key of the same name. Which metrics
 run uses (`metrics_for_run`):
 
 * the ones `eval.metrics` names, else the data's default: `exact_match` on the
-  built-in set, `rouge_l` on any other data;
+  built-in set, `task_score` on a generated `reasoning_gym:` task, `rouge_l` on any
+  other data;
 * always `rouge_l`, and `exact_match` on the built-in set, because every run has
   recorded them since the first study (old stores and reports read those keys).
 
 Adding a metric is one function here with `@register_metric`. A metric that can
-only be scored on some data sets a `check` that fails before any run starts.
+only be scored on some data sets a `check` that fails before any run starts. A metric
+that judges with the task's own scorer (`task_score`) is registered with
+`needs_item=True` and gets the example's generator item instead of a reference text.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from decimal import Decimal
 from typing import Any
 
 from adaptive_lora.data.builtin import exact_match as builtin_exact_match
+from adaptive_lora.data.reasoning_gym import task_score as reasoning_gym_score
 from adaptive_lora.errors import UserError
 
 MetricFn = Callable[[str, str], "bool | float"]
@@ -36,17 +40,20 @@ class Metric:
     fn: MetricFn
     summary: str
     check: DataCheck | None = None
+    needs_item: bool = False  # fn(prediction, example["task_item"]) instead of a reference
 
 
 METRICS: dict[str, Metric] = {}
 
 
-def register_metric(name: str, *, check: DataCheck | None = None) -> Callable[[MetricFn], MetricFn]:
+def register_metric(
+    name: str, *, check: DataCheck | None = None, needs_item: bool = False
+) -> Callable[[MetricFn], MetricFn]:
     """Register `fn` as metric `name`; its docstring's first line is its summary."""
 
     def wrap(fn: MetricFn) -> MetricFn:
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        METRICS[name] = Metric(name, fn, summary, check)
+        METRICS[name] = Metric(name, fn, summary, check, needs_item)
         return fn
 
     return wrap
@@ -132,14 +139,22 @@ def final_number(prediction: str, reference: str) -> bool:
     return expected is not None and last_number(prediction) == expected
 
 
-def default_metrics(builtin: bool) -> tuple[str, ...]:
+@register_metric("task_score", needs_item=True)
+def task_score(prediction: str, item: dict[str, Any]) -> float:
+    """A generated task's own scorer (reasoning-gym) on the answer's first line."""
+    return reasoning_gym_score(prediction, item)
+
+
+def default_metrics(builtin: bool, generated: bool = False) -> tuple[str, ...]:
     """The metrics a run reports when `eval.metrics` names none."""
+    if generated:
+        return ("task_score",)
     return ("exact_match",) if builtin else ("rouge_l",)
 
 
-def metrics_for_run(named: Sequence[str], builtin: bool) -> tuple[str, ...]:
+def metrics_for_run(named: Sequence[str], builtin: bool, generated: bool = False) -> tuple[str, ...]:
     """Every metric a run scores: the named (or default) ones plus the two recorded always."""
-    chosen = tuple(named) or default_metrics(builtin)
+    chosen = tuple(named) or default_metrics(builtin, generated)
     always = ("rouge_l", "exact_match") if builtin else ("rouge_l",)
     return tuple(dict.fromkeys(always + chosen))
 
@@ -149,6 +164,11 @@ def check_metric_data(named: Sequence[str], examples: Sequence[dict[str, Any]]) 
     check_metric_names(named)
     references = [reference_of(example) for example in examples]
     for name in named:
+        if METRICS[name].needs_item and examples and "task_item" not in examples[0]:
+            raise UserError(
+                f"eval.metrics: {name} scores with a generated task's own scorer; use it with "
+                "a `reasoning_gym:<task>` data source"
+            )
         check = METRICS[name].check
         reason = check(references) if check is not None else None
         if reason is not None:
@@ -160,9 +180,13 @@ def reference_of(example: dict[str, Any]) -> str:
     return example.get("answer", example["output"])
 
 
-def score(names: Sequence[str], prediction: str, reference: str) -> dict[str, bool | float]:
-    """Each metric's verdict on one prediction."""
-    return {name: METRICS[name].fn(prediction, reference) for name in names}
+def score(names: Sequence[str], prediction: str, example: dict[str, Any]) -> dict[str, bool | float]:
+    """Each metric's verdict on one prediction for `example`."""
+    reference = reference_of(example)
+    return {
+        name: METRICS[name].fn(prediction, example["task_item"] if METRICS[name].needs_item else reference)
+        for name in names
+    }
 
 
 def mean_scores(names: Sequence[str], records: Sequence[dict[str, Any]]) -> dict[str, float | None]:

@@ -51,8 +51,11 @@ CURVE_KEYS = ("train_loss_curve", "val_loss_curve")
 # The allocation, one {name, layer, kind, rank} per module: in the store with the run's
 # metrics, so a committed study database alone redraws the allocation figures.
 ALLOCATION_KEY = "allocation_modules"
+# Per test item: loss, token count and each metric's verdict (see `run.test_item_records`),
+# so statistics can resample items as well as seeds.
+ITEMS_KEY = "test_items"
 # Too long for a column of results.csv: they stay in the store and in metrics.json.
-NOT_EXPORTED_KEYS = (*CURVE_KEYS, ALLOCATION_KEY)
+NOT_EXPORTED_KEYS = (*CURVE_KEYS, ALLOCATION_KEY, ITEMS_KEY)
 
 STATUS_DONE = "done"
 STATUS_FAILED = "failed"
@@ -109,9 +112,11 @@ def run_identity(
         if path in NOT_IDENTITY:
             continue
         if isinstance(value, dict) and path not in ID_SCHEMA_1:
-            kept[key] = run_identity(
-                value, default if isinstance(default, dict) else {}, path + "."
-            )
+            inner = run_identity(value, default if isinstance(default, dict) else {}, path + ".")
+            # A mapping field added since schema 1 (e.g. `data.options`) left at its
+            # default names nothing, so it must not enter the hash as `{}` either.
+            if inner or key not in defaults or value != default:
+                kept[key] = inner
         elif path in ID_SCHEMA_1 or key not in defaults or value != default:
             kept[key] = value
     return kept

@@ -7,6 +7,7 @@ to bottom. The training loop it calls lives below it, in `training/`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -34,14 +35,27 @@ from adaptive_lora.data.calibration import make_calibration
 from adaptive_lora.data.prompts import (
     tokenize_examples,
 )
-from adaptive_lora.data.sources import load_examples
-from adaptive_lora.data.splits import make_splits
+from adaptive_lora.data.reasoning_gym import is_reasoning_gym
+from adaptive_lora.data.splits import load_splits
 from adaptive_lora.environment import environment_manifest, now_iso, peak_memory_mb
 from adaptive_lora.errors import UserError
-from adaptive_lora.evaluation import Stopwatch, generate_answers, mean_loss, perplexity
+from adaptive_lora.evaluation import (
+    Stopwatch,
+    generate_answers,
+    item_losses,
+    mean_loss,
+    perplexity,
+)
 from adaptive_lora.evaluation_metrics import check_metric_data, default_metrics, metrics_for_run
 from adaptive_lora.model.loading import load_model
-from adaptive_lora.records import ALLOCATION_KEY, STATUS_DONE, STATUS_FAILED, RunResult, write_json
+from adaptive_lora.records import (
+    ALLOCATION_KEY,
+    ITEMS_KEY,
+    STATUS_DONE,
+    STATUS_FAILED,
+    RunResult,
+    write_json,
+)
 from adaptive_lora.training.loggers import MetricLoggers
 from adaptive_lora.training.loop import NonFiniteLoss, total_steps, train_adapter
 
@@ -116,6 +130,30 @@ def allocation_modules(allocation: Any) -> list[dict[str, Any]]:
     return [{k: row[k] for k in ("name", "layer", "kind", "rank")} for row in allocation.rows()]
 
 
+def test_item_records(items: Any, generations: list[dict], test: list[dict]) -> dict[str, Any]:
+    """Each test item's loss and metric verdicts, column-wise (compact in the store).
+
+    Items follow the test split's order; `tokens` is the item's response-token count, so
+    the token-weighted mean of `loss` is the run's test loss. A metric's column covers
+    the first `eval.n_generate` items (the ones answered); `key` names each item by
+    the hash of its instruction and input, so a reader can match items across runs.
+    """
+    columns: dict[str, Any] = {
+        "key": [_item_key(example) for example in test[: len(items.tokens)]],
+        "loss": items.item_means(),
+        "tokens": items.tokens,
+    }
+    for name in generations[0] if generations else ():
+        if name not in ("instruction", "input", "reference", "prediction"):
+            columns[name] = [record[name] for record in generations]
+    return columns
+
+
+def _item_key(example: dict[str, Any]) -> str:
+    text = example["instruction"] + "\x00" + example.get("input", "")
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 # (model, data, split, evaluation settings, model object) → the untrained adapter's loss.
 _LOSS_BEFORE: dict[tuple, float] = {}
 
@@ -139,10 +177,7 @@ class RunSteps:
             torch.set_num_threads(cfg.train.threads)
         self.loaded = loaded or load_model(cfg.model)
         self.tokenizer = self.loaded.tokenizer
-        examples = load_examples(cfg.data.source)
-        self.splits = make_splits(
-            examples, cfg.data.n_train, cfg.data.n_val, cfg.data.n_test, cfg.data.data_seed
-        )
+        self.splits = load_splits(cfg.data)
         check_metric_data(cfg.eval.metrics, self.splits.test[: cfg.eval.n_generate])
         tokenize = lambda split: tokenize_examples(  # noqa: E731
             split, self.tokenizer, cfg.data.max_length, cfg.data.template
@@ -240,7 +275,8 @@ class RunSteps:
             self._record_adalora_ranks()
         with Stopwatch() as after, fast():
             m["val_loss"] = outcome.val_loss_curve[-1][1] if outcome.val_loss_curve else math.nan
-            m["test_loss"] = self._loss(self.test_split)
+            items = self._item_losses(self.test_split)
+            m["test_loss"] = items.mean if items is not None else math.nan
             generation = self._generate()
         for name in ("val", "test"):
             m[f"{name}_ppl_before"] = perplexity(m[f"{name}_loss_before"])
@@ -250,12 +286,14 @@ class RunSteps:
             # Every run has these two keys (None where not scored), as it always had.
             rouge_l=generation.rouge_l,
             exact_match=generation.exact_match,
-            eval_metrics=list(cfg.eval.metrics or default_metrics(cfg.data.source == "builtin")),
+            eval_metrics=list(cfg.eval.metrics or default_metrics(*self._data_kind())),
             eval_seconds=before.seconds + after.seconds,
             allocation_seconds=self.allocation_seconds,
             strategy_report=self.allocation.report,
             **{ALLOCATION_KEY: allocation_modules(self.allocation)},
         )
+        if items is not None:
+            m[ITEMS_KEY] = test_item_records(items, generation.records, self.splits.test)
         with open(self.run_dir / "generations.jsonl", "w") as handle:
             for record in generation.records:
                 handle.write(json.dumps(record) + "\n")
@@ -308,6 +346,23 @@ class RunSteps:
             m["val_loss_curve"].insert(0, [0, m["val_loss_before"]])
         return outcome
 
+    def _item_losses(self, split) -> Any:
+        if split is None:
+            return None
+        return item_losses(
+            self.peft_model,
+            split,
+            pad_token_id=self.tokenizer.pad_token_id,
+            batch_size=self.config.eval.batch_size,
+            device=self.precision.device,
+            autocast_dtype=self.precision.autocast_dtype,
+        )
+
+    def _data_kind(self) -> tuple[bool, bool]:
+        """(built-in data, a generated reasoning-gym task): what the default metrics follow."""
+        source = self.config.data.source
+        return source == "builtin", is_reasoning_gym(source)
+
     def _generate(self) -> Any:
         cfg = self.config
         return generate_answers(
@@ -319,7 +374,9 @@ class RunSteps:
             batch_size=cfg.eval.batch_size,
             device=self.precision.device,
             autocast_dtype=self.precision.autocast_dtype,
-            metrics=metrics_for_run(cfg.eval.metrics, cfg.data.source == "builtin"),
+            metrics=metrics_for_run(cfg.eval.metrics, *self._data_kind()),
+            # A generated task's answer is its first line (`reasoning_gym.extract_answer`).
+            stop_at_line_end=self._data_kind()[1],
         )
 
     def _eva_components(self) -> dict[str, Any]:

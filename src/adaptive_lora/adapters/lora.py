@@ -62,8 +62,11 @@ def build_lora_config(
     *,
     fan_in_fan_out: bool = False,
 ) -> LoraConfig:
-    """Compile an allocation into a LoraConfig with per-module rank and alpha patterns."""
-    ranks = allocation.ranks
+    """Compile an allocation into a LoraConfig with per-module rank and alpha patterns.
+
+    Modules of rank 0 (an allocation with `min_rank: 0`) get no adapter at all.
+    """
+    ranks = adapted_ranks(allocation.ranks)
     default_rank = Counter(ranks.values()).most_common(1)[0][0]
     gamma = settings.alpha_ratio
     rank_pattern = {pattern_key(name): r for name, r in ranks.items()}
@@ -89,6 +92,11 @@ def build_lora_config(
         bias="none",
         task_type="CAUSAL_LM",
     )
+
+
+def adapted_ranks(ranks: Mapping[str, int]) -> dict[str, int]:
+    """The modules that carry an adapter: rank >= 1."""
+    return {name: r for name, r in ranks.items() if r > 0}
 
 
 def module_seed(run_seed: int, module_name: str) -> int:
@@ -133,11 +141,11 @@ def apply_lora(
 ) -> PeftModel:
     """Wrap `model` with the allocation's adapters, seeded, and check the parameter count."""
     modules = dict(model.named_modules())
-    conv1d = any(type(modules[name]).__name__ == "Conv1D" for name in allocation.ranks)
+    conv1d = any(type(modules[name]).__name__ == "Conv1D" for name in adapted_ranks(allocation.ranks))
     config = build_lora_config(allocation, settings, list(modules), fan_in_fan_out=conv1d)
     peft_model = get_peft_model(model, config)
     seeded_init(peft_model, run_seed)
-    check_ranks(peft_model, allocation.ranks)
+    check_ranks(peft_model, adapted_ranks(allocation.ranks))
     trainable = trainable_parameters(peft_model)
     if trainable != allocation.total_params:
         raise RuntimeError(

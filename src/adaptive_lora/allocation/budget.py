@@ -127,7 +127,8 @@ def apportion(
     """Integer ranks whose parameter cost matches `budget`, shared in proportion to `shares`.
 
     `shares[name]` is the (non-negative, unnormalised) share of the *parameter*
-    budget that module should get. Bounds are applied by water-filling, ranks
+    budget that module should get. With `min_rank=0` a module may get rank 0: it is
+    left without an adapter (`adapters/lora.py` adapts only modules of rank >= 1). Bounds are applied by water-filling, ranks
     are floored, and the leftover parameters go one rank at a time to the
     modules with the largest fractional remainders (largest-remainder rounding,
     ties to the shallower module) while they fit. If the rank bounds leave only
@@ -140,9 +141,8 @@ def apportion(
     """
     if not inventory:
         raise UserError("no target modules to allocate ranks to")
-    if min_rank < 1:
-        # PEFT cannot build a rank-0 pair; leave a module out of `target` instead.
-        raise UserError(f"min_rank must be >= 1, got {min_rank}")
+    if min_rank < 0:
+        raise UserError(f"min_rank must be >= 0, got {min_rank}")
     if max_rank is not None and max_rank < min_rank:
         raise UserError(f"max_rank ({max_rank}) must be >= min_rank ({min_rank})")
     cost_all = sum(m.cost_per_rank for m in inventory)
@@ -172,16 +172,8 @@ def apportion(
     # closest to the strategy's shape among those that meet the budget.
     left = _fill(inventory, ideal, ranks, budget, upper, ceil_only=True)
     limit = tolerance(inventory, budget)
-    if left > limit:
-        candidates = [
-            _completion(inventory, ideal, ranks, budget, min_rank, upper, left, how)
-            for how in ("overshoot", "fill", "fill+over", "swap", "swap+over")
-        ]
-        within = [c for c in candidates if abs(c[1]) <= limit]
-        if within:
-            ranks, left = min(within, key=lambda c: _distortion(inventory, ideal, c[0]))
-        else:
-            ranks, left = min(candidates, key=lambda c: abs(c[1]))
+    if left > RELATIVE_TOLERANCE * budget:
+        ranks, left = _complete(inventory, ideal, ranks, budget, min_rank, upper, left)
     if abs(left) > limit:
         raise UserError(
             f"budget {budget:,} cannot be met within {limit:,.0f} parameters under rank bounds "
@@ -189,6 +181,33 @@ def apportion(
             "widen max_rank or change the budget"
         )
     return {m.name: r for m, r in zip(inventory, ranks)}
+
+
+def _complete(inventory, ideal, ranks, budget, min_rank, upper, left) -> tuple[list[int], int]:
+    """Spend a leftover that the ceil-capped rounding left: the closest way to the budget.
+
+    The relative tolerance is the aim; the cost of one rank of the cheapest module is
+    a floor only where no integer allocation can do better. Small budgets (below r1,
+    with min_rank 0) leave less than that floor unspent yet more than 0.5%: a swap of
+    a cheap rank for a dear one often lands within 0.5%. Among the ways that meet a
+    bound, the one closest to the strategy's shape wins.
+    """
+    aim, limit = RELATIVE_TOLERANCE * budget, tolerance(inventory, budget)
+    ways = ("overshoot", "fill", "fill+over", "swap", "swap+over")
+    start = (list(ranks), left)
+    tight = [_completion(inventory, ideal, ranks, budget, min_rank, upper, left, w, aim) for w in ways]
+    close = [c for c in [start, *tight] if abs(c[1]) <= aim]
+    if close:
+        return min(close, key=lambda c: _distortion(inventory, ideal, c[0]))
+    if left <= limit:
+        return start
+    candidates = [
+        _completion(inventory, ideal, ranks, budget, min_rank, upper, left, w, limit) for w in ways
+    ]
+    within = [c for c in candidates if abs(c[1]) <= limit]
+    if within:
+        return min(within, key=lambda c: _distortion(inventory, ideal, c[0]))
+    return min(candidates, key=lambda c: abs(c[1]))
 
 
 def _distortion(inventory, ideal, ranks) -> float:
@@ -203,7 +222,7 @@ def _distortion(inventory, ideal, ranks) -> float:
     )
 
 
-def _completion(inventory, ideal, ranks, budget, min_rank, upper, left, how):
+def _completion(inventory, ideal, ranks, budget, min_rank, upper, left, how, limit):
     """One way to spend (or overshoot) a leftover the ceil-capped rounding could not."""
     ranks = list(ranks)
     if how == "overshoot":
@@ -216,7 +235,7 @@ def _completion(inventory, ideal, ranks, budget, min_rank, upper, left, how):
                 break
         return ranks, left
     if how.startswith("swap"):
-        left = _swap_in_expensive(inventory, ideal, ranks, budget, min_rank, upper, left)
+        left = _swap_in_expensive(inventory, ideal, ranks, budget, min_rank, upper, left, limit)
     left = _fill(inventory, ideal, ranks, budget, upper)
     # A last rank on the cheapest module that can grow, when over is closer than under.
     growable = [i for i in range(len(inventory)) if ranks[i] < upper]
@@ -246,14 +265,13 @@ def _fill(inventory, ideal, ranks, budget, upper, ceil_only: bool = False) -> in
     return left
 
 
-def _swap_in_expensive(inventory, ideal, ranks, budget, min_rank, upper, left) -> int:
+def _swap_in_expensive(inventory, ideal, ranks, budget, min_rank, upper, left, limit) -> int:
     """When only modules dearer than the leftover can still grow, grow one and pay it back.
 
     The payback takes ranks from the most over-allocated cheaper modules (cheapest,
     then deepest first on ties) until the overshoot is within tolerance, then the
     leftover is filled again. A try is kept only if it gets closer to the budget.
     """
-    limit = tolerance(inventory, budget)
     growable = sorted(
         (
             i

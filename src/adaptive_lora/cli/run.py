@@ -115,13 +115,18 @@ def format_dry_run(study, *, retry_failed: bool, at_once: int = 1) -> str:
         f"study {study.name}: {len(study.runs)} runs, {done} done, {len(todo)} would run"
         + (" (another `run` holds the study now)" if held else "")
     ]
+    lines += cell_lines(study)
     width = max(len(label) for label in study.labels)
     for spec in todo:
         row = rows[spec.run_id]
         why = "" if row is None or row.status == "pending" else f"  [{_mark(row, held)}]"
+        where = ""
+        if study.multi_group:
+            group = next(g for g in study.groups if g.key == spec.group)
+            where = f"  [{group.title(study.varies()).replace('`', '')}]"
         lines.append(
             f"  {spec.label:<{width}}  {spec.budget:<6} seed {spec.seed:<3} lr {spec.lr:<8g} "
-            f"{spec.run_id}{why}"
+            f"{spec.run_id}{why}{where}"
         )
     guess = estimate(study, rows, todo, at_once=at_once)
     lines.append(f"estimate: {guess.text()}")
@@ -135,6 +140,24 @@ def format_dry_run(study, *, retry_failed: bool, at_once: int = 1) -> str:
             + (f", {at_once} at a time" if at_once > 1 else "")
         )
     return "\n".join(lines)
+
+
+def cell_lines(study) -> list[str]:
+    """The design's cells (model × task × size × budget) and the runs each holds now."""
+    if not study.multi_group:
+        return []
+    varies = study.varies()
+    lines = [f"{len(study.groups)} groups × {len(study.budgets)} budget(s): the cells"]
+    for group in study.groups:
+        for budget in study.budgets:
+            mine = [s for s in study.runs if s.group == group.key and s.budget == budget]
+            tuning = sum(1 for s in mine if s.tuning)
+            labels = len({s.label for s in mine})
+            lines.append(
+                f"  {group.title(varies).replace('`', '')}, {budget}: {len(mine)} run(s) "
+                f"({tuning} lr tuning), {labels} strateg{'y' if labels == 1 else 'ies'}"
+            )
+    return lines
 
 
 def register(subparsers) -> None:

@@ -59,3 +59,30 @@ def response_loss_sum(
 
 def _head_loss(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+@torch.no_grad()
+def response_loss_per_row(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of token losses, number of response tokens) for each row of the batch.
+
+    Evaluation only (no gradient): the per-item records a study resamples. The head is
+    applied in blocks of LOSS_CHUNK response tokens with fp32 logits, as the plain route
+    of `response_loss_sum` does, so the total over rows is the same loss.
+    """
+    backbone, head = causal_parts(model)
+    hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    hidden = hidden.last_hidden_state[:, :-1]
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE_INDEX
+    rows = keep.nonzero()[:, 0]
+    hidden, targets = hidden[keep], targets[keep]
+    token_losses = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
+    for start in range(0, targets.shape[0], LOSS_CHUNK):
+        stop = start + LOSS_CHUNK
+        logits = head(hidden[start:stop]).float()
+        token_losses[start:stop] = F.cross_entropy(logits, targets[start:stop], reduction="none")
+    sums = torch.zeros(keep.shape[0], dtype=torch.float32, device=hidden.device)
+    sums.index_add_(0, rows, token_losses)
+    return sums, keep.sum(dim=1)

@@ -11,6 +11,7 @@ that reads data sees only this object.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,8 +22,7 @@ import torch
 
 from adaptive_lora.config import DataSettings
 from adaptive_lora.data.prompts import collate, tokenize_examples
-from adaptive_lora.data.sources import load_examples
-from adaptive_lora.data.splits import hash_examples, make_splits
+from adaptive_lora.data.splits import hash_examples, load_splits
 
 __all__ = ["Calibration", "calibration_from_source", "make_calibration"]
 
@@ -114,10 +114,7 @@ def calibration_from_source(
     """
 
     settings = settings or DataSettings()
-    examples = load_examples(data)
-    splits = make_splits(
-        examples, settings.n_train, settings.n_val, settings.n_test, settings.data_seed
-    )
+    splits = load_splits(dataclasses.replace(settings, source=data))
     calibration = make_calibration(
         splits.train,
         tokenizer,

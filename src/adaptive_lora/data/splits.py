@@ -9,7 +9,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from adaptive_lora.data.sources import Example
+from adaptive_lora.data import reasoning_gym
+from adaptive_lora.data.sources import Example, load_examples
 from adaptive_lora.errors import UserError
 
 
@@ -71,3 +72,40 @@ def make_splits(
 
 def _pick(examples: Sequence[Example], indices: Iterable[int]) -> list[Example]:
     return [examples[i] for i in indices]
+
+
+def load_splits(settings: Any) -> Splits:
+    """The three splits a run with these `DataSettings` trains, selects and reports on.
+
+    A file, the built-in set or a hub set is shuffled by `make_splits`; a generated
+    `reasoning_gym:` task draws exactly as many distinct items as the splits need and
+    splits them nested (see `data/reasoning_gym.py`), the test set first.
+    """
+    source = settings.source
+    if not reasoning_gym.is_reasoning_gym(source):
+        if settings.options:
+            raise UserError(
+                f"data.options: only a `reasoning_gym:<task>` source takes generator options, "
+                f"not {source!r}"
+            )
+        examples = load_examples(source)
+        return make_splits(
+            examples, settings.n_train, settings.n_val, settings.n_test, settings.data_seed
+        )
+    if settings.n_train < 1 or settings.n_val < 0 or settings.n_test < 0:
+        make_splits([], settings.n_train, settings.n_val, settings.n_test, 0)  # its one-line error
+    wanted = settings.n_train + settings.n_val + settings.n_test
+    records = reasoning_gym.generate_examples(
+        source, settings.options, wanted, settings.data_seed
+    )
+    train, val, test = reasoning_gym.nested_splits(
+        records, settings.n_train, settings.n_val, settings.n_test
+    )
+    generator = {"source": source, "options": dict(settings.options), "seed": settings.data_seed}
+    return Splits(
+        train=train,
+        val=val,
+        test=test,
+        data_hash=hash_examples({"train": train, "val": val, "test": test}),
+        source_hash=hash_examples(generator),
+    )

@@ -14,6 +14,7 @@ from adaptive_lora.report.environment_check import refuse_mixed
 from adaptive_lora.report.figures import draw_figures
 from adaptive_lora.report.latex import render_latex
 from adaptive_lora.report.markdown import render_markdown
+from adaptive_lora.report.regime import draw_regime, heatmap_cells, regime_lines, regime_map
 from adaptive_lora.study.spec import Study
 from adaptive_lora.study.store import (
     StudyStore,
@@ -53,26 +54,26 @@ def write_report(
     """
     rows = store.rows(study.run_ids)
     parts = {}
-    for model in study.models or [study.model]:
-        sub = study.for_model(model) if study.multi_model else study
-        sub_rows = [r for r in rows if not study.multi_model or r.config.get("model") == model]
+    for group in study.groups:
+        sub = study.for_group(group) if study.multi_group else study
+        sub_rows = study.rows_of(group, rows) if study.multi_group else rows
         analysis = analyse(sub, sub_rows, n_boot=n_boot)
         analysis["allow_mixed"] = allow_mixed
         if not allow_mixed:
             refuse_mixed(analysis["environment_check"])
-        parts[model] = (sub, sub_rows, analysis)
+        parts[group.key] = (sub, sub_rows, analysis)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = ReportFiles(out_dir / "report.md", out_dir / "table.tex", out_dir / "stats.json")
-    if not study.multi_model:
-        sub, sub_rows, analysis = parts[study.model]
+    if not study.multi_group:
+        sub, sub_rows, analysis = parts[study.groups[0].key]
         files.figures = draw_figures(sub, sub_rows, analysis, out_dir / "figures")
         markdown = render_markdown(
             sub, analysis, sub_rows, store.notes(), store.manifest(), files.figures, out_dir
         )
         latex, stats = render_latex(sub, analysis), analysis
     else:
-        markdown, latex, stats = _multi_model(study, store, parts, out_dir, files)
+        markdown, latex, stats = _multi_group(study, store, parts, out_dir, files)
     _write(files.table_tex, latex)
     _write(files.report_md, markdown)
     _write(files.stats_json, json.dumps(to_jsonable(stats), indent=2))
@@ -80,31 +81,59 @@ def write_report(
     return files
 
 
-def _multi_model(
+def _multi_group(
     study: Study, store: StudyStore, parts: dict, out_dir: Path, files: ReportFiles
 ) -> tuple[str, str, dict]:
-    """One section per model (headings one level down), the agreement table first."""
-    analyses = {model: analysis for model, (_, _, analysis) in parts.items()}
-    agreement = cross_model_agreement(analyses, study.baseline)
-    lines = [
-        f"# Study `{study.name}`: rank allocation at a fixed parameter budget, {len(parts)} models",
-        "",
-        "Each model is analysed on its own: runs are paired by seed within a model, and "
-        "every statistic is per model. The sections below follow the agreement table.",
-        "",
-        *agreement_lines(agreement, list(parts), study.baseline),
-    ]
+    """One section per group (headings one level down) after the study-wide tables.
+
+    With several models and nothing else varying, the cross-model agreement table leads
+    (as it always did); a factorial study (tasks or sizes) leads with where rank matters.
+    """
+    analyses = {key: analysis for key, (_, _, analysis) in parts.items()}
+    varies = study.varies()
+    groups = {g.key: g for g in study.groups}
+    titles = {key: groups[key].title(varies) for key in parts}
+    models_only = varies == (True, False, False)
+    if models_only:
+        by_model = {groups[key].model: a for key, a in analyses.items()}
+        agreement = cross_model_agreement(by_model, study.baseline)
+        lines = [
+            f"# Study `{study.name}`: rank allocation at a fixed parameter budget, "
+            f"{len(parts)} models",
+            "",
+            "Each model is analysed on its own: runs are paired by seed within a model, and "
+            "every statistic is per model. The sections below follow the agreement table.",
+            "",
+            *agreement_lines(agreement, list(by_model), study.baseline),
+        ]
+        stats: dict = {"models": by_model, "cross_model_agreement": agreement}
+    else:
+        regime = regime_map(analyses, titles, study.baseline)
+        cells = heatmap_cells(analyses, titles, study.baseline)
+        files.figures += draw_regime(regime, cells, out_dir / "figures")
+        lines = [
+            f"# Study `{study.name}`: where does rank matter, and does allocation matter there?",
+            "",
+            f"A factorial design of {len(parts)} groups (model × task × training size), each "
+            f"at budgets {', '.join(study.budgets)}. Runs are paired by seed within a group; "
+            "every comparison, Holm family and learning-rate choice lives in its group × budget.",
+            "",
+            *regime_lines(regime, cells, study.baseline),
+        ]
+        stats = {"groups": analyses, "regime": regime, "cells": cells}
     latex = []
-    for model, (sub, sub_rows, analysis) in parts.items():
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", model).strip("-")
+    for key, (sub, sub_rows, analysis) in parts.items():
+        group = groups[key]
+        slug = group.model if models_only else group.slug
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", slug).strip("-")
         figures = draw_figures(sub, sub_rows, analysis, out_dir / "figures" / slug)
         files.figures += figures
         text = render_markdown(
             sub, analysis, sub_rows, store.notes(), store.manifest(), figures, out_dir
         )
-        body = text.split("\n", 1)[1]  # the per-model title is replaced by the model's name
-        lines += [f"## Model `{model}`", ""]
+        body = text.split("\n", 1)[1]  # the per-group title is replaced by the group's name
+        title = titles[key]
+        lines += [f"## {title[0].upper() + title[1:]}", ""]
         lines += [("#" + line) if line.startswith("#") else line for line in body.splitlines()]
         latex.append(render_latex(sub, analysis).replace("\\label{tab:", f"\\label{{tab:{slug}-"))
-    stats = {"models": analyses, "cross_model_agreement": agreement}
     return "\n".join(lines), "\n".join(latex), stats

@@ -16,7 +16,7 @@ from adaptive_lora.study.executor import Executor, Where, as_stopped
 from adaptive_lora.study.local import LocalExecutor
 from adaptive_lora.study.manifest import record_manifest
 from adaptive_lora.study.plan import current_rows, estimate, format_duration
-from adaptive_lora.study.spec import RunSpec, Study, load_study
+from adaptive_lora.study.spec import RunSpec, Study
 from adaptive_lora.study.store import DONE, FAILED, PENDING, StudyLock, StudyStore
 
 
@@ -156,9 +156,13 @@ def _queue_reporting_runs(
     at_once: int,
     log: Callable[[str], None],
 ) -> Study:
-    """Queue the reporting runs that rates chosen since `study` was read open (numbering
-    them for the log); returns the study as read now."""
-    opened = load_study(study.path, check_sources=False)
+    """Queue the reporting runs that rates chosen since `study` was expanded open
+    (numbering them for the log); returns the study expanded with the rows stored now.
+
+    The study file is not read again: its text was kept when the run began, and a file
+    edited since is refused in one line (the runs so far used the old one)."""
+    study.check_unchanged()
+    opened = study.with_rows(store.rows())
     known = set(study.run_ids)
     new = [s for s in opened.runs if s.run_id not in known]
     if not new:

@@ -51,13 +51,13 @@ from typing import Any
 from adaptive_lora.allocation.budget import resolve_budget
 from adaptive_lora.allocation.core import STRATEGIES
 from adaptive_lora.config import RunConfig, load_yaml
-from adaptive_lora.data.sources import load_examples
-from adaptive_lora.data.splits import make_splits
+from adaptive_lora.data.splits import load_splits
 from adaptive_lora.errors import UserError
 from adaptive_lora.evaluation_metrics import check_metric_data
 from adaptive_lora.model.inventory import ModuleInfo
 from adaptive_lora.model.loading import resolve_source
 from adaptive_lora.records import canonical_json
+from adaptive_lora.study.design import Group, build_groups, group_signature, parse_tasks
 from adaptive_lora.study.lr import LrChoice, choose_lr
 from adaptive_lora.study.protocol import (
     CrossBudget,
@@ -89,6 +89,7 @@ TOP_KEYS = (
     "baseline",
     "out",
     "resources",
+    "tasks",
 )
 
 
@@ -135,6 +136,7 @@ class RunSpec:
     config: RunConfig
     position: int
     tuning: bool = False  # a learning-rate tuning run: never in a reported test
+    group: str = ""  # its model × task × size (`design.Group.key`)
 
     def describe(self) -> str:
         role = "  (lr tuning)" if self.tuning else ""
@@ -161,11 +163,14 @@ class Study:
     base_lr: float = 1e-3  # train.lr: the rate of a strategy with no candidates
     lr_tuning_seeds: list[int] = field(default_factory=list)
     cross_budget: CrossBudget | None = None
-    # (label, budget) → its LrChoice, from the tuning runs stored so far (the first model's).
+    # (label, budget) → its LrChoice, from the tuning runs stored so far (the first group's).
     lr_choices: dict[tuple[str, str], LrChoice] = field(default_factory=dict)
     models: list[str] = field(default_factory=list)  # several: paired within each model
-    lr_choices_by_model: dict[str, dict[tuple[str, str], LrChoice]] = field(default_factory=dict)
     resources: dict[str, float] = field(default_factory=dict)  # RESOURCE_KEYS given
+    # The factorial design: model × task × size groups, and each group's rate choices.
+    groups: list[Group] = field(default_factory=list)
+    lr_choices_by_group: dict[str, dict[tuple[str, str], LrChoice]] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)  # the parsed file: expansion re-reads it
 
     @property
     def store_path(self) -> Path:
@@ -211,21 +216,41 @@ class Study:
     def multi_model(self) -> bool:
         return len(self.models) > 1
 
-    def for_model(self, model: str) -> Study:
-        """The part of a multi-model study on one model: its runs and its rate choices."""
+    @property
+    def multi_group(self) -> bool:
+        return len(self.groups) > 1
+
+    def varies(self) -> tuple[bool, bool, bool]:
+        """Which factors take more than one level: (model, task, data size)."""
+        return tuple(
+            len({getattr(g, name) for g in self.groups}) > 1 for name in ("model", "task", "n_train")
+        )  # type: ignore[return-value]
+
+    def group_of(self, config: dict[str, Any]) -> Group | None:
+        """The group a stored run belongs to, by its model and data settings."""
+        signature = group_signature(config)
+        return next((g for g in self.groups if g.signature == signature), None)
+
+    def rows_of(self, group: Group, rows: Sequence[RunRow]) -> list[RunRow]:
+        return [r for r in rows if group_signature(r.config) == group.signature]
+
+    def for_group(self, group: Group) -> Study:
+        """The part of a study on one model × task × size: its runs and its rate choices."""
+        choices = self.lr_choices_by_group.get(group.key, {})
         return dataclasses.replace(
             self,
-            model=model,
-            models=[model],
-            runs=[spec for spec in self.runs if spec.config.model == model],
-            lr_choices=self.lr_choices_by_model.get(model, {}),
-            lr_choices_by_model={model: self.lr_choices_by_model.get(model, {})},
+            model=group.model,
+            models=[group.model],
+            runs=[spec for spec in self.runs if spec.group == group.key],
+            lr_choices=choices,
+            groups=[group],
+            lr_choices_by_group={group.key: choices},
         )
 
     def reported(self, spec: RunSpec) -> bool:
         """Whether a run may enter a reported comparison: not a tuning run, and at its
         strategy × budget's chosen rate."""
-        choices = self.lr_choices_by_model.get(spec.config.model, self.lr_choices)
+        choices = self.lr_choices_by_group.get(spec.group, self.lr_choices)
         choice = choices.get((spec.label, spec.budget))
         return not spec.tuning and choice is not None and choice.chosen == spec.lr
 
@@ -233,9 +258,29 @@ class Study:
         """Reporting runs not expanded yet: their strategy × budget is still tuning."""
         if not self.lr_tuning_seeds:
             return 0
-        choices = self.lr_choices_by_model.values() or [self.lr_choices]
+        choices = self.lr_choices_by_group.values() or [self.lr_choices]
         waiting = [c for by_key in choices for c in by_key.values() if not c.complete]
         return len(waiting) * len(self.seeds)
+
+    def with_rows(self, rows: Sequence[RunRow]) -> Study:
+        """The same study file expanded again with `rows` (rates chosen since): no re-read.
+
+        The runner calls this as tuning runs finish; the file on disk is only compared
+        (`check_unchanged`), never used again mid-study.
+        """
+        return _build_study(self.path, self.raw, check_sources=False, rows=rows, text=self.text)
+
+    def check_unchanged(self) -> None:
+        """Refuse, in one line, a study file edited while its runs go on."""
+        try:
+            now = self.path.read_text()
+        except OSError:
+            now = None
+        if now != self.text:
+            raise UserError(
+                f"{self.path} changed while its study runs; the runs so far used the file as it "
+                "was. Put it back, or stop this `run` and start it again to use the new file"
+            )
 
     def select_lr(self, rows: Sequence[RunRow]) -> dict[tuple[str, str], LrChoice]:
         """Per strategy label × budget, the rate chosen on validation loss (see `study.lr`)."""
@@ -355,13 +400,14 @@ def _budget_list(value: Any) -> list[str]:
 
 
 def _check_sources(config: RunConfig) -> None:
-    """Fail now, not an hour in, on a missing model or data path, or data a metric cannot score."""
+    """Fail now, not an hour in, on a missing model or data path, a size the data cannot
+    give, or data a metric cannot score."""
 
     resolve_source(config.model)
     source = config.data.source
-    if source == "builtin" or Path(source).exists() or source.endswith((".json", ".jsonl")):
-        d = config.data
-        splits = make_splits(load_examples(source), d.n_train, d.n_val, d.n_test, d.data_seed)
+    local = source == "builtin" or Path(source).exists() or source.endswith((".json", ".jsonl"))
+    if local or source.startswith("reasoning_gym:"):
+        splits = load_splits(config.data)
         check_metric_data(config.eval.metrics, splits.test[: config.eval.n_generate])
 
 
@@ -383,22 +429,30 @@ def load_study(path: str | Path, *, check_sources: bool = True) -> Study:
     path = Path(path)
     raw = load_yaml(str(path))
     try:
+        text = path.read_text()
         out = Path(str(raw.get("out") or f"studies/{raw.get('name')}")).expanduser()
-        return _build_study(path, raw, check_sources=check_sources, rows=_stored_rows(out))
+        return _build_study(
+            path, raw, check_sources=check_sources, rows=_stored_rows(out), text=text
+        )
     except UserError as error:
         raise UserError(f"{path}: {error}") from None
 
 
 def _build_study(
-    path: Path, raw: dict[str, Any], *, check_sources: bool, rows: Sequence[RunRow] = ()
+    path: Path,
+    raw: dict[str, Any],
+    *,
+    check_sources: bool,
+    rows: Sequence[RunRow] = (),
+    text: str = "",
 ) -> Study:
     """Validate every key of a study file and expand it into run specs, in order.
 
-    `rows` are the study's stored runs: with `lr_tuning_seeds`, the reporting runs of a
-    strategy × budget exist only once its tuning runs have chosen a rate.
+    A pure function of the parsed file and the stored rows: with `lr_tuning_seeds`, the
+    reporting runs of a strategy × budget in a group exist only once its tuning runs
+    there have chosen a rate.
     """
     name, description, models = _check_header(raw)
-    model = models[0]
     budgets = _budget_list(raw["budgets"])
     seeds = parse_seeds(raw["seeds"])
     entries = _strategy_entries(raw["strategies"], budgets)
@@ -419,27 +473,27 @@ def _build_study(
     cross_budget = parse_cross_budget(
         raw.get("cross_budget"), budgets, baseline_entry.budgets or tuple(budgets)
     )
-    base = _base_sections(raw, model)
-    base_config = RunConfig.from_dict(copy.deepcopy(base))  # every section error, once
+    groups = build_groups(models, parse_tasks(raw), _base_sections(raw, models[0]))
     tuned = lr_candidates is not None or any(e.lr for e in entries)
-    if tuned and base_config.data.n_val < 1:
-        raise UserError(
-            "data.n_val must be >= 1: learning-rate candidates are chosen on validation loss"
-        )
-    if base_config.data.n_test < 1:
-        raise UserError("data.n_test must be >= 1: the study reports test loss")
+    for group in groups:  # every section error, once per task and size, before any run
+        config = RunConfig.from_dict(copy.deepcopy(group.sections))
+        if tuned and config.data.n_val < 1:
+            raise UserError(
+                "data.n_val must be >= 1: learning-rate candidates are chosen on validation loss"
+            )
+        if config.data.n_test < 1:
+            raise UserError("data.n_test must be >= 1: the study reports test loss")
     if check_sources:
-        _check_sources(base_config)
-        for other in models[1:]:  # every model of a multi-model study, before any run
-            resolve_source(other)
+        _check_group_sources(groups)
     out = raw.get("out", f"studies/{name}")
     if not isinstance(out, str) or not out:
         raise UserError(f"out must be a folder path, got {out!r}")
+    base_config = RunConfig.from_dict(copy.deepcopy(groups[0].sections))
     study = Study(
         path=path,
         name=name,
         description=description.strip(),
-        model=model,
+        model=models[0],
         budgets=budgets,
         strategies=entries,
         seeds=seeds,
@@ -448,20 +502,34 @@ def _build_study(
         out=Path(out).expanduser(),
         runs=[],
         spec_hash="",
-        text=path.read_text(),
+        text=text,
         base_lr=base_config.train.lr,
         lr_tuning_seeds=tuning_seeds,
         cross_budget=cross_budget,
         resources=_resources(raw.get("resources")),
+        models=models,
+        groups=groups,
+        raw=copy.deepcopy(raw),
     )
-    study.models = models
-    study.lr_choices_by_model = {
-        m: study.select_lr([r for r in rows if r.config.get("model", model) == m]) for m in models
+    study.lr_choices_by_group = {
+        g.key: study.select_lr(study.rows_of(g, rows)) for g in groups
     }
-    study.lr_choices = study.lr_choices_by_model[model]
-    study.runs = _expand_runs(base, study)
+    study.lr_choices = study.lr_choices_by_group[groups[0].key]
+    study.runs = _expand_runs(study)
     study.spec_hash = _spec_hash(name, baseline, study.runs)
     return study
+
+
+def _check_group_sources(groups: list[Group]) -> None:
+    """Each model once, and each task at its largest size (the smaller ones are inside it)."""
+    for model in dict.fromkeys(g.model for g in groups):
+        resolve_source(model)
+    largest: dict[str, Group] = {}
+    for group in groups:
+        if group.task not in largest or group.n_train > largest[group.task].n_train:
+            largest[group.task] = group
+    for group in largest.values():
+        _check_sources(RunConfig.from_dict(copy.deepcopy(group.sections)))
 
 
 def _resources(raw: Any) -> dict[str, float]:
@@ -564,33 +632,34 @@ def _base_sections(raw: dict[str, Any], model: str) -> dict[str, Any]:
     return base
 
 
-def _expand_runs(base: dict[str, Any], study: Study) -> list[RunSpec]:
-    """Tuning runs first (every candidate on every tuning seed), then the reporting runs.
+def _expand_runs(study: Study) -> list[RunSpec]:
+    """Per group (model × task × size): tuning runs first (every candidate on every tuning
+    seed), then the reporting runs.
 
     Within each part: budget-major, then seed, strategy and rate, so that a half-finished
     study already holds complete pairs. With tuning seeds, a strategy × budget's reporting
     runs appear once its choice is complete (at the chosen rate only); without them, every
     seed runs every candidate.
     """
-    plan: list[tuple[str, StrategyEntry, str, int, float, bool]] = []
-    for model in study.models:
-        choices = study.lr_choices_by_model[model]
+    plan: list[tuple[Group, StrategyEntry, str, int, float, bool]] = []
+    for group in study.groups:
+        choices = study.lr_choices_by_group[group.key]
         for budget in study.budgets:
             for seed in study.lr_tuning_seeds:
                 for entry in study.strategies:
                     if budget in study.budgets_for(entry.label):
                         lrs = study.lrs_for(entry.label)
-                        plan += [(model, entry, budget, seed, lr, True) for lr in lrs]
+                        plan += [(group, entry, budget, seed, lr, True) for lr in lrs]
         for budget in study.budgets:
             for seed in study.seeds:
                 for entry in study.strategies:
                     if budget in study.budgets_for(entry.label):
                         lrs = _reporting_lrs(study, entry, budget, choices)
-                        plan += [(model, entry, budget, seed, lr, False) for lr in lrs]
+                        plan += [(group, entry, budget, seed, lr, False) for lr in lrs]
     runs: list[RunSpec] = []
     seen: dict[str, str] = {}
-    for model, entry, budget, seed, lr, tuning in plan:
-        config = _run_config({**base, "model": model}, entry, budget, seed, lr)
+    for group, entry, budget, seed, lr, tuning in plan:
+        config = _run_config(group.sections, entry, budget, seed, lr)
         run_id = config.run_id()
         if run_id in seen:
             raise UserError(
@@ -600,7 +669,7 @@ def _expand_runs(base: dict[str, Any], study: Study) -> list[RunSpec]:
         seen[run_id] = entry.label
         runs.append(
             RunSpec(run_id, entry.label, entry.name, budget, seed, config.train.lr, config,
-                    position=len(runs), tuning=tuning)
+                    position=len(runs), tuning=tuning, group=group.key)
         )  # fmt: skip
     return runs
 

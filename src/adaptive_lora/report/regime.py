@@ -1,0 +1,251 @@
+"""Where does rank matter? The baseline over the budget ladder, per model × task × size.
+
+A comparison of allocations says something only where the baseline's own rank binds
+(DESIGN.md, "Rank must matter before allocation can"). Per group this module reads
+the baseline's test loss (and task accuracy) at every budget from the group's
+analysis, and measures its *gain per doubling* of the parameter budget:
+
+* per step of the ladder, paired by seed: (loss at the smaller budget − loss at the
+  larger) / log2(larger / smaller parameters), its mean and 95% t interval;
+* over the whole ladder, per seed: minus the least-squares slope of test loss on
+  log2(parameters); the mean over seeds with its 95% t interval.
+
+A gain is *established* when its interval lies above 0. The heatmap's cells are every
+strategy's paired Δ against the baseline per group × budget, marked by Holm-corrected
+significance within its cell (the comparisons' own family).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from adaptive_lora.analysis.descriptive import mean_ci_t
+from adaptive_lora.analysis.formatting import fmt_num, fmt_p
+
+PRIMARY = "test_loss"
+
+
+def _baseline_series(analysis: dict[str, Any], baseline: str) -> list[dict[str, Any]]:
+    """The baseline's budgets in order of parameters, with its per-seed test losses."""
+    series = []
+    for budget, block in analysis["budgets"].items():
+        entry = block["strategies"].get(baseline)
+        if not entry or not entry[PRIMARY]["values"]:
+            continue
+        accuracy = {
+            key: sec["summary"][baseline]
+            for key, sec in block.get("secondary", {}).items()
+            if key != "val_loss" and baseline in sec["summary"]
+        }
+        series.append(
+            {
+                "budget": budget,
+                "params": entry["effective_params"]["mean"],
+                "test_loss": entry[PRIMARY],
+                "metrics": accuracy,
+            }
+        )
+    return sorted(series, key=lambda s: s["params"])
+
+
+def _finite_pairs(small: dict, large: dict) -> list[tuple[float, float]]:
+    seeds = sorted(set(small) & set(large), key=str)
+    return [
+        (float(small[s]), float(large[s]))
+        for s in seeds
+        if math.isfinite(float(small[s])) and math.isfinite(float(large[s]))
+    ]
+
+
+def _interval(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"n": 0, "mean": math.nan, "ci_t": [math.nan, math.nan], "established": False}
+    low, high = mean_ci_t(values) if len(values) > 1 else (math.nan, math.nan)
+    return {
+        "n": len(values),
+        "mean": float(np.mean(values)),
+        "ci_t": [low, high],
+        "established": bool(math.isfinite(low) and low > 0),
+    }
+
+
+def gain_per_doubling(series: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per step and over the ladder: the baseline's test-loss gain per doubling of budget."""
+    steps = []
+    for small, large in zip(series, series[1:]):
+        doublings = math.log2(large["params"] / small["params"])
+        pairs = _finite_pairs(small["test_loss"]["values"], large["test_loss"]["values"])
+        gains = [(a - b) / doublings for a, b in pairs]
+        steps.append({"from": small["budget"], "to": large["budget"], "doublings": doublings,
+                      **_interval(gains)})  # fmt: skip
+    slopes = []
+    if len(series) >= 2:
+        seeds = set.intersection(*(set(s["test_loss"]["values"]) for s in series))
+        x = np.log2([s["params"] for s in series])
+        for seed in sorted(seeds, key=str):
+            y = np.array([float(s["test_loss"]["values"][seed]) for s in series])
+            if np.all(np.isfinite(y)):
+                slopes.append(-float(np.polyfit(x, y, 1)[0]))
+    return {"steps": steps, "overall": _interval(slopes)}
+
+
+def regime_map(
+    analyses: dict[str, dict[str, Any]], titles: dict[str, str], baseline: str
+) -> list[dict[str, Any]]:
+    """One entry per group: the baseline's ladder and its gain per doubling."""
+    out = []
+    for key, analysis in analyses.items():
+        series = _baseline_series(analysis, baseline)
+        out.append({"group": key, "title": titles[key], "ladder": series,
+                    "gain_per_doubling": gain_per_doubling(series)})  # fmt: skip
+    return out
+
+
+def heatmap_cells(
+    analyses: dict[str, dict[str, Any]], titles: dict[str, str], baseline: str
+) -> list[dict[str, Any]]:
+    """Every strategy's test-loss Δ against the baseline per group × budget."""
+    cells = []
+    for key, analysis in analyses.items():
+        for budget, block in analysis["budgets"].items():
+            for label, c in block.get("comparisons", {}).items():
+                if label == baseline:
+                    continue
+                cells.append(
+                    {"group": key, "title": titles[key], "budget": budget, "strategy": label,
+                     "n": c["n"], "mean_diff": c["mean_diff"], "ci_t": c["ci_t"], "d_z": c["d_z"],
+                     "p_t_holm": c.get("p_t_holm", math.nan),
+                     "significant": bool(c.get("significant"))}
+                )  # fmt: skip
+    return cells
+
+
+def regime_lines(
+    regime: list[dict[str, Any]], cells: list[dict[str, Any]], baseline: str
+) -> list[str]:
+    """The regime section in Markdown: the ladder table, then the Δ table."""
+    lines = [
+        "## Where does rank matter?",
+        "",
+        f"The baseline (`{baseline}`) over the budget ladder in each model × task × size. "
+        "Gain per doubling: the fall in test loss per doubling of the parameter budget, "
+        "paired by seed (per step, and the least-squares slope over the whole ladder); "
+        "**established** when its 95% t interval lies above 0.",
+        "",
+        "| group | budget | parameters | test loss [95% CI] | task metrics | gain per doubling to here [95% CI] |",
+        "|---|---|---|---|---|---|",
+    ]
+    for entry in regime:
+        steps = {s["to"]: s for s in entry["gain_per_doubling"]["steps"]}
+        for point in entry["ladder"]:
+            loss = point["test_loss"]
+            lo, hi = loss["ci_t"]
+            metrics = "; ".join(
+                f"{name} {fmt_num(m['mean'], 3)}" for name, m in point["metrics"].items()
+            )
+            step = steps.get(point["budget"])
+            gain = _gain_text(step) if step else "—"
+            lines.append(
+                f"| {entry['title']} | {point['budget']} | {int(round(point['params'])):,} | "
+                f"{fmt_num(loss['mean'], 4)} [{fmt_num(lo, 4)}, {fmt_num(hi, 4)}] (n = {loss['n']}) | "
+                f"{metrics or '—'} | {gain} |"
+            )
+    lines += ["", "Over the whole ladder:", ""]
+    for entry in regime:
+        lines.append(f"- {entry['title']}: {_gain_text(entry['gain_per_doubling']['overall'])}")
+    lines += ["", *delta_lines(cells, baseline)]
+    return lines
+
+
+def _gain_text(gain: dict[str, Any]) -> str:
+    if not gain["n"]:
+        return "no paired seeds yet"
+    lo, hi = gain["ci_t"]
+    verdict = "**established**" if gain["established"] else "not established"
+    return (
+        f"{fmt_num(gain['mean'], 4, plus=True)} [{fmt_num(lo, 4)}, {fmt_num(hi, 4)}] "
+        f"(n = {gain['n']}), {verdict}"
+    )
+
+
+def delta_lines(cells: list[dict[str, Any]], baseline: str) -> list[str]:
+    lines = ["### Every strategy against the baseline, per cell", ""]
+    if not cells:
+        return lines + ["No strategy other than the baseline has paired results yet.", ""]
+    lines += [
+        "| group | budget | strategy | Δ test loss [95% CI] | d_z | p (Holm, in its cell) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in cells:
+        lo, hi = c["ci_t"]
+        mark = " *" if c["significant"] else ""
+        lines.append(
+            f"| {c['title']} | {c['budget']} | {c['strategy']} | "
+            f"{fmt_num(c['mean_diff'], 4, plus=True)} [{fmt_num(lo, 4)}, {fmt_num(hi, 4)}]{mark} | "
+            f"{fmt_num(c['d_z'], 2)} | {fmt_p(c['p_t_holm'])} (n = {c['n']}) |"
+        )
+    return lines + [
+        "",
+        f"Δ = strategy − {baseline} (lower is better), paired by seed; * Holm p < 0.05 within "
+        "the cell's family. The heatmap (`figures/regime_heatmap.png`) colours the same Δ in "
+        "units of its seed-to-seed sd (d_z).",
+        "",
+    ]
+
+
+def draw_regime(
+    regime: list[dict[str, Any]], cells: list[dict[str, Any]], folder: Any
+) -> list[Any]:
+    """`regime_ladder` (baseline test loss against parameters, one line per group, 95% t
+    intervals) and `regime_heatmap` (strategy × cell, coloured by d_z, Δ written in)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from adaptive_lora.report.figures import _save
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(6.5, 4.0))
+    for entry in regime:
+        ladder = entry["ladder"]
+        if not ladder:
+            continue
+        x = [p["params"] for p in ladder]
+        y = [p["test_loss"]["mean"] for p in ladder]
+        low = [y_i - p["test_loss"]["ci_t"][0] for y_i, p in zip(y, ladder)]
+        high = [p["test_loss"]["ci_t"][1] - y_i for y_i, p in zip(y, ladder)]
+        err = np.nan_to_num(np.array([low, high]), nan=0.0)
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=entry["title"].replace("`", ""))
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("trainable parameters (log2)")
+    ax.set_ylabel("baseline test loss (mean, 95% t CI)")
+    ax.set_title("Where does rank matter? The baseline over the budget ladder")
+    ax.legend(fontsize=7)
+    paths += _save(fig, folder, "regime_ladder")
+
+    if cells:
+        strategies = list(dict.fromkeys(c["strategy"] for c in cells))
+        columns = list(dict.fromkeys((c["title"], c["budget"]) for c in cells))
+        grid = np.full((len(strategies), len(columns)), np.nan)
+        for c in cells:
+            grid[strategies.index(c["strategy"]), columns.index((c["title"], c["budget"]))] = c[
+                "d_z"
+            ]
+        bound = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
+        fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(columns), 0.9 + 0.45 * len(strategies)))
+        image = ax.imshow(grid, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
+        for c in cells:
+            i, j = strategies.index(c["strategy"]), columns.index((c["title"], c["budget"]))
+            text = fmt_num(c["mean_diff"], 4, plus=True) + ("*" if c["significant"] else "")
+            ax.text(j, i, text, ha="center", va="center", fontsize=6)
+        ax.set_yticks(range(len(strategies)), strategies, fontsize=7)
+        labels = [f"{t.replace('`', '')}\n{b}" for t, b in columns]
+        ax.set_xticks(range(len(columns)), labels, fontsize=6, rotation=30, ha="right")
+        fig.colorbar(image, ax=ax, label="d_z (Δ / sd of paired differences); red: worse")
+        ax.set_title("Δ test loss against the baseline per cell (* Holm p < 0.05)", fontsize=9)
+        paths += _save(fig, folder, "regime_heatmap")
+    return paths

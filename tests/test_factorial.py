@@ -1,0 +1,156 @@
+"""Studies as factorial designs: model × task × size groups, cells, the regime report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from adaptive_lora.cli import main
+from adaptive_lora.errors import UserError
+from adaptive_lora.study import LocalExecutor, load_study, run_study
+from adaptive_lora.study.store import StudyStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pilot(tmp_path: Path, model: str = "smollm2-135m", **changes) -> Path:
+    """configs/regime-pilot.yaml with its own out folder (and, for runs, a tiny model)."""
+    spec = yaml.safe_load((ROOT / "configs" / "regime-pilot.yaml").read_text())
+    spec["tasks"][1]["data"]["source"] = "builtin"  # the Alpaca file lives outside the repo
+    spec.update(model=model, out=str(tmp_path / "out"), **changes)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_the_pilot_expands_into_cells_and_pairs_within_each_group(tmp_path):
+    study = load_study(_pilot(tmp_path), check_sources=False)
+    assert [(g.task, g.n_train) for g in study.groups] == [
+        ("arith", 32),
+        ("arith", 128),
+        ("alpaca", 32),
+        ("alpaca", 128),
+    ]
+    assert len(study.runs) == 4 * 3 * 2 and len(set(study.run_ids)) == 24
+    arith = study.groups[0]
+    assert arith.sections["eval"]["n_generate"] == 200  # every generated test item answered
+    for spec in study.runs:
+        group = next(g for g in study.groups if g.key == spec.group)
+        assert spec.config.data.n_train == group.n_train
+        assert spec.config.data.source.startswith("reasoning_gym:") == (group.task == "arith")
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            {"tasks": [{"name": "a", "data": {"source": "reasoning_gym:basic_arithmetc"}}]},
+            "close names: basic_arithmetic",
+        ),
+        ({"tasks": [{"name": "a", "dta": {}}]}, "tasks\\[0\\]: unknown key"),
+        (
+            {
+                "tasks": [
+                    {"name": "a", "data": {"source": "builtin"}},
+                    {"name": "b", "data": {"source": "builtin"}},
+                ]
+            },
+            "same data settings",
+        ),
+        ({"data": {"n_train": [32, 32]}}, "a size appears twice"),
+        ({"data": {"n_train": [10_000], "n_val": 16}}, "ask for fewer"),
+        ({"budgets": ["5k"]}, "uniform cannot spend|below"),
+    ],
+)
+def test_bad_designs_are_one_line_errors_before_anything_is_written(
+    tmp_path, changes, message, capsys
+):
+    spec = yaml.safe_load(_pilot(tmp_path).read_text())
+    spec.update(changes)
+    if "tasks" in changes or "budgets" in changes:
+        spec["data"] = {**spec["data"], "source": "builtin"}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    if "budgets" in changes:  # a budget is checked against the model's modules at allocation
+        from adaptive_lora.allocation.budget import resolve_budget
+        from adaptive_lora.allocation.core import AllocationContext, allocate
+        from adaptive_lora.model.inventory import build_inventory
+        from tiny import tiny_llama
+
+        inv = build_inventory(tiny_llama())
+        with pytest.raises(UserError, match=message):
+            allocate("uniform", AllocationContext(inv, resolve_budget("500", inv), min_rank=0))
+        return
+    assert main(["run", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and __import__("re").search(message, err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_study_file_edited_mid_study_is_refused(tmp_path):
+    study = load_study(_pilot(tmp_path), check_sources=False)
+    study.path.write_text(study.text + "\n# edited\n")
+    with pytest.raises(UserError, match="changed while its study runs"):
+        study.check_unchanged()
+
+
+@pytest.mark.parametrize(
+    "folder, config",
+    [("tests/fixtures/quickstart", "study.yaml"), (".", "configs/alpaca-smollm2.yaml")],
+)
+def test_existing_studies_keep_their_run_ids(folder, config, monkeypatch):
+    """The factorial schema expands the committed studies into their stored ids, every one."""
+    monkeypatch.chdir(ROOT / folder)  # a study's `out` is relative to where it is run
+    study = load_study(config, check_sources=False)
+    with StudyStore.open(study.store_path, create=False) as store:
+        stored = {row.id for row in store.rows()}
+    assert set(study.run_ids) == stored and len(stored) in (12, 140)
+
+
+def test_the_pilot_runs_end_to_end_on_a_tiny_model_and_reports_the_regime(tmp_path, monkeypatch):
+    from tiny import save_tiny, tiny_llama
+
+    model = save_tiny(tiny_llama(), tmp_path / "m")
+    path = _pilot(
+        tmp_path,
+        model=model,
+        data={
+            "n_train": [8, 16],
+            "n_val": 4,
+            "data_seed": 0,
+            "max_length": 400,
+            "template": "alpaca",
+        },
+        budgets=["r1", "r2", "r4"],
+        seeds=[0, 1],
+        train={"batch_size": 4, "max_steps": 2, "lr": 2e-3, "threads": 1},
+    )
+    spec = yaml.safe_load(path.read_text())
+    spec["tasks"][0]["data"].update(n_test=12, max_length=400)
+    spec["tasks"][1]["data"].update(n_test=8)
+    spec["tasks"][0]["eval"].update(max_new_tokens=3)
+    spec["tasks"][1]["eval"].update(n_generate=2, max_new_tokens=3)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    study = load_study(path)
+    summary = run_study(study, executor=LocalExecutor(), quiet=True, log=lambda line: None)
+    assert len(summary.done) == 4 * 3 * 2 * 2
+    with StudyStore.open(study.store_path, create=False) as store:
+        rows = store.rows()
+    arith = [r for r in rows if r.config["data"]["source"].startswith("reasoning_gym:")]
+    items = arith[0].metrics["test_items"]
+    assert len(items["loss"]) == len(items["task_score"]) == 12  # every test item, per item
+    tokens, losses = items["tokens"], items["loss"]
+    mean = sum(t * loss for t, loss in zip(tokens, losses)) / sum(tokens)
+    assert mean == pytest.approx(arith[0].metrics["test_loss"], rel=1e-9)
+    assert arith[0].metrics["task_score"] == pytest.approx(sum(items["task_score"]) / 12)
+    out = tmp_path / "report"
+    assert main(["report", str(path), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert text.index("## Where does rank matter?") < text.index("## Task `arith`, n_train = 8")
+    assert "gain per doubling" in text and "### Every strategy against the baseline" in text
+    assert (out / "figures" / "regime_heatmap.png").is_file()
+    assert (out / "figures" / "regime_ladder.png").is_file()
+    stats = __import__("json").loads((out / "stats.json").read_text())
+    assert len(stats["regime"]) == 4 and all(len(e["ladder"]) == 3 for e in stats["regime"])
