@@ -57,7 +57,10 @@ PAIRED_KEYS = {
     "mde_power",
     "prob_better",
     "wilcoxon_floor_p",
+    "wilcoxon_holm_floor_p",
+    "family_size",
     "can_reach_significance",
+    "alternative",
     "warnings",
 }
 FAMILY_EXTRA = {
@@ -518,7 +521,9 @@ def test_verdicts():
     assert v3.startswith("No detectable difference between three and uniform in test loss")
     mde3 = TTestPower().solve_power(effect_size=None, nobs=3, alpha=0.05, power=0.8)
     assert f"with 3 seeds the smallest effect detectable at 80% power is d_z = {mde3:.1f}" in v3
-    assert "cannot reach p < 0.05 (floor 0.25)" in v3
+    # Holm corrects the 3 comparisons with a Wilcoxon p ("one" has a single seed).
+    assert "cannot reach p < 0.05 after Holm over 3 comparisons" in v3
+    assert "(floor 0.25 × 3 comparisons (Holm) = 0.75)" in v3
     assert fam["three"]["significant"] is False
 
     assert "too few seeds for a test" in fam["one"]["verdict"]
@@ -608,3 +613,107 @@ def test_mean_ci_t_matches_scipy():
     expected = st.t.interval(0.95, len(x) - 1, loc=np.mean(x), scale=st.sem(x))
     assert low == pytest.approx(expected[0]) and high == pytest.approx(expected[1])
     assert all(math.isnan(v) for v in mean_ci_t([3.0]))
+
+
+# ------------------------------------------------------------ one-sided tests, Holm floors
+
+
+@pytest.mark.parametrize("alternative", ["less", "greater"])
+@pytest.mark.parametrize("n", [3, 6, 9, 14])
+def test_one_sided_tests_match_scipy(n, alternative):
+    rng = np.random.default_rng(100 + n)
+    b = {k: float(v) for k, v in enumerate(2 + 0.1 * rng.normal(size=n))}
+    s = {k: float(v - 0.01 + 0.03 * rng.normal()) for k, v in b.items()}
+    xs, xb = np.array([s[k] for k in range(n)]), np.array([b[k] for k in range(n)])
+    r = compare_paired(s, b, n_boot=200, alternative=alternative)
+    tt = stats.ttest_rel(xs, xb, alternative=alternative)
+    assert r["p_t"] == pytest.approx(tt.pvalue, rel=1e-10)
+    w = stats.wilcoxon(xs, xb, method="exact", alternative=alternative)
+    assert r["p_wilcoxon"] == pytest.approx(w.pvalue, rel=1e-12)
+    assert r["wilcoxon_stat"] == pytest.approx(w.statistic)  # R+, scipy's one-sided statistic
+    assert r["wilcoxon_floor_p"] == pytest.approx(1 / 2**n)
+    # The interval stays the two-sided 95% t interval of the mean difference.
+    d = xs - xb
+    ref = stats.t.interval(0.95, n - 1, loc=d.mean(), scale=stats.sem(d))
+    assert r["ci_t"] == pytest.approx(list(ref), rel=1e-10)
+    mde = TTestPower().solve_power(
+        effect_size=None, nobs=n, alpha=0.05, power=0.8, alternative="larger"
+    )
+    assert r["mde_d_z"] == pytest.approx(float(mde), rel=1e-8)
+
+
+@pytest.mark.parametrize("alternative", ["less", "greater"])
+@pytest.mark.parametrize(
+    "d", [[1, 1, 2, 2, -3, 0], [0.5, 0.5, 0.5, -0.5, 1, 2, 0, 0], [-1, -2, -3, -3, -3, -4, 1]]
+)
+def test_one_sided_wilcoxon_with_ties_and_zeros_matches_scipy_permutation(d, alternative):
+    s, b = _runs(d)
+    r = compare_paired(s, b, n_boot=200, alternative=alternative)
+    # n <= 13: scipy enumerates every sign pattern of the nonzero differences (exact).
+    ref = stats.wilcoxon(d, method=stats.PermutationMethod(), alternative=alternative)
+    assert r["p_wilcoxon"] == pytest.approx(ref.pvalue, rel=1e-10)
+    assert r["wilcoxon_method"].startswith("exact conditional")
+
+
+def _best_case_family(n, m, alternative="two-sided"):
+    """m strategies, each better than the baseline on every one of n seeds (distinct |d|)."""
+    base = {k: 2.0 + 0.01 * k for k in range(n)}
+    data = {"uniform": base}
+    for j in range(m):
+        data[f"s{j}"] = {k: v - 0.001 * (k + 1) * (j + 2) for k, v in base.items()}
+    return compare_family(data, "uniform", n_boot=100, alternative=alternative)
+
+
+@pytest.mark.parametrize(
+    ("n", "m", "alternative", "reach"),
+    [(8, 8, "two-sided", False), (8, 6, "two-sided", True), (8, 8, "less", True),
+     (5, 1, "two-sided", False), (6, 1, "two-sided", True), (9, 8, "two-sided", True)],
+)  # fmt: skip
+def test_can_reach_significance_counts_the_holm_family(n, m, alternative, reach):
+    fam = _best_case_family(n, m, alternative)
+    # Every comparison is at its floor: statsmodels' Holm of those p-values is the best
+    # any data could do, and it decides whether the family can reach 0.05.
+    raw = [r["p_wilcoxon"] for r in fam.values()]
+    best = multipletests(raw, method="holm")[1]
+    tails = 2 if alternative == "two-sided" else 1
+    assert raw == pytest.approx([min(1.0, tails / 2**n)] * m)
+    for r, adjusted in zip(fam.values(), best):
+        assert r["family_size"] == m
+        assert r["wilcoxon_holm_floor_p"] == pytest.approx(adjusted)
+        assert r["p_wilcoxon_holm"] == pytest.approx(adjusted)
+        assert r["can_reach_significance"] is reach is bool(adjusted < 0.05)
+        said = [w for w in r["warnings"] if "cannot reach" in w]
+        assert len(said) == (0 if reach else 1)
+        assert ("cannot reach" in r["verdict"]) is (not reach)
+
+
+def test_eight_pairs_in_a_family_of_eight_say_the_holm_floor():
+    r = next(iter(_best_case_family(8, 8).values()))
+    assert (
+        "with 8 seeds and Holm over 8 comparisons a two-sided Wilcoxon test cannot reach "
+        "p < 0.05 (floor 0.0078125, × 8 = 0.0625)" in r["warnings"]
+    )
+    assert (
+        "after Holm over 8 comparisons (floor 0.0078125 × 8 comparisons (Holm) = 0.0625)"
+        in (r["verdict"])
+    )
+
+
+def test_one_sided_family_and_its_verdicts():
+    data = _family_data()
+    fam = compare_family(
+        data, "uniform", n_boot=300, alternative={"linear_decay": "less", "noise": "greater"}
+    )
+    assert fam["linear_decay"]["alternative"] == "less"
+    assert fam["three"]["alternative"] == "two-sided"  # not named: two-sided
+    assert "significant after Holm correction (one-sided p" in fam["linear_decay"]["verdict"]
+    x = np.array([data["noise"][k] - data["uniform"][k] for k in range(8)])
+    assert fam["noise"]["p_t"] == pytest.approx(
+        stats.ttest_1samp(x, 0, alternative="greater").pvalue
+    )
+    if not fam["noise"]["significant"]:
+        assert fam["noise"]["verdict"].startswith(
+            "No evidence that noise raises test loss vs uniform (one-sided test)"
+        )
+    with pytest.raises(ValueError, match="alternative"):
+        compare_paired(data["noise"], data["uniform"], alternative="smaller")

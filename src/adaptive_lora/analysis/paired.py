@@ -30,9 +30,15 @@ What is computed (see ``compare_paired``):
   4:863), and the minimum detectable effect at 80 % power for this number of seeds.
 * Holm's step-down correction across the comparisons of a family (Holm 1979, "A simple
   sequentially rejective multiple test procedure", Scand. J. Statistics 6:65-70).
+* one-sided tests, when a study declares its alternative before the runs
+  (``alternative="less"``: strategy − baseline < 0; ``"greater"``), in scipy's words:
+  the t-test and the Wilcoxon test then give one-sided p-values; the intervals stay
+  two-sided (1 − alpha) intervals of the estimate.
 
-Nothing here hides a small sample: the floor of the exact Wilcoxon p-value (2 / 2**n) is
-always reported, and every undefined quantity is NaN with a sentence in ``warnings``.
+Nothing here hides a small sample: the floor of the exact Wilcoxon p-value (2 / 2**n
+two-sided, 1 / 2**n one-sided) is always reported, and in a family the floor after Holm
+(floor × the family's size: the smallest Holm-adjusted p any comparison can get) decides
+``can_reach_significance``. Every undefined quantity is NaN with a sentence in ``warnings``.
 All returned values are plain Python types (NaN allowed); ``to_jsonable`` turns
 NaN/inf into ``None`` for strict JSON.
 """
@@ -40,19 +46,22 @@ NaN/inf into ``None`` for strict JSON.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from scipy import stats as _st
+from statsmodels.stats.power import TTestPower
 
 from adaptive_lora.analysis.bootstrap import paired_bootstrap
 from adaptive_lora.analysis.corrections import holm
 from adaptive_lora.analysis.descriptive import describe
 from adaptive_lora.analysis.formatting import fmt_g
 from adaptive_lora.analysis.pairing import Pairs, pair_by_seed
+from adaptive_lora.analysis.planning import ALTERNATIVES, wilcoxon_reach
 from adaptive_lora.analysis.power import POWER, minimum_detectable_d_z
-from adaptive_lora.analysis.signed_rank import signed_rank_test, wilcoxon_floor_p
+from adaptive_lora.analysis.signed_rank import EXACT_DP_MAX_N, signed_rank_test
 from adaptive_lora.analysis.values import NAN, is_nan
 from adaptive_lora.analysis.verdict import verdict
 
@@ -67,6 +76,7 @@ def compare_paired(
     n_boot: int = 10000,
     seed: int | None = 0,
     alpha: float = 0.05,
+    alternative: str = "two-sided",
 ) -> dict[str, Any]:
     """Compare one strategy with the baseline, paired by seed.
 
@@ -82,8 +92,12 @@ def compare_paired(
     n_boot, seed
         Bootstrap resamples and the seed of ``numpy.random.default_rng``.
     alpha
-        Two-sided level: intervals are (1 - alpha) intervals and the minimum detectable
+        Level: intervals are two-sided (1 - alpha) intervals and the minimum detectable
         effect is for a test at ``alpha``.
+    alternative
+        ``"two-sided"`` (default), ``"less"`` (strategy − baseline < 0) or
+        ``"greater"``, declared before the runs: the t-test, the Wilcoxon test, their
+        floor and the minimum detectable effect follow it (scipy's ``alternative``).
 
     Returns
     -------
@@ -95,21 +109,25 @@ def compare_paired(
     ci_t, ci_boot_percentile, ci_boot_bca, iqm_ci_boot_percentile, iqm_ci_boot_bca,
     t, df, p_t, wilcoxon_stat, p_wilcoxon, wilcoxon_method, wilcoxon_n,
     d_z, mde_d_z, mde_metric, mde_power, prob_better,
-    wilcoxon_floor_p, can_reach_significance, warnings``.
+    wilcoxon_floor_p, wilcoxon_holm_floor_p, family_size, can_reach_significance,
+    alternative, warnings``.
     Intervals are ``[low, high]`` for the difference. ``mde_d_z`` is the smallest |d_z|
     a two-sided paired t-test at ``alpha`` detects with 80 % power for this n
     (statsmodels ``TTestPower().solve_power``; Cohen 1988); ``mde_metric`` is
     ``mde_d_z * sd_diff``. ``prob_better`` is the fraction of seeds where the strategy
-    beats the baseline, ties counting half. ``wilcoxon_floor_p = 2 / 2**n`` is the
-    smallest exact two-sided Wilcoxon p possible with n pairs.
+    beats the baseline, ties counting half. ``wilcoxon_floor_p`` (2 / 2**n two-sided,
+    1 / 2**n one-sided) is the smallest exact Wilcoxon p possible with n pairs; alone,
+    a comparison is a family of one (``compare_family`` sets the family's size).
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
     if int(n_boot) < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     n_boot = int(n_boot)
     pairs = pair_by_seed(strategy, baseline)
-    out = _blank_result(pairs, lower_is_better, alpha, n_boot, seed)
+    out = _blank_result(pairs, lower_is_better, alpha, n_boot, seed, alternative)
     warns = out["warnings"]
     n = pairs.n
     if n == 0:
@@ -124,28 +142,61 @@ def compare_paired(
         )
         return out
     if not out["can_reach_significance"]:
-        warns.append(
-            f"with {n} seeds a two-sided Wilcoxon test cannot reach "
-            f"p < {fmt_g(alpha)} (floor {fmt_g(out['wilcoxon_floor_p'])})"
-        )
+        warns.append(_floor_warning(out))
     out["df"] = float(n - 1)
-    _add_minimum_detectable_effect(out, n, alpha)
+    _add_minimum_detectable_effect(out, n, alpha, alternative)
     if d["std"] > pairs.tol:
         _add_t_test(out, n, d["mean"], d["std"], alpha)
         _add_bootstrap(out, pairs.diffs, n_boot, seed, alpha)
     else:
         _add_constant_difference(out, pairs.diffs, d["mean"])
-    _add_signed_rank_test(out, pairs.diffs)
+    _add_signed_rank_test(out, pairs.diffs, alternative)
     return out
 
 
+def _sidedness(alternative: str) -> str:
+    return "two-sided" if alternative == "two-sided" else "one-sided"
+
+
+def _floor_warning(out: dict[str, Any]) -> str:
+    """Why the Wilcoxon test cannot reach alpha: its floor, and Holm's factor in a family."""
+    n, m, alpha = out["n"], out["family_size"], out["alpha"]
+    test = f"a {_sidedness(out['alternative'])} Wilcoxon test cannot reach p < {fmt_g(alpha)}"
+    if m == 1:
+        return f"with {n} seeds {test} (floor {fmt_g(out['wilcoxon_floor_p'])})"
+    return (
+        f"with {n} seeds and Holm over {m} comparisons {test} (floor "
+        f"{fmt_g(out['wilcoxon_floor_p'])}, × {m} = {fmt_g(out['wilcoxon_holm_floor_p'])})"
+    )
+
+
+def _set_reach(out: dict[str, Any], family_size: int) -> None:
+    """The Wilcoxon floor of this comparison and whether it can pass Holm's first step.
+
+    Every Holm-adjusted p is at least the family's size times the smallest raw p, so a
+    floor that times the family's size is not below alpha can never be significant,
+    whatever the data (``planning.wilcoxon_reach``).
+    """
+    reach = wilcoxon_reach(
+        out["n"], alpha=out["alpha"], family_size=family_size, alternative=out["alternative"]
+    )
+    out["family_size"] = int(family_size)
+    out["wilcoxon_floor_p"] = reach["floor"]
+    out["wilcoxon_holm_floor_p"] = reach["holm_floor"]
+    out["can_reach_significance"] = reach["can_reach"]
+
+
 def _blank_result(
-    pairs: Pairs, lower_is_better: bool, alpha: float, n_boot: int, seed: int | None
+    pairs: Pairs,
+    lower_is_better: bool,
+    alpha: float,
+    n_boot: int,
+    seed: int | None,
+    alternative: str,
 ) -> dict[str, Any]:
     """Every key of the result: the pairing, the settings, and NaN for what needs n >= 2."""
     n = pairs.n
-    floor = wilcoxon_floor_p(n)
-    return {
+    out = {
         "n": n,
         "n_pairs": n,
         "seeds": pairs.seeds,
@@ -181,10 +232,11 @@ def _blank_result(
         "mde_metric": NAN,
         "mde_power": POWER,
         "prob_better": NAN,
-        "wilcoxon_floor_p": floor,
-        "can_reach_significance": bool(floor < alpha),
+        "alternative": alternative,
         "warnings": pairs.dropped_warnings(),
     }
+    _set_reach(out, 1)
+    return out
 
 
 def _add_location(out: dict[str, Any], diffs: np.ndarray, lower_is_better: bool) -> dict:
@@ -196,11 +248,31 @@ def _add_location(out: dict[str, Any], diffs: np.ndarray, lower_is_better: bool)
     return d
 
 
-def _add_minimum_detectable_effect(out: dict[str, Any], n: int, alpha: float) -> None:
-    """The minimum detectable d_z (Cohen 1988): depends on n and alpha only."""
+def _one_sided_mde(n: int, alpha: float, power: float = POWER) -> float:
+    """Smallest |d_z| a one-sided paired t-test at ``alpha`` detects with ``power``.
+
+    statsmodels' ``TTestPower`` with ``alternative="larger"`` (the power against an effect
+    in the tested direction; the "smaller" case is its mirror image).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mde = TTestPower().solve_power(
+            effect_size=None, nobs=n, alpha=alpha, power=power, alternative="larger"
+        )
+    mde = float(np.asarray(mde).item())
+    return mde if math.isfinite(mde) and mde > 0 else NAN
+
+
+def _add_minimum_detectable_effect(
+    out: dict[str, Any], n: int, alpha: float, alternative: str
+) -> None:
+    """The minimum detectable d_z (Cohen 1988): depends on n, alpha and the sidedness."""
     warns = out["warnings"]
     try:
-        out["mde_d_z"] = minimum_detectable_d_z(n, alpha)
+        if alternative == "two-sided":
+            out["mde_d_z"] = minimum_detectable_d_z(n, alpha)
+        else:
+            out["mde_d_z"] = _one_sided_mde(n, alpha)
     except Exception as exc:  # report it; never crash the report
         warns.append(f"minimum detectable effect could not be computed ({exc})")
     if math.isnan(out["mde_d_z"]):
@@ -216,11 +288,20 @@ def _add_t_test(out: dict[str, Any], n: int, mean: float, sd: float, alpha: floa
     t_stat = mean / se
     out.update(
         t=float(t_stat),
-        p_t=float(min(1.0, 2 * _st.t.sf(abs(t_stat), df))),
+        p_t=_t_p_value(float(t_stat), df, out["alternative"]),
         ci_t=[float(mean - tcrit * se), float(mean + tcrit * se)],
         d_z=float(mean / sd),
         mde_metric=float(out["mde_d_z"] * sd),
     )
+
+
+def _t_p_value(t_stat: float, df: int, alternative: str) -> float:
+    """The t-test's p in scipy's convention (``ttest_rel(..., alternative=...)``)."""
+    if alternative == "less":
+        return float(_st.t.cdf(t_stat, df))
+    if alternative == "greater":
+        return float(_st.t.sf(t_stat, df))
+    return float(min(1.0, 2 * _st.t.sf(abs(t_stat), df)))
 
 
 def _add_bootstrap(
@@ -266,13 +347,68 @@ def _add_constant_difference(out: dict[str, Any], diffs: np.ndarray, mean: float
         )
 
 
-def _add_signed_rank_test(out: dict[str, Any], diffs: np.ndarray) -> None:
+def _signed_rank_tail(nonzero: np.ndarray, alternative: str) -> float:
+    """Exact one-sided p of the signed-rank statistic R+, conditional on the observed |d|.
+
+    The same null as ``signed_rank._signed_rank_exact_p`` (each nonzero difference + or −
+    with probability 1/2, mid-ranks for ties; its distribution by dynamic programming on
+    the doubled ranks), read in one tail: "less" is P(R+ <= r), "greater" P(R+ >= r),
+    scipy's one-sided convention.
+    """
+    ranks2 = np.rint(2.0 * _st.rankdata(np.abs(nonzero))).astype(np.int64)
+    r_obs = int(ranks2[nonzero > 0].sum())
+    total = int(ranks2.sum())
+    dist = np.zeros(total + 1)
+    dist[0] = 1.0
+    for r in ranks2:
+        shifted = np.zeros_like(dist)
+        shifted[r:] = dist[: total + 1 - r]
+        dist = 0.5 * (dist + shifted)
+    tail = dist[: r_obs + 1] if alternative == "less" else dist[r_obs:]
+    return float(min(1.0, tail.sum()))
+
+
+def one_sided_signed_rank_test(
+    diffs: np.ndarray, alternative: str
+) -> tuple[float, float, str, int]:
+    """One-sided Wilcoxon signed-rank test: ``(R+, p, method, n_used)``.
+
+    Zeros dropped (Wilcoxon's convention). Without ties or zeros (up to 50 pairs):
+    ``scipy.stats.wilcoxon(method="exact", alternative=...)``; otherwise the exact
+    conditional distribution with mid-ranks (what scipy's ``PermutationMethod``
+    enumerates for small n); beyond ``EXACT_DP_MAX_N`` nonzero differences, scipy's
+    normal approximation. Two-sided tests stay in ``signed_rank.signed_rank_test``.
+    """
+    nonzero = diffs[diffs != 0]
+    m = int(nonzero.size)
+    if m == 0:
+        return NAN, NAN, "none (all differences are zero)", 0
+    ranks = _st.rankdata(np.abs(nonzero))
+    r_plus = float(ranks[nonzero > 0].sum())
+    has_ties = bool(np.unique(np.abs(nonzero)).size < m)
+    n_zero = int(diffs.size - m)
+    if not has_ties and n_zero == 0 and m <= 50:
+        res = _st.wilcoxon(nonzero, method="exact", alternative=alternative)
+        return float(res.statistic), float(res.pvalue), "exact", m
+    if m <= EXACT_DP_MAX_N:
+        why = [f"{n_zero} zero difference{'s' if n_zero > 1 else ''} dropped"] if n_zero else []
+        why += ["mid-ranks for ties"] if has_ties else []
+        label = "exact conditional" + (f" ({', '.join(why)})" if why else "")
+        return r_plus, _signed_rank_tail(nonzero, alternative), label, m
+    res = _st.wilcoxon(nonzero, method="asymptotic", correction=False, alternative=alternative)
+    return float(res.statistic), float(res.pvalue), "normal approximation (tie-corrected)", m
+
+
+def _add_signed_rank_test(out: dict[str, Any], diffs: np.ndarray, alternative: str) -> None:
     """The Wilcoxon signed-rank test, and what its zeros and ties mean for it."""
     n = int(diffs.size)
-    w_stat, w_p, w_method, w_n = signed_rank_test(diffs)
+    if alternative == "two-sided":
+        w_stat, w_p, w_method, w_n = signed_rank_test(diffs)
+    else:
+        w_stat, w_p, w_method, w_n = one_sided_signed_rank_test(diffs, alternative)
     out.update(wilcoxon_stat=w_stat, p_wilcoxon=w_p, wilcoxon_method=w_method, wilcoxon_n=w_n)
     if 0 < w_n < n:
-        wf = wilcoxon_floor_p(w_n)
+        wf = wilcoxon_reach(w_n, alpha=out["alpha"], alternative=alternative)["floor"]
         out["warnings"].append(
             f"{n - w_n} zero difference{'s' if n - w_n > 1 else ''} dropped from "
             f"the Wilcoxon test (Wilcoxon 1945); it uses {w_n} pairs "
@@ -294,6 +430,7 @@ def compare_family(
     alpha: float = 0.05,
     metric: str = "test loss",
     primary: str = "t",
+    alternative: str | Mapping[str, str] = "two-sided",
 ) -> dict[str, dict[str, Any]]:
     """Every strategy against the baseline, with Holm correction across the family.
 
@@ -305,12 +442,23 @@ def compare_family(
     saying in plain words what the data support. ``primary`` is ``"t"`` (paired t-test,
     matching the t interval quoted in the verdict) or ``"wilcoxon"``; the other test is
     quoted too. Output order follows ``results`` without the baseline.
+
+    ``alternative`` is one for every comparison, or ``{strategy: alternative}`` (missing
+    ones two-sided): what a study declared before its runs. The family's size for
+    ``can_reach_significance`` is the number of comparisons Holm corrects (those with a
+    Wilcoxon p), so 8 pairs two-sided in a family of 8 cannot reach 0.05: 2/2**8 × 8 =
+    0.0625.
     """
     if primary not in ("t", "wilcoxon"):
         raise ValueError(f"primary must be 't' or 'wilcoxon', got {primary!r}")
     if baseline not in results:
         raise KeyError(f"baseline {baseline!r} not in results (have {sorted(results)})")
     names = [k for k in results if k != baseline]
+    sides = (
+        {name: alternative for name in names}
+        if isinstance(alternative, str)
+        else {name: alternative.get(name, "two-sided") for name in names}
+    )
     out: dict[str, dict[str, Any]] = {}
     for name in names:
         out[name] = compare_paired(
@@ -320,9 +468,13 @@ def compare_family(
             n_boot=n_boot,
             seed=seed,
             alpha=alpha,
+            alternative=sides[name],
         )
     p_t_holm = holm([out[k]["p_t"] for k in names])
     p_w_holm = holm([out[k]["p_wilcoxon"] for k in names])
+    family = max(1, sum(not is_nan(out[k]["p_wilcoxon"]) for k in names))
+    for name in names:
+        _family_reach(out[name], family)
     for name, pt, pw in zip(names, p_t_holm, p_w_holm):
         r = out[name]
         r["strategy"] = name
@@ -335,3 +487,13 @@ def compare_family(
         r["significant"] = bool(not is_nan(p_primary) and p_primary < alpha)
         r["verdict"] = verdict(name, baseline, r, metric=metric, primary=primary)
     return out
+
+
+def _family_reach(r: dict[str, Any], family_size: int) -> None:
+    """Recompute the Wilcoxon reach for the family's size, and its warning with it."""
+    old = _floor_warning(r) if not r["can_reach_significance"] else None
+    _set_reach(r, family_size)
+    warns = [w for w in r["warnings"] if w != old]
+    if r["n"] >= 2 and not r["can_reach_significance"]:
+        warns.append(_floor_warning(r))
+    r["warnings"] = warns

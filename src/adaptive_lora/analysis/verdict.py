@@ -3,7 +3,9 @@
 ``verdict`` reads a result of ``paired.compare_family`` (with its Holm-adjusted p-values)
 and writes what the data support: the effect with its t interval, the primary test's
 decision after Holm correction, the other test, the minimum detectable effect when
-nothing is found, and the Wilcoxon floor when n is too small to reach alpha.
+nothing is found, and the Wilcoxon floor when n is too small to reach alpha after Holm.
+A comparison whose alternative was declared one-sided says so beside its p-values ("one-sided
+p"), and a non-significant one-sided test says which direction it looked for.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ def verdict(name: str, base: str, r: dict[str, Any], *, metric: str, primary: st
     p_key = "p_t" if primary == "t" else "p_wilcoxon"
     other_key = "p_wilcoxon" if primary == "t" else "p_t"
     return _headline(name, base, r, metric, p_key) + _other_test(r, p_key, other_key) + _floor(r)
+
+
+def _p_label(r: dict[str, Any]) -> str:
+    """The p-value's label: "one-sided p" for a comparison declared one-sided, else "p"."""
+    return "p" if r.get("alternative", "two-sided") == "two-sided" else "one-sided p"
 
 
 def _seeds(n: int) -> str:
@@ -74,13 +81,10 @@ def _constant_difference(name: str, base: str, r: dict[str, Any], metric: str) -
     sig = pw < alpha
     tail = (
         f"; Wilcoxon signed-rank {'significant' if sig else 'not significant'} "
-        f"after Holm correction ({fmt_p(pw, alpha=alpha, label='p')}"
+        f"after Holm correction ({fmt_p(pw, alpha=alpha, label=_p_label(r))}"
     )
     if not r["can_reach_significance"]:
-        tail += (
-            f"; it cannot reach p < {fmt_g(alpha)} with {seeds}, floor "
-            f"{fmt_g(r['wilcoxon_floor_p'])}"
-        )
+        tail += f"; it cannot reach p < {fmt_g(alpha)} with {seeds}{_floor_numbers(r)}"
     return head + tail + ")."
 
 
@@ -94,22 +98,32 @@ def _headline(name: str, base: str, r: dict[str, Any], metric: str, p_key: str) 
     dz_txt = f"d_z = {fmt_sig(r['d_z'])}"
     verb, judgement = _direction(r)
     effect = f"{name} {verb} {metric} by {fmt_num(abs(mean), dec)} ({ci_txt}) vs {base}, "
+    label = _p_label(r)
     if not is_nan(p_adj) and p_adj < alpha:
         return (
             f"{effect}{judgement}; significant after Holm correction "
-            f"({fmt_p(p_adj, alpha=alpha, label='p')}, {dz_txt}, {seeds})."
+            f"({fmt_p(p_adj, alpha=alpha, label=label)}, {dz_txt}, {seeds})."
         )
     if not is_nan(p_raw) and p_raw < alpha:
         return (
             f"{effect}{judgement}, but not significant after Holm correction "
-            f"({fmt_p(p_adj, alpha=alpha, label='p')}; uncorrected "
+            f"({fmt_p(p_adj, alpha=alpha, label=label)}; uncorrected "
             f"{fmt_p(p_raw, alpha=alpha)}; {dz_txt}, {seeds})."
         )
     return (
-        f"No detectable difference between {name} and {base} in {metric}: mean "
+        f"{_nothing_found(name, base, r, metric)}: mean "
         f"difference {fmt_num(mean, dec, plus=True)} ({ci_txt}; Holm-adjusted "
-        f"{fmt_p(p_adj, alpha=alpha, label='p')}, {dz_txt}){_detectable(r, dec, metric)}."
+        f"{fmt_p(p_adj, alpha=alpha, label=label)}, {dz_txt}){_detectable(r, dec, metric)}."
     )
+
+
+def _nothing_found(name: str, base: str, r: dict[str, Any], metric: str) -> str:
+    """The opening of a verdict without a finding: what the (possibly one-sided) test sought."""
+    alternative = r.get("alternative", "two-sided")
+    if alternative == "two-sided":
+        return f"No detectable difference between {name} and {base} in {metric}"
+    verb = "lowers" if alternative == "less" else "raises"
+    return f"No evidence that {name} {verb} {metric} vs {base} (one-sided test)"
 
 
 def _detectable(r: dict[str, Any], dec: int, metric: str) -> str:
@@ -132,18 +146,31 @@ def _other_test(r: dict[str, Any], p_key: str, other_key: str) -> str:
     if is_nan(p_other):
         return ""
     text = (
-        f" The {_TEST_NAME[other_key]} gives Holm-adjusted {fmt_p(p_other, alpha=alpha, label='p')}"
+        f" The {_TEST_NAME[other_key]} gives Holm-adjusted "
+        f"{fmt_p(p_other, alpha=alpha, label=_p_label(r))}"
     )
     if not is_nan(p_adj) and (p_other < alpha) != (p_adj < alpha):
         text += " and disagrees"
     return text + "."
 
 
+def _floor_numbers(r: dict[str, Any]) -> str:
+    """The floor as text: ", floor 0.25"; in a family ", floor 0.0078 × 8 comparisons (Holm) = 0.0625"."""
+    m = r.get("family_size", 1)
+    text = f", floor {fmt_g(r['wilcoxon_floor_p'])}"
+    if m > 1:
+        text += f" × {m} comparisons (Holm) = {fmt_g(r['wilcoxon_holm_floor_p'])}"
+    return text
+
+
 def _floor(r: dict[str, Any]) -> str:
-    """The Wilcoxon floor, when n pairs cannot reach alpha ("" otherwise)."""
+    """The Wilcoxon floor, when n pairs cannot reach alpha after Holm ("" otherwise)."""
     if r["can_reach_significance"]:
         return ""
+    sided = "two-sided" if r.get("alternative", "two-sided") == "two-sided" else "one-sided"
+    m = r.get("family_size", 1)
+    after = f" after Holm over {m} comparisons" if m > 1 else ""
     return (
-        f" With {_seeds(r['n'])} a two-sided Wilcoxon test cannot reach p < "
-        f"{fmt_g(r['alpha'])} (floor {fmt_g(r['wilcoxon_floor_p'])})."
+        f" With {_seeds(r['n'])} a {sided} Wilcoxon test cannot reach p < "
+        f"{fmt_g(r['alpha'])}{after} ({_floor_numbers(r)[2:]})."
     )
