@@ -18,6 +18,7 @@ from adaptive_lora.study.plan import (
     open_store_if_any,
     would_run,
 )
+from adaptive_lora.study.power_plan import design_warnings
 from adaptive_lora.study.runner import run_study
 from adaptive_lora.study.spec import load_study
 from adaptive_lora.study.store import lock_is_held
@@ -68,6 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             study, retry_failed=args.retry_failed, allow_mixed=args.allow_mixed
         ):
             print(warning)
+    _print_design_warnings(study)
     if args.workers is None and args.address is None:
         if any(getattr(args, name) is not None for name in RAY_ONLY):
             flags = ", ".join("--" + name.replace("_", "-") for name in RAY_ONLY)
@@ -130,6 +132,7 @@ def format_dry_run(study, *, retry_failed: bool, at_once: int = 1) -> str:
         )
     guess = estimate(study, rows, todo, at_once=at_once)
     lines.append(f"estimate: {guess.text()}")
+    lines += design_warnings(study, [row for row in rows.values() if row is not None])
     if study.runs_to_come():
         more = study.runs_to_come()
         per_run = guess.seconds / guess.n_runs if guess.n_runs else 0.0
@@ -140,6 +143,17 @@ def format_dry_run(study, *, retry_failed: bool, at_once: int = 1) -> str:
             + (f", {at_once} at a time" if at_once > 1 else "")
         )
     return "\n".join(lines)
+
+
+def _print_design_warnings(study) -> None:
+    """Before a run starts: one line per comparison its seeds cannot decide."""
+    store = open_store_if_any(study)
+    rows = []
+    if store is not None:
+        with store:
+            rows = store.rows()
+    for line in design_warnings(study, rows):
+        print(line)
 
 
 def cell_lines(study) -> list[str]:

@@ -132,7 +132,9 @@ def _run_pending(
                 store, result, seconds, summary, lambda line, t=shown: log(f"{t} {line.lstrip()}")
             )
             store.export(study.out, study.run_ids)
-            if result.run_id in tuning:
+            # A finished tuning run may choose a rate; with sequential seeds any finished
+            # reporting run may complete a look that opens the next block of seeds.
+            if result.run_id in tuning or study.seed_plan is not None:
                 study = _queue_reporting_runs(study, store, queue, index, at_once, log)
     except BaseException as error:
         # Runs this process started but will not finish go back to pending.
@@ -174,8 +176,9 @@ def _queue_reporting_runs(
         index[spec.run_id] = len(index) + 1
     queue.extend(fresh)
     waiting = [s for s in opened.runs if rows[s.run_id].status == PENDING]
+    why = "learning rates chosen" if study.seed_plan is None else "rates chosen or a look judged"
     log(
-        f"learning rates chosen: {len(fresh)} reporting run(s) join the queue; "
+        f"{why}: {len(fresh)} reporting run(s) join the queue; "
         f"estimate: {estimate(opened, rows, waiting, at_once=at_once).text()}"
     )
     return opened

@@ -58,6 +58,7 @@ from adaptive_lora.model.inventory import ModuleInfo
 from adaptive_lora.model.loading import resolve_source
 from adaptive_lora.records import canonical_json
 from adaptive_lora.study.design import Group, build_groups, group_signature, parse_tasks
+from adaptive_lora.study.hypotheses import Hypotheses, SeedPlan, parse_hypotheses, parse_seed_plan
 from adaptive_lora.study.lr import LrChoice, choose_lr
 from adaptive_lora.study.protocol import (
     CrossBudget,
@@ -65,6 +66,7 @@ from adaptive_lora.study.protocol import (
     parse_entry_budgets,
     parse_tuning_seeds,
 )
+from adaptive_lora.study.sequential_seeds import seed_counts
 from adaptive_lora.study.store import RunRow, StudyStore
 
 ADALORA = "adalora"  # the published adaptive baseline; registered by its own module
@@ -90,6 +92,7 @@ TOP_KEYS = (
     "out",
     "resources",
     "tasks",
+    "hypotheses",
 )
 
 
@@ -171,6 +174,8 @@ class Study:
     groups: list[Group] = field(default_factory=list)
     lr_choices_by_group: dict[str, dict[tuple[str, str], LrChoice]] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)  # the parsed file: expansion re-reads it
+    hypotheses: Hypotheses = field(default_factory=Hypotheses)  # declared before the runs
+    seed_plan: SeedPlan | None = None  # sequential seeds; None: every seed runs
 
     @property
     def store_path(self) -> Path:
@@ -261,6 +266,22 @@ class Study:
         choices = self.lr_choices_by_group.values() or [self.lr_choices]
         waiting = [c for by_key in choices for c in by_key.values() if not c.complete]
         return len(waiting) * len(self.seeds)
+
+    def sequential_design(self, label: str, family_size: int) -> Any:
+        """The group-sequential design of one comparison (None with fixed seeds)."""
+        if self.seed_plan is None:
+            return None
+        from adaptive_lora.analysis.sequential import SequentialDesign
+
+        h = self.hypotheses.for_comparison(label)
+        return SequentialDesign(
+            looks=self.seed_plan.looks,
+            alternative=h.alternative,
+            spending=self.seed_plan.spending,
+            margin=h.margin,
+            smallest_effect=h.smallest_effect,
+            family_size=family_size,
+        )
 
     def with_rows(self, rows: Sequence[RunRow]) -> Study:
         """The same study file expanded again with `rows` (rates chosen since): no re-read.
@@ -454,20 +475,26 @@ def _build_study(
     """
     name, description, models = _check_header(raw)
     budgets = _budget_list(raw["budgets"])
-    seeds = parse_seeds(raw["seeds"])
     entries = _strategy_entries(raw["strategies"], budgets)
     baseline = _baseline(raw.get("baseline", "uniform"), entries)
+    hypotheses = parse_hypotheses(raw.get("hypotheses"), [e.label for e in entries], baseline)
     lr_candidates = (
         _lr_list(raw["lr_candidates"], "lr_candidates")
         if raw.get("lr_candidates") is not None
         else None
     )
+    tuning = (
+        parse_seeds(raw["lr_tuning_seeds"], "lr_tuning_seeds")
+        if raw.get("lr_tuning_seeds") is not None
+        else []
+    )
+    seed_plan = parse_seed_plan(raw["seeds"], tuning) if isinstance(raw["seeds"], dict) else None
+    seeds = seed_plan.seeds if seed_plan else parse_seeds(raw["seeds"])
     tuning_seeds = []
     if raw.get("lr_tuning_seeds") is not None:
         tunes = (lr_candidates and len(lr_candidates) > 1) or any(
             e.lr and len(e.lr) > 1 for e in entries
         )
-        tuning = parse_seeds(raw["lr_tuning_seeds"], "lr_tuning_seeds")
         tuning_seeds = parse_tuning_seeds(seeds, tuning, bool(tunes))
     baseline_entry = next(e for e in entries if e.label == baseline)
     cross_budget = parse_cross_budget(
@@ -510,12 +537,14 @@ def _build_study(
         models=models,
         groups=groups,
         raw=copy.deepcopy(raw),
+        hypotheses=hypotheses,
+        seed_plan=seed_plan,
     )
     study.lr_choices_by_group = {
         g.key: study.select_lr(study.rows_of(g, rows)) for g in groups
     }
     study.lr_choices = study.lr_choices_by_group[groups[0].key]
-    study.runs = _expand_runs(study)
+    study.runs = _expand_runs(study, rows)
     study.spec_hash = _spec_hash(name, baseline, study.runs)
     return study
 
@@ -632,7 +661,7 @@ def _base_sections(raw: dict[str, Any], model: str) -> dict[str, Any]:
     return base
 
 
-def _expand_runs(study: Study) -> list[RunSpec]:
+def _expand_runs(study: Study, rows: Sequence[RunRow] = ()) -> list[RunSpec]:
     """Per group (model × task × size): tuning runs first (every candidate on every tuning
     seed), then the reporting runs.
 
@@ -644,6 +673,7 @@ def _expand_runs(study: Study) -> list[RunSpec]:
     plan: list[tuple[Group, StrategyEntry, str, int, float, bool]] = []
     for group in study.groups:
         choices = study.lr_choices_by_group[group.key]
+        counts = seed_counts(study, group, study.rows_of(group, rows)) if study.seed_plan else {}
         for budget in study.budgets:
             for seed in study.lr_tuning_seeds:
                 for entry in study.strategies:
@@ -651,8 +681,10 @@ def _expand_runs(study: Study) -> list[RunSpec]:
                         lrs = study.lrs_for(entry.label)
                         plan += [(group, entry, budget, seed, lr, True) for lr in lrs]
         for budget in study.budgets:
-            for seed in study.seeds:
+            for position, seed in enumerate(study.seeds):
                 for entry in study.strategies:
+                    if position >= counts.get((budget, entry.label), len(study.seeds)):
+                        continue  # sequential: this comparison has not reached that look
                     if budget in study.budgets_for(entry.label):
                         lrs = _reporting_lrs(study, entry, budget, choices)
                         plan += [(group, entry, budget, seed, lr, False) for lr in lrs]

@@ -1,0 +1,63 @@
+"""`adaptive-lora plan`: the seeds each comparison needs, from a pilot's variance."""
+
+from __future__ import annotations
+
+import argparse
+
+from adaptive_lora.errors import UserError
+from adaptive_lora.study.plan import open_store_if_any
+from adaptive_lora.study.power_plan import plan_study, plan_table, warning_lines
+from adaptive_lora.study.spec import load_study
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    study = load_study(args.study, check_sources=False)
+    pilot = load_study(args.pilot, check_sources=False) if args.pilot else study
+    h = study.hypotheses
+    effect = args.smallest_effect if args.smallest_effect is not None else h.smallest_effect
+    margin = args.margin if args.margin is not None else h.margin
+    if effect is None and margin is None:
+        raise UserError(
+            "plan needs a smallest effect of interest or an equivalence margin, in test-loss "
+            "units: declare them under `hypotheses:` or pass --smallest-effect / --margin"
+        )
+    store = open_store_if_any(pilot)
+    if store is None:
+        raise UserError(f"the pilot {pilot.path} has no store yet ({pilot.store_path}); run it first")
+    with store:
+        rows = store.rows()
+    plans = plan_study(study, pilot, rows, smallest_effect=args.smallest_effect, margin=args.margin)
+    n = study.seed_plan.maximum if study.seed_plan else len(study.seeds)
+    declared = "declared in the study file" if h.given else "not declared in the study file"
+    print(
+        f"plan for {study.name}: pilot {pilot.name} ({len(rows)} stored runs); hypotheses "
+        f"{declared}: {h.alternative}, Holm within each cell, smallest effect "
+        f"{_shown(effect)}, margin ±{_shown(margin)} (test loss); {n} seeds planned"
+    )
+    print()
+    print("\n".join(plan_table(study, plans)))
+    warnings = warning_lines(study, plans)
+    if warnings:
+        print()
+        print("\n".join(warnings))
+    return 0
+
+
+def _shown(value: float | None) -> str:
+    return "none" if value is None else f"{value:g}"
+
+
+def register(subparsers) -> None:
+    plan = subparsers.add_parser(
+        "plan",
+        help="seeds each comparison needs for 80%% power, from a pilot's variance",
+        description="Estimate each comparison's sd of paired test-loss differences from a "
+        "pilot (the study's own stored runs, or --pilot OTHER.yaml with the same model and "
+        "data) and print the seeds needed for 80%% power at the smallest effect of interest "
+        "(at the first Holm step) and for TOST at the equivalence margin.",
+    )
+    plan.add_argument("study", metavar="STUDY.yaml")
+    plan.add_argument("--pilot", metavar="PILOT.yaml", help="another study's store as the pilot")
+    plan.add_argument("--smallest-effect", type=float, help="what-if: overrides the declared one")
+    plan.add_argument("--margin", type=float, help="what-if: overrides the declared margin")
+    plan.set_defaults(func=cmd_plan)

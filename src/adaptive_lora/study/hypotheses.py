@@ -1,0 +1,161 @@
+"""The hypotheses a study declares before its runs, and its sequential seed plan.
+
+    hypotheses:
+      declared: "2026-12-01, before any run"   # when: the report prints it first
+      metric: test_loss                 # the primary metric, in its own units
+      alternative: less                 # strategy − baseline: two-sided | less | greater
+      family: cell                      # Holm family: the comparisons of one group × budget
+      smallest_effect: 0.002            # superiority: the smallest difference of interest
+      margin: 0.001                     # equivalence (TOST) margin, a priori
+      comparisons:                      # per strategy label: its own alternative / effect / margin
+        random: {alternative: two-sided}
+    seeds: {min: 4, max: 24, step: 4}   # sequential: blocks of 4, up to 24 seeds
+
+Both numbers are in the metric's units and stated a priori (DESIGN.md, "Hypotheses
+before runs"). A margin computed from outcomes (the cross-budget `margin: post-hoc`)
+is allowed only when asked for, and the report labels it so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from adaptive_lora.errors import UserError
+
+ALTERNATIVES = ("two-sided", "less", "greater")
+FAMILIES = ("cell",)
+HYPOTHESIS_KEYS = (
+    "declared", "metric", "alternative", "family", "smallest_effect", "margin", "comparisons",
+)  # fmt: skip
+COMPARISON_KEYS = ("alternative", "smallest_effect", "margin")
+SEED_PLAN_KEYS = ("min", "max", "step", "start", "spending")
+
+
+@dataclass(frozen=True)
+class Hypotheses:
+    """What a comparison tests, declared in the study file (defaults: two-sided, no margin)."""
+
+    declared: str = ""
+    metric: str = "test_loss"
+    alternative: str = "two-sided"
+    family: str = "cell"
+    smallest_effect: float | None = None
+    margin: float | None = None
+    comparisons: dict[str, dict[str, Any]] = field(default_factory=dict)
+    given: bool = False  # the study file has a `hypotheses` section
+
+    def for_comparison(self, label: str) -> Hypotheses:
+        """This strategy's hypotheses: the study's, with its own overrides."""
+        return replace(self, **self.comparisons.get(label, {}), comparisons={})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "declared": self.declared, "metric": self.metric, "alternative": self.alternative,
+            "family": self.family, "smallest_effect": self.smallest_effect,
+            "margin": self.margin, "comparisons": self.comparisons, "given": self.given,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SeedPlan:
+    """Sequential seeds: reporting seeds start..start+max-1, looked at every `step`."""
+
+    start: int
+    minimum: int
+    maximum: int
+    step: int
+    spending: str = "obrien-fleming"
+
+    @property
+    def looks(self) -> tuple[int, ...]:
+        sizes = list(range(self.minimum, self.maximum + 1, self.step))
+        return tuple(sizes if sizes[-1] == self.maximum else [*sizes, self.maximum])
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(range(self.start, self.start + self.maximum))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "min": self.minimum, "max": self.maximum,
+                "step": self.step, "spending": self.spending, "looks": list(self.looks)}  # fmt: skip
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise UserError(f"{where} must be a number > 0 in the metric's units, got {value!r}")
+    return float(value)
+
+
+def _settings(raw: dict[str, Any], keys: tuple[str, ...], where: str) -> dict[str, Any]:
+    unknown = sorted(set(raw) - set(keys))
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(keys)}")
+    out: dict[str, Any] = {}
+    if "alternative" in raw:
+        if raw["alternative"] not in ALTERNATIVES:
+            raise UserError(
+                f"{where}.alternative must be one of {', '.join(ALTERNATIVES)}, "
+                f"got {raw['alternative']!r}"
+            )
+        out["alternative"] = raw["alternative"]
+    for key in ("smallest_effect", "margin"):
+        if raw.get(key) is not None:
+            out[key] = _number(raw[key], f"{where}.{key}")
+    return out
+
+
+def parse_hypotheses(raw: Any, labels: list[str], baseline: str) -> Hypotheses:
+    """The `hypotheses` section, validated; the defaults when the study has none."""
+    if raw is None:
+        return Hypotheses()
+    if not isinstance(raw, dict):
+        raise UserError("hypotheses must be a mapping (alternative, family, smallest_effect, margin)")
+    values = _settings(raw, HYPOTHESIS_KEYS, "hypotheses")
+    family = raw.get("family", "cell")
+    if family not in FAMILIES:
+        raise UserError(
+            f"hypotheses.family must be one of {', '.join(FAMILIES)} (the comparisons of one "
+            f"model × task × size × budget), got {family!r}"
+        )
+    if raw.get("metric", "test_loss") != "test_loss":
+        raise UserError("hypotheses.metric: only test_loss is the primary metric so far")
+    comparisons = raw.get("comparisons") or {}
+    if not isinstance(comparisons, dict):
+        raise UserError("hypotheses.comparisons must map strategy labels to their own settings")
+    own = {}
+    for label, settings in comparisons.items():
+        if label not in labels or label == baseline:
+            raise UserError(
+                f"hypotheses.comparisons: {label!r} is not a compared strategy "
+                f"({', '.join(x for x in labels if x != baseline)})"
+            )
+        if not isinstance(settings, dict):
+            raise UserError(f"hypotheses.comparisons.{label} must be a mapping")
+        own[label] = _settings(settings, COMPARISON_KEYS, f"hypotheses.comparisons.{label}")
+    declared = raw.get("declared", "")
+    if not isinstance(declared, str):
+        raise UserError("hypotheses.declared must be text (when they were declared)")
+    return Hypotheses(declared=declared, family=family, comparisons=own, given=True, **values)
+
+
+def parse_seed_plan(raw: dict[str, Any], tuning_seeds: list[int]) -> SeedPlan:
+    """`seeds: {min, max, step[, start, spending]}`: seeds start after the tuning seeds."""
+    unknown = sorted(set(raw) - set(SEED_PLAN_KEYS))
+    if unknown:
+        raise UserError(f"seeds: unknown key(s) {', '.join(unknown)}; known: {', '.join(SEED_PLAN_KEYS)}")
+    values = {}
+    for key in ("min", "max", "step"):
+        value = raw.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+            raise UserError(f"seeds.{key} must be a whole number >= 2, got {value!r}")
+        values[key] = value
+    if values["max"] < values["min"]:
+        raise UserError(f"seeds.max ({values['max']}) must be >= seeds.min ({values['min']})")
+    start = raw.get("start", max(tuning_seeds, default=-1) + 1)
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise UserError(f"seeds.start must be a seed >= 0, got {start!r}")
+    spending = raw.get("spending", "obrien-fleming")
+    if spending not in ("obrien-fleming", "pocock"):
+        raise UserError(f"seeds.spending must be obrien-fleming or pocock, got {spending!r}")
+    return SeedPlan(start, values["min"], values["max"], values["step"], spending)

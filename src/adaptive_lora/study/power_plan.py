@@ -1,0 +1,159 @@
+"""Seeds planned by power: each comparison's pilot sd → the seeds a decision needs.
+
+A pilot is a store of finished runs: the study's own (its tuning seeds, or whatever has
+run) or another study's with the same model and data settings. Per comparison
+(strategy − baseline in one group × budget) the sd of the paired test-loss differences
+is estimated from the pilot's seeds at the chosen rates; where the pilot never ran the
+strategy, √2 × the baseline's seed-to-seed sd stands in (two independent runs' noise),
+said as "assumed". `analysis/planning.plan_comparison` then gives the seeds for 80%
+power at the smallest effect of interest (at the first Holm step, α/m) and for TOST at
+the margin, the power of the planned seeds, and the Wilcoxon floor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from adaptive_lora.analysis.planning import plan_comparison
+from adaptive_lora.study.spec import Study
+from adaptive_lora.study.store import DONE, RunRow
+
+PRIMARY = "test_loss"
+
+
+@dataclass
+class ComparisonPlan:
+    group: str
+    budget: str
+    label: str
+    sd: float
+    source: str  # "paired (n pilot pairs)", "assumed: √2 × baseline sd (n seeds)" or "no pilot"
+    plan: dict[str, Any] = field(default_factory=dict)
+
+
+def _losses(pilot: Study, rows: Sequence[RunRow], group_key: str, budget: str, label: str) -> dict:
+    choice = pilot.lr_choices_by_group.get(group_key, {}).get((label, budget))
+    if choice is None or choice.chosen is None:
+        return {}
+    out = {}
+    for r in rows:
+        value = r.metrics.get(PRIMARY)
+        if r.label == label and r.budget == budget and r.status == DONE and r.lr == choice.chosen:
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                out[r.seed] = float(value)
+    return out
+
+
+def pilot_sd(
+    pilot: Study, pilot_rows: Sequence[RunRow], signature: str, budget: str, label: str
+) -> tuple[float, str]:
+    """(sd of paired differences, where it came from) for one comparison, from a pilot."""
+    group = next((g for g in pilot.groups if g.signature == signature), None)
+    if group is None:
+        return math.nan, "no pilot runs with this model and data"
+    rows = pilot.rows_of(group, pilot_rows)
+    base = _losses(pilot, rows, group.key, budget, pilot.baseline)
+    mine = _losses(pilot, rows, group.key, budget, label) if label in pilot.labels else {}
+    pairs = [mine[s] - base[s] for s in sorted(set(base) & set(mine))]
+    if len(pairs) >= 2 and np.std(pairs, ddof=1) > 0:
+        return float(np.std(pairs, ddof=1)), f"paired ({len(pairs)} pilot pairs)"
+    if len(base) >= 2:
+        sd = math.sqrt(2) * float(np.std(list(base.values()), ddof=1))
+        return sd, f"assumed: √2 × the baseline's seed sd ({len(base)} seeds)"
+    return math.nan, "no pilot: the baseline has fewer than 2 finished seeds"
+
+
+def plan_study(study: Study, pilot: Study, pilot_rows: Sequence[RunRow], *,
+               smallest_effect: float | None, margin: float | None) -> list[ComparisonPlan]:  # fmt: skip
+    """A plan per comparison of `study`, from the pilot's variance."""
+    n_planned = study.seed_plan.maximum if study.seed_plan else len(study.seeds)
+    plans = []
+    for group in study.groups:
+        for budget in study.budgets:
+            labels = [label for label in study.labels if budget in study.budgets_for(label)]
+            if study.baseline not in labels:
+                continue
+            compared = [label for label in labels if label != study.baseline]
+            for label in compared:
+                h = study.hypotheses.for_comparison(label)
+                sd, source = pilot_sd(pilot, pilot_rows, group.signature, budget, label)
+                entry = ComparisonPlan(group.key, budget, label, sd, source)
+                if math.isfinite(sd) and sd > 0:
+                    entry.plan = plan_comparison(
+                        sd,
+                        n_planned,
+                        # A flag of `plan` (a what-if) wins over the declared value.
+                        smallest_effect=_given(smallest_effect, h.smallest_effect),
+                        margin=_given(margin, h.margin),
+                        family_size=len(compared),
+                        alternative=h.alternative,
+                    )
+                plans.append(entry)
+    return plans
+
+
+def warning_lines(study: Study, plans: list[ComparisonPlan]) -> list[str]:
+    """One line per comparison the planned seeds cannot decide (what `run` prints)."""
+    titles = {g.key: g.title(study.varies()).replace("`", "") for g in study.groups}
+    lines = []
+    for p in plans:
+        where = f"{p.label} vs {study.baseline} at {p.budget}" + (
+            f" ({titles[p.group]})" if study.multi_group else ""
+        )
+        for warning in p.plan.get("warnings", []):
+            lines.append(f"warning: {where}: {warning}")
+    return lines
+
+
+def plan_table(study: Study, plans: list[ComparisonPlan]) -> list[str]:
+    """The `plan` command's table: per comparison, sd and the seeds each test needs."""
+    n_planned = study.seed_plan.maximum if study.seed_plan else len(study.seeds)
+    titles = {g.key: g.title(study.varies()).replace("`", "") for g in study.groups}
+    lines = [
+        "| group | budget | strategy | sd of differences (source) | t-test: seeds for 80% "
+        f"[power at {n_planned}] | TOST: seeds for 80% [power at {n_planned}] | Wilcoxon can reach α |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in plans:
+        if not p.plan:
+            lines.append(f"| {titles[p.group]} | {p.budget} | {p.label} | n/a ({p.source}) | | | |")
+            continue
+        q = p.plan
+        t = _seeds(q["t_seeds"], q["t_power"]) if q["smallest_effect"] is not None else "not asked"
+        tost = _seeds(q["tost_seeds"], q["tost_power"]) if q["margin"] is not None else "not asked"
+        reach = "yes" if q["wilcoxon"]["can_reach"] else f"no (floor × m = {q['wilcoxon']['holm_floor']:.3g})"
+        lines.append(
+            f"| {titles[p.group]} | {p.budget} | {p.label} | {p.sd:.4g} ({p.source}) | {t} | "
+            f"{tost} | {reach} |"
+        )
+    return lines
+
+
+def _seeds(seeds: int | None, power: float) -> str:
+    needed = "> 100,000" if seeds is None else str(seeds)
+    shown = "< 0.1%" if power < 0.001 else f"{power:.1%}"
+    return f"{needed} [{shown}]"
+
+
+def _given(flag: float | None, declared: float | None) -> float | None:
+    return flag if flag is not None else declared
+
+
+def design_warnings(study: Study, rows: Sequence[RunRow]) -> list[str]:
+    """What `run` and `run --dry-run` say before starting: each comparison the planned
+    seeds cannot decide, from the study's own stored runs as the pilot."""
+    h = study.hypotheses
+    if h.smallest_effect is None and h.margin is None and not h.comparisons:
+        return []
+    plans = plan_study(study, study, rows, smallest_effect=None, margin=None)
+    if plans and not any(p.plan for p in plans):
+        return [
+            "plan: no pilot variance yet (the tuning runs, or `adaptive-lora plan --pilot "
+            "OTHER.yaml`, give one); the seeds' power is unknown"
+        ]
+    return warning_lines(study, plans)

@@ -1,0 +1,111 @@
+"""Sequential seeds: how many reporting seeds each comparison gets, look by look.
+
+With `seeds: {min, max, step}` a study runs its reporting seeds in blocks (the looks of
+`hypotheses.SeedPlan`). After each block, every comparison of a cell (strategy against
+the baseline in one group × budget) is judged by the group-sequential design of
+`analysis/sequential.py` with α/m for the m comparisons of the cell (its Holm family):
+a decided comparison (superior, inferior, equivalent, futile) gets no more seeds; an
+open one gets the next block; the baseline runs as many seeds as its most-seeded
+comparison. A look is judged only once every run it needs has finished, so the count
+is a pure function of the stored rows (the runner re-expands the study after each run).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from adaptive_lora.analysis.sequential import sequential_decisions
+from adaptive_lora.study.store import DONE, RunRow
+
+if TYPE_CHECKING:
+    from adaptive_lora.study.design import Group
+    from adaptive_lora.study.spec import Study
+
+PRIMARY = "test_loss"
+
+
+def _values(study: Study, group: Group, rows: Sequence[RunRow], budget: str, label: str) -> dict:
+    """Seed → test loss of the label's finished reporting runs at its chosen rate."""
+    choice = study.lr_choices_by_group.get(group.key, {}).get((label, budget))
+    chosen = choice.chosen if choice is not None else None
+    out = {}
+    for row in rows:
+        if row.label == label and row.budget == budget and row.status == DONE and row.lr == chosen:
+            value = row.metrics.get(PRIMARY)
+            out[row.seed] = float(value) if isinstance(value, (int, float)) else math.nan
+    return out
+
+
+def _diffs(study: Study, base: dict, mine: dict, n: int) -> list[float] | None:
+    """The first `n` seeds' differences, or None while a run of them has not finished."""
+    seeds = study.seed_plan.seeds[:n]
+    if not all(s in base and s in mine for s in seeds):
+        return None
+    return [mine[s] - base[s] for s in seeds]
+
+
+def _compared(study: Study, budget: str) -> list[str]:
+    labels = [label for label in study.labels if budget in study.budgets_for(label)]
+    return [label for label in labels if label != study.baseline] if study.baseline in labels else []
+
+
+def comparison_progress(
+    study: Study, group: Group, rows: Sequence[RunRow], budget: str
+) -> dict[str, tuple[int, Any]]:
+    """Label → (seeds it needs now, its latest decision or None before the first look)."""
+    looks = study.seed_plan.looks
+    compared = _compared(study, budget)
+    base = _values(study, group, rows, budget, study.baseline)
+    out: dict[str, tuple[int, Any]] = {}
+    for label in compared:
+        design = study.sequential_design(label, family_size=len(compared))
+        mine = _values(study, group, rows, budget, label)
+        needed, decision = looks[0], None
+        for k, look in enumerate(looks):
+            diffs = _diffs(study, base, mine, look)
+            if diffs is None:
+                break  # this look's runs are still to come
+            decision = sequential_decisions({label: diffs}, k, design)[label]
+            if decision.stopped or k + 1 == len(looks):
+                needed = look
+                break
+            needed = looks[k + 1]
+        out[label] = (needed, decision)
+    return out
+
+
+def seed_counts(study: Study, group: Group, rows: Sequence[RunRow]) -> dict[tuple[str, str], int]:
+    """(budget, label) → how many reporting seeds it runs now, in one group."""
+    looks = study.seed_plan.looks
+    counts: dict[tuple[str, str], int] = {}
+    for budget in study.budgets:
+        progress = comparison_progress(study, group, rows, budget)
+        for label, (needed, _) in progress.items():
+            counts[(budget, label)] = needed
+        if progress:
+            counts[(budget, study.baseline)] = max(needed for needed, _ in progress.values())
+    # A budget where only the baseline runs (a cross-budget reference) keeps pace with
+    # the group's most-seeded cell.
+    most = max(counts.values(), default=looks[0])
+    for budget in study.budgets:
+        for label in study.labels:
+            if budget in study.budgets_for(label):
+                counts.setdefault((budget, label), most)
+    return counts
+
+
+def cell_decisions(study: Study, group_rows: Sequence[RunRow], budget: str) -> dict[str, Any]:
+    """Label → its `SequentialDecision` in one group × budget (empty with fixed seeds).
+
+    `group_rows` are the group's stored rows (`Study.rows_of`); the group is read from
+    them, or is the study's only one.
+    """
+    if study.seed_plan is None:
+        return {}
+    group = study.groups[0]
+    if len(study.groups) > 1 and group_rows:
+        group = study.group_of(group_rows[0].config) or group
+    progress = comparison_progress(study, group, group_rows, budget)
+    return {label: decision for label, (_, decision) in progress.items() if decision is not None}

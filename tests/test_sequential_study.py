@@ -1,0 +1,125 @@
+"""Sequential seeds in a study: blocks of seeds, comparisons stopped when decided."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from adaptive_lora.errors import UserError
+from adaptive_lora.records import METRIC_KEYS, RunResult, write_json
+from adaptive_lora.study.local import LocalExecutor
+from adaptive_lora.study.runner import run_study
+from adaptive_lora.study.sequential_seeds import cell_decisions
+from adaptive_lora.study.spec import load_study
+from adaptive_lora.study.store import StudyStore
+
+# Strategy → its true difference from uniform in test loss; the noise is per seed.
+EFFECTS = {"uniform": 0.0, "linear_decay": -0.05, "attention_heavy": 0.0}
+
+
+def _noise(strategy: str, seed: int) -> float:
+    digest = hashlib.sha256(f"{strategy}:{seed}".encode()).digest()
+    return (int.from_bytes(digest[:4], "little") / 2**32 - 0.5) * 0.004
+
+
+class Effects:
+    """Fake runs with a known effect per strategy (quickstart-sized, no model)."""
+
+    def __init__(self):
+        self.seeds: dict[str, list[int]] = {}
+
+    def __call__(self, config, out_root, *, run_id=None, loaded=None, quiet=False):
+        run_dir = Path(out_root) / run_id
+        run_dir.mkdir(parents=True)
+        strategy = config.allocation.strategy
+        self.seeds.setdefault(strategy, []).append(config.seed)
+        metrics = {k: None for k in METRIC_KEYS}
+        metrics.update(
+            test_loss=2.0 + 0.01 * config.seed + EFFECTS[strategy] + _noise(strategy, config.seed),
+            val_loss=2.0,
+            train_seconds=1.0,
+        )
+        write_json(run_dir / "metrics.json", metrics)
+        return RunResult(run_id, run_dir, "done", metrics, {"versions": {"torch": "x"}})
+
+
+def _study(tmp_path: Path, **changes) -> Path:
+    spec = {
+        "name": "seq",
+        "model": "fake/model",
+        "data": {"source": "builtin", "n_train": 8, "n_val": 4, "n_test": 4, "max_length": 32},
+        "budgets": ["r4"],
+        "strategies": ["uniform", "linear_decay", "attention_heavy"],
+        "seeds": {"min": 4, "max": 12, "step": 4},
+        "hypotheses": {"declared": "in the test, before the runs", "margin": 0.01,
+                       "smallest_effect": 0.02},
+        "train": {"max_steps": 1},
+        "out": str(tmp_path / "out"),
+        **changes,
+    }  # fmt: skip
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_a_sequential_study_stops_a_decided_comparison_early(tmp_path):
+    path = _study(tmp_path)
+    study = load_study(path, check_sources=False)
+    assert study.seed_plan.looks == (4, 8, 12) and study.seeds == list(range(12))
+    # Before any run only the first block of seeds is expanded.
+    assert sorted({s.seed for s in study.runs}) == [0, 1, 2, 3]
+    fake = Effects()
+    run_study(study, executor=LocalExecutor(fake, load_model=lambda s: None), log=lambda x: None)
+    # A clear difference (0.05 against noise of ±0.002) stops at the first look; the null
+    # comparison goes on to later looks.
+    assert sorted(fake.seeds["linear_decay"]) == [0, 1, 2, 3]
+    assert len(fake.seeds["attention_heavy"]) > 4
+    assert sorted(fake.seeds["uniform"]) == sorted(fake.seeds["attention_heavy"])
+    study = load_study(path, check_sources=False)
+    with StudyStore.open(study.store_path, create=False) as store:
+        rows = store.rows()
+    decisions = cell_decisions(study, rows, "r4")
+    assert decisions["linear_decay"].decision == "superior" and decisions["linear_decay"].look == 0
+    assert decisions["attention_heavy"].decision in ("equivalent", "futile", "inconclusive")
+    assert "look" in decisions["linear_decay"].reason
+
+
+def test_seed_plans_and_hypotheses_are_validated(tmp_path):
+    bad = [
+        ({"seeds": {"min": 4, "max": 2, "step": 2}}, "seeds.max"),
+        ({"seeds": {"min": 4, "max": 8, "stride": 2}}, "unknown key"),
+        ({"hypotheses": {"alternative": "smaller"}}, "hypotheses.alternative"),
+        ({"hypotheses": {"margin": -1}}, "hypotheses.margin"),
+        ({"hypotheses": {"comparisons": {"nope": {}}}}, "not a compared strategy"),
+    ]
+    for changes, message in bad:
+        with pytest.raises(UserError, match=message):
+            load_study(_study(tmp_path, **changes), check_sources=False)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_plan_prints_the_seeds_each_r8_comparison_needs(monkeypatch, capsys):
+    from adaptive_lora.cli import main
+
+    monkeypatch.chdir(ROOT)
+    args = ["plan", "configs/alpaca-smollm2.yaml", "--smallest-effect", "0.002"]
+    assert main([*args, "--margin", "0.0005"]) == 0
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.startswith("| model smollm2-135m | r8 |")]
+    assert len(table) == 8  # every strategy against uniform at r8
+    # 8 seeds, Holm over 8: the exact Wilcoxon floor 1/128 × 8 = 0.0625 cannot reach 0.05.
+    assert all("no (floor × m = 0.0625)" in line for line in table)
+    assert "TOST at ±0.0005" in out and "8 planned" in out
+
+
+def test_plan_needs_a_stated_effect_or_margin(monkeypatch, capsys):
+    from adaptive_lora.cli import main
+
+    monkeypatch.chdir(ROOT)
+    assert main(["plan", "configs/alpaca-smollm2.yaml"]) == 2
+    assert "smallest effect" in capsys.readouterr().err
