@@ -42,8 +42,9 @@ def uniform_cost(inventory: Sequence[ModuleInfo], rank: int) -> int:
     return rank * sum(m.cost_per_rank for m in inventory)
 
 
-def resolve_budget(spec: str | int, inventory: Sequence[ModuleInfo]) -> Budget:
-    """`r8` → the parameters of uniform rank 8; `250000`, `250k`, `1.5M` → that count."""
+def parse_budget(spec: str | int) -> Budget:
+    """The one budget parser: `r8` → rank 8 (parameters unknown until an inventory is
+    given: `params` 0); `250000`, `250k`, `1.5M` → that count. A one-line error otherwise."""
     if isinstance(spec, int) and not isinstance(spec, bool):
         spec = str(spec)
     text = str(spec).strip()
@@ -52,7 +53,7 @@ def resolve_budget(spec: str | int, inventory: Sequence[ModuleInfo]) -> Budget:
         rank = int(match.group(1))
         if rank < 1:
             raise UserError(f"budget {text!r}: the rank must be at least 1 (e.g. r8)")
-        return Budget(text, uniform_cost(inventory, rank), rank)
+        return Budget(text, 0, rank)
     match = _COUNT_BUDGET.match(text)
     if match:
         scale = {"": 1, "k": 1_000, "m": 1_000_000}[match.group(2).lower()]
@@ -63,6 +64,14 @@ def resolve_budget(spec: str | int, inventory: Sequence[ModuleInfo]) -> Budget:
     raise UserError(
         f"cannot read budget {text!r}: write rN (e.g. r8) or a parameter count (e.g. 500000, 1.2M)"
     )
+
+
+def resolve_budget(spec: str | int, inventory: Sequence[ModuleInfo]) -> Budget:
+    """`r8` → the parameters of uniform rank 8 on `inventory`; a count → that count."""
+    budget = parse_budget(spec)
+    if budget.rank is not None:
+        return Budget(budget.label, uniform_cost(inventory, budget.rank), budget.rank)
+    return budget
 
 
 def reference_rank(budget: Budget, inventory: Sequence[ModuleInfo]) -> float:
@@ -172,7 +181,10 @@ def apportion(
     # closest to the strategy's shape among those that meet the budget.
     left = _fill(inventory, ideal, ranks, budget, upper, ceil_only=True)
     limit = tolerance(inventory, budget)
-    if left > RELATIVE_TOLERANCE * budget:
+    # With min_rank 0 (budgets below r1) the aim is the relative tolerance itself; with a
+    # floor of one rank everywhere, a leftover within `limit` is kept, as it always was
+    # (a swap there would bend the strategy's shape more than the budget gains).
+    if left > (RELATIVE_TOLERANCE * budget if min_rank == 0 else limit):
         ranks, left = _complete(inventory, ideal, ranks, budget, min_rank, upper, left)
     if abs(left) > limit:
         raise UserError(

@@ -21,9 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from adaptive_lora.allocation.budget import parse_budget
 from adaptive_lora.errors import UserError
 
 CROSS_BUDGET_KEYS = ("small", "large", "margin")
+# `margin: post-hoc`: half the baseline's measured small → large gain, computed from the
+# outcomes. Allowed when asked for; the report labels it post hoc. Declare a number instead.
+POST_HOC = "post-hoc"
 
 
 @dataclass(frozen=True)
@@ -72,9 +76,10 @@ def parse_entry_budgets(value: Any, budgets: list[str], where: str) -> tuple[str
 
 def _budget_size(label: str) -> tuple[str, float]:
     """(kind, size) of a budget label: ranks for `rN`, parameters for a count."""
-    if label.startswith("r") and label[1:].isdigit():
-        return "rank", float(label[1:])
-    return "params", float(label)
+    budget = parse_budget(label)
+    if budget.rank is not None:
+        return "rank", float(budget.rank)
+    return "params", float(budget.params)
 
 
 def parse_cross_budget(
@@ -104,8 +109,12 @@ def parse_cross_budget(
     if small not in baseline_budgets:
         raise UserError(f"cross_budget.small {small!r}: the baseline does not run at it")
     margin = value.get("margin")
+    if margin == POST_HOC:
+        margin = None  # asked for explicitly: the report labels it post hoc
     if margin is not None and (
         isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin > 0
     ):
-        raise UserError(f"cross_budget.margin must be a number > 0 (loss units), got {margin!r}")
+        raise UserError(
+            f"cross_budget.margin must be a number > 0 (loss units) or {POST_HOC!r}, got {margin!r}"
+        )
     return CrossBudget(small, large, None if margin is None else float(margin))

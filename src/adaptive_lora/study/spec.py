@@ -48,13 +48,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adaptive_lora.allocation.budget import resolve_budget
+from adaptive_lora.allocation.budget import parse_budget
 from adaptive_lora.allocation.core import STRATEGIES
 from adaptive_lora.config import RunConfig, load_yaml
 from adaptive_lora.data.splits import load_splits
 from adaptive_lora.errors import UserError
 from adaptive_lora.evaluation_metrics import check_metric_data
-from adaptive_lora.model.inventory import ModuleInfo
 from adaptive_lora.model.loading import resolve_source
 from adaptive_lora.records import canonical_json
 from adaptive_lora.study.design import Group, build_groups, group_signature, parse_tasks
@@ -405,14 +404,12 @@ def _budget_list(value: Any) -> list[str]:
         value = [value]
     if not isinstance(value, list) or not value:
         raise UserError(f"budgets must be a non-empty list like [r8, r16], got {value!r}")
-    # The syntax check of `resolve_budget`, on a one-module stand-in inventory.
-    probe = [ModuleInfo("probe", 0, "q", 1, 1)]
     out = []
     for index, item in enumerate(value):
         if isinstance(item, bool) or not isinstance(item, (str, int)):
             raise UserError(f"budgets[{index}]: {item!r} is not a budget (e.g. r8 or 1.2M)")
         try:
-            out.append(resolve_budget(str(item), probe).label)
+            out.append(parse_budget(str(item)).label)
         except UserError as error:
             raise UserError(f"budgets[{index}]: {error}") from None
     if len(set(out)) != len(out):
