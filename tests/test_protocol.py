@@ -130,7 +130,7 @@ def test_reporting_runs_join_the_queue_while_other_tuning_runs_go_on(tmp_path):
     last_tuning = [s.run_id for s in final.runs if s.tuning and s.label == "linear_decay"][-1]
     first_report = next(s.run_id for s in final.runs if not s.tuning and s.label == "uniform")
     assert order[("start", first_report)] < order[("end", last_tuning)], slots.events
-    assert any("reporting run(s) join the queue" in line for line in lines), lines
+    assert any("run(s) join the queue" in line for line in lines), lines
     assert lines[-1].startswith("study t: ran 8 (8 done, 0 failed)")
     with StudyStore.open(study.store_path) as store:
         assert {row.status for row in store.rows()} == {"done"}

@@ -111,3 +111,49 @@ def _edge_of_grid(chosen: float, candidates: Sequence[float]) -> str:
     if chosen == min(candidates):
         return "the smallest candidate: a smaller rate might do better"
     return ""
+
+
+def _next_rate(candidates: Sequence[float], upwards: bool) -> float:
+    """One step past the grid's edge, by the ratio of the two rates nearest that edge."""
+    grid = sorted(candidates)
+    if upwards:
+        ratio = grid[-1] / grid[-2] if len(grid) > 1 else 2.0
+        return float(f"{grid[-1] * ratio:.3g}")
+    ratio = grid[1] / grid[0] if len(grid) > 1 else 2.0
+    return float(f"{grid[0] / ratio:.3g}")
+
+
+def choose_lr_extending(
+    label: str,
+    budget: str,
+    candidates: Sequence[float],
+    seeds: Sequence[int],
+    rows: Sequence[RunRow],
+    limit: int,
+) -> LrChoice:
+    """`choose_lr`, and while the finished choice sits at an edge of a grid of two or more
+    rates, one more rate past that edge (× or ÷ the grid's ratio), up to `limit` steps on
+    each side: the tuning seeds then run the new rate and the choice is made again.
+
+    The returned choice's `candidates` hold the extended grid (the tuning runs to expand);
+    it is `complete` only when every rate of that grid has run. A choice still at an edge
+    after `limit` steps says so.
+    """
+    grid = sorted(candidates)
+    steps = {True: 0, False: 0}
+    while True:
+        choice = choose_lr(label, budget, grid, seeds, rows)
+        if limit < 1 or len(grid) < 2 or not choice.complete or choice.chosen is None:
+            return choice
+        upwards = choice.chosen == max(grid)
+        if not upwards and choice.chosen != min(grid):
+            return choice
+        if steps[upwards] >= limit:
+            side = "largest" if upwards else "smallest"
+            choice.note = "; ".join(
+                n for n in (choice.note, f"still the {side} rate after {limit} step(s) past "
+                            "the grid (lr_extend)") if n
+            )  # fmt: skip
+            return choice
+        steps[upwards] += 1
+        grid = sorted([*grid, _next_rate(grid, upwards)])

@@ -136,6 +136,8 @@ def _run_pending(
             # reporting run may complete a look that opens the next block of seeds.
             if result.run_id in tuning or study.seed_plan is not None:
                 study = _queue_reporting_runs(study, store, queue, index, at_once, log)
+                # Tuning runs can be added too (a grid grown past its edge: `lr_extend`).
+                tuning = {s.run_id for s in study.runs if s.tuning}
     except BaseException as error:
         # Runs this process started but will not finish go back to pending.
         if isinstance(error, KeyboardInterrupt):  # Ctrl-C, or a signal (`Stopped`)
@@ -178,7 +180,7 @@ def _queue_reporting_runs(
     waiting = [s for s in opened.runs if rows[s.run_id].status == PENDING]
     why = "learning rates chosen" if study.seed_plan is None else "rates chosen or a look judged"
     log(
-        f"{why}: {len(fresh)} reporting run(s) join the queue; "
+        f"{why}: {len(fresh)} run(s) join the queue; "
         f"estimate: {estimate(opened, rows, waiting, at_once=at_once).text()}"
     )
     return opened

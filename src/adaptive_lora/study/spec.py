@@ -58,7 +58,7 @@ from adaptive_lora.model.loading import resolve_source
 from adaptive_lora.records import canonical_json
 from adaptive_lora.study.design import Group, build_groups, group_signature, parse_tasks
 from adaptive_lora.study.hypotheses import Hypotheses, SeedPlan, parse_hypotheses, parse_seed_plan
-from adaptive_lora.study.lr import LrChoice, choose_lr
+from adaptive_lora.study.lr import LrChoice, choose_lr_extending
 from adaptive_lora.study.protocol import (
     CrossBudget,
     parse_cross_budget,
@@ -92,6 +92,7 @@ TOP_KEYS = (
     "resources",
     "tasks",
     "hypotheses",
+    "lr_extend",
 )
 
 
@@ -175,6 +176,7 @@ class Study:
     raw: dict[str, Any] = field(default_factory=dict)  # the parsed file: expansion re-reads it
     hypotheses: Hypotheses = field(default_factory=Hypotheses)  # declared before the runs
     seed_plan: SeedPlan | None = None  # sequential seeds; None: every seed runs
+    lr_extend: int = 0  # steps a tuning grid may grow past an edge where the best rate sits
 
     @property
     def store_path(self) -> Path:
@@ -305,7 +307,9 @@ class Study:
     def select_lr(self, rows: Sequence[RunRow]) -> dict[tuple[str, str], LrChoice]:
         """Per strategy label × budget, the rate chosen on validation loss (see `study.lr`)."""
         return {
-            (label, budget): choose_lr(label, budget, self.lrs_for(label), self.choice_seeds, rows)
+            (label, budget): choose_lr_extending(
+                label, budget, self.lrs_for(label), self.choice_seeds, rows, self.lr_extend
+            )
             for label in self.labels
             for budget in self.budgets_for(label)
         }
@@ -536,6 +540,7 @@ def _build_study(
         raw=copy.deepcopy(raw),
         hypotheses=hypotheses,
         seed_plan=seed_plan,
+        lr_extend=_lr_extend(raw.get("lr_extend"), tuning_seeds),
     )
     study.lr_choices_by_group = {
         g.key: study.select_lr(study.rows_of(g, rows)) for g in groups
@@ -544,6 +549,17 @@ def _build_study(
     study.runs = _expand_runs(study, rows)
     study.spec_hash = _spec_hash(name, baseline, study.runs)
     return study
+
+
+def _lr_extend(value: Any, tuning_seeds: list[int]) -> int:
+    """`lr_extend: N`: how many rates a tuning grid may grow past each edge (default 0)."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UserError(f"lr_extend must be a whole number >= 0 (steps per edge), got {value!r}")
+    if value and not tuning_seeds:
+        raise UserError("lr_extend needs lr_tuning_seeds: the grid grows on the tuning seeds")
+    return value
 
 
 def _check_group_sources(groups: list[Group]) -> None:
@@ -675,7 +691,8 @@ def _expand_runs(study: Study, rows: Sequence[RunRow] = ()) -> list[RunSpec]:
             for seed in study.lr_tuning_seeds:
                 for entry in study.strategies:
                     if budget in study.budgets_for(entry.label):
-                        lrs = study.lrs_for(entry.label)
+                        # The grid as tuning stands (extended past an edge: `lr_extend`).
+                        lrs = tuple(choices[(entry.label, budget)].candidates)
                         plan += [(group, entry, budget, seed, lr, True) for lr in lrs]
         for budget in study.budgets:
             for position, seed in enumerate(study.seeds):
