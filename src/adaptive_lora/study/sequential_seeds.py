@@ -14,19 +14,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from adaptive_lora.analysis.sequential import sequential_decisions
 from adaptive_lora.study.store import DONE, RunRow
 
-if TYPE_CHECKING:
-    from adaptive_lora.study.design import Group
-    from adaptive_lora.study.spec import Study
-
 PRIMARY = "test_loss"
 
 
-def _values(study: Study, group: Group, rows: Sequence[RunRow], budget: str, label: str) -> dict:
+def _values(study: Any, group: Any, rows: Sequence[RunRow], budget: str, label: str) -> dict:
     """Seed → test loss of the label's finished reporting runs at its chosen rate."""
     choice = study.lr_choices_by_group.get(group.key, {}).get((label, budget))
     chosen = choice.chosen if choice is not None else None
@@ -38,7 +34,7 @@ def _values(study: Study, group: Group, rows: Sequence[RunRow], budget: str, lab
     return out
 
 
-def _diffs(study: Study, base: dict, mine: dict, n: int) -> list[float] | None:
+def _diffs(study: Any, base: dict, mine: dict, n: int) -> list[float] | None:
     """The first `n` seeds' differences, or None while a run of them has not finished."""
     seeds = study.seed_plan.seeds[:n]
     if not all(s in base and s in mine for s in seeds):
@@ -46,13 +42,13 @@ def _diffs(study: Study, base: dict, mine: dict, n: int) -> list[float] | None:
     return [mine[s] - base[s] for s in seeds]
 
 
-def _compared(study: Study, budget: str) -> list[str]:
+def _compared(study: Any, budget: str) -> list[str]:
     labels = [label for label in study.labels if budget in study.budgets_for(label)]
     return [label for label in labels if label != study.baseline] if study.baseline in labels else []
 
 
 def comparison_progress(
-    study: Study, group: Group, rows: Sequence[RunRow], budget: str
+    study: Any, group: Any, rows: Sequence[RunRow], budget: str
 ) -> dict[str, tuple[int, Any]]:
     """Label → (seeds it needs now, its latest decision or None before the first look)."""
     looks = study.seed_plan.looks
@@ -76,7 +72,7 @@ def comparison_progress(
     return out
 
 
-def seed_counts(study: Study, group: Group, rows: Sequence[RunRow]) -> dict[tuple[str, str], int]:
+def seed_counts(study: Any, group: Any, rows: Sequence[RunRow]) -> dict[tuple[str, str], int]:
     """(budget, label) → how many reporting seeds it runs now, in one group."""
     looks = study.seed_plan.looks
     counts: dict[tuple[str, str], int] = {}
@@ -96,7 +92,7 @@ def seed_counts(study: Study, group: Group, rows: Sequence[RunRow]) -> dict[tupl
     return counts
 
 
-def cell_decisions(study: Study, group_rows: Sequence[RunRow], budget: str) -> dict[str, Any]:
+def cell_decisions(study: Any, group_rows: Sequence[RunRow], budget: str) -> dict[str, Any]:
     """Label → its `SequentialDecision` in one group × budget (empty with fixed seeds).
 
     `group_rows` are the group's stored rows (`Study.rows_of`); the group is read from

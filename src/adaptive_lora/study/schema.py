@@ -1,0 +1,294 @@
+"""The study file's keys, read and checked: one line naming the key for every problem.
+
+Each function takes the raw YAML value of one key (or section) and returns it typed
+(`StrategyEntry`, seeds, budget labels, resources, the RunConfig sections every run
+shares), or raises a one-line `UserError`. `spec.load_study` strings them together;
+`design` reads tasks and sizes, `hypotheses` the declared hypotheses and seed plans,
+`protocol` tuning seeds and the cross-budget question.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from adaptive_lora.allocation.budget import parse_budget
+from adaptive_lora.allocation.core import STRATEGIES
+from adaptive_lora.config import RunConfig
+from adaptive_lora.errors import UserError
+from adaptive_lora.study.protocol import parse_entry_budgets
+
+ADALORA = "adalora"  # the published adaptive baseline; registered by its own module
+
+
+TOP_KEYS = (
+    "name",
+    "description",
+    "model",
+    "models",
+    "data",
+    "budgets",
+    "strategies",
+    "seeds",
+    "train",
+    "eval",
+    "adapter",
+    "allocation",
+    "lr_candidates",
+    "lr_tuning_seeds",
+    "cross_budget",
+    "baseline",
+    "out",
+    "resources",
+    "tasks",
+    "hypotheses",
+    "lr_extend",
+)
+
+
+REQUIRED_KEYS = ("name", "budgets", "strategies", "seeds")
+
+
+STRATEGY_KEYS = ("name", "params", "label", "lr", "budgets")
+
+
+ALLOCATION_KEYS = ("min_rank", "max_rank", "target")
+
+
+# What one run may take from a Ray worker (`study/ray_executor.py`); flags override them.
+RESOURCE_KEYS = ("threads_per_run", "gpus_per_run", "memory_gb")
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+_RANGE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class StrategyEntry:
+    """One entry of `strategies`: a registered strategy, its settings, its display label."""
+
+    name: str
+    label: str
+    params: dict[str, Any] = field(default_factory=dict)
+    lr: tuple[float, ...] | None = None  # this strategy's own learning-rate candidates
+    budgets: tuple[str, ...] | None = None  # the budgets it runs at (None: all of them)
+
+
+def parse_seeds(value: Any, where: str = "seeds") -> list[int]:
+    """`[0, 1, 2]` or an inclusive range string `"0..7"` → a list of distinct seeds."""
+    if isinstance(value, str):
+        match = _RANGE.match(value)
+        if not match:
+            raise UserError(
+                f"{where}: cannot read {value!r}; write a range like '0..7' or a list like [0, 1, 2]"
+            )
+        low, high = int(match.group(1)), int(match.group(2))
+        if low < 0 or high < low:
+            raise UserError(
+                f"{where}: range {value!r} must run upwards from a seed >= 0 (e.g. '0..7')"
+            )
+        return list(range(low, high + 1))
+    if isinstance(value, list) and value:
+        bad = [v for v in value if isinstance(v, bool) or not isinstance(v, int) or v < 0]
+        if bad:
+            raise UserError(f"{where}: seeds must be integers >= 0, got {bad}")
+        if len(set(value)) != len(value):
+            raise UserError(f"{where}: a seed appears twice in {value}")
+        return list(value)
+    raise UserError(
+        f"{where} must be a non-empty list like [0, 1, 2] or a range like '0..7', got {value!r}"
+    )
+
+
+def _known_strategies() -> list[str]:
+
+    return sorted(set(STRATEGIES) | {ADALORA})
+
+
+def lr_list(value: Any, where: str) -> tuple[float, ...]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise UserError(f"{where} must be a non-empty list of learning rates, got {value!r}")
+    out = []
+    for item in value:
+        if isinstance(item, str):  # YAML reads `1e-3` (no dot) as a string
+            try:
+                item = float(item)
+            except ValueError:
+                raise UserError(f"{where}: {item!r} is not a number") from None
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or not item > 0:
+            raise UserError(f"{where}: learning rates must be numbers > 0, got {item!r}")
+        out.append(float(item))
+    if len(set(out)) != len(out):
+        raise UserError(f"{where}: a learning rate appears twice in {out}")
+    return tuple(out)
+
+
+def _strategy_entry(raw: Any, index: int, budgets: list[str]) -> StrategyEntry:
+
+    where = f"strategies[{index}]"
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, dict):
+        raise UserError(f"{where} must be a strategy name or a mapping with `name`, got {raw!r}")
+    unknown = sorted(set(raw) - set(STRATEGY_KEYS))
+    if unknown:
+        raise UserError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(STRATEGY_KEYS)}"
+        )
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise UserError(f"{where}.name is missing: give a strategy name")
+    if name not in STRATEGIES and name != ADALORA:
+        raise UserError(
+            f"{where}.name: unknown strategy {name!r}; choose one of: "
+            f"{', '.join(_known_strategies())}"
+        )
+    params = raw.get("params") or {}
+    if not isinstance(params, dict):
+        raise UserError(f"{where}.params must be a mapping like {{ratio: 4}}, got {params!r}")
+    if name in STRATEGIES:
+        try:
+            STRATEGIES[name].check_params(params)
+        except UserError as error:
+            raise UserError(f"{where}.params: {error}") from None
+    label = raw.get("label", name)
+    if not isinstance(label, str) or not _NAME.match(label):
+        raise UserError(f"{where}.label must be letters, digits, `-`, `_` or `.`, got {label!r}")
+    lr = lr_list(raw["lr"], f"{where}.lr") if raw.get("lr") is not None else None
+    own = parse_entry_budgets(raw.get("budgets"), budgets, where)
+    return StrategyEntry(name=name, label=label, params=dict(params), lr=lr, budgets=own)
+
+
+def parse_budget_list(value: Any) -> list[str]:
+
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise UserError(f"budgets must be a non-empty list like [r8, r16], got {value!r}")
+    out = []
+    for index, item in enumerate(value):
+        if isinstance(item, bool) or not isinstance(item, (str, int)):
+            raise UserError(f"budgets[{index}]: {item!r} is not a budget (e.g. r8 or 1.2M)")
+        try:
+            out.append(parse_budget(str(item)).label)
+        except UserError as error:
+            raise UserError(f"budgets[{index}]: {error}") from None
+    if len(set(out)) != len(out):
+        raise UserError(f"budgets: a budget appears twice in {out}")
+    return out
+
+
+def lr_extend_setting(value: Any, tuning_seeds: list[int]) -> int:
+    """`lr_extend: N`: how many rates a tuning grid may grow past each edge (default 0)."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UserError(f"lr_extend must be a whole number >= 0 (steps per edge), got {value!r}")
+    if value and not tuning_seeds:
+        raise UserError("lr_extend needs lr_tuning_seeds: the grid grows on the tuning seeds")
+    return value
+
+
+def parse_resources(raw: Any) -> dict[str, float]:
+    """The `resources` section: known keys, non-negative numbers, whole threads >= 1."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"resources must be a mapping of {', '.join(RESOURCE_KEYS)}")
+    unknown = sorted(set(raw) - set(RESOURCE_KEYS))
+    if unknown:
+        known = ", ".join(RESOURCE_KEYS)
+        raise UserError(f"unknown resources key(s) {', '.join(unknown)}; known: {known}")
+    for key, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise UserError(f"resources.{key} must be a number >= 0, got {value!r}")
+    threads = raw.get("threads_per_run")
+    if threads is not None and (threads != int(threads) or threads < 1):
+        raise UserError(f"resources.threads_per_run must be a whole number >= 1, got {threads!r}")
+    return dict(raw)
+
+
+def check_header(raw: dict[str, Any]) -> tuple[str, str, list[str]]:
+    """Known keys, required keys present; (name, description, models)."""
+    unknown = sorted(set(raw) - set(TOP_KEYS))
+    if unknown:
+        raise UserError(f"unknown key(s) {', '.join(unknown)}; a study has: {', '.join(TOP_KEYS)}")
+    missing = [k for k in REQUIRED_KEYS if raw.get(k) is None]
+    if missing:
+        raise UserError(f"missing key(s) {', '.join(missing)}")
+    name = raw["name"]
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise UserError(f"name must be letters, digits, `-`, `_` or `.`, got {name!r}")
+    description = raw.get("description") or ""
+    if not isinstance(description, str):
+        raise UserError("description must be text")
+    if raw.get("models") is not None:
+        return name, description, _model_list(raw)
+    model = raw.get("model", RunConfig().model)
+    if not isinstance(model, str) or not model:
+        raise UserError(f"model must be a preset, hub id, folder or .gguf path, got {model!r}")
+    return name, description, [model]
+
+
+def _model_list(raw: dict[str, Any]) -> list[str]:
+    """`models: [a, b]`: runs are paired by seed within a model, statistics are per model."""
+    if raw.get("model") is not None:
+        raise UserError("give `model` (one) or `models` (a list), not both")
+    models = raw["models"]
+    if not isinstance(models, list) or not models:
+        raise UserError(f"models must be a non-empty list of model specs, got {models!r}")
+    if any(not isinstance(m, str) or not m for m in models):
+        raise UserError(
+            f"models: each must be a preset, hub id, folder or .gguf path, got {models}"
+        )
+    if len(set(models)) != len(models):
+        raise UserError(f"models: a model appears twice in {models}")
+    return list(models)
+
+
+def strategy_entries(value: Any, budgets: list[str]) -> list[StrategyEntry]:
+    if not isinstance(value, list) or not value:
+        raise UserError("strategies must be a non-empty list of strategy names or mappings")
+    entries = [_strategy_entry(item, i, budgets) for i, item in enumerate(value)]
+    labels = [e.label for e in entries]
+    for label in labels:
+        if labels.count(label) > 1:
+            raise UserError(
+                f"strategies: label {label!r} is used twice; give each entry its own `label`"
+            )
+    return entries
+
+
+def check_baseline(value: Any, entries: list[StrategyEntry]) -> str:
+    labels = [e.label for e in entries]
+    if value not in labels:
+        raise UserError(
+            f"baseline {value!r} is not one of the strategies' labels ({', '.join(labels)})"
+        )
+    return value
+
+
+def base_sections(raw: dict[str, Any], model: str) -> dict[str, Any]:
+    """The RunConfig sections every run of the study shares, as a plain dict."""
+    allocation = raw.get("allocation") or {}
+    if not isinstance(allocation, dict):
+        raise UserError("allocation must be a mapping (min_rank, max_rank, target)")
+    bad = sorted(set(allocation) - set(ALLOCATION_KEYS))
+    if bad:
+        raise UserError(
+            f"allocation: unknown or per-run key(s) {', '.join(bad)}; a study sets only "
+            f"{', '.join(ALLOCATION_KEYS)} here (strategy and budget come from "
+            "`strategies` and `budgets`)"
+        )
+    base: dict[str, Any] = {"model": model, "allocation": dict(allocation)}
+    for section in ("data", "train", "eval", "adapter"):
+        value = raw.get(section) or {}
+        if not isinstance(value, dict):
+            raise UserError(f"{section} must be a mapping, got {value!r}")
+        base[section] = dict(value)
+    return base
