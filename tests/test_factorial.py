@@ -148,7 +148,9 @@ def test_the_pilot_runs_end_to_end_on_a_tiny_model_and_reports_the_regime(tmp_pa
     out = tmp_path / "report"
     assert main(["report", str(path), "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
+    assert text.index("## Answer") < text.index("## Where does rank matter?")
     assert text.index("## Where does rank matter?") < text.index("## Task `arith`, n_train = 8")
+    assert "**Where rank matters.**" in text and "**Does allocation matter there?**" in text
     assert "gain per doubling" in text and "### Every strategy against the baseline" in text
     assert (out / "figures" / "regime_heatmap.png").is_file()
     assert (out / "figures" / "regime_ladder.png").is_file()

@@ -249,3 +249,53 @@ def draw_regime(
         ax.set_title("Δ test loss against the baseline per cell (* Holm p < 0.05)", fontsize=9)
         paths += _save(fig, folder, "regime_heatmap")
     return paths
+
+
+def answer_lines(
+    regime: list[dict[str, Any]], cells: list[dict[str, Any]], baseline: str
+) -> list[str]:
+    """The Answer of a factorial study: where rank matters first, then allocation there."""
+    binding = [e for e in regime if e["gain_per_doubling"]["overall"]["established"]]
+    loose = [e for e in regime if e not in binding]
+    lines = ["## Answer", ""]
+    if binding:
+        lines.append(
+            "**Where rank matters.** The baseline's gain per doubling of the budget is "
+            "established in: "
+            + "; ".join(
+                f"{e['title']} ({_gain_text(e['gain_per_doubling']['overall'])})" for e in binding
+            )
+            + "."
+        )
+    else:
+        lines.append(
+            "**Where rank matters.** In no group is the baseline's gain per doubling of the "
+            "budget established, so no comparison of allocations below can say much."
+        )
+    if loose:
+        lines.append("Not established in: " + "; ".join(e["title"] for e in loose) + ".")
+    lines += ["", _allocation_sentence([e["group"] for e in binding], cells, baseline), ""]
+    return lines
+
+
+def _allocation_sentence(groups: list[str], cells: list[dict[str, Any]], baseline: str) -> str:
+    there = [c for c in cells if c["group"] in groups]
+    if not groups:
+        return "**Does allocation matter there?** Not asked: rank does not bind in any group yet."
+    if not there:
+        return "**Does allocation matter there?** No strategy has paired results there yet."
+    better = [c for c in there if c["significant"] and c["mean_diff"] < 0]
+    worse = [c for c in there if c["significant"] and c["mean_diff"] > 0]
+
+    def named(found: list[dict[str, Any]]) -> str:
+        return "; ".join(
+            f"{c['strategy']} at {c['budget']} in {c['title']} "
+            f"(Δ {fmt_num(c['mean_diff'], 4, plus=True)}, Holm p = {fmt_p(c['p_t_holm'])})"
+            for c in found
+        )
+
+    parts = [f"**Does allocation matter there?** Of {len(there)} comparison(s) with `{baseline}` "
+             "in those groups, after Holm within each cell:"]  # fmt: skip
+    parts.append(f"better: {named(better)}." if better else "none significantly better.")
+    parts.append(f"Worse: {named(worse)}." if worse else "None significantly worse.")
+    return " ".join(parts)

@@ -14,7 +14,13 @@ from adaptive_lora.report.environment_check import refuse_mixed
 from adaptive_lora.report.figures import draw_figures
 from adaptive_lora.report.latex import render_latex
 from adaptive_lora.report.markdown import render_markdown
-from adaptive_lora.report.regime import draw_regime, heatmap_cells, regime_lines, regime_map
+from adaptive_lora.report.regime import (
+    answer_lines,
+    draw_regime,
+    heatmap_cells,
+    regime_lines,
+    regime_map,
+)
 from adaptive_lora.study.spec import Study
 from adaptive_lora.study.store import (
     StudyStore,
@@ -118,6 +124,7 @@ def _multi_group(
             f"at budgets {', '.join(study.budgets)}. Runs are paired by seed within a group; "
             "every comparison, Holm family and learning-rate choice lives in its group × budget.",
             "",
+            *answer_lines(regime, cells, study.baseline),
             *regime_lines(regime, cells, study.baseline),
         ]
         stats = {"groups": analyses, "regime": regime, "cells": cells}

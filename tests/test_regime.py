@@ -1,0 +1,72 @@
+"""The regime map's gain per doubling, checked against scipy on made-up ladders."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from adaptive_lora.report.regime import gain_per_doubling, heatmap_cells, regime_map
+
+
+def _ladder(slope: float, noise: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    params = [100_000, 200_000, 400_000, 1_600_000]  # the last step is two doublings
+    seeds = range(6)
+    offsets = {s: rng.normal(0, 0.01) for s in seeds}
+    series = []
+    for p in params:
+        values = {s: 2.0 + offsets[s] - slope * math.log2(p) + rng.normal(0, noise) for s in seeds}
+        series.append({"budget": f"{p}", "params": float(p), "test_loss": {"values": values},
+                       "metrics": {}})  # fmt: skip
+    return series
+
+
+def test_the_overall_gain_is_the_mean_of_per_seed_least_squares_slopes():
+    series = _ladder(slope=0.01, noise=0.002)
+    gain = gain_per_doubling(series)["overall"]
+    x = np.log2([s["params"] for s in series])
+    slopes = [
+        -stats.linregress(x, [s["test_loss"]["values"][seed] for s in series]).slope
+        for seed in range(6)
+    ]
+    low, high = stats.t.interval(0.95, len(slopes) - 1, np.mean(slopes), stats.sem(slopes))
+    assert gain["mean"] == pytest.approx(np.mean(slopes), rel=1e-9)
+    assert gain["ci_t"] == pytest.approx([low, high], rel=1e-9)
+    assert gain["established"]
+
+
+def test_each_step_is_paired_by_seed_and_scaled_to_one_doubling():
+    series = _ladder(slope=0.01, noise=0.002)
+    last = gain_per_doubling(series)["steps"][-1]
+    assert last["doublings"] == pytest.approx(2.0)
+    diffs = [(series[2]["test_loss"]["values"][s] - series[3]["test_loss"]["values"][s]) / 2
+             for s in range(6)]  # fmt: skip
+    result = stats.ttest_1samp(diffs, 0.0)
+    assert last["mean"] == pytest.approx(np.mean(diffs))
+    low, high = result.confidence_interval(0.95)
+    assert last["ci_t"] == pytest.approx([low, high], rel=1e-9)
+
+
+def test_no_gain_is_not_established():
+    flat = gain_per_doubling(_ladder(slope=0.0, noise=0.002, seed=3))["overall"]
+    assert flat["ci_t"][0] < 0 < flat["ci_t"][1] and not flat["established"]
+
+
+def test_the_map_reads_the_baseline_of_each_group_and_the_cells_every_comparison():
+    def analysis(loss_by_budget):
+        return {"budgets": {
+            b: {"strategies": {"uniform": {"test_loss": {"values": v, "mean": 0, "ci_t": [0, 0], "n": 2},
+                                           "effective_params": {"mean": p}}},
+                "comparisons": {"uniform": {}, "spectral": {"n": 2, "mean_diff": -0.01, "ci_t": [-0.02, 0],
+                                                            "d_z": -1.0, "p_t_holm": 0.2, "significant": False}},
+                "secondary": {}}
+            for b, (p, v) in loss_by_budget.items()}}  # fmt: skip
+
+    analyses = {"g": analysis({"r2": (200.0, {0: 2.0, 1: 2.1}), "r1": (100.0, {0: 2.2, 1: 2.2})})}
+    regime = regime_map(analyses, {"g": "task `a`"}, "uniform")
+    assert [p["budget"] for p in regime[0]["ladder"]] == ["r1", "r2"]  # ordered by parameters
+    cells = heatmap_cells(analyses, {"g": "task `a`"}, "uniform")
+    assert [(c["budget"], c["strategy"]) for c in cells] == [("r2", "spectral"), ("r1", "spectral")]
