@@ -58,6 +58,7 @@ def synthetic_run(config, out_root, *, run_id=None, loaded=None, quiet=False):
     )
     if strategy == "adalora":
         metrics["final_ranks"] = {f"base_model.model.{m['name']}": 2 + m["layer"] for m in MODULES}
+        metrics["initial_ranks"] = {m["name"]: 12 for m in MODULES}
     write_json(run_dir / "metrics.json", metrics)
     manifest = {"versions": {"torch": "2.13.0+cpu", "peft": "0.21"}, "device": "cpu"}
     return RunResult(run_id, run_dir, "done", metrics, manifest)
@@ -194,7 +195,8 @@ def test_the_answer_without_a_winner_names_the_closest():
         return "\n".join(answer_lines("uniform", analysis))
 
     text = answer(0.0, 0.002)
-    assert "no strategy's test loss differs significantly from uniform's" in text
+    assert "two-sided, Holm-corrected): none differs significantly from uniform after Holm" in text
+    assert "no 95% t interval excludes 0" in text
     assert "Largest mean improvement over uniform: a Δ = −0.0008" in text
     assert "What 8 seeds can resolve" in text
     assert "the smallest gap: b Δ = +0.0023" in answer(0.004, 0.00305)
@@ -203,8 +205,16 @@ def test_the_answer_without_a_winner_names_the_closest():
 def test_wilcoxon_floor_and_decisions_are_reported(full):
     _, files, _ = full
     text = files.report_md.read_text()
-    assert "With 5 paired seeds a two-sided Wilcoxon signed-rank test cannot reach p < 0.05" in text
-    assert "0.0625" in text
+    # 5 seeds: 2/2^5 = 0.0625 alone, × 2 comparisons = 0.125 after Holm.
+    assert (
+        "With 5 paired seeds and Holm over 2 comparisons, a two-sided Wilcoxon signed-rank test "
+        "cannot reach p < 0.05: its smallest possible p-value is 2/2^5 = 0.0625, and Holm "
+        "multiplies the smallest by 2: 0.125" in text
+    )
+    data = json.loads(files.stats_json.read_text())
+    for comparison in data["budgets"]["r8"]["comparisons"].values():
+        assert comparison["can_reach_significance"] is False
+        assert comparison["wilcoxon_holm_floor_p"] == pytest.approx(0.125)
     assert "## Decisions" in text and "linear_decay ahead after 5 seeds" in text
     assert "run 3 more seeds" in text and "Wilcoxon cannot reach 0.05 with 5" in text
     assert "15 of 15 runs done" in text and "missing" not in text
@@ -387,7 +397,7 @@ def test_compute_time_counts_the_hours_runs_were_going_not_the_gaps_between_sess
             {0: 1.40, 1: 1.50, 2: 1.42},  # r16 gains 0.10
             "Equivalence margin ±0.0500",
             "0 of 1 strategy at r8 shown to recover it (equivalent to uniform at r16 within "
-            "±0.0500 by TOST, or better). Worse than uniform at r16 (95% interval above 0, "
+            "±0.0500 (post hoc) by TOST, or better). Worse than uniform at r16 (95% interval above 0, "
             "uncorrected): eva.",
         ),
     ],

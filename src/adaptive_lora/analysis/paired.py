@@ -95,9 +95,8 @@ def compare_paired(
         Level: intervals are two-sided (1 - alpha) intervals and the minimum detectable
         effect is for a test at ``alpha``.
     alternative
-        ``"two-sided"`` (default), ``"less"`` (strategy − baseline < 0) or
-        ``"greater"``, declared before the runs: the t-test, the Wilcoxon test, their
-        floor and the minimum detectable effect follow it (scipy's ``alternative``).
+        ``"two-sided"``, ``"less"`` (strategy − baseline < 0) or ``"greater"`` (scipy's
+        words), as declared before the runs: the tests, floor and MDE follow it.
 
     Returns
     -------
@@ -112,20 +111,13 @@ def compare_paired(
     wilcoxon_floor_p, wilcoxon_holm_floor_p, family_size, can_reach_significance,
     alternative, warnings``.
     Intervals are ``[low, high]`` for the difference. ``mde_d_z`` is the smallest |d_z|
-    a two-sided paired t-test at ``alpha`` detects with 80 % power for this n
-    (statsmodels ``TTestPower().solve_power``; Cohen 1988); ``mde_metric`` is
-    ``mde_d_z * sd_diff``. ``prob_better`` is the fraction of seeds where the strategy
-    beats the baseline, ties counting half. ``wilcoxon_floor_p`` (2 / 2**n two-sided,
-    1 / 2**n one-sided) is the smallest exact Wilcoxon p possible with n pairs; alone,
-    a comparison is a family of one (``compare_family`` sets the family's size).
+    the paired t-test at ``alpha`` detects with 80 % power for this n (statsmodels
+    ``TTestPower``; Cohen 1988); ``mde_metric`` is ``mde_d_z * sd_diff``.
+    ``prob_better``: the share of seeds the strategy wins, ties counting half.
+    ``wilcoxon_floor_p`` (2 / 2**n two-sided, 1 / 2**n one-sided) is the smallest exact
+    Wilcoxon p with n pairs; alone, a comparison is a family of one.
     """
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
-    if alternative not in ALTERNATIVES:
-        raise ValueError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
-    if int(n_boot) < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    n_boot = int(n_boot)
+    n_boot = _checked(alpha, alternative, n_boot)
     pairs = pair_by_seed(strategy, baseline)
     out = _blank_result(pairs, lower_is_better, alpha, n_boot, seed, alternative)
     warns = out["warnings"]
@@ -152,6 +144,17 @@ def compare_paired(
         _add_constant_difference(out, pairs.diffs, d["mean"])
     _add_signed_rank_test(out, pairs.diffs, alternative)
     return out
+
+
+def _checked(alpha: float, alternative: str, n_boot: int) -> int:
+    """Validate the settings; return ``n_boot`` as an int."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
+    if int(n_boot) < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    return int(n_boot)
 
 
 def _sidedness(alternative: str) -> str:

@@ -155,7 +155,8 @@ def _other_test(r: dict[str, Any], p_key: str, other_key: str) -> str:
 
 
 def _floor_numbers(r: dict[str, Any]) -> str:
-    """The floor as text: ", floor 0.25"; in a family ", floor 0.0078 × 8 comparisons (Holm) = 0.0625"."""
+    """The floor as text: ", floor 0.25"; in a family of 8, ", floor 0.0078 × 8 comparisons
+    (Holm) = 0.0625"."""
     m = r.get("family_size", 1)
     text = f", floor {fmt_g(r['wilcoxon_floor_p'])}"
     if m > 1:
@@ -169,8 +170,13 @@ def _floor(r: dict[str, Any]) -> str:
         return ""
     sided = "two-sided" if r.get("alternative", "two-sided") == "two-sided" else "one-sided"
     m = r.get("family_size", 1)
-    after = f" after Holm over {m} comparisons" if m > 1 else ""
+    if m > 1:
+        return (
+            f" With {_seeds(r['n'])} and Holm over {m} comparisons the {sided} Wilcoxon test "
+            f"cannot reach p < {fmt_g(r['alpha'])} (its smallest possible Holm p is "
+            f"{fmt_g(r['wilcoxon_holm_floor_p'])})."
+        )
     return (
         f" With {_seeds(r['n'])} a {sided} Wilcoxon test cannot reach p < "
-        f"{fmt_g(r['alpha'])}{after} ({_floor_numbers(r)[2:]})."
+        f"{fmt_g(r['alpha'])} (floor {fmt_g(r['wilcoxon_floor_p'])})."
     )

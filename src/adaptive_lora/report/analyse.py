@@ -1,7 +1,14 @@
-"""The numbers of a report, computed once from the store and written to stats.json."""
+"""The numbers of a report, computed once from the store and written to stats.json.
+
+Besides the per-budget comparisons: the hypotheses the study declared before its runs
+(their alternative decides the headline tests' sidedness), each comparison's two-level
+interval where every run stored per-item records, each cell's sequential decisions when
+seeds are sequential, and how firmly each learning rate was chosen.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from typing import Any
@@ -11,8 +18,11 @@ from adaptive_lora.analysis.descriptive import describe, mean_ci_t
 from adaptive_lora.evaluation_metrics import METRICS
 from adaptive_lora.report.cross_budget import cross_budget
 from adaptive_lora.report.environment_check import check_environment
+from adaptive_lora.report.lr_spread import spread
 from adaptive_lora.report.timing import compute_time
+from adaptive_lora.report.two_level import add_two_level
 from adaptive_lora.study.lr import LrChoice
+from adaptive_lora.study.sequential_seeds import cell_decisions
 from adaptive_lora.study.spec import Study
 from adaptive_lora.study.store import (
     DONE,
@@ -64,11 +74,13 @@ def analyse(
     choices = study.select_lr(rows)
     reported = reported_rows(study, rows, choices)
     analysis = _overview(study, rows, choices)
+    analysis["hypotheses"] = hypotheses_block(study)
     analysis["environment_check"] = check_environment(reported)
     for budget in study.budgets:
         analysis["budgets"][budget] = _budget_block(
             study, budget, reported, choices, n_boot, boot_seed
         )
+        analysis["budgets"][budget]["sequential"] = _sequential(study, rows, budget)
     if study.cross_budget is not None:
         blocks = analysis["budgets"]
         losses = {
@@ -79,8 +91,45 @@ def analyse(
             b: {label: e["effective_params"]["mean"] for label, e in block["strategies"].items()}
             for b, block in blocks.items()
         }
-        analysis["cross_budget"] = cross_budget(study.cross_budget, study.baseline, losses, params)
+        analysis["cross_budget"] = cross_budget(
+            study.cross_budget, study.baseline, losses, params, declared_margin=_margin(study)
+        )
     return analysis
+
+
+def _hypotheses(study: Study) -> Any:
+    return getattr(study, "hypotheses", None)
+
+
+def hypotheses_block(study: Study) -> dict[str, Any]:
+    """What the study declared before its runs (`given` False: nothing, the defaults)."""
+    declared = _hypotheses(study)
+    block = declared.to_dict() if declared is not None else {"given": False}
+    plan = getattr(study, "seed_plan", None)
+    block["seed_plan"] = plan.to_dict() if plan is not None else None
+    return block
+
+
+def _margin(study: Study) -> float | None:
+    """The equivalence margin declared in the hypotheses (None when none was)."""
+    declared = _hypotheses(study)
+    return declared.margin if declared is not None and declared.given else None
+
+
+def _alternatives(study: Study, labels: list[str]) -> dict[str, str]:
+    """Each comparison's declared alternative (two-sided when nothing was declared)."""
+    declared = _hypotheses(study)
+    if declared is None:
+        return {label: "two-sided" for label in labels}
+    return {label: declared.for_comparison(label).alternative for label in labels}
+
+
+def _sequential(study: Study, rows: list[RunRow], budget: str) -> dict[str, Any]:
+    """Each comparison's sequential decision in this cell ({} with fixed seeds)."""
+    if getattr(study, "seed_plan", None) is None:
+        return {}
+    decisions = cell_decisions(study, rows, budget)
+    return {label: dataclasses.asdict(d) for label, d in decisions.items()}
 
 
 def reported_rows(
@@ -115,10 +164,15 @@ def _overview(
             "lr_tuning_seeds": study.lr_tuning_seeds,
             "tuning_excluded": bool(study.lr_tuning_seeds),
         },
-        "lr_selection": [c.to_dict() for c in choices.values()],
+        "lr_selection": [_with_spread(c.to_dict(), rows) for c in choices.values()],
         "compute": compute_time(rows),
         "budgets": {},
     }
+
+
+def _with_spread(choice: dict[str, Any], rows: list[RunRow]) -> dict[str, Any]:
+    choice["spread"] = spread(choice, rows)
+    return choice
 
 
 def _strategy_entry(study: Study, lr: float | None, runs: list[RunRow]) -> dict[str, Any]:
@@ -163,11 +217,17 @@ def _budget_block(
     primary = {label: {r.seed: _value(r, PRIMARY) for r in runs} for label, runs in chosen.items()}
     comparisons = (
         paired.compare_family(
-            primary, study.baseline, n_boot=n_boot, seed=boot_seed, metric="test loss"
+            primary,
+            study.baseline,
+            n_boot=n_boot,
+            seed=boot_seed,
+            metric="test loss",
+            alternative=_alternatives(study, labels),
         )
         if len(primary) > 1 and study.baseline in primary
         else {}
     )
+    add_two_level(comparisons, chosen, study.baseline, n_boot=n_boot, seed=boot_seed)
     return {
         "strategies": strategies,
         "comparisons": comparisons,

@@ -1,11 +1,14 @@
 """The answer in a few lines at the top of the report, read from the analysis alone.
 
-Per budget: which strategies differ from the baseline after Holm correction, which one
-came closest to beating it, and what the seeds could have detected at all (the minimum
-detectable effect of a paired t-test at 80 % power, before and after the first Holm
-step). Then the cross-budget verdict in one line. A study with runs missing says its
-answer is provisional. Every number comes from `stats.json`'s blocks, so a README that
-quotes these lines quotes the report.
+Per budget: which strategies differ from the baseline after Holm correction (two-sided or
+as the study declared), which ones differ only nominally (their 95% t interval excludes
+0 but Holm's correction does not confirm it: "no strategy beats uniform" would hide
+them), which one came closest to beating it, and what the seeds could have detected at
+all (the minimum detectable effect of a paired t-test at 80 % power, before and after
+the first Holm step, and a Wilcoxon test whose floor after Holm is above alpha). Then
+the cross-budget verdict in one line, its margin labelled post hoc when it is. A study
+with runs missing says its answer is provisional. Every number comes from `stats.json`'s
+blocks, so a README that quotes these lines quotes the report.
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from adaptive_lora.analysis.formatting import fmt_num, fmt_p, fmt_sig
+from adaptive_lora.analysis.formatting import fmt_g, fmt_num, fmt_p, fmt_sig
 from adaptive_lora.analysis.power import POWER, minimum_detectable_d_z
 from adaptive_lora.report.analyse import LOSS_DECIMALS
 from adaptive_lora.report.cells import mean_and_ci
-from adaptive_lora.report.cross_budget import gain_includes_zero, recovery
+from adaptive_lora.report.cross_budget import gain_includes_zero, margin_words, recovery
 from adaptive_lora.study.store import DONE
 
 
@@ -42,26 +45,70 @@ def _tested(comparisons: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
+def _sidedness(tested: dict[str, dict[str, Any]]) -> str:
+    """The tests' sidedness as the study declared it (two-sided when nothing was)."""
+    sides = {c.get("alternative", "two-sided") for c in tested.values()}
+    if sides == {"two-sided"}:
+        return "two-sided"
+    if len(sides) == 1:
+        return f"one-sided ({'strategy lower' if sides == {'less'} else 'strategy higher'})"
+    return "sidedness as declared per comparison"
+
+
+def _nominal(tested: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Not significant after Holm, but the 95% t interval excludes 0: (gains, losses)."""
+    gains, losses = [], []
+    for label, c in tested.items():
+        lo, hi = c["ci_t"]
+        if c["significant"] or not (lo > 0 or hi < 0):
+            continue
+        (gains if _improves(c) else losses).append(label)
+    return gains, losses
+
+
+def _names(labels: list[str]) -> str:
+    return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + f" and {labels[-1]}"
+
+
+def _nominal_words(tested: dict[str, dict[str, Any]]) -> str:
+    """Which strategies differ nominally, in words ("" when no interval excludes 0)."""
+    gains, losses = _nominal(tested)
+    parts = []
+    if gains:
+        parts.append(f"{_names(gains)} show{'s' if len(gains) == 1 else ''} nominal gains")
+    if losses:
+        parts.append(f"{_names(losses)} show{'s' if len(losses) == 1 else ''} nominal losses")
+    if not parts:
+        return ""
+    return "; ".join(parts) + " (95% t intervals exclude 0, uncorrected)"
+
+
 def _verdict(baseline: str, budget: str, tested: dict[str, dict[str, Any]]) -> str:
     ns = sorted({c["n"] for c in tested.values()})
     seeds = str(ns[0]) if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
     k = len(tested)
     head = (
         f"At {budget} ({k} strateg{'y' if k == 1 else 'ies'} against {baseline}, "
-        f"{seeds} paired seeds, paired t-test, Holm-corrected): "
+        f"{seeds} paired seeds, paired t-test, {_sidedness(tested)}, Holm-corrected): "
     )
     better = [(label, c) for label, c in tested.items() if c["significant"] and _improves(c)]
     worse = [(label, c) for label, c in tested.items() if c["significant"] and not _improves(c)]
+    nominal = _nominal_words(tested)
     if not better and not worse:
-        return head + f"no strategy's test loss differs significantly from {baseline}'s."
+        return (
+            head
+            + f"none differs significantly from {baseline} after Holm"
+            + (f"; {nominal}." if nominal else "; no 95% t interval excludes 0.")
+        )
     parts = []
     if better:
         parts.append(f"better than {baseline}: " + "; ".join(_effect(*e) for e in better))
     if worse:
         parts.append(f"worse than {baseline}: " + "; ".join(_effect(*e) for e in worse))
     rest = k - len(better) - len(worse)
-    tail = f"; {rest} other(s) do not differ significantly." if rest else "."
-    return head + "; ".join(parts) + tail
+    tail = f"; {rest} other(s) do not differ significantly" if rest else ""
+    tail += f" ({nominal})" if rest and nominal else ""
+    return head + "; ".join(parts) + tail + "."
 
 
 def _closest(baseline: str, tested: dict[str, dict[str, Any]]) -> str:
@@ -101,7 +148,23 @@ def _detectable(tested: dict[str, dict[str, Any]]) -> str:
     if k > 1:
         strict = minimum_detectable_d_z(n, alpha / k)
         text += f"; the first Holm step tests at α/{k}, where |d_z| ≥ {fmt_sig(strict)} is needed"
-    return text + ". Smaller true differences are likely to go unseen."
+    return text + ". Smaller true differences are likely to go unseen." + _unreachable(tested)
+
+
+def _unreachable(tested: dict[str, dict[str, Any]]) -> str:
+    """The Wilcoxon test's floor after Holm, when it keeps every comparison from alpha."""
+    stuck = [c for c in tested.values() if not c["can_reach_significance"]]
+    if not stuck:
+        return ""
+    c = min(stuck, key=lambda c: c["n"])
+    sided = "two-sided" if c.get("alternative", "two-sided") == "two-sided" else "one-sided"
+    m = c.get("family_size", 1)
+    holm = f", × {m} comparisons (Holm) = {fmt_g(c['wilcoxon_holm_floor_p'])}" if m > 1 else ""
+    return (
+        f" The {sided} Wilcoxon signed-rank test cannot reach p < {c['alpha']:g} here"
+        f"{' after Holm' if m > 1 else ''}: with {c['n']} seeds its smallest p is "
+        f"{fmt_g(c['wilcoxon_floor_p'])}{holm}."
+    )
 
 
 def _cross_budget(block: dict[str, Any] | None) -> list[str]:
@@ -129,7 +192,7 @@ def _cross_budget(block: dict[str, Any] | None) -> list[str]:
         + ("; the interval includes 0" if gain_includes_zero(gain) else "")
         + f"); {len(recovered)} of {n} strateg{'y' if n == 1 else 'ies'} at {small} shown to "
         f"recover it (equivalent to {base} at {large} within "
-        f"±{fmt_num(block['margin'], LOSS_DECIMALS)} by TOST, or better)"
+        f"{margin_words(block, LOSS_DECIMALS)} by TOST, or better)"
         + (f": {', '.join(recovered)}." if recovered else ".")
     )
     if worse := of_kind("worse_beyond_margin", "worse"):

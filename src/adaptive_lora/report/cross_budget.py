@@ -3,9 +3,14 @@
 For the study's `cross_budget: {small, large, margin}`: the baseline's gain from `small`
 to `large` (paired by seed, with its 95% t interval), and for every strategy at `small`
 the paired difference from the baseline at `large` with a TOST (`analysis.equivalence`)
-against ±margin. The margin is the study's, else half the measured gain (said so, with
-the gain's interval). Equivalence within the margin means the strategy at `small`
-recovers (at least half of) what the baseline gains by doubling its parameters.
+against ±margin. Equivalence within the margin means the strategy at `small` recovers
+(all but the margin of) what the baseline gains by doubling its parameters.
+
+The margin should be fixed before the runs (DESIGN.md, "Hypotheses before runs"): the
+study's `cross_budget.margin`, else the equivalence margin its `hypotheses` declare.
+Without either, the margin is half the baseline's measured gain: computed from the very
+runs it then judges, it is **post hoc**, flagged `margin_post_hoc` in stats.json and
+labelled so wherever the report uses it.
 """
 
 from __future__ import annotations
@@ -39,29 +44,45 @@ def _summary(diffs: list[float]) -> dict[str, Any]:
     }
 
 
+POST_HOC_SOURCE = "post hoc: half of the baseline's measured gain, from these runs"
+
+
+def _choose_margin(
+    spec: CrossBudget, declared: float | None, gain: dict[str, Any]
+) -> tuple[float | None, str, bool]:
+    """(margin, where it came from, whether it is post hoc)."""
+    if spec.margin is not None:
+        return spec.margin, "set by the study before its runs", False
+    if declared is not None:
+        return declared, "declared in the study's hypotheses", False
+    margin = 0.5 * gain["mean"] if gain["n"] and gain["mean"] > 0 else None
+    return margin, POST_HOC_SOURCE, True
+
+
 def cross_budget(
     spec: CrossBudget,
     baseline: str,
     losses: dict[str, dict[str, LossBySeed]],
     params: dict[str, dict[str, float]],
+    *,
+    declared_margin: float | None = None,
 ) -> dict[str, Any]:
     """The cross-budget block of stats.json.
 
     `losses[budget][label]` maps seed → test loss of the reported runs; `params[budget]
-    [label]` is the mean final trainable (effective) parameter count.
+    [label]` is the mean final trainable (effective) parameter count. `declared_margin`
+    is the hypotheses' equivalence margin, used when `cross_budget` sets none.
     """
     small, large = losses.get(spec.small, {}), losses.get(spec.large, {})
     gain = _summary(_paired(small.get(baseline, {}), large.get(baseline, {})))
-    margin, margin_source = spec.margin, "set by the study"
-    if margin is None:
-        margin = 0.5 * gain["mean"] if gain["n"] and gain["mean"] > 0 else None
-        margin_source = "half of the baseline's measured gain"
+    margin, margin_source, post_hoc = _choose_margin(spec, declared_margin, gain)
     block: dict[str, Any] = {
         **spec.to_dict(),
         "baseline": baseline,
         "gain": gain,
         "margin": margin,
         "margin_source": margin_source,
+        "margin_post_hoc": post_hoc,
         "params_large": params.get(spec.large, {}).get(baseline, math.nan),
         "strategies": {},
     }
@@ -127,6 +148,26 @@ def _recovery_words(kind: str, base: str, large: str, params: str) -> str:
     }[kind]
 
 
+def margin_words(block: dict[str, Any], decimals: int = 4) -> str:
+    """The margin as text, with "(post hoc)" when it was computed from the outcomes."""
+    text = f"±{fmt_num(block['margin'], decimals)}"
+    return text + (" (post hoc)" if block.get("margin_post_hoc") else "")
+
+
+def margin_sentence(block: dict[str, Any], decimals: int = 4) -> str:
+    """Where the margin came from; a post-hoc one says what that means for the TOST."""
+    text = f"Equivalence margin ±{fmt_num(block['margin'], decimals)} ({block['margin_source']})."
+    if block.get("margin_post_hoc"):
+        text = (
+            f"Equivalence margin ±{fmt_num(block['margin'], decimals)}, **post hoc**: half "
+            "of the baseline's measured gain, computed from the same runs it is tested "
+            "against; the study declared no margin before its runs (`cross_budget.margin` "
+            "or `hypotheses.margin`), so these TOSTs are descriptive, not a pre-registered "
+            "test."
+        )
+    return text
+
+
 def verdict_lines(block: dict[str, Any], decimals: int = 4) -> list[str]:
     """The cross-budget answer in words, one line per strategy."""
     small, large, base = block["small"], block["large"], block["baseline"]
@@ -153,9 +194,7 @@ def verdict_lines(block: dict[str, Any], decimals: int = 4) -> list[str]:
             "recover and no positive equivalence margin: the question does not arise."
         )
         return lines
-    lines.append(
-        f"Equivalence margin ±{fmt_num(block['margin'], decimals)} ({block['margin_source']})."
-    )
+    lines.append(margin_sentence(block, decimals))
     for label, entry in block["strategies"].items():
         tost = entry["tost"] or {}
         lo, hi = entry["ci_t"]

@@ -1,4 +1,11 @@
-"""The report's figures (PNG and SVG), drawn from the analysis and the run folders."""
+"""The report's figures (PNG and SVG), drawn from the analysis and the run folders.
+
+Each figure draws what the runs measured and no more: a validation loss evaluated only
+before and after training is two points per run, drawn as points (a line between them
+would invent a curve); AdaLoRA's allocation is drawn at its start (its `initial_ranks`,
+above the budget's rank) and at its end (`final_ranks`), each panel naming its seed; the
+learning-rate figure shows every tuning seed, so a choice within the seed spread shows.
+"""
 
 from __future__ import annotations
 
@@ -180,30 +187,9 @@ def _fig_allocations(
     for budget, block in analysis["budgets"].items():
         panels, final = [], []
         for label in block["strategies"]:
-            found = [
-                (by_id[i], a)
-                for i in block["strategies"][label]["run_ids"]
-                if (a := _read_allocation(study, by_id[i])) is not None
-            ]
-            rank_sets = {json.dumps(_ranks(a), sort_keys=True) for _, a in found}
-            for row, allocation in found:  # the lowest seed with an allocation.json
-                inventory = _module_infos(allocation["modules"])
-                if not inventory:
-                    continue
-                ranks = _ranks(allocation)
-                # Seeded strategies (random) differ per seed: say which one is drawn.
-                seed_note = f", seed {row.seed}" if len(rank_sets) > 1 else ""
-                panels.append((f"{label} @ {budget}{seed_note}", inventory, ranks))
-                learned = row.metrics.get("final_ranks")
-                if isinstance(learned, dict) and learned:
-                    final.append(
-                        (
-                            f"{label} final @ {budget}{seed_note}",
-                            inventory,
-                            _match_names(learned, inventory),
-                        )
-                    )
-                break
+            mine, learned = _allocation_panels(study, label, budget, block, by_id)
+            panels += mine
+            final += learned
         if panels:
             paths += _heatmaps(study, panels, folder, f"allocation_{_slug(budget)}", "rank")
         if final:
@@ -211,6 +197,47 @@ def _fig_allocations(
                 study, final, folder, f"adalora_final_ranks_{_slug(budget)}", "final rank"
             )
     return paths
+
+
+def _allocation_panels(
+    study: Study, label: str, budget: str, block: dict[str, Any], by_id: dict[str, RunRow]
+) -> tuple[list[tuple], list[tuple]]:
+    """One strategy's panels for the allocation figure, and its learned final ranks.
+
+    The lowest seed with an allocation is drawn. A strategy whose runs learn their ranks
+    (AdaLoRA) gets two panels, its initial ranks (`initial_ranks`) and its final ones
+    (`final_ranks`), both naming the seed: the planned allocation alone would show the
+    budget's rank, not the rank training started from.
+    """
+    found = [
+        (by_id[i], a)
+        for i in block["strategies"][label]["run_ids"]
+        if (a := _read_allocation(study, by_id[i])) is not None
+    ]
+    rank_sets = {json.dumps(_ranks(a), sort_keys=True) for _, a in found}
+    for row, allocation in found:
+        inventory = _module_infos(allocation["modules"])
+        if not inventory:
+            continue
+        learned = row.metrics.get("final_ranks")
+        if not (isinstance(learned, dict) and learned):
+            # Seeded strategies (random) differ per seed: say which one is drawn.
+            seed_note = f", seed {row.seed}" if len(rank_sets) > 1 else ""
+            return [(f"{label} @ {budget}{seed_note}", inventory, _ranks(allocation))], []
+        initial = row.metrics.get("initial_ranks")
+        start = _match_names(initial, inventory) if isinstance(initial, dict) else {}
+        end = (
+            f"{label} final @ {budget}, seed {row.seed}",
+            inventory,
+            _match_names(learned, inventory),
+        )
+        first = (
+            f"{label} initial @ {budget}, seed {row.seed}",
+            inventory,
+            start or _ranks(allocation),
+        )
+        return [first, end], [end]
+    return [], []
 
 
 def _ranks(allocation: dict[str, Any]) -> dict[str, float]:
@@ -228,42 +255,70 @@ def _match_names(ranks: dict[str, Any], inventory: list[Any]) -> dict[str, float
     return out
 
 
+CURVES = (("train_loss_curve", "training loss"), ("val_loss_curve", "validation loss"))
+FEW_POINTS = 2  # evaluations per run up to which a "curve" is drawn as points
+
+
+def _points(row: RunRow, key: str) -> list[tuple[float, float]]:
+    points = row.metrics.get(key) or []
+    return [tuple(p) for p in points if isinstance(p, (list, tuple)) and len(p) == 2]
+
+
+def _panel_curves(ax: Any, study: Study, block: dict, by_id: dict, key: str, name: str) -> str:
+    """One panel of the loss figure; returns its title's note ("" for real curves).
+
+    When every run has at most `FEW_POINTS` evaluations (validation before and after
+    training), the values are drawn as points, each strategy a little apart along x so
+    they do not hide each other, and the title says so: a line would suggest a curve the
+    runs never measured.
+    """
+    runs = [
+        (i, label, j, _points(by_id[run_id], key))
+        for i, label in enumerate(study.labels)
+        for j, run_id in enumerate(block["strategies"].get(label, {}).get("run_ids", []))
+    ]
+    few = all(len(points) <= FEW_POINTS for *_, points in runs)
+    span = max((x for *_, points in runs for x, _ in points), default=1.0) or 1.0
+    present = sorted({i for i, *_ in runs})  # the panel's strategies, centred on each step
+    for i, label, j, points in runs:
+        if not points:
+            continue
+        xs, ys = zip(*points)
+        style = dict(color=f"C{i % 10}", alpha=0.6, label=label if j == 0 else None)
+        if few:
+            offset = span * 0.012 * (present.index(i) - (len(present) - 1) / 2)
+            ax.plot([x + offset for x in xs], ys, ls="none", marker="o", ms=3, **style)
+        else:
+            ax.plot(xs, ys, lw=1, marker="." if len(xs) < 4 else None, **style)
+    if not few:
+        return ""
+    steps = ", ".join(f"{x:g}" for x in sorted({x for *_, points in runs for x, _ in points}))
+    return f"\n(evaluated at step(s) {steps} only: points, not a curve)"
+
+
 def _fig_curves(study: Study, rows: list[RunRow], analysis: dict[str, Any], folder: Path):
     import matplotlib.pyplot as plt  # slow to import; only drawing a figure needs it
 
     by_id = {r.id: r for r in rows}
     blocks = analysis["budgets"]
-    curves = [("train_loss_curve", "training loss"), ("val_loss_curve", "validation loss")]
     has_any = any(
         by_id[i].metrics.get(key)
         for b in blocks.values()
         for e in b["strategies"].values()
         for i in e["run_ids"]
-        for key, _ in curves
+        for key, _ in CURVES
     )
     if not has_any:
         return []
-    fig, axes = plt.subplots(len(blocks), 2, figsize=(11, 3.6 * len(blocks)), squeeze=False)
+    # A constrained layout keeps each row's title clear of the x label of the row above.
+    fig, axes = plt.subplots(
+        len(blocks), 2, figsize=(11, 3.9 * len(blocks)), squeeze=False, layout="constrained"
+    )
     for r, (budget, block) in enumerate(blocks.items()):
-        for c, (key, name) in enumerate(curves):
+        for c, (key, name) in enumerate(CURVES):
             ax = axes[r][c]
-            for i, label in enumerate(study.labels):
-                run_ids = block["strategies"].get(label, {}).get("run_ids", [])
-                for j, run_id in enumerate(run_ids):
-                    points = by_id[run_id].metrics.get(key) or []
-                    points = [p for p in points if isinstance(p, (list, tuple)) and len(p) == 2]
-                    if points:
-                        xs, ys = zip(*points)
-                        ax.plot(
-                            xs,
-                            ys,
-                            color=f"C{i % 10}",
-                            alpha=0.6,
-                            lw=1,
-                            label=label if j == 0 else None,
-                            marker="." if len(xs) < 4 else None,
-                        )
-            ax.set_title(f"{name}, budget {budget}")
+            note = _panel_curves(ax, study, block, by_id, key, name)
+            ax.set_title(f"{name}, budget {budget}{note}", fontsize=10)
             ax.set_xlabel("optimizer step")
             ax.set_ylabel(name)
             if ax.get_legend_handles_labels()[0]:
@@ -292,6 +347,48 @@ def _fig_time(study: Study, rows: list[RunRow], analysis: dict[str, Any], folder
     return _save(fig, folder, "time_per_run")
 
 
+def _lr_panel(ax: Any, choice: dict[str, Any]) -> None:
+    """One strategy × budget: each tuning seed's validation loss per rate, and the mean."""
+    rates = choice["spread"]["rates"]
+    xs = sorted(float(lr) for lr in rates)
+    for k, lr in enumerate(xs):
+        values = list(rates[str(lr)]["by_seed"].values())
+        ax.scatter([lr] * len(values), values, s=14, alpha=0.6, color="C0",
+                   label="tuning seed" if k == 0 else None)  # fmt: skip
+    ax.plot(xs, [rates[str(lr)]["mean"] for lr in xs], color="C3", marker="o", ms=4, label="mean")
+    if choice["chosen"] is not None:
+        ax.axvline(choice["chosen"], color="grey", ls="--", lw=0.8, label="chosen")
+    ax.set_xscale("log")
+    ax.set_xticks(xs, [f"{lr:g}" for lr in xs], fontsize=7)
+    ax.minorticks_off()
+    noisy = " — within seed noise" if choice["spread"].get("within_noise") else ""
+    ax.set_title(f"{choice['label']} @ {choice['budget']}{noisy}", fontsize=9)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("validation loss")
+
+
+def _fig_lr(study: Study, analysis: dict[str, Any], folder: Path) -> list[Path]:
+    """Validation loss against learning rate, one panel per strategy × budget.
+
+    Each panel has its own y scale: strategies differ in level (AdaLoRA's worst rate is
+    far above the rest), and what matters is the gap between rates against the spread
+    between seeds within a rate.
+    """
+    choices = [
+        c
+        for c in analysis["lr_selection"]
+        if len(c["candidates"]) > 1 and len((c.get("spread") or {}).get("rates", {})) > 1
+    ]
+    if not choices:
+        return []
+    fig, axes = _subplots(len(choices), width=3.4, height=2.9, ncols=min(len(choices), 5))
+    for ax, choice in zip(axes, choices):
+        _lr_panel(ax, choice)
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    return _save(fig, folder, "lr_curves")
+
+
 def draw_figures(
     study: Study, rows: list[RunRow], analysis: dict[str, Any], folder: Path
 ) -> list[Path]:
@@ -304,5 +401,6 @@ def draw_figures(
     paths += _fig_paired(study, analysis, folder)
     paths += _fig_allocations(study, rows, analysis, folder)
     paths += _fig_curves(study, rows, analysis, folder)
+    paths += _fig_lr(study, analysis, folder)
     paths += _fig_time(study, rows, analysis, folder)
     return paths

@@ -48,7 +48,7 @@ def render_latex(study: Study, analysis: dict[str, Any]) -> str:
         f"\\caption{{Test loss per rank-allocation strategy (study {_tex(study.name)}). "
         f"$\\Delta$: strategy $-$ {_tex(study.baseline)}, paired by seed; intervals are "
         "95\\% $t$ intervals; $p$: paired $t$-test and Wilcoxon signed-rank test, "
-        "Holm-corrected per budget.}",
+        f"{_sides(analysis)}, Holm-corrected per budget.}}",
         f"\\label{{tab:{_slug(study.name)}}}",
         f"\\begin{{tabular}}{{{spec}}}",
         "\\toprule",
@@ -67,6 +67,21 @@ def render_latex(study: Study, analysis: dict[str, Any]) -> str:
             )
     lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
     return "\n".join(lines + _cross_budget_table(study, analysis.get("cross_budget")))
+
+
+def _sides(analysis: dict[str, Any]) -> str:
+    """The tests' sidedness as the study declared it (two-sided when nothing was)."""
+    sides = {
+        c.get("alternative", "two-sided")
+        for block in analysis["budgets"].values()
+        for c in block["comparisons"].values()
+    }
+    if sides <= {"two-sided"}:
+        return "two-sided"
+    if len(sides) == 1:
+        sign = "$<$" if "less" in sides else "$>$"
+        return f"one-sided as declared (strategy $-$ baseline {sign} 0)"
+    return "with each comparison's declared sidedness"
 
 
 def _slug(name: str) -> str:

@@ -1,17 +1,26 @@
-"""report.md: answer, status, results, cross-budget, learning rates, set-up, figures, notes."""
+"""report.md: hypotheses, answer, status, results, cross-budget, learning rates, set-up,
+figures, notes."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from adaptive_lora.analysis.formatting import fmt_num, fmt_p
+from adaptive_lora.analysis.formatting import fmt_g, fmt_num, fmt_p, fmt_sig
 from adaptive_lora.report.analyse import LOSS_DECIMALS, PRIMARY, environment
 from adaptive_lora.report.answer import answer_lines
-from adaptive_lora.report.cells import _columns, _interval, _seed_range, main_table_rows
-from adaptive_lora.report.cross_budget import verdict_lines
+from adaptive_lora.report.cells import (
+    _columns,
+    _interval,
+    _seed_range,
+    main_table_rows,
+    mean_and_ci,
+)
+from adaptive_lora.report.cross_budget import margin_words, verdict_lines
 from adaptive_lora.report.environment_check import describe as describe_environment
+from adaptive_lora.report.hypotheses import hypotheses_lines, sequential_lines
 from adaptive_lora.report.timing import compute_line
+from adaptive_lora.report.two_level import WHY_T
 from adaptive_lora.study.spec import Study
 from adaptive_lora.study.store import (
     DONE,
@@ -164,6 +173,8 @@ def _results_lines(study: Study, analysis: dict[str, Any]) -> list[str]:
             [h for _, h in columns], [[c[k] for k, _ in columns] for c in cells]
         )
         lines += _comparison_lines(study, block["comparisons"])
+        lines += _two_level_lines(block["comparisons"])
+        lines += sequential_lines(study.baseline, block.get("sequential") or {})
         if block["secondary"]:
             lines += _secondary_lines(study, budget, block)
     return lines
@@ -177,24 +188,12 @@ def _comparison_lines(study: Study, comparisons: dict[str, Any]) -> list[str]:
     lines = [
         "",
         f"Δ = strategy − {study.baseline} (negative: lower test loss, better). Intervals "
-        "are 95% t intervals. p-values: paired t-test and Wilcoxon signed-rank test, "
-        f"Holm-corrected across the {k} comparison{'s' if k != 1 else ''} at this budget. "
-        "d_z = mean Δ / sd Δ.",
+        "are 95% t intervals over seeds. p-values: paired t-test and Wilcoxon signed-rank "
+        f"test, {_sides(comparisons)}, Holm-corrected across the {k} "
+        f"comparison{'s' if k != 1 else ''} at this budget. d_z = mean Δ / sd Δ.",
         "",
     ]
-    floors = sorted(
-        {
-            (c["n"], c["wilcoxon_floor_p"])
-            for c in comparisons.values()
-            if c["n"] >= 2 and not c["can_reach_significance"]
-        }
-    )
-    for n, floor in floors:
-        lines += [
-            f"With {n} paired seeds a two-sided Wilcoxon signed-rank test cannot reach "
-            f"p < 0.05: its smallest possible p-value is 2/2^{n} = {floor:g}.",
-            "",
-        ]
+    lines += _floor_lines(comparisons)
     for comparison in comparisons.values():
         lines.append(f"- {comparison['verdict']}")
     caveats = _caveats_by_strategy(comparisons)
@@ -202,6 +201,80 @@ def _comparison_lines(study: Study, comparisons: dict[str, Any]) -> list[str]:
         lines += ["", "Caveats from the statistics:", ""]
         lines += [f"- {w} ({who})" for w, who in caveats]
     return lines + [""]
+
+
+def _sides(comparisons: dict[str, Any]) -> str:
+    """The tests' sidedness in words, as declared (two-sided when nothing was)."""
+    sides = {c.get("alternative", "two-sided") for c in comparisons.values()}
+    if sides == {"two-sided"}:
+        return "two-sided"
+    if sides == {"less"}:
+        return "one-sided as declared (strategy − baseline < 0)"
+    if sides == {"greater"}:
+        return "one-sided as declared (strategy − baseline > 0)"
+    return "each with its declared sidedness (one-sided p-values are marked in the verdicts)"
+
+
+def _floor_lines(comparisons: dict[str, Any]) -> list[str]:
+    """Each Wilcoxon floor that keeps a comparison from alpha, with Holm's factor."""
+    floors = sorted(
+        {
+            (c["n"], c.get("alternative", "two-sided"), c.get("family_size", 1),
+             c["wilcoxon_floor_p"], c.get("wilcoxon_holm_floor_p", c["wilcoxon_floor_p"]))
+            for c in comparisons.values()
+            if c["n"] >= 2 and not c["can_reach_significance"]
+        }
+    )  # fmt: skip
+    lines = []
+    for n, alternative, m, floor, holm_floor in floors:
+        sided = "two-sided" if alternative == "two-sided" else "one-sided"
+        tails = "2" if sided == "two-sided" else "1"
+        text = (
+            f"With {n} paired seeds{f' and Holm over {m} comparisons' if m > 1 else ''}, a "
+            f"{sided} Wilcoxon signed-rank test cannot reach p < 0.05: its smallest possible "
+            f"p-value is {tails}/2^{n} = {fmt_g(floor)}"
+        )
+        if m > 1:
+            text += f", and Holm multiplies the smallest by {m}: {fmt_g(holm_floor)}"
+        lines += [text + " (`can_reach_significance: false` in stats.json).", ""]
+    return lines
+
+
+def _two_level_lines(comparisons: dict[str, Any]) -> list[str]:
+    """The two-level (seeds × items) interval beside the t interval, where runs allow it."""
+    if not comparisons:
+        return []
+    if not any(c.get("two_level") for c in comparisons.values()):
+        return [
+            "Intervals generalise over seeds only: not every run of these comparisons "
+            "stored per-item test records, so the test items cannot be resampled.",
+            "",
+        ]
+    rows = []
+    for label, c in comparisons.items():
+        level = c.get("two_level")
+        two = (
+            mean_and_ci(level["mean_diff"], level["ci"])
+            + f" ({level['n_seeds']} seeds × {level['n_items']} items)"
+            if level
+            else "— (a run without per-item records)"
+        )
+        rows.append([label, mean_and_ci(c["mean_diff"], c["ci_t"]), two])
+    return [
+        *_markdown_table(
+            [
+                "strategy",
+                "Δ [95% t interval, seeds]",
+                "Δ [95% two-level interval, seeds × items]",
+            ],
+            rows,
+        ),
+        "",
+        "Two-level interval: a bootstrap that resamples seeds and test items together "
+        "(each item's loss difference weighted by its response tokens, as the test loss "
+        f"is). {WHY_T[0].upper() + WHY_T[1:]}.",
+        "",
+    ]
 
 
 def _caveats_by_strategy(comparisons: dict[str, Any]) -> list[tuple[str, str]]:
@@ -284,7 +357,33 @@ def _lr_lines(study: Study, analysis: dict[str, Any]) -> list[str]:
         chosen = f"{choice['chosen']:g}" if choice["chosen"] is not None else "n/a"
         note = choice["note"] or ("" if choice["complete"] else "tuning not finished")
         lines.append(f"| {choice['label']} | {choice['budget']} | {cells} | {chosen} | {note} |")
-    return lines + [""]
+    return lines + [""] + _lr_noise_lines(analysis["lr_selection"])
+
+
+def _lr_noise_lines(choices: list[dict[str, Any]]) -> list[str]:
+    """The choices decided by less than the seed noise (gap to the runner-up < seed sd)."""
+    noisy = [c for c in choices if (c.get("spread") or {}).get("within_noise")]
+    if not noisy:
+        return []
+    items = []
+    for c in noisy:
+        sp = c["spread"]
+        gap, sd = fmt_sig(sp["gap"]), fmt_sig(sp["seed_sd"])
+        if gap == sd:  # rounded alike, though the gap is the smaller: one more figure
+            gap, sd = fmt_sig(sp["gap"], 3), fmt_sig(sp["seed_sd"], 3)
+        items.append(
+            f"{c['label']} at {c['budget']} ({c['chosen']:g} over {sp['runner_up']:g} by "
+            f"{gap} of validation loss; seed sd {sd})"
+        )
+    n = len(choices)
+    return [
+        f"**{len(noisy)} of {n} choices were decided by less than the seed noise** (the "
+        "chosen rate's mean validation loss beats the runner-up's by less than the sd "
+        "across tuning seeds at the chosen rate; other tuning seeds could have chosen the "
+        "other rate): " + "; ".join(items) + ". The learning-rate figure shows each "
+        "strategy's validation loss against rate with every tuning seed.",
+        "",
+    ]
 
 
 def _cross_budget_lines(analysis: dict[str, Any]) -> list[str]:
@@ -296,8 +395,8 @@ def _cross_budget_lines(analysis: dict[str, Any]) -> list[str]:
     return lines + [
         "",
         f"Δ = strategy at {block['small']} − {block['baseline']} at {block['large']}, paired by "
-        "seed, 95% t interval; TOST: two one-sided t-tests against ± the margin "
-        "(Schuirmann 1987), equivalent when p < 0.05.",
+        "seed, 95% t interval; TOST: two one-sided t-tests against "
+        f"{margin_words(block, LOSS_DECIMALS)} (Schuirmann 1987), equivalent when p < 0.05.",
         "",
     ]
 
@@ -339,7 +438,9 @@ FIGURE_TITLES = {
     "paired_diff": "Paired differences vs the baseline, per seed, with mean and 95% t interval",
     "allocation": "Rank allocation (layer × module kind)",
     "adalora_final_ranks": "AdaLoRA's learned final ranks (layer × module kind)",
-    "loss_curves": "Training and validation loss curves",
+    "loss_curves": "Training and validation loss per optimizer step",
+    "lr_curves": "Validation loss against learning rate per strategy (tuning seeds: points; "
+    "mean: line)",
     "time_per_run": "Training time per run",
 }
 
@@ -382,6 +483,7 @@ def render_markdown(
     ]
     if study.description:
         lines += [study.description, ""]
+    lines += hypotheses_lines(analysis.get("hypotheses"), study.baseline)
     lines += _environment_warning(analysis)
     lines += answer_lines(study.baseline, analysis)
     lines += _status_lines(study, analysis)

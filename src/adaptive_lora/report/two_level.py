@@ -1,0 +1,119 @@
+"""Two-level intervals for the headline comparisons: seeds × test items, beside the t interval.
+
+The t interval of a comparison generalises over seeds on *this* test set. When every run
+of a comparison stored its per-item records (`records.ITEMS_KEY`: each test item's mean
+token loss and token count, item j the same example in every run of a group), the
+two-level bootstrap of `analysis.hierarchical` resamples seeds and items together and
+says how far the difference would move on other test items too.
+
+The report's test loss is token-weighted (the mean of the items' losses weighted by their
+response tokens), so each item's loss difference enters weighted by its share of the
+tokens, w_i = tokens_i / mean(tokens): the mean of w_i·d_si over items is then exactly the
+seed's test-loss difference, and the interval is centred on the headline Δ. (The weights
+resample with their items, without renormalising: the linearised form of the ratio mean,
+which is what `hierarchical_bootstrap`'s (seeds, items) arrays can carry.)
+
+The verdict keeps the t interval over seeds: it is the interval the Holm-corrected paired
+t-test matches, the seeds are the design's unit of replication, and a percentile
+bootstrap over few seeds is too narrow in the seed term (see `analysis.hierarchical`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from adaptive_lora.analysis.hierarchical import hierarchical_bootstrap
+from adaptive_lora.records import ITEMS_KEY
+from adaptive_lora.study.store import RunRow
+
+WHY_T = (
+    "the verdict uses the t interval over seeds: it matches the Holm-corrected paired "
+    "t-test, and seeds are what the design replicates; the two-level interval adds the "
+    "uncertainty from the choice of test items"
+)
+
+
+def _items(row: RunRow) -> dict[str, Any] | None:
+    """The run's per-item records, when they hold matching `key`, `loss` and `tokens`."""
+    items = row.metrics.get(ITEMS_KEY)
+    if not isinstance(items, dict):
+        return None
+    keys, loss, tokens = items.get("key"), items.get("loss"), items.get("tokens")
+    if not (isinstance(keys, list) and isinstance(loss, list) and isinstance(tokens, list)):
+        return None
+    if not keys or not len(keys) == len(loss) == len(tokens):
+        return None
+    return items
+
+
+def _arrays(
+    base_runs: Sequence[RunRow], strategy_runs: Sequence[RunRow]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Token-weighted (seeds, items) loss arrays of both arms, or None when any run lacks
+    records or the runs do not share their items in one order with one token count."""
+    b_items = [_items(r) for r in base_runs]
+    s_items = [_items(r) for r in strategy_runs]
+    every = b_items + s_items
+    if any(i is None for i in every):
+        return None
+    keys, tokens = every[0]["key"], every[0]["tokens"]
+    if any(i["key"] != keys or i["tokens"] != tokens for i in every):
+        return None  # item j must be the same example in every run
+    weights = np.asarray(tokens, dtype=float)
+    if not (np.all(np.isfinite(weights)) and weights.sum() > 0):
+        return None
+    weights = weights / weights.mean()
+    b = np.asarray([i["loss"] for i in b_items], dtype=float) * weights
+    s = np.asarray([i["loss"] for i in s_items], dtype=float) * weights
+    if not (np.isfinite(b).all() and np.isfinite(s).all()):
+        return None
+    return b, s
+
+
+def two_level_interval(
+    comparison: dict[str, Any],
+    base_runs: Sequence[RunRow],
+    strategy_runs: Sequence[RunRow],
+    *,
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any] | None:
+    """The two-level interval of one comparison over its paired seeds (None when not
+    every run has per-item records, or with fewer than two paired seeds)."""
+    seeds = comparison.get("seeds") or []
+    if len(seeds) < 2:
+        return None
+    by_seed_base = {r.seed: r for r in base_runs}
+    by_seed_mine = {r.seed: r for r in strategy_runs}
+    if not all(s in by_seed_base and s in by_seed_mine for s in seeds):
+        return None
+    arrays = _arrays([by_seed_base[s] for s in seeds], [by_seed_mine[s] for s in seeds])
+    if arrays is None:
+        return None
+    result = hierarchical_bootstrap(
+        *arrays, n_boot=n_boot, seed=seed, alpha=comparison.get("alpha", 0.05)
+    )
+    result["weights"] = "response tokens per item"
+    return result
+
+
+def add_two_level(
+    comparisons: dict[str, dict[str, Any]],
+    runs: dict[str, list[RunRow]],
+    baseline: str,
+    *,
+    n_boot: int,
+    seed: int,
+) -> bool:
+    """Add `two_level` (an interval, or None) to every comparison; True if any has one."""
+    found = False
+    for label, comparison in comparisons.items():
+        interval = two_level_interval(
+            comparison, runs.get(baseline, []), runs.get(label, []), n_boot=n_boot, seed=seed
+        )
+        comparison["two_level"] = interval
+        found = found or interval is not None
+    return found
