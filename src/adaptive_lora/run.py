@@ -12,20 +12,14 @@ import json
 import math
 import shutil
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from adaptive_lora.adapters.adalora import (
-    adalora_loss_term,
-    adalora_step_hook,
-    apply_adalora,
-    current_ranks,
-    effective_parameters,
-)
-from adaptive_lora.adapters.eva_init import eva_init_components, load_eva_init, wants_eva_init
-from adaptive_lora.adapters.lora import AdapterSettings, apply_lora, trainable_parameters
+from adaptive_lora.adapters.lora import AdapterSettings, trainable_parameters
+from adaptive_lora.adapters.methods import BuiltAdapter, build_adapter
 from adaptive_lora.allocation.for_model import run_allocation
 from adaptive_lora.allocation.heatmap import rank_heatmap
 from adaptive_lora.compute.fast_step import fast_training
@@ -57,7 +51,7 @@ from adaptive_lora.records import (
     write_json,
 )
 from adaptive_lora.training.loggers import MetricLoggers
-from adaptive_lora.training.loop import NonFiniteLoss, total_steps, train_adapter
+from adaptive_lora.training.loop import NonFiniteLoss, TrainOutcome, total_steps, train_adapter
 
 
 def execute_run(
@@ -167,7 +161,7 @@ class RunSteps:
         self.quiet = quiet
         self.precision = resolve_precision(config.train.precision)
         self.peft_model: Any = None
-        self.metrics: dict[str, Any] = {}
+        self.partial: dict[str, Any] = {}  # what is measured so far (a failed run keeps it)
 
     # -- prepare: everything that can fail because of the user's input -------------------
     def prepare(self, loaded: Any) -> None:
@@ -255,67 +249,74 @@ class RunSteps:
         return _LOSS_BEFORE[key]
 
     def train_and_evaluate(self) -> dict[str, Any]:
-        """Adapt, measure before, train, measure after, save: the run's metrics."""
+        """Adapt, measure before, train, measure after, save: the run's metrics.
+
+        Each stage returns its own typed result (`BuiltAdapter`, `ParameterCounts`,
+        `Losses`, `TrainOutcome`, `Evaluated`); `run_metrics` is the one place that turns
+        them into `metrics.json`. `self.partial` keeps what is known so far, for a run
+        that fails part way.
+        """
         cfg = self.config
         torch.manual_seed(cfg.seed)  # dropout, if any; data order and init have their own seeds
-        adapter = AdapterSettings(cfg.adapter.alpha_ratio, cfg.adapter.rslora, cfg.adapter.dropout)
-        hooks = self._build_adapters(adapter)
-        self._record_counts()
-        m = self.metrics
+        built = self._build()
+        counts = ParameterCounts.of(self.peft_model, self.allocation)
         # Every loss of a run goes through the same arithmetic as the validation loss the
         # training loop records (the fast path, under bf16): selection and reported numbers
         # alike. It also cuts the evaluation's share of a run (measured: test loss over 100
         # Alpaca examples 10.9 s -> 7.4 s, 16 answers of 64 tokens 11.1 s -> 8.3 s).
         fast = lambda: fast_training(self.peft_model, self.precision.autocast_dtype)  # noqa: E731
-        with Stopwatch() as before, fast():
-            m["val_loss_before"] = self._loss_before("val", self.val_split)
-            m["test_loss_before"] = self._loss_before("test", self.test_split)
-        outcome = self._train(hooks)
-        if self.allocation.strategy == "adalora":
-            self._record_adalora_ranks()
+        with Stopwatch() as watch, fast():
+            before = Losses(
+                self._loss_before("val", self.val_split), self._loss_before("test", self.test_split)
+            )
+        self.partial = {**counts.metrics(), **built.records, **before.metrics("_before")}
+        outcome = self._train(built.hooks)
+        finished = built.finish()
         with Stopwatch() as after, fast():
-            m["val_loss"] = outcome.val_loss_curve[-1][1] if outcome.val_loss_curve else math.nan
+            val_loss = outcome.val_loss_curve[-1][1] if outcome.val_loss_curve else math.nan
             items = self._item_losses(self.test_split)
-            m["test_loss"] = items.mean if items is not None else math.nan
-            generation = self._generate()
-        for name in ("val", "test"):
-            m[f"{name}_ppl_before"] = perplexity(m[f"{name}_loss_before"])
-            m[f"{name}_ppl"] = perplexity(m[f"{name}_loss"])
-        m.update(
-            generation.means,
-            # Every run has these two keys (None where not scored), as it always had.
-            rouge_l=generation.rouge_l,
-            exact_match=generation.exact_match,
-            eval_metrics=list(cfg.eval.metrics or default_metrics(*self._data_kind())),
-            eval_seconds=before.seconds + after.seconds,
-            allocation_seconds=self.allocation_seconds,
-            strategy_report=self.allocation.report,
-            **{ALLOCATION_KEY: allocation_modules(self.allocation)},
-        )
-        if items is not None:
-            m[ITEMS_KEY] = test_item_records(items, generation.records, self.splits.test)
+            evaluated = Evaluated(
+                Losses(val_loss, items.mean if items is not None else math.nan),
+                items,
+                self._generate(),
+                watch.seconds + after.seconds,
+            )
+        m = run_metrics(self, counts, built, before, outcome, finished, evaluated)
         with open(self.run_dir / "generations.jsonl", "w") as handle:
-            for record in generation.records:
+            for record in evaluated.generation.records:
                 handle.write(json.dumps(record) + "\n")
         self.peft_model.save_pretrained(str(self.run_dir / "adapter"))
         m["peak_memory_mb"] = peak_memory_mb(self.precision.device)
         write_json(self.run_dir / "metrics.json", m)
         return m
 
-    def _record_counts(self) -> None:
-        trainable = trainable_parameters(self.peft_model)
-        budget = self.allocation.budget.params
-        self.metrics.update(
-            trainable_params=trainable,
-            effective_params=trainable,
-            budget_params=budget,
-            allocation_params=self.allocation.total_params,
-            deviation_pct=100.0 * (trainable - budget) / budget,
+    def _build(self) -> BuiltAdapter:
+        """The allocation's adapters, by the method its strategy calls for."""
+        cfg = self.config
+        built = build_adapter(
+            self.loaded.model,
+            self.allocation,
+            AdapterSettings(cfg.adapter.alpha_ratio, cfg.adapter.rslora, cfg.adapter.dropout),
+            cfg.seed,
+            total_steps=total_steps(len(self.train_split.features), cfg.train),
+            calibration=self._calibration,
+        )
+        self.peft_model = built.peft_model
+        return built
+
+    def _calibration(self) -> Any:
+        """Calibration batches from the training split only (EVA's initialisation)."""
+        return make_calibration(
+            self.splits.train,
+            self.tokenizer,
+            max_length=self.config.data.max_length,
+            template=self.config.data.template,
+            data_hash=self.splits.data_hash,
         )
 
-    def _train(self, hooks: dict[str, Any]) -> Any:
-        """The training loop, with its curves recorded (validation from step 0)."""
-        cfg, m = self.config, self.metrics
+    def _train(self, hooks: dict[str, Any]) -> TrainOutcome:
+        """The training loop, with its curves (validation from step 0: the base model)."""
+        cfg = self.config
         loggers = MetricLoggers(cfg.train.report_to, self.run_dir, self.run_id)
         try:
             outcome = train_adapter(
@@ -333,17 +334,6 @@ class RunSteps:
             )
         finally:
             loggers.close()
-        m.update(
-            steps=outcome.steps,
-            train_seconds=outcome.seconds,
-            tokens_per_second=outcome.tokens_per_second,
-            final_train_loss=outcome.final_train_loss,
-            train_loss_curve=outcome.train_loss_curve,
-            val_loss_curve=outcome.val_loss_curve,
-        )
-        if self.val_split is not None:
-            # The curve starts from the untrained adapter (B = 0: the base model).
-            m["val_loss_curve"].insert(0, [0, m["val_loss_before"]])
         return outcome
 
     def _item_losses(self, split) -> Any:
@@ -379,59 +369,103 @@ class RunSteps:
             stop_at_line_end=self._data_kind()[1],
         )
 
-    def _eva_components(self) -> dict[str, Any]:
-        """EVA's singular vectors for the allocation's ranks, on the training split only."""
-        calibration = make_calibration(
-            self.splits.train,
-            self.tokenizer,
-            max_length=self.config.data.max_length,
-            template=self.config.data.template,
-            data_hash=self.splits.data_hash,
-        )
-        return eva_init_components(self.loaded.model, self.allocation, calibration)
-
-    def _build_adapters(self, adapter: AdapterSettings) -> dict[str, Any]:
-        """LoRA with the allocation's ranks, or AdaLoRA; returns the training-loop hooks."""
-        cfg = self.config
-        if self.allocation.strategy != "adalora":
-            # EVA's optional init reads the base model's layer inputs: before PEFT wraps it.
-            components = self._eva_components() if wants_eva_init(self.allocation) else None
-            self.peft_model = apply_lora(self.loaded.model, self.allocation, adapter, cfg.seed)
-            if components is not None:
-                self.metrics["eva_init_modules"] = load_eva_init(self.peft_model, components)
-            return {}
-
-        steps = total_steps(len(self.train_split.features), cfg.train)
-        self.peft_model, schedule = apply_adalora(
-            self.loaded.model, self.allocation, adapter, cfg.seed, steps
-        )
-        init_r = self.peft_model.peft_config["default"].init_r
-        self.metrics["adalora_schedule"] = vars(schedule) | {"init_r": init_r}
-        self.metrics["initial_ranks"] = {name: init_r for name in self.allocation.ranks}
-        return {
-            "after_step": adalora_step_hook(self.peft_model),
-            "extra_loss": adalora_loss_term(self.peft_model),
-        }
-
-    def _record_adalora_ranks(self) -> None:
-
-        final = current_ranks(self.peft_model)
-        effective = effective_parameters(self.allocation, final)
-        budget = self.allocation.budget.params
-        self.metrics.update(
-            final_ranks=final,
-            effective_params=effective,
-            effective_deviation_pct=100.0 * (effective - budget) / budget,
-        )
-
     def partial_metrics(self) -> dict[str, Any]:
         """What was measured before a failure (written so the failure can be inspected)."""
-        if self.metrics:
-            write_json(self.run_dir / "metrics.json", self.metrics)
-        return self.metrics
+        if self.partial:
+            write_json(self.run_dir / "metrics.json", self.partial)
+        return self.partial
 
     def release(self) -> None:
         """Take the adapter out of the shared model so the next run starts from the base."""
         if self.peft_model is not None:
             self.peft_model.unload()
             self.peft_model = None
+
+
+@dataclass
+class ParameterCounts:
+    """Trainable parameters as PEFT built them, against the budget and the allocation."""
+
+    trainable: int
+    budget: int
+    allocation: int
+
+    @classmethod
+    def of(cls, peft_model: Any, allocation: Any) -> ParameterCounts:
+        return cls(
+            trainable_parameters(peft_model), allocation.budget.params, allocation.total_params
+        )
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "trainable_params": self.trainable,
+            "effective_params": self.trainable,  # AdaLoRA's `finish` replaces it after training
+            "budget_params": self.budget,
+            "allocation_params": self.allocation,
+            "deviation_pct": 100.0 * (self.trainable - self.budget) / self.budget,
+        }
+
+
+@dataclass
+class Losses:
+    """Validation and test loss at one point of the run."""
+
+    val: float
+    test: float
+
+    def metrics(self, suffix: str = "") -> dict[str, float]:
+        return {f"val_loss{suffix}": self.val, f"test_loss{suffix}": self.test}
+
+
+@dataclass
+class Evaluated:
+    """What the trained adapter is measured by: losses, per-item records, answers."""
+
+    losses: Losses
+    items: Any  # evaluation.ItemLosses of the test split, or None without one
+    generation: Any  # evaluation.GenerationResult
+    seconds: float  # before and after training together
+
+
+def run_metrics(
+    steps: RunSteps,
+    counts: ParameterCounts,
+    built: BuiltAdapter,
+    before: Losses,
+    outcome: TrainOutcome,
+    finished: dict[str, Any],
+    evaluated: Evaluated,
+) -> dict[str, Any]:
+    """The run's `metrics.json`, from every stage's result (the one place it is assembled)."""
+    cfg, generation, after = steps.config, evaluated.generation, evaluated.losses
+    val_curve = [list(point) for point in outcome.val_loss_curve]
+    if steps.val_split is not None:
+        val_curve.insert(0, [0, before.val])  # the untrained adapter: the base model
+    m: dict[str, Any] = {**counts.metrics(), **built.records, **before.metrics("_before")}
+    m.update(
+        steps=outcome.steps,
+        train_seconds=outcome.seconds,
+        tokens_per_second=outcome.tokens_per_second,
+        final_train_loss=outcome.final_train_loss,
+        train_loss_curve=outcome.train_loss_curve,
+        val_loss_curve=val_curve,
+        **finished,
+        **after.metrics(),
+    )
+    for name in ("val", "test"):
+        m[f"{name}_ppl_before"] = perplexity(m[f"{name}_loss_before"])
+        m[f"{name}_ppl"] = perplexity(m[f"{name}_loss"])
+    m.update(
+        generation.means,
+        # Every run has these two keys (None where not scored), as it always had.
+        rouge_l=generation.rouge_l,
+        exact_match=generation.exact_match,
+        eval_metrics=list(cfg.eval.metrics or default_metrics(*steps._data_kind())),
+        eval_seconds=evaluated.seconds,
+        allocation_seconds=steps.allocation_seconds,
+        strategy_report=steps.allocation.report,
+        **{ALLOCATION_KEY: allocation_modules(steps.allocation)},
+    )
+    if evaluated.items is not None:
+        m[ITEMS_KEY] = test_item_records(evaluated.items, generation.records, steps.splits.test)
+    return m

@@ -19,9 +19,6 @@ from adaptive_lora.config import RunConfig
 from adaptive_lora.errors import UserError
 from adaptive_lora.study.protocol import parse_entry_budgets
 
-ADALORA = "adalora"  # the published adaptive baseline; registered by its own module
-
-
 TOP_KEYS = (
     "name",
     "description",
@@ -105,7 +102,7 @@ def parse_seeds(value: Any, where: str = "seeds") -> list[int]:
 
 def _known_strategies() -> list[str]:
 
-    return sorted(set(STRATEGIES) | {ADALORA})
+    return sorted(STRATEGIES)
 
 
 def lr_list(value: Any, where: str) -> tuple[float, ...]:
@@ -143,7 +140,7 @@ def _strategy_entry(raw: Any, index: int, budgets: list[str]) -> StrategyEntry:
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise UserError(f"{where}.name is missing: give a strategy name")
-    if name not in STRATEGIES and name != ADALORA:
+    if name not in STRATEGIES:
         raise UserError(
             f"{where}.name: unknown strategy {name!r}; choose one of: "
             f"{', '.join(_known_strategies())}"

@@ -57,7 +57,6 @@ from adaptive_lora.study.hypotheses import Hypotheses, SeedPlan, parse_hypothese
 from adaptive_lora.study.lr import LrChoice, choose_lr_extending
 from adaptive_lora.study.protocol import CrossBudget, parse_cross_budget, parse_tuning_seeds
 from adaptive_lora.study.schema import (
-    ADALORA,
     StrategyEntry,
     base_sections,
     check_baseline,
@@ -71,7 +70,7 @@ from adaptive_lora.study.schema import (
 )
 from adaptive_lora.study.store import RunRow, StudyStore
 
-__all__ = ["ADALORA", "RunSpec", "StrategyEntry", "Study", "load_study", "parse_seeds"]
+__all__ = ["RunSpec", "StrategyEntry", "Study", "load_study", "parse_seeds"]
 
 
 @dataclass
