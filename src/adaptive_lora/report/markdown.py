@@ -362,6 +362,13 @@ def _lr_lines(study: Study, analysis: dict[str, Any]) -> list[str]:
 
 def _lr_noise_lines(choices: list[dict[str, Any]]) -> list[str]:
     """The choices decided by less than the seed noise (gap to the runner-up < seed sd)."""
+    tuned = [c for c in choices if len(c["candidates"]) > 1]
+    if tuned and all(len(c["seeds"]) == 1 for c in tuned):
+        return [
+            f"With one tuning seed ({tuned[0]['seeds'][0]}) no choice can be weighed against "
+            "the seed noise: a rate's advantage may be that seed's chance alone.",
+            "",
+        ]
     noisy = [c for c in choices if (c.get("spread") or {}).get("within_noise")]
     if not noisy:
         return []
