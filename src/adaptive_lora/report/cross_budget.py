@@ -159,11 +159,11 @@ def margin_sentence(block: dict[str, Any], decimals: int = 4) -> str:
     text = f"Equivalence margin ±{fmt_num(block['margin'], decimals)} ({block['margin_source']})."
     if block.get("margin_post_hoc"):
         text = (
-            f"Equivalence margin ±{fmt_num(block['margin'], decimals)}, **post hoc**: half "
-            "of the baseline's measured gain, computed from the same runs it is tested "
-            "against; the study declared no margin before its runs (`cross_budget.margin` "
-            "or `hypotheses.margin`), so these TOSTs are descriptive, not a pre-registered "
-            "test."
+            f"Equivalence margin ±{fmt_num(block['margin'], decimals)} (half of the "
+            "baseline's measured gain), **post hoc**: computed from the same runs it is "
+            "tested against; the study declared no margin before its runs "
+            "(`cross_budget.margin` or `hypotheses.margin`), so these TOSTs are descriptive, "
+            "not a pre-registered test."
         )
     return text
 
