@@ -167,6 +167,232 @@ def test_resources_key_of_a_study(tmp_path, tiny_model):
         load_study(bad)
 
 
+def _raylet_of(pid: int) -> psutil.Process:
+    """The raylet of the local Ray that the `run` process `pid` started (its child)."""
+    found = [p for p in psutil.Process(pid).children(recursive=True) if p.name() == "raylet"]
+    found = [p for p in found if p.status() != psutil.STATUS_ZOMBIE]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _interrupted_within(study, wanted: dict[str, int], seconds: float) -> float:
+    """Seconds until each run of `wanted` has that many attempts ended as interrupted
+    (fail after `seconds`)."""
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        ended = [a[0] for a in attempts(study) if a[0] in wanted and a[2] == "interrupted"]
+        if {run_id: ended.count(run_id) for run_id in wanted} == wanted:
+            return time.monotonic() - start
+        time.sleep(0.2)
+    pytest.fail(f"runs {sorted(wanted)} not back to pending {seconds:.0f} s after the kill")
+
+
+def test_a_dead_raylet_is_noticed_the_local_ray_restarts_once_then_the_study_stops(
+    tmp_path, tiny_model, time_limit, no_ray_left
+):
+    """SIGKILL of the local raylet mid-run: within 30 s both runs are pending again (their
+    attempts recorded), Ray restarts and the runs start again; killed a second time, the
+    study stops with exit 1 and the command that resumes it; the next `run` finishes it
+    with nothing lost or run twice, and no worker process is left."""
+    time_limit(420)
+    path = write_study(tmp_path, tiny_model, max_steps=200)
+    study = load_study(path)
+    flags = ["--quiet", "--workers", "2", "--threads-per-run", "1"]
+    command = [sys.executable, "-m", "adaptive_lora.cli", "run", str(path), *flags]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        first = _runs_on_workers(study, proc, want=2)
+        _raylet_of(proc.pid).kill()
+        assert _interrupted_within(study, dict.fromkeys(first, 1), 30) < 30
+        second = {}
+        while len(second) < 2:  # the local Ray restarted: runs start on new workers
+            second = {
+                i: pid
+                for i, pid in _runs_on_workers(study, proc, want=2).items()
+                if pid not in first.values()
+            }
+        _raylet_of(proc.pid).kill()
+        wanted = {run_id: 1 + (run_id in first) for run_id in second}
+        assert _interrupted_within(study, wanted, 30) < 30
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    died = [line for line in out.decode().splitlines() if "died:" in line]
+    assert len(died) == 1 and died[0].startswith("Ray node 127.0.0.1 ("), died
+    assert died[0].endswith("2 run(s) back to pending; restarting the local Ray once and going on")
+    assert proc.returncode == 1, err.decode()[-2000:]
+    last = err.decode().strip().splitlines()[-1]
+    assert "died a second time: 2 run(s) back to pending; resume with: adaptive-lora run" in last
+    assert last.endswith(f"run {path} {' '.join(flags)}"), last
+    for pid in [*first.values(), *second.values()]:  # no worker left behind
+        deadline = time.monotonic() + 30
+        while psutil.pid_exists(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert main(["run", str(path), *flags]) == 0
+    assert_all_done_once(study)
+    for run_id in {*first, *second}:
+        ended = [a[2] for a in attempts(study) if a[0] == run_id]
+        assert ended[-1] == "done" and set(ended[:-1]) <= {"interrupted"}, (run_id, ended)
+
+
+def test_a_dead_node_of_a_cluster_hands_back_only_its_runs(tmp_path, tiny_model, monkeypatch):
+    """Without Ray: the runs on the dead node come back interrupted (pending, the attempt
+    recorded) and are queued again for the nodes left; the other node's run goes on."""
+    from collections import deque
+
+    import adaptive_lora.study.ray_executor as ray_executor
+    from adaptive_lora.study.executor import Where
+
+    monkeypatch.setattr(ray_executor, "_alive_nodes", lambda: [{"CPU": 1.0}])
+    lines: list[str] = []
+    executor = ray_executor.RayExecutor(address="10.0.0.1:6379", workers=2, log=lines.append)
+    pool = ray_executor._Pool(executor)
+    specs = load_study(write_study(tmp_path, tiny_model)).runs
+    for i, node_id in enumerate(["aaaa1111", "bbbb2222"]):
+        worker = ray_executor._Worker(object(), Where("vm", 10 + i), node_id)
+        pool.busy[f"ref{i}"] = (worker, specs[i], 0)
+    queue: deque = deque(specs[2:])
+    dead = ray_executor._DeadNode("bbbb2222", "10.0.0.2", drivers=False)
+    results = list(executor._node_died(dead, pool, queue, {specs[1].run_id: 1}, tmp_path))
+    assert [(r.run_id, r.status) for r in results] == [(specs[1].run_id, "interrupted")]
+    assert results[0].error == "its Ray node 10.0.0.2 (bbbb2222) died"
+    assert list(queue) == [specs[1], *specs[2:]]  # first in line for the nodes left
+    assert [spec.run_id for _, spec, _ in pool.busy.values()] == [specs[0].run_id]
+    assert lines == [
+        "Ray node 10.0.0.2 (bbbb2222) died: 1 run(s) back to pending, to run again on the "
+        "1 node(s) left"
+    ]
+
+
+def test_the_drivers_node_of_a_cluster_dead_stops_the_study_with_the_resume_command(
+    tmp_path, tiny_model, monkeypatch
+):
+    from collections import deque
+
+    import adaptive_lora.study.ray_executor as ray_executor
+    from adaptive_lora.study.executor import Where
+
+    monkeypatch.setattr(sys, "argv", ["adaptive-lora", "run", "s.yaml", "--address", "h:1"])
+    executor = ray_executor.RayExecutor(address="h:1", workers=1, log=lambda _: None)
+    pool = ray_executor._Pool(executor)
+    spec = load_study(write_study(tmp_path, tiny_model)).runs[0]
+    pool.busy["ref"] = (ray_executor._Worker(object(), Where("vm", 10), "aaaa1111"), spec, 0)
+    dead = ray_executor._DeadNode("aaaa1111", "10.0.0.1", drivers=True)
+    outcome = executor._node_died(dead, pool, deque(), {}, tmp_path)
+    assert next(outcome).status == "interrupted"  # pending again before the study stops
+    with pytest.raises(ray_executor.ClusterLost) as stop:
+        next(outcome)
+    assert stop.value.exit_code == 1 and str(stop.value) == (
+        "Ray node 10.0.0.1 (aaaa1111) died: 1 run(s) back to pending; "
+        "resume with: adaptive-lora run s.yaml --address h:1"
+    )
+
+
+# ---------------------------------------------------------------------- who may connect
+
+
+def _listening(process: psutil.Process) -> list[str]:
+    """`ip:port` of every TCP socket that `process` or its children listen on."""
+    found = []
+    for proc in [process, *process.children(recursive=True)]:
+        try:
+            connections = proc.net_connections(kind="tcp")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        found += [f"{c.laddr.ip}:{c.laddr.port}" for c in connections if c.status == "LISTEN"]
+    return found
+
+
+def test_the_local_ray_listens_on_the_loopback_only_and_refuses_clients_without_its_token(
+    time_limit, no_ray_left
+):
+    from adaptive_lora.study.ray_executor import RayExecutor, Resources, answers
+
+    time_limit(120)
+    before = {name: os.environ.get(name) for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    executor = RayExecutor(workers=1, resources=Resources(threads_per_run=1), log=lambda _: None)
+    executor.connect()
+    try:
+        worker = executor._start_worker()
+        ray.get(worker.where.remote(), timeout=60)  # a worker listens too
+        listening = _listening(psutil.Process())
+        assert listening and all(
+            a.rsplit(":", 1)[0] in ("127.0.0.1", "::ffff:127.0.0.1") for a in listening
+        ), listening
+        gcs = ray.get_runtime_context().gcs_address
+        assert gcs.startswith("127.0.0.1:")
+        assert os.environ["RAY_AUTH_MODE"] == "token" and os.environ["RAY_AUTH_TOKEN"]
+        assert answers(gcs, token=False) is False  # a client without the token: refused
+        assert answers(gcs, token=True) is True  # the same client with it: answered
+    finally:
+        executor.close()
+    assert {name: os.environ.get(name) for name in before} == before  # the token is gone
+
+
+@pytest.fixture
+def cluster_auth(monkeypatch):
+    """Start a one-node cluster on 127.0.0.1 with `RAY_AUTH_MODE` set as asked; yields
+    its address; the environment and this process's Ray auth settings come back after."""
+    import ray._private.ray_constants as ray_constants
+    from ray.cluster_utils import Cluster
+
+    from adaptive_lora.study.ray_executor import _reload_auth
+
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
+    clusters = []
+
+    def start(mode: str) -> str:
+        monkeypatch.setenv("RAY_AUTH_MODE", mode)
+        monkeypatch.setenv("RAY_AUTH_TOKEN", "f" * 64)
+        _reload_auth()
+        node = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False}
+        clusters.append(Cluster(initialize_head=True, head_node_args=node))
+        return clusters[-1].address
+
+    yield start
+    ray.shutdown()
+    for cluster in clusters:
+        cluster.shutdown()
+    monkeypatch.undo()
+    _reload_auth()
+
+
+def test_joining_a_cluster_without_authentication_warns_in_one_line(cluster_auth, time_limit):
+    from adaptive_lora.study.ray_executor import RayExecutor
+
+    time_limit(120)
+    address = cluster_auth("disabled")
+    lines: list[str] = []
+    executor = RayExecutor(address=address, workers=1, log=lines.append)
+    executor.connect()
+    executor.close()
+    warnings = [line for line in lines if line.startswith("warning")]
+    assert warnings == [
+        f"warning: the Ray cluster at {address} has no authentication: anyone who can reach "
+        "it can run code there; start it with RAY_AUTH_MODE=token (README)"
+    ]
+
+
+def test_joining_a_token_cluster_without_its_token_is_a_one_line_error(
+    cluster_auth, time_limit, monkeypatch, tmp_path, tiny_model, capsys
+):
+    from adaptive_lora.study.ray_executor import _reload_auth
+
+    time_limit(120)
+    address = cluster_auth("token")
+    monkeypatch.delenv("RAY_AUTH_TOKEN")  # this client has no token (Ray would retry for minutes)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    _reload_auth()
+    path = write_study(tmp_path, tiny_model)
+    assert main(["run", str(path), "--address", address]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "refuses this process's token: set RAY_AUTH_MODE=token" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "out" / "study.db").exists()
+
+
 # ---------------------------------------------------------------------- slow
 
 
@@ -287,3 +513,49 @@ def test_sigterm_stops_a_ray_study_its_workers_and_ray(tmp_path, tiny_model, tim
     assert {row.status for row in stored(study).values()} == {"done"}
     for run_id in running:  # the stopped attempt, then the one that finished it
         assert [a[2] for a in attempts(study) if a[0] == run_id] == ["error", "done"]
+
+
+@pytest.mark.slow
+def test_a_dead_node_of_a_cluster_leaves_the_study_to_the_nodes_left(
+    tmp_path, tiny_model, time_limit, no_ray_left, monkeypatch, capsys
+):
+    import threading
+
+    import ray._private.ray_constants as ray_constants
+    from ray.cluster_utils import Cluster
+
+    time_limit(300)
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
+    node = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, head_node_args=node)
+    try:
+        second = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        cluster.wait_for_nodes()
+        path = write_study(tmp_path, tiny_model, max_steps=200)
+        study = load_study(path)
+        killed: list[str] = []
+
+        def kill_the_second_node_mid_run() -> None:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline and not killed:
+                rows = stored(study) if study.store_path.exists() else {}
+                running = [r for r in rows.values() if r.status == "running" and r.started_at]
+                if len(running) == 2:
+                    killed.append(second.unique_id)
+                    cluster.remove_node(second, allow_graceful=False)
+                time.sleep(0.2)
+
+        killer = threading.Thread(target=kill_the_second_node_mid_run, daemon=True)
+        killer.start()
+        assert main(["run", str(path), "--address", cluster.address, "--quiet"]) == 0
+        killer.join(timeout=5)
+        assert killed
+        out = capsys.readouterr().out
+        assert_all_done_once(study)
+        # Noticed either as the node's death or as its worker's, whichever Ray says first.
+        assert "died: 1 run(s) back to pending, to run again on the 1 node(s) left" in out or (
+            "its worker died; retrying" in out
+        ), out
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

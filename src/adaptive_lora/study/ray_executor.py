@@ -8,20 +8,36 @@ run executes in a scratch folder on the worker and comes back, with its
 the study's `runs/<id>/` and stays the only writer of the store, so no shared file
 system is needed.
 
-Faults: a worker that dies mid-run (SIGKILL, a lost node) is replaced and the run is
-retried on another worker up to `max_retries` times, then handed back `interrupted`
-(the runner makes it pending again). An address that cannot be reached, or a
-resource request that no node can meet, is a one-line `UserError` from `connect()`,
-before any run starts.
+Faults: a worker that dies mid-run (SIGKILL) is replaced and the run is retried on
+another worker up to `max_retries` times, then handed back `interrupted` (the runner
+makes it pending again). A dead node is noticed within seconds (`NODE_CHECK_S`; Ray's
+own notice may never reach the driver when the dead node is its own): the runs in flight
+there come back `interrupted` (pending, the attempt recorded) and one line says what
+happens next. On the local Ray, the executor restarts it once and runs them again; on a
+cluster, it goes on with the nodes left; when the driver's own node of a cluster dies, or
+the local Ray dies a second time, the study stops with exit status 1 and the command that
+resumes it. An address that cannot be reached, a cluster that wants a token this
+process lacks, or a resource request that no node can meet, is a one-line `UserError`
+from `connect()`, before any run starts.
+
+Only its owner can use the local Ray: it listens on 127.0.0.1 only, and token
+authentication is on whatever Ray's default, with a token made for it alone, kept in
+the environment of its processes (readable by their owner only), never on disk.
+Joining a cluster (`--address`) that answers clients without a token prints one warning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
+import secrets
+import shlex
 import shutil
 import socket
+import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -41,12 +57,20 @@ from adaptive_lora.errors import UserError, one_line
 from adaptive_lora.model.loading import load_model
 from adaptive_lora.records import STATUS_FAILED, STATUS_INTERRUPTED, RunResult, write_json
 from adaptive_lora.run import execute_run
-from adaptive_lora.study.executor import Where
+from adaptive_lora.study.executor import Stopped, Where
 from adaptive_lora.study.spec import RunSpec
 
 GIB = 2**30
 START_TIMEOUT_S = 300.0  # how long a study waits for its first worker before giving up
 LOCAL_OBJECT_STORE_BYTES = 512 * 2**20  # run folders are a few MB each; keep /dev/shm free
+NODE_CHECK_S = 2.0  # how often the driver looks for dead nodes while it waits
+AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+# What Ray raises for a run whose worker, node or result object went away.
+_LOST = tuple(
+    getattr(ray.exceptions, name)
+    for name in ("RayActorError", "ObjectLostError", "NodeDiedError")
+    if hasattr(ray.exceptions, name)
+)
 
 
 @dataclass(frozen=True)
@@ -110,10 +134,11 @@ class RunWorker:
             "gpu_ids": [str(i) for i in ray.get_gpu_ids()],
         }
 
-    def where(self) -> Where:
-        """Host, pid and actor of this worker (also: the worker is up)."""
+    def where(self) -> tuple[Where, str]:
+        """Host, pid and actor of this worker, and its node's id (also: the worker is up)."""
         facts = self._facts
-        return Where(facts["host"], facts["pid"], f"actor {facts['actor_id'][:8]}")
+        where = Where(facts["host"], facts["pid"], f"actor {facts['actor_id'][:8]}")
+        return where, facts["node_id"]
 
     def run(self, spec: RunSpec, attempt: int) -> tuple[str, Any, bytes]:
         """Execute one run in a scratch folder; return ("result", RunResult, tar of the
@@ -213,6 +238,135 @@ def _check_feasible(resources: Resources, nodes: list[dict[str, float]], where: 
     )
 
 
+# ---------------------------------------------------------------------- who may connect
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """While a local Ray starts: keep 127.0.0.1 as its node address.
+
+    Ray replaces a loopback node address by this machine's interface address (so that
+    other machines could join) and its servers then listen on every interface; left at
+    127.0.0.1, they listen on the loopback only. The switch is the one Ray itself flips
+    on macOS and Windows, where it does not cluster.
+    """
+    import ray._private.ray_constants as constants
+
+    before = getattr(constants, "ENABLE_RAY_CLUSTER", None)
+    if before is None:  # a Ray without the switch: it binds where it binds
+        yield
+        return
+    constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = before
+
+
+def _reload_auth() -> None:
+    """Make this process's Ray read the auth variables again (it caches mode and token)."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:  # a Ray without token authentication
+        return
+    Config.initialize("")  # the mode before the token, as Ray's own test helpers do
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _token_auth_on() -> dict[str, str | None]:
+    """Token authentication for a local Ray about to start, with a token made for it alone;
+    the token lives in the environment its processes inherit, never in a file another
+    user might read. Returns the variables replaced (for `_restore_auth`)."""
+    previous = {name: os.environ.get(name) for name in AUTH_VARS}
+    os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    _reload_auth()
+    return previous
+
+
+def _restore_auth(previous: dict[str, str | None]) -> None:
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    _reload_auth()
+
+
+# A Ray client that asks the GCS for its keys; exit 3 when the GCS refuses its token.
+_PROBE = """\
+import sys
+import ray._raylet
+from ray.exceptions import AuthenticationError
+try:
+    ray._raylet.GcsClient(address=sys.argv[1]).internal_kv_keys(b"", namespace=None, timeout=5)
+except AuthenticationError:
+    sys.exit(3)
+"""
+
+
+def answers(gcs_address: str, *, token: bool) -> bool | None:
+    """Does the Ray cluster whose GCS is at `gcs_address` answer a client with this
+    process's auth settings (`token=True`), or one that sends no token? None: cannot tell.
+
+    In a child process: this process's Ray caches its auth settings, and `ray.init` to a
+    cluster that refuses the token retries for minutes instead of saying so.
+    """
+    env = dict(os.environ)
+    if not token:
+        env = {name: value for name, value in env.items() if name not in AUTH_VARS}
+        env["RAY_AUTH_MODE"] = "disabled"
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", _PROBE, gcs_address], env=env, capture_output=True, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {0: True, 3: False}.get(probe.returncode)
+
+
+# ---------------------------------------------------------------------- dead nodes
+
+
+class ClusterLost(Stopped):
+    """The study cannot go on on this Ray (the driver's node died, or the local Ray twice):
+    it stops as on a signal (started runs back to pending, exports written), exit status 1."""
+
+    def __init__(self, message: str):
+        KeyboardInterrupt.__init__(self, message)
+        self.exit_code = 1
+
+
+def resume_command() -> str:
+    """The command that resumes this study: the one that started it, when it was `run`."""
+    if sys.argv[1:2] == ["run"]:
+        return shlex.join(["adaptive-lora", *sys.argv[1:]])
+    return "the same `adaptive-lora run STUDY.yaml ...` command"
+
+
+@dataclass(frozen=True)
+class _DeadNode:
+    node_id: str
+    address: str
+    drivers: bool  # the driver's own node: nothing runs on this Ray without it
+
+    def text(self) -> str:
+        return f"Ray node {self.address} ({self.node_id[:8]})"
+
+
+def _local_ray_died() -> bool:
+    """Has the raylet or the GCS of the local Ray this process started died? (Seen from
+    here at once; the GCS takes its health checks' time to mark a node dead, and when the
+    node is the driver's own, the news may never reach the waiting driver.)"""
+    node = getattr(ray._private.worker, "_global_node", None)
+    try:
+        dead = node.dead_processes() if node is not None else []
+    except Exception:  # a private API: if it changed, the GCS's view below still holds
+        return False
+    return any(kind in ("raylet", "gcs_server") for kind, _ in dead)
+
+
 class RayExecutor:
     """Runs specs on Ray workers (the `Executor` Protocol); see the module docstring.
 
@@ -242,6 +396,9 @@ class RayExecutor:
         self._log = log
         self._connected = False
         self._owns_ray = False  # shut Ray down at close() only if this executor began it
+        self._auth_before: dict[str, str | None] | None = None  # set while a local Ray runs
+        self._node_id: str | None = None  # the driver's node
+        self._restarts = 0  # of the local Ray after its node died
 
     # -- connecting ----------------------------------------------------------------------
     def connect(self) -> None:
@@ -253,6 +410,7 @@ class RayExecutor:
             self._start_local()
         else:
             self._join_cluster(self.address)
+        self._node_id = ray.get_runtime_context().get_node_id()
         self._connected = True
         self._log(
             f"Ray: {self.workers} worker(s), {self.resources.text()}"
@@ -266,22 +424,36 @@ class RayExecutor:
         threads = self.resources.threads_per_run or max(1, cores // workers)
         self._settle(workers, threads)
         _check_feasible(self.resources, [machine], "this machine")
-        if not ray.is_initialized():
-            ray.init(
-                # More CPUs than cores only if the user asked for oversubscription.
-                num_cpus=max(cores, workers * threads),
-                num_gpus=int(machine["GPU"]),
-                _node_ip_address="127.0.0.1",
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.ERROR,
-                object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-            )
-            self._owns_ray = True
+        if ray.is_initialized():
+            return
+        self._auth_before = _token_auth_on()
+        try:
+            with _loopback_only():
+                ray.init(
+                    # More CPUs than cores only if the user asked for oversubscription.
+                    num_cpus=max(cores, workers * threads),
+                    num_gpus=int(machine["GPU"]),
+                    _node_ip_address="127.0.0.1",
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.ERROR,
+                    object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                )
+        except BaseException:
+            self.close()
+            raise
+        self._owns_ray = True
 
     def _join_cluster(self, address: str) -> None:
         if not ray.is_initialized():
             _check_reachable(address)
+            gcs = None if address == "auto" or address.startswith("ray://") else address
+            if gcs and answers(gcs, token=True) is False:
+                raise UserError(
+                    f"the Ray cluster at {address} refuses this process's token: set "
+                    "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the "
+                    "cluster's token (README: Parallel runs and Ray clusters)"
+                )
             try:
                 ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
             except Exception as error:  # Ray raises ConnectionError, RuntimeError, ...
@@ -289,6 +461,7 @@ class RayExecutor:
                     f"cannot join the Ray cluster at {address}: {one_line(error)}"
                 ) from None
             self._owns_ray = True
+            self._warn_if_open(gcs or ray.get_runtime_context().gcs_address, address)
         nodes = _alive_nodes()
         cpus = [int(n.get("CPU", 0)) for n in nodes]
         threads = self.resources.threads_per_run
@@ -305,6 +478,15 @@ class RayExecutor:
             self.close()
             raise
 
+    def _warn_if_open(self, gcs_address: str | None, address: str) -> None:
+        """One line when the cluster answers clients that send no token (anyone who can
+        reach its ports can then run code on it as the user who started it)."""
+        if gcs_address and answers(gcs_address, token=False):
+            self._log(
+                f"warning: the Ray cluster at {address} has no authentication: anyone who "
+                "can reach it can run code there; start it with RAY_AUTH_MODE=token (README)"
+            )
+
     def _settle(self, workers: int, threads: int) -> None:
         self.workers = workers
         self.resources = Resources(threads, self.resources.gpus_per_run, self.resources.memory_gb)
@@ -313,8 +495,22 @@ class RayExecutor:
         """Shut down (or leave) the Ray this executor started or joined."""
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
+        if self._auth_before is not None:
+            _restore_auth(self._auth_before)
+            self._auth_before = None
         self._owns_ray = False
         self._connected = False
+
+    def _restart_local(self) -> bool:
+        """Start the local Ray again after its node died; False if it does not start."""
+        self._restarts += 1
+        try:
+            self.close()
+            self.connect()
+        except Exception as error:  # said in the line that stops the study
+            self._log(f"the local Ray did not start again: {one_line(error)}")
+            return False
+        return True
 
     # -- running -------------------------------------------------------------------------
     def _start_worker(self) -> Any:
@@ -359,27 +555,83 @@ class RayExecutor:
     def _next_outcome(
         self, pool: _Pool, specs: deque[RunSpec], tries: dict[str, int], out_root: Path
     ) -> Iterator[RunResult]:
-        """Wait for the next event: a worker up, a run back, or a worker dead (→ retry)."""
-        ref, event = pool.wait()
+        """Wait for the next event: a worker up, a run back, a worker dead (→ retry), or a
+        node dead (→ its runs back to pending)."""
+        ref, event = pool.wait(lambda: self._dead_node(pool))
         if event == "up":
             return
-        actor, where, spec, attempt = event
+        if isinstance(event, _DeadNode):
+            yield from self._node_died(event, pool, specs, tries, out_root)
+            return
+        worker, spec, attempt = event
         try:
             kind, payload, archive = ray.get(ref)
-        except ray.exceptions.RayActorError as error:  # the worker process died mid-run
+        except _LOST as error:  # the worker process (or its node, or the result) is gone
             # The next `grow` starts a fresh worker (another process, maybe another node).
             if attempt < self.max_retries:
                 tries[spec.run_id] = attempt + 1
                 specs.appendleft(spec)
                 return
-            reason = f"its worker ({where.text()}) died: {one_line(error)[:120]}"
+            reason = f"its worker ({worker.where.text()}) died: {one_line(error)[:120]}"
             yield RunResult(spec.run_id, out_root / spec.run_id, STATUS_INTERRUPTED, error=reason)
             return
-        pool.idle.append((actor, where))
+        pool.idle.append(worker)
         if kind == "user_error":
             raise UserError(payload)
         payload.run_dir = _unpack(archive, spec.run_id, out_root)
         yield payload
+
+    def _dead_node(self, pool: _Pool) -> _DeadNode | None:
+        """A dead node the study needs: the driver's, or one that holds its workers."""
+        if self._owns_ray and self.address is None and _local_ray_died():
+            return _DeadNode(self._node_id or "?", "127.0.0.1", drivers=True)
+        try:
+            nodes = ray.nodes()
+        except Exception:  # the GCS does not answer: the cluster is gone with it
+            return _DeadNode(self._node_id or "?", self.address or "127.0.0.1", drivers=True)
+        dead = {node["NodeID"]: node for node in nodes if not node.get("Alive")}
+        for node_id in (self._node_id, *sorted(pool.node_ids())):
+            if node_id in dead:
+                at = dead[node_id].get("NodeManagerAddress") or "?"
+                return _DeadNode(node_id, at, drivers=node_id == self._node_id)
+        return None
+
+    def _node_died(
+        self,
+        dead: _DeadNode,
+        pool: _Pool,
+        specs: deque[RunSpec],
+        tries: dict[str, int],
+        out_root: Path,
+    ) -> Iterator[RunResult]:
+        """The runs in flight on `dead` go back to pending (each attempt recorded as
+        interrupted); then: the nodes left take them, or the local Ray restarts once and
+        takes them, or the study stops (exit 1) with the command that resumes it."""
+        lost = pool.drop(None if dead.drivers else dead.node_id)
+        back = f"{len(lost)} run(s) back to pending"
+        local = dead.drivers and self._owns_ray and self.address is None
+        restart = local and self._restarts == 0  # once: a Ray that dies again stays dead
+        if not dead.drivers:
+            left = len(_alive_nodes())
+            self._log(f"{dead.text()} died: {back}, to run again on the {left} node(s) left")
+        elif restart:
+            self._log(f"{dead.text()} died: {back}; restarting the local Ray once and going on")
+        for spec, _ in lost:
+            tries.pop(spec.run_id, None)  # the next attempt starts afresh
+            reason = f"its {dead.text()} died"
+            yield RunResult(spec.run_id, out_root / spec.run_id, STATUS_INTERRUPTED, error=reason)
+        if dead.drivers and not (restart and self._restart_local()):
+            why = " and the local Ray did not start again" if restart else ""
+            why = " a second time" if local and not restart else why
+            raise ClusterLost(f"{dead.text()} died{why}: {back}; resume with: {resume_command()}")
+        specs.extendleft(reversed([spec for spec, _ in lost]))
+
+
+@dataclass
+class _Worker:
+    actor: Any
+    where: Where
+    node_id: str
 
 
 class _Pool:
@@ -388,8 +640,8 @@ class _Pool:
     def __init__(self, executor: RayExecutor):
         self._executor = executor
         self.starting: dict[Any, Any] = {}  # where() reference → actor
-        self.idle: list[tuple[Any, Where]] = []
-        self.busy: dict[Any, tuple[Any, Where, RunSpec, int]] = {}  # run reference → ...
+        self.idle: list[_Worker] = []
+        self.busy: dict[Any, tuple[_Worker, RunSpec, int]] = {}  # run reference → ...
         self._actors: list[Any] = []
         self.failed_starts = 0
 
@@ -407,22 +659,34 @@ class _Pool:
     def alive(self) -> int:
         return len(self.starting) + len(self.idle) + len(self.busy)
 
-    def submit(self, spec: RunSpec, tries: int, on_start: Callable[..., None]) -> None:
-        actor, where = self.idle.pop(0)
-        on_start(spec, where)
-        self.busy[actor.run.remote(spec, tries + 1)] = (actor, where, spec, tries)
+    def node_ids(self) -> set[str]:
+        """The nodes the pool's started workers are on."""
+        return {w.node_id for w in self.idle} | {w.node_id for w, _, _ in self.busy.values()}
 
-    def wait(self) -> tuple[Any, Any]:
+    def submit(self, spec: RunSpec, tries: int, on_start: Callable[..., None]) -> None:
+        worker = self.idle.pop(0)
+        on_start(spec, worker.where)
+        self.busy[worker.actor.run.remote(spec, tries + 1)] = (worker, spec, tries)
+
+    def wait(self, dead_node: Callable[[], _DeadNode | None]) -> tuple[Any, Any]:
         """The next reference that is ready: ("up" for a worker that started, else the
-        busy entry of the run). Raises `UserError` when no worker can start."""
+        busy entry of the run); or (None, the dead node) as soon as `dead_node()`, asked
+        every `NODE_CHECK_S`, finds one. Raises `UserError` when no worker can start."""
         if not self.starting and not self.busy:
             raise UserError("every Ray worker died before it could take a run")
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             pending = list(self.starting) + list(self.busy)
-            ready, _ = ray.wait(pending, num_returns=1, timeout=10.0)
+            try:
+                ready, _ = ray.wait(pending, num_returns=1, timeout=NODE_CHECK_S)
+            except ray.exceptions.RayError:  # Ray itself failing: a dead node, say so
+                if (dead := dead_node()) is not None:
+                    return None, dead
+                raise
             if ready:
                 break
+            if (dead := dead_node()) is not None:
+                return None, dead
             if not self.busy and not self.idle and time.monotonic() > deadline:
                 raise UserError(
                     f"no Ray worker started in {START_TIMEOUT_S:.0f} s: does the cluster "
@@ -433,10 +697,27 @@ class _Pool:
             return ref, self.busy.pop(ref)
         actor = self.starting.pop(ref)
         try:
-            self.idle.append((actor, ray.get(ref)))
+            where, node_id = ray.get(ref)
+            self.idle.append(_Worker(actor, where, node_id))
         except ray.exceptions.RayError:  # died while starting: the others carry on
             self.failed_starts += 1
         return ref, "up"
+
+    def drop(self, node_id: str | None) -> list[tuple[RunSpec, Where]]:
+        """Forget the workers on `node_id` (None: every worker, the whole Ray is gone);
+        the runs they had in flight."""
+
+        def there(worker: _Worker) -> bool:
+            return node_id is None or worker.node_id == node_id
+
+        lost = [(spec, w.where) for w, spec, _ in self.busy.values() if there(w)]
+        self.busy = {ref: entry for ref, entry in self.busy.items() if not there(entry[0])}
+        self.idle = [w for w in self.idle if not there(w)]
+        if node_id is None:  # handles of a Ray that is gone must not be used again
+            self.starting.clear()
+            self._actors.clear()
+            self.failed_starts = 0
+        return lost
 
     def stop(self) -> None:
         """End every worker (also the busy ones, when the study stops early)."""
