@@ -152,6 +152,7 @@ def test_the_pilot_runs_end_to_end_on_a_tiny_model_and_reports_the_regime(tmp_pa
     assert text.index("## Where does rank matter?") < text.index("## Task `arith`, n_train = 8")
     assert "**Where rank matters.**" in text and "**Does allocation matter there?**" in text
     assert "gain per doubling" in text and "### Every strategy against the baseline" in text
+    assert text.count("## Hypotheses") == 1 and text.index("## Hypotheses") < text.index("## Answer")
     assert (out / "figures" / "regime_heatmap.png").is_file()
     assert (out / "figures" / "regime_ladder.png").is_file()
     stats = __import__("json").loads((out / "stats.json").read_text())

@@ -34,7 +34,7 @@ def test_runs_are_expanded_per_model_and_paired_within_it(tmp_path):
     assert study.models == ["fake/a", "fake/b"] and study.multi_model
     assert {s.config.model for s in study.runs} == {"fake/a", "fake/b"}
     assert len(study.runs) == 2 * 2 * 4  # models × strategies × seeds
-    part = study.for_model("fake/b")
+    part = study.for_group(next(g for g in study.groups if g.model == "fake/b"))
     assert {s.config.model for s in part.runs} == {"fake/b"} and len(part.runs) == 8
 
 

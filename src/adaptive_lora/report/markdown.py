@@ -480,7 +480,11 @@ def render_markdown(
     store_manifest: dict[str, Any],
     figures: list[Path],
     out_dir: Path,
+    *,
+    with_hypotheses: bool = True,
 ) -> str:
+    """report.md of one study or group; a multi-group report prints the hypotheses once
+    at its top (`with_hypotheses=False` for each group's section)."""
     lines = [
         f"# Study `{study.name}`: rank allocation at a fixed parameter budget",
         "",
@@ -490,7 +494,8 @@ def render_markdown(
     ]
     if study.description:
         lines += [study.description, ""]
-    lines += hypotheses_lines(analysis.get("hypotheses"), study.baseline)
+    if with_hypotheses:
+        lines += hypotheses_lines(analysis.get("hypotheses"), study.baseline)
     lines += _environment_warning(analysis)
     lines += answer_lines(study.baseline, analysis)
     lines += _status_lines(study, analysis)

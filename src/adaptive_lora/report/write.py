@@ -12,6 +12,7 @@ from adaptive_lora.report.analyse import analyse
 from adaptive_lora.report.cross_model import agreement_lines, cross_model_agreement
 from adaptive_lora.report.environment_check import refuse_mixed
 from adaptive_lora.report.figures import draw_figures
+from adaptive_lora.report.hypotheses import hypotheses_lines
 from adaptive_lora.report.latex import render_latex
 from adaptive_lora.report.markdown import render_markdown
 from adaptive_lora.report.regime import (
@@ -96,6 +97,8 @@ def _multi_group(
     (as it always did); a factorial study (tasks or sizes) leads with where rank matters.
     """
     analyses = {key: analysis for key, (_, _, analysis) in parts.items()}
+    # The hypotheses are the study's: printed once, before everything else.
+    declared = hypotheses_lines(next(iter(analyses.values())).get("hypotheses"), study.baseline)
     varies = study.varies()
     groups = {g.key: g for g in study.groups}
     titles = {key: groups[key].title(varies) for key in parts}
@@ -110,6 +113,7 @@ def _multi_group(
             "Each model is analysed on its own: runs are paired by seed within a model, and "
             "every statistic is per model. The sections below follow the agreement table.",
             "",
+            *declared,
             *agreement_lines(agreement, list(by_model), study.baseline),
         ]
         stats: dict = {"models": by_model, "cross_model_agreement": agreement}
@@ -124,6 +128,7 @@ def _multi_group(
             f"at budgets {', '.join(study.budgets)}. Runs are paired by seed within a group; "
             "every comparison, Holm family and learning-rate choice lives in its group × budget.",
             "",
+            *declared,
             *answer_lines(regime, cells, study.baseline),
             *regime_lines(regime, cells, study.baseline),
         ]
@@ -136,7 +141,14 @@ def _multi_group(
         figures = draw_figures(sub, sub_rows, analysis, out_dir / "figures" / slug)
         files.figures += figures
         text = render_markdown(
-            sub, analysis, sub_rows, store.notes(), store.manifest(), figures, out_dir
+            sub,
+            analysis,
+            sub_rows,
+            store.notes(),
+            store.manifest(),
+            figures,
+            out_dir,
+            with_hypotheses=False,
         )
         body = text.split("\n", 1)[1]  # the per-group title is replaced by the group's name
         title = titles[key]
