@@ -70,6 +70,15 @@ def one_error_line(capsys) -> str:
     return err
 
 
+def the_error_line(capsys) -> str:
+    """The one line the command said its error in (loading a model also draws progress
+    bars on stderr): the last line, and the only one of the tool's."""
+    lines = capsys.readouterr().err.strip().splitlines()
+    ours = [line for line in lines if line.startswith("adaptive-lora")]
+    assert len(ours) == 1 and lines[-1] == ours[0], lines
+    return ours[0]
+
+
 def set_family(family: str | None):
     def change(manifest: dict) -> None:
         if family is None:
@@ -191,3 +200,80 @@ def test_rerun_names_a_family_difference_and_differences_in_seed_sds(done_study,
     line = next(x for x in out.splitlines() if x.strip().startswith("test_loss "))
     assert "DIFFERS" in line and "(Δ -0.001 = " in line and " sd)" in line, line
     assert "over the 2 seeds of this strategy, budget and rate" in out
+
+
+# ---------------------------------------------------------------------- patched PEFT internals
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory) -> str:
+    from tiny import save_tiny, tiny_llama
+
+    return save_tiny(tiny_llama(), tmp_path_factory.mktemp("model") / "m")
+
+
+def train(folder: str, out: Path, strategy: str) -> int:
+    flags = ["--max-steps", "2", "--n-train", "8", "--set", "eval.n_generate=1", "--quiet"]
+    return main(["train", "--model", folder, "--out", str(out), "--strategy", strategy, *flags])
+
+
+def _allocator_without_element_score(monkeypatch):
+    from peft.tuners.adalora.layer import RankAllocator
+
+    monkeypatch.delattr(RankAllocator, "_element_score")
+
+
+def _allocator_with_another_mask_signature(monkeypatch):
+    from peft.tuners.adalora.layer import RankAllocator
+
+    monkeypatch.setattr(RankAllocator, "mask_to_budget", lambda self, model, budget, k: None)
+
+
+def _allocator_that_masks_elsewhere(monkeypatch):
+    from peft.tuners.adalora.layer import RankAllocator
+
+    monkeypatch.setattr(RankAllocator, "update_and_allocate", lambda self, model, global_step, force_mask=False: (0, None))  # fmt: skip
+
+
+def _lora_linear_without_its_forward(monkeypatch):
+    from peft.tuners.lora.layer import Linear
+
+    monkeypatch.delattr(Linear, "forward")  # nn.Module's forward (input) is found instead
+
+
+def _lora_layers_without_variants(monkeypatch):
+    from peft.tuners.lora.layer import Linear
+
+    original = Linear.update_layer
+
+    def update_layer(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        vars(self).pop("lora_variant", None)
+
+    monkeypatch.setattr(Linear, "update_layer", update_layer)
+
+
+@pytest.mark.parametrize(
+    "break_peft, strategy, said",
+    [
+        (_allocator_without_element_score, "adalora", "RankAllocator._element_score is missing"),
+        (
+            _allocator_with_another_mask_signature,
+            "adalora",
+            "mask_to_budget takes (model, budget, k)",
+        ),
+        (_allocator_that_masks_elsewhere, "adalora", "no longer calls self.mask_to_budget"),
+        (_lora_linear_without_its_forward, "uniform", "Linear.forward takes (input), not (x, args"),
+        (_lora_layers_without_variants, "uniform", "LoRA Linear layers have no lora_variant"),
+    ],
+)
+def test_a_peft_whose_patched_internals_changed_is_a_one_line_error(
+    model_folder, tmp_path, monkeypatch, capsys, break_peft, strategy, said
+):
+    import peft
+
+    break_peft(monkeypatch)
+    assert train(model_folder, tmp_path / "out", strategy) == 2
+    err = the_error_line(capsys)
+    assert f"PEFT {peft.__version__}: " in err and said in err, err
+    assert "pip install peft==0.21.2" in err

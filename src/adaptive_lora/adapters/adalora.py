@@ -16,10 +16,16 @@ until their parameters (d_in + d_out + 1 each) reach the schedule's share of the
 parameter budget, so the final effective count matches the budget like every other
 strategy's. AdaLoRA masks rather than shrinks, so a run records both the
 training-time trainable parameters and the final effective ones.
+
+`ParameterBudgetMask` replaces PEFT's `RankAllocator.mask_to_budget` and calls its
+private `_element_score` and `_combine_ipt`; `check_rank_allocator` makes sure they are
+as the tested PEFT has them before the patch goes in (a one-line error otherwise: a
+changed internal must never leave the budget silently counted in ranks).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +36,7 @@ from peft import AdaLoraConfig, get_peft_model
 from adaptive_lora.adapters.lora import PEFT_PREFIX, AdapterSettings, module_seed
 from adaptive_lora.allocation.adalora import target_rank
 from adaptive_lora.allocation.core import Allocation
+from adaptive_lora.compute.fast_step import expect_signature, peft_changed
 
 
 @dataclass(frozen=True)
@@ -104,9 +111,34 @@ def apply_adalora(
     )
     peft_model = get_peft_model(model, config)
     seeded_svd_init(peft_model, run_seed)
-    allocator = peft_model.base_model.rankallocator
+    allocator = check_rank_allocator(peft_model)
     allocator.mask_to_budget = ParameterBudgetMask(allocator, allocation.budget.params)
     return peft_model, schedule
+
+
+def check_rank_allocator(peft_model: Any) -> Any:
+    """PEFT's RankAllocator, checked to be what `ParameterBudgetMask` replaces and calls
+    (see the module doc); raises a one-line `UserError` otherwise."""
+    tuner = peft_model.base_model
+    expect_signature(tuner, "update_and_allocate", ("global_step",))  # adalora_step_hook
+    allocator = getattr(tuner, "rankallocator", None)
+    if allocator is None:
+        peft_changed(f"{type(tuner).__name__} has no rankallocator")
+    expect_signature(allocator, "mask_to_budget", ("model", "budget"))
+    expect_signature(allocator, "_element_score", ("n",))
+    expect_signature(allocator, "_combine_ipt", ("ipt_E", "ipt_AB"))
+    expect_signature(allocator, "update_and_allocate", ("model", "global_step", "force_mask"))
+    missing = [a for a in ("init_bgt", "target_bgt", "adapter_name") if not hasattr(allocator, a)]
+    if missing:
+        peft_changed(f"RankAllocator has no {', '.join(missing)}")
+    # The replacement only counts if the allocator reaches the mask through the attribute.
+    try:
+        source = inspect.getsource(type(allocator).update_and_allocate)
+    except (OSError, TypeError):
+        source = ""
+    if "self.mask_to_budget(" not in source:
+        peft_changed("RankAllocator.update_and_allocate no longer calls self.mask_to_budget")
+    return allocator
 
 
 class ParameterBudgetMask:

@@ -19,6 +19,11 @@ Everything is put back on exit. One difference in arithmetic is accepted: the
 gradient reaching a norm's output is summed over its consumers in bf16 rather
 than fp32. `bench/train_throughput.py` measures the whole path; the tests check
 outputs and gradients against PEFT's own forward.
+
+The fused forward re-implements PEFT's LoRA `Linear.forward` from the layer's parts, as
+PEFT `PEFT_TESTED` has them. Before patching, `check_peft_lora` makes sure they are
+there (`expect_signature` and `peft_changed` serve `adapters/adalora.py` too): another
+PEFT gets a one-line error, never a forward that silently computes something else.
 """
 
 from __future__ import annotations
@@ -27,9 +32,16 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import inspect
 from collections.abc import Iterator
+from typing import Any, NoReturn
 
 import torch
+
+from adaptive_lora.errors import UserError
+
+# The PEFT whose internals the patches here and in adapters/adalora.py were written against.
+PEFT_TESTED = "0.21.2"
 
 # Norms whose output feeds only autocast matmuls, by leaf name (Llama, GPT-2).
 _PRE_PROJECTION_NORMS = frozenset(
@@ -43,6 +55,7 @@ def fast_training(model: torch.nn.Module, dtype: torch.dtype | None) -> Iterator
     if dtype is None:
         yield
         return
+    check_peft_lora(model)
     keep_freed_memory()
     with contextlib.ExitStack() as stack:
         stack.enter_context(_lora_inputs_uncast(model))
@@ -72,6 +85,53 @@ def frozen_weights_stored_in(model: torch.nn.Module, dtype: torch.dtype) -> Iter
     finally:
         for module, weight in originals:
             module.weight = weight
+
+
+def peft_changed(what: str) -> NoReturn:
+    """The one-line error for a PEFT whose internals are not those a patch knows."""
+    import peft
+
+    raise UserError(
+        f"PEFT {getattr(peft, '__version__', '?')}: {what}, which adaptive-lora patches; "
+        f"install the PEFT it was tested with: pip install peft=={PEFT_TESTED} "
+        "(constraints.txt pins it)"
+    )
+
+
+def expect_signature(owner: Any, name: str, params: tuple[str, ...]) -> None:
+    """`owner.name` must be a callable whose parameters (after `self`) are `params`: a patch
+    that replaces or calls it by another signature would compute something else."""
+    label = getattr(owner, "__qualname__", type(owner).__qualname__) + "." + name
+    member = getattr(owner, name, None)
+    if not callable(member):
+        peft_changed(f"{label} is missing")
+    try:
+        found = tuple(p for p in inspect.signature(member).parameters if p != "self")
+    except (TypeError, ValueError):  # no signature to read: not the Python method we know
+        found = ("?",)
+    if found != params:
+        peft_changed(f"{label} takes ({', '.join(found)}), not ({', '.join(params)})")
+
+
+# What `lora_forward_fused` and `_lora_inputs_uncast` read from each LoRA Linear layer.
+_LORA_PARTS = (
+    "base_layer", "lora_A", "lora_B", "lora_dropout", "scaling", "lora_variant",
+    "active_adapters", "disable_adapters", "merged", "cast_input_dtype_enabled",
+)  # fmt: skip
+
+
+def check_peft_lora(model: torch.nn.Module) -> None:
+    """The LoRA layer class and the parts of it the fast path uses are as PEFT_TESTED has
+    them; a one-line `UserError` otherwise (before anything is patched)."""
+    try:
+        from peft.tuners.lora.layer import Linear
+    except ImportError:
+        peft_changed("peft.tuners.lora.layer.Linear is missing")
+    expect_signature(Linear, "forward", ("x", "args", "kwargs"))
+    for layer in _lora_layers(model)[:1]:  # the parts are set by the class's __init__
+        missing = [part for part in _LORA_PARTS if not hasattr(layer, part)]
+        if missing:
+            peft_changed(f"its LoRA Linear layers have no {', '.join(missing)}")
 
 
 def _lora_layers(model: torch.nn.Module):
