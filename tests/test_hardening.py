@@ -128,7 +128,8 @@ def test_report_refuses_bf16_runs_of_two_families_unless_allowed(done_study, tmp
     assert not out.exists()
     assert main(["report", str(path), "--out", str(out), "--allow-mixed"]) == 0
     assert "pooled runs that differ in matrix-instruction family" in capsys.readouterr().out
-    top = (out / "report.md").read_text().split("\n## ")[0]
+    text = (out / "report.md").read_text()
+    top = text[: text.index("## Test loss")]  # said before any result
     assert "Warning: runs from different environments are pooled" in top
     assert "matrix-instruction family (bf16) differs" in top
 
@@ -277,3 +278,114 @@ def test_a_peft_whose_patched_internals_changed_is_a_one_line_error(
     err = the_error_line(capsys)
     assert f"PEFT {peft.__version__}: " in err and said in err, err
     assert "pip install peft==0.21.2" in err
+
+
+# ---------------------------------------------------------------------- edge-case data, store writes
+
+GOOD = {"instruction": "Say hi.", "input": "", "output": "hi"}
+
+
+def _lines(*records) -> str:
+    return "".join(json.dumps(record) + "\n" for record in records)
+
+
+# name → (file contents, what the one-line error says); each file is refused.
+MALFORMED = {
+    "truncated.json": (json.dumps([GOOD] * 3)[:-20], "not valid JSON at line 1"),
+    "truncated.jsonl": (_lines(GOOD) + json.dumps(GOOD)[:25], "line 2: not valid JSON"),
+    "number.json": (json.dumps([GOOD, {"instruction": 5, "output": "x"}]), "record 1: field 'instruction' is a JSON number"),
+    "list.jsonl": (_lines(GOOD, {"instruction": "a", "output": ["x"]}), "line 2: field 'output' is a JSON list"),
+    "null_field.json": (json.dumps([{"instruction": None, "output": "x"}]), "field 'instruction' is a JSON null"),
+    "null_record.json": (json.dumps([GOOD, None]), "record 1: is a JSON null, expected an object"),
+    "missing.jsonl": (_lines({"instruction": "a"}), "missing required field 'output'"),
+    "object.json": (json.dumps({"data": [GOOD]}), "the top level is a JSON object, expected a list"),
+    "latin1.json": ('[{"instruction": "café", "output": "x"}]'.encode("latin-1"), "not UTF-8 text"),
+    "binary.jsonl": (bytes(range(256)) * 4, "not UTF-8 text"),
+    "deep.json": ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    "empty.json": ("  \n", "the file is empty"),
+    "no_records.json": ("[]", "contains zero records"),
+}  # fmt: skip
+
+
+def _write_data(folder: Path, name: str, contents: str | bytes) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    if isinstance(contents, bytes):
+        path.write_bytes(contents)
+    else:
+        path.write_text(contents, encoding="utf-8")
+    return path
+
+
+def train_on(model: str, data: Path, out: Path) -> int:
+    flags = ["--max-steps", "1", "--n-train", "8", "--set", "data.n_val=4"]
+    flags += ["--set", "data.n_test=4", "--set", "eval.n_generate=1", "--quiet"]
+    return main(["train", "--model", model, "--data", str(data), "--out", str(out), *flags])
+
+
+def test_malformed_data_files_are_refused_in_one_line_with_nothing_written(
+    model_folder, tmp_path, capsys
+):
+    for name, (contents, said) in MALFORMED.items():
+        data = _write_data(tmp_path / "data", name, contents)
+        out = tmp_path / "out" / name
+        assert train_on(model_folder, data, out) == 2, name
+        err = the_error_line(capsys)
+        assert err.startswith(f"adaptive-lora: error: {data}: ") and said in err, (name, err)
+        assert not out.exists() or not any(out.iterdir()), name
+
+
+def test_blank_fields_and_a_huge_record_are_kept_with_one_warning_per_kind(
+    model_folder, tmp_path, capsys, monkeypatch
+):
+    from adaptive_lora.data import sources
+
+    monkeypatch.setattr(sources, "_WARNED_EMPTY", set())
+    monkeypatch.setattr(sources, "_WARNED_BLANK", set())
+    blank = {"instruction": " \t ", "input": "", "output": ""}
+    huge = {"instruction": "a" * 2_000_000, "output": "x"}  # longer than max_length: dropped
+    data = _write_data(tmp_path, "blank.jsonl", _lines(blank, blank, huge, *[GOOD] * 17))
+    assert train_on(model_folder, data, tmp_path / "out") == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert warnings == [
+        f"warning: {data}: 2 of 20 records have an empty output; they are kept and teach the "
+        "model to stop at once (remove them if unintended)",
+        f"warning: {data}: 2 of 20 records have a blank instruction; they are kept and teach "
+        "answers to no question (remove them if unintended)",
+    ]
+    (manifest,) = (tmp_path / "out").glob("*/manifest.json")
+    assert json.loads(manifest.read_text())["dropped_too_long"] == 1  # the huge record
+
+
+def test_a_note_during_a_run_is_refused_in_one_line_and_writes_nothing(
+    done_study, tmp_path, capsys, monkeypatch
+):
+    from adaptive_lora.cli import note
+    from adaptive_lora.study.store import StudyLock
+
+    monkeypatch.setattr(note, "LOCK_WAIT_S", 0.3)
+    path = copy_study(done_study, tmp_path)
+    study = load_study(path)
+    lock = StudyLock(study.lock_path).acquire()  # what a `run` holds for its whole life
+    try:
+        assert main(["note", str(path), "mid-run"]) == 2
+        err = one_error_line(capsys)
+        assert "another `adaptive-lora run` is working on this study (pid" in err
+        assert err.endswith("add the note when it has finished or been stopped")
+        assert table(path, "SELECT count(*) FROM notes") == [(0,)]
+    finally:
+        lock.release()
+    assert main(["note", str(path), "after the run"]) == 0
+    assert table(path, "SELECT text FROM notes") == [("after the run",)]
+
+
+def test_report_and_rerun_to_an_unusable_folder_are_one_line_errors(done_study, tmp_path, capsys):
+    path = copy_study(done_study, tmp_path)
+    (run_id,) = table(path, "SELECT id FROM runs LIMIT 1")[0]
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    assert main(["report", str(path), "--out", str(a_file)]) == 2
+    assert "cannot write the report to" in one_error_line(capsys)
+    assert main(["rerun", str(path), run_id, "--out", str(a_file)]) == 2
+    assert f"--out {a_file}: File exists" in one_error_line(capsys)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptive_lora.api import write_report
+from adaptive_lora.errors import UserError
 
 
 def pooled_differences(stats_json: Path) -> list[str]:
@@ -22,7 +23,11 @@ def pooled_differences(stats_json: Path) -> list[str]:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    files = write_report(args.study, args.out, allow_mixed=args.allow_mixed)
+    try:
+        files = write_report(args.study, args.out, allow_mixed=args.allow_mixed)
+    except OSError as error:  # --out not a folder, not writable, a disk full: the user's to fix
+        where = error.filename or args.out or "the report folder"
+        raise UserError(f"cannot write the report to {where}: {error.strerror or error}") from None
     if args.allow_mixed and (differ := pooled_differences(files.stats_json)):
         print(f"pooled runs that differ in {', '.join(differ)} (--allow-mixed); "
               "report.md says so at its top")  # fmt: skip

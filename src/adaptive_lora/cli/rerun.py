@@ -162,6 +162,11 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve() if args.out else None
     if out is not None and out == study.runs_dir.resolve():
         raise UserError(f"--out {args.out} is the study's own run folder: choose another folder")
+    if out is not None:  # now, not after minutes of training
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"--out {args.out}: {error.strerror or error}") from None
     threads = args.threads or (row.manifest.get("worker") or {}).get("threads")
     threads = threads or row.manifest.get("cpu_threads") or torch.get_num_threads()
     torch.set_num_threads(int(threads))

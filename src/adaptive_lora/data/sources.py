@@ -23,7 +23,8 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 _FIX_HINT = "pass a local Alpaca-format .json or .jsonl file, or 'builtin'"
 # Sources already warned about in this process: a study loads its data once per run.
-_WARNED_EMPTY: set[str] = set()
+_WARNED_EMPTY: set[str] = set()  # for empty outputs
+_WARNED_BLANK: set[str] = set()  # for blank instructions
 
 
 def load_examples(source: str) -> list[Example]:
@@ -50,11 +51,13 @@ def load_examples(source: str) -> list[Example]:
 
 
 def _warn_empty_outputs(source: str, records: list[Example]) -> list[Example]:
-    """Count records whose `output` is blank and warn once per source, in one line.
+    """Count records whose `output` is blank, and those whose `instruction` is, and warn
+    about each once per source, in one line.
 
-    They are kept, not refused: their response-only loss is not over nothing but over
-    the EOS token, which teaches the model to end its answer at once; that may be meant
-    (an instruction that needs no answer) and is more often a data error, hence the warning.
+    They are kept, not refused: an empty output's response-only loss is not over nothing
+    but over the EOS token, which teaches the model to end its answer at once; a blank
+    instruction teaches an answer to no question. Either may be meant and is more often
+    a data error, hence the warnings.
     """
     empty = sum(1 for record in records if not record["output"].strip())
     if empty and source not in _WARNED_EMPTY:
@@ -62,6 +65,14 @@ def _warn_empty_outputs(source: str, records: list[Example]) -> list[Example]:
         print(
             f"warning: {source}: {empty} of {len(records)} records have an empty output; "
             "they are kept and teach the model to stop at once (remove them if unintended)",
+            file=sys.stderr,
+        )
+    blank = sum(1 for record in records if not record["instruction"].strip())
+    if blank and source not in _WARNED_BLANK:
+        _WARNED_BLANK.add(source)
+        print(
+            f"warning: {source}: {blank} of {len(records)} records have a blank instruction; "
+            "they are kept and teach answers to no question (remove them if unintended)",
             file=sys.stderr,
         )
     return records
@@ -97,6 +108,8 @@ def _parse_json(path: Path, text: str) -> list[Example]:
         raise UserError(
             f"{path}: not valid JSON at line {err.lineno} column {err.colno}: {err.msg}"
         ) from None
+    except RecursionError:  # Python's parser recurses once per level of nesting
+        raise UserError(f"{path}: JSON nested too deeply to be a list of records") from None
     if not isinstance(data, list):
         raise UserError(
             f"{path}: the top level is a JSON {_json_type(data)}, expected a list of records"
@@ -114,6 +127,8 @@ def _parse_jsonl(path: Path, text: str) -> list[Example]:
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise UserError(f"{where}: not valid JSON at column {err.colno}: {err.msg}") from None
+        except RecursionError:  # Python's parser recurses once per level of nesting
+            raise UserError(f"{where}: JSON nested too deeply to be a record") from None
         records.append(_check_record(record, where))
     return records
 

@@ -2,6 +2,7 @@
 
     out/study.db      this store (WAL journal; one transaction per state change)
     out/.lock         held (flock, exclusive) by the one `run` process working on the study
+                      (and by `note` for the moment it writes)
     out/runs/<id>/    one folder per run (see `records`)
     out/results.csv   one row per run: status, every metric, every flattened config value
     out/results.parquet
@@ -543,7 +544,11 @@ class StudyLock:
         self.path = Path(path)
         self._fd: int | None = None
 
-    def acquire(self, wait_s: float = 2.0) -> StudyLock:
+    def acquire(
+        self, wait_s: float = 2.0, then: str = "wait for it to finish or stop it first"
+    ) -> StudyLock:
+        """Take the lock within `wait_s`, else a one-line `UserError` naming the holder and
+        what to do `then` (a `note` takes it too, to never write while a `run` does)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + wait_s
@@ -557,8 +562,7 @@ class StudyLock:
                     holder = _read_holder(fd)
                     os.close(fd)
                     raise UserError(
-                        f"another `adaptive-lora run` is working on this study ({holder}); "
-                        "wait for it to finish or stop it first"
+                        f"another `adaptive-lora run` is working on this study ({holder}); " + then
                     ) from None
                 time.sleep(0.1)
         os.ftruncate(fd, 0)
