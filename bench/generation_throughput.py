@@ -88,12 +88,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--study", default="configs/regime-pilot.yaml")
+    parser.add_argument(
+        "--alpaca", metavar="FILE", help="answer this Alpaca file's items instead (long answers)"
+    )
     args = parser.parse_args()
 
     loaded = load_model("smollm2-135m")
     model, tokenizer = loaded.model.eval(), loaded.tokenizer
     precision = resolve_precision("auto")
-    settings = DataSettings(source=SOURCE, options=OPTIONS, n_train=1, n_val=0, n_test=args.items)
+    if args.alpaca:
+        settings = DataSettings(source=args.alpaca, n_train=1, n_val=0, n_test=args.items)
+    else:
+        settings = DataSettings(source=SOURCE, options=OPTIONS, n_train=1, n_val=0, n_test=args.items)
     items = load_splits(settings).test
     common = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
 
@@ -104,8 +110,9 @@ def main() -> None:
     start = time.perf_counter()
     ours = generate_answers(
         model, tokenizer, items, template="alpaca", device=precision.device,
-        autocast_dtype=precision.autocast_dtype, metrics=("task_score",),
-        stop_at_line_end=True, **common,
+        autocast_dtype=precision.autocast_dtype,
+        metrics=("rouge_l",) if args.alpaca else ("task_score",),
+        stop_at_line_end=not args.alpaca, **common,
     )  # fmt: skip
     ours_s = time.perf_counter() - start
     same = sum(

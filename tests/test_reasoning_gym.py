@@ -77,3 +77,31 @@ def test_task_score_is_the_default_metric_of_a_generated_task_and_checked():
     assert metrics_for_run([], builtin=False, generated=True) == ("rouge_l", "task_score")
     with pytest.raises(UserError, match="reasoning_gym"):
         check_metric_data(["task_score"], [{"instruction": "a", "input": "", "output": "b"}])
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_greedy_decode_matches_generate_while_finished_rows_leave_the_batch(name, request):
+    """Dropping finished rows from the batch and the KV cache changes no answer."""
+    import torch
+
+    from adaptive_lora.evaluation import greedy_decode
+    from tiny import byte_tokenizer
+
+    model = request.getfixturevalue(name)
+    tokenizer = byte_tokenizer()
+    tokenizer.padding_side = "left"
+    prompts = ["a", "hello there", "xy", "the longest prompt of all here"]
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True)
+    reference = model.generate(**encoded, max_new_tokens=12, do_sample=False,
+                               pad_token_id=tokenizer.pad_token_id, eos_token_id=None)  # fmt: skip
+    new = reference[:, encoded["input_ids"].shape[1] :].tolist()
+    # An end-of-sequence id that some rows produce early and others never: rows leave early.
+    counts = torch.bincount(torch.tensor([row[3] for row in new]), minlength=300)
+    eos = int(counts.argmax())
+    expected = [row[: row.index(eos)] if eos in row else row for row in new]
+    answers = greedy_decode(
+        model, encoded["input_ids"], encoded["attention_mask"], max_new_tokens=12,
+        eos_token_id=eos, line_tokens=None, device=torch.device("cpu"), autocast_dtype=None,
+    )  # fmt: skip
+    assert answers == expected
+    assert any(len(a) < 12 for a in answers)  # some row did finish early

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria
 
 from adaptive_lora.compute.loss import response_loss_per_row, response_loss_sum
 from adaptive_lora.compute.precision import autocast_context
@@ -136,11 +135,11 @@ def generate_answers(
 ) -> GenerationResult:
     """Greedy answers for `examples`, each scored by every metric; records in input order.
 
-    Batched decoding with the KV cache (`model.generate`), prompts grouped by length so
-    a batch carries little padding, and each sequence stopped at its end of sequence —
-    or, with `stop_at_line_end` (short-answer tasks scored on the first line), at the
-    first line break after some text: tokens past it cannot change a verdict. A batch
-    ends when all its sequences have stopped.
+    Batched greedy decoding with the KV cache (`greedy_decode`), prompts grouped by
+    length so a batch carries little padding, and each sequence stopped at its end of
+    sequence — or, with `stop_at_line_end` (short-answer tasks scored on the first
+    line), at the first line break after some text: tokens past it cannot change a
+    verdict. A stopped sequence leaves the batch, so no step is spent on it.
 
     Each record holds the prompt fields, `reference`, `prediction` and one verdict
     per metric name (the reference is the built-in set's short answer where there
@@ -166,21 +165,18 @@ def generate_answers(
                 padding=True,
                 add_special_tokens=add_special,
             ).to(device)
-            stopping = (
-                [LineEnd(tokenizer, encoded["input_ids"].shape[1])] if stop_at_line_end else None
+            lines = _line_tokens(tokenizer) if stop_at_line_end else None
+            answers = greedy_decode(
+                model,
+                encoded["input_ids"],
+                encoded["attention_mask"],
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id,
+                line_tokens=lines,
+                device=device,
+                autocast_dtype=autocast_dtype,
             )
-            with autocast_context(device, autocast_dtype):
-                output = model.generate(
-                    **encoded,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    use_cache=True,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                    stopping_criteria=stopping,
-                )
-            new_tokens = output[:, encoded["input_ids"].shape[1] :]
-            for i, ids in zip(chunk, new_tokens):
+            for i, ids in zip(chunk, answers):
                 texts[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
     finally:
         tokenizer.padding_side = side
@@ -198,29 +194,64 @@ def generate_answers(
     return GenerationResult(records, mean_scores(metrics, records))
 
 
-class LineEnd(StoppingCriteria):
-    """Stops each sequence at the first token holding a line break after some text.
+@torch.no_grad()
+def greedy_decode(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    eos_token_id: int,
+    line_tokens: tuple[torch.Tensor, torch.Tensor] | None,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+) -> list[list[int]]:
+    """Greedy continuations of a left-padded batch, each ending where its answer ends.
 
-    Works on token ids, once per step and vectorised: which ids hold a line break and
-    which are whitespace only is read from the vocabulary once per tokenizer.
+    The KV cache carries the prompt; a sequence that produced the end-of-sequence token
+    (or, with `line_tokens`, a line break after some text) leaves the batch at once:
+    its rows are dropped from the cache, so later steps compute only the answers still
+    being written (`model.generate` keeps every row to the end of the longest answer).
+    Positions follow the attention mask, as `generate` computes them for left padding.
+    Returns each row's new tokens, without the end-of-sequence token.
     """
-
-    def __init__(self, tokenizer: Any, prompt_length: int):
-        self.breaks, self.blank = _line_tokens(tokenizer)
-        self.prompt_length = prompt_length
-        self.seen_text: torch.Tensor | None = None
-
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        last = input_ids[:, -1]
-        breaks, blank = self.breaks.to(last.device), self.blank.to(last.device)
-        before = (
-            self.seen_text
-            if self.seen_text is not None
-            else torch.zeros_like(last, dtype=torch.bool)
-        )
-        done = before & torch.isin(last, breaks)
-        self.seen_text = before | ~torch.isin(last, blank)
-        return done
+    rows = torch.arange(input_ids.shape[0], device=device)
+    answers: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    seen_text = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
+    with autocast_context(device, autocast_dtype):
+        out = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+            use_cache=True, logits_to_keep=1,
+        )  # fmt: skip
+    # transformers 5 names the KV cache `cache` (argument and output; `past_key_values`
+    # is deprecated there); constraints.txt pins the version this runs with.
+    cache, next_position = out.cache, positions[:, -1] + 1
+    for step in range(max_new_tokens):
+        token = out.logits[:, -1].argmax(-1)
+        done = token == eos_token_id
+        if line_tokens is not None:
+            breaks, blank = (t.to(device) for t in line_tokens)
+            done |= seen_text & torch.isin(token, breaks)
+            seen_text = seen_text | ~torch.isin(token, blank)
+        for row, value, ended in zip(rows.tolist(), token.tolist(), done.tolist()):
+            if not (ended and value == eos_token_id):
+                answers[row].append(value)
+        live = (~done).nonzero().squeeze(1)
+        if step + 1 == max_new_tokens or live.numel() == 0:
+            break
+        if live.numel() < rows.numel():  # finished answers leave the batch and the cache
+            cache.batch_select_indices(live)
+            rows, token, seen_text = rows[live], token[live], seen_text[live]
+            attention_mask, next_position = attention_mask[live], next_position[live]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((rows.numel(), 1))], 1)
+        with autocast_context(device, autocast_dtype):
+            out = model(
+                input_ids=token[:, None], attention_mask=attention_mask,
+                position_ids=next_position[:, None], cache=cache, use_cache=True,
+            )  # fmt: skip
+        cache, next_position = out.cache, next_position + 1
+    return answers
 
 
 @functools.lru_cache(maxsize=4)
