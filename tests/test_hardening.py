@@ -389,3 +389,26 @@ def test_report_and_rerun_to_an_unusable_folder_are_one_line_errors(done_study, 
     assert "cannot write the report to" in one_error_line(capsys)
     assert main(["rerun", str(path), run_id, "--out", str(a_file)]) == 2
     assert f"--out {a_file}: File exists" in one_error_line(capsys)
+
+
+def test_remaining_bad_inputs_are_one_line_errors(tmp_path, capsys):
+    """A study path that is a folder, a non-UTF-8 study, a strategy parameter of the wrong
+    type, a negative thread count: one line, exit 2."""
+    from adaptive_lora.cli import main
+
+    (tmp_path / "bad.yaml").write_bytes(b"name: \xff\xfe\n")
+    cases = [
+        (["run", str(tmp_path), "--dry-run"], "is a folder"),
+        (["run", str(tmp_path / "bad.yaml"), "--dry-run"], "not UTF-8"),
+        (["allocate", "--model", "smollm2-135m", "--strategy", "linear_decay", "--budget", "r8",
+          "--param", "ratio=abc"], "must be a number"),
+    ]  # fmt: skip
+    for args, message in cases:
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+    from adaptive_lora.config import RunConfig
+    from adaptive_lora.errors import UserError
+
+    with pytest.raises(UserError, match="train.threads must be >= 1"):
+        RunConfig.from_dict({"train": {"threads": -1}})

@@ -114,6 +114,8 @@ class TrainSettings:
             raise UserError("train.warmup_ratio must be in [0, 1)")
         _choice(self, "scheduler", ("linear", "cosine"))
         _choice(self, "precision", ("auto", "bf16", "fp32"))
+        if self.threads is not None:
+            _at_least(self, "threads", 1)
         unknown = sorted(set(self.report_to) - {"tensorboard", "mlflow"})
         if unknown:
             raise UserError(
@@ -293,6 +295,12 @@ def load_yaml(path: str) -> dict[str, Any]:
             raw = yaml.safe_load(handle)
     except FileNotFoundError:
         raise UserError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a folder; give the path of a YAML file") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    except OSError as error:
+        raise UserError(f"{path} cannot be read ({error.strerror})") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

@@ -73,7 +73,23 @@ class Strategy:
             raise UserError(
                 f"strategy {self.name!r} has no parameter(s) {', '.join(unknown)}; known: {known}"
             )
+        for name, value in params.items():
+            _check_type(self.name, name, value, defaults[name])
         return {**defaults, **params}
+
+
+def _check_type(strategy: str, name: str, value: Any, default: Any) -> None:
+    """A parameter must have its default's type (an integer may stand for a number)."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, (int, float)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = ok and (isinstance(default, float) or isinstance(value, int))
+    else:
+        return  # None or a structured default: the strategy checks it itself
+    if not ok:
+        kind = type(default).__name__.replace("float", "number").replace("int", "whole number")
+        raise UserError(f"strategy {strategy!r} parameter {name} must be a {kind}, got {value!r}")
 
 
 STRATEGIES: dict[str, Strategy] = {}

@@ -281,6 +281,8 @@ _ENV_WORDS = (
     "hash",
     "dtype",
     "precision",
+    "matrix",  # the CPU's matrix-instruction family (bf16 numbers differ across them)
+    "kernel",
 )
 
 

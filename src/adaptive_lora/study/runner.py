@@ -117,6 +117,8 @@ def _run_pending(
         if run_dir.exists():  # what an interrupted or failed attempt left behind
             shutil.rmtree(run_dir)
         store.mark_running(spec.run_id, run_dir=str(Path("runs") / spec.run_id), host=host, pid=pid)
+        if spec.run_id in summary.lost:  # lost with a dead node, and started again since
+            summary.lost.remove(spec.run_id)
         started[spec.run_id] = time.monotonic()
         on = f"  on {where.text()}" if where else ""
         log(f"{tag(spec.run_id)} {spec.describe()}  ({spec.run_id}){on}")
