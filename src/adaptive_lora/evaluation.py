@@ -215,15 +215,22 @@ def greedy_decode(
     Positions follow the attention mask, as `generate` computes them for left padding.
     Returns each row's new tokens, without the end-of-sequence token.
     """
+    # One autocast context for the whole loop: autocast caches each weight's bf16 copy
+    # until the context ends, so a context per step would cast every weight again.
+    with autocast_context(device, autocast_dtype):
+        return _decode(model, input_ids, attention_mask, max_new_tokens, eos_token_id, line_tokens)
+
+
+def _decode(model, input_ids, attention_mask, max_new_tokens, eos_token_id, line_tokens):
+    device = input_ids.device
     rows = torch.arange(input_ids.shape[0], device=device)
     answers: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     seen_text = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
-    with autocast_context(device, autocast_dtype):
-        out = model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-            use_cache=True, logits_to_keep=1,
-        )  # fmt: skip
+    out = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+        use_cache=True, logits_to_keep=1,
+    )  # fmt: skip
     # transformers 5 names the KV cache `cache` (argument and output; `past_key_values`
     # is deprecated there); constraints.txt pins the version this runs with.
     cache, next_position = out.cache, positions[:, -1] + 1
@@ -245,11 +252,10 @@ def greedy_decode(
             rows, token, seen_text = rows[live], token[live], seen_text[live]
             attention_mask, next_position = attention_mask[live], next_position[live]
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones((rows.numel(), 1))], 1)
-        with autocast_context(device, autocast_dtype):
-            out = model(
-                input_ids=token[:, None], attention_mask=attention_mask,
-                position_ids=next_position[:, None], cache=cache, use_cache=True,
-            )  # fmt: skip
+        out = model(
+            input_ids=token[:, None], attention_mask=attention_mask,
+            position_ids=next_position[:, None], cache=cache, use_cache=True,
+        )  # fmt: skip
         cache, next_position = out.cache, next_position + 1
     return answers
 
