@@ -28,8 +28,8 @@ def _pilot(tmp_path: Path, model: str = "smollm2-135m", **changes) -> Path:
 def test_the_pilot_expands_into_cells_and_pairs_within_each_group(tmp_path):
     study = load_study(_pilot(tmp_path), check_sources=False)
     assert [(g.task, g.n_train) for g in study.groups] == [
-        ("arith", 32),
         ("arith", 128),
+        ("arith", 512),
         ("alpaca", 32),
         ("alpaca", 128),
     ]
@@ -59,8 +59,8 @@ def test_the_pilot_expands_into_cells_and_pairs_within_each_group(tmp_path):
             },
             "same data settings",
         ),
-        ({"data": {"n_train": [32, 32]}}, "a size appears twice"),
-        ({"data": {"n_train": [10_000], "n_val": 16}}, "ask for fewer"),
+        ({"alpaca_n_train": [32, 32]}, "a size appears twice"),
+        ({"alpaca_n_train": [10_000]}, "ask for fewer"),
         ({"budgets": ["5k"]}, "uniform cannot spend|below"),
     ],
 )
@@ -68,6 +68,9 @@ def test_bad_designs_are_one_line_errors_before_anything_is_written(
     tmp_path, changes, message, capsys
 ):
     spec = yaml.safe_load(_pilot(tmp_path).read_text())
+    sizes = changes.pop("alpaca_n_train", None)
+    if sizes is not None:
+        spec["tasks"][1]["data"]["n_train"] = sizes
     spec.update(changes)
     if "tasks" in changes or "budgets" in changes:
         spec["data"] = {**spec["data"], "source": "builtin"}
@@ -128,8 +131,8 @@ def test_the_pilot_runs_end_to_end_on_a_tiny_model_and_reports_the_regime(tmp_pa
         train={"batch_size": 4, "max_steps": 2, "lr": 2e-3, "threads": 1},
     )
     spec = yaml.safe_load(path.read_text())
-    spec["tasks"][0]["data"].update(n_test=12, max_length=400)
-    spec["tasks"][1]["data"].update(n_test=8)
+    spec["tasks"][0]["data"].update(n_test=12, max_length=400, n_train=[8, 16])
+    spec["tasks"][1]["data"].update(n_test=8, n_train=[8, 16])
     spec["tasks"][0]["eval"].update(max_new_tokens=3)
     spec["tasks"][1]["eval"].update(n_generate=2, max_new_tokens=3)
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
