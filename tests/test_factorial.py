@@ -160,3 +160,11 @@ def test_the_pilot_runs_end_to_end_on_a_tiny_model_and_reports_the_regime(tmp_pa
     assert (out / "figures" / "regime_ladder.png").is_file()
     stats = __import__("json").loads((out / "stats.json").read_text())
     assert len(stats["regime"]) == 4 and all(len(e["ladder"]) == 3 for e in stats["regime"])
+
+
+def test_status_shows_one_block_per_group(tmp_path):
+    from adaptive_lora.cli.status import format_status
+
+    text = format_status(load_study(_pilot(tmp_path), check_sources=False))
+    assert "task arith, n_train = 128:" in text and "task alpaca, n_train = 128:" in text
+    assert "24 runs: 0 done" in text

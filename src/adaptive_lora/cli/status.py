@@ -52,7 +52,8 @@ def format_status(study) -> str:
     groups: dict[tuple, dict[int, str]] = {}
     for spec in study.runs:
         key = (spec.label, spec.budget, spec.lr) if tuned else (spec.label, spec.budget)
-        groups.setdefault(key, {})[spec.seed] = marks[spec.run_id]
+        groups.setdefault((spec.group, *key), {})[spec.seed] = marks[spec.run_id]
+    titles = {g.key: g.title(study.varies()).replace("`", "") for g in study.groups}
     width = max(len("strategy"), *(len(label) for label in study.labels))
     # Tuning seeds first ("t0"); a cell with no run at that rate stays blank.
     columns = [(s, f"t{s}") for s in study.lr_tuning_seeds] + [(s, str(s)) for s in study.seeds]
@@ -64,7 +65,11 @@ def format_status(study) -> str:
         "",
         head + "  seeds " + " ".join(f"{name:>{seed_w}}" for _, name in columns),
     ]
-    for key, by_seed in groups.items():
+    shown_group = None
+    for (group, *key), by_seed in groups.items():
+        if study.multi_group and group != shown_group:  # a factorial study: one block a group
+            lines.append(f"{titles[group]}:")
+            shown_group = group
         text = f"{key[0]:<{width}}  {key[1]:<6}" + (f"  {key[2]:<8g}" if tuned else "")
         blank = "" if study.lr_tuning_seeds else MARKS["pending"]
         cells = " ".join(
