@@ -28,8 +28,8 @@ def _pilot(tmp_path: Path, model: str = "smollm2-135m", **changes) -> Path:
 def test_the_pilot_expands_into_cells_and_pairs_within_each_group(tmp_path):
     study = load_study(_pilot(tmp_path), check_sources=False)
     assert [(g.task, g.n_train) for g in study.groups] == [
-        ("arith", 128),
-        ("arith", 512),
+        ("arith", 256),
+        ("arith", 1024),
         ("alpaca", 32),
         ("alpaca", 128),
     ]
@@ -148,6 +148,7 @@ def test_the_pilot_runs_end_to_end_on_a_tiny_model_and_reports_the_regime(tmp_pa
     mean = sum(t * loss for t, loss in zip(tokens, losses)) / sum(tokens)
     assert mean == pytest.approx(arith[0].metrics["test_loss"], rel=1e-9)
     assert arith[0].metrics["task_score"] == pytest.approx(sum(items["task_score"]) / 12)
+    assert all(r.metrics["eval_seconds"] > 0 for r in rows)  # timed after its blocks end
     out = tmp_path / "report"
     assert main(["report", str(path), "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
@@ -166,5 +167,5 @@ def test_status_shows_one_block_per_group(tmp_path):
     from adaptive_lora.cli.status import format_status
 
     text = format_status(load_study(_pilot(tmp_path), check_sources=False))
-    assert "task arith, n_train = 128:" in text and "task alpaca, n_train = 128:" in text
+    assert "task arith, n_train = 256:" in text and "task alpaca, n_train = 128:" in text
     assert "24 runs: 0 done" in text
