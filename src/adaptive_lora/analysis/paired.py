@@ -61,7 +61,7 @@ from adaptive_lora.analysis.formatting import fmt_g
 from adaptive_lora.analysis.pairing import Pairs, pair_by_seed
 from adaptive_lora.analysis.planning import ALTERNATIVES, wilcoxon_reach
 from adaptive_lora.analysis.power import POWER, minimum_detectable_d_z
-from adaptive_lora.analysis.signed_rank import EXACT_DP_MAX_N, signed_rank_test
+from adaptive_lora.analysis.signed_rank import one_sided_signed_rank_test, signed_rank_test
 from adaptive_lora.analysis.values import NAN, is_nan
 from adaptive_lora.analysis.verdict import verdict
 
@@ -348,58 +348,6 @@ def _add_constant_difference(out: dict[str, Any], diffs: np.ndarray, mean: float
             f"sd of differences is 0: every difference equals {c:g}; the "
             "t-test, t interval and d_z are undefined"
         )
-
-
-def _signed_rank_tail(nonzero: np.ndarray, alternative: str) -> float:
-    """Exact one-sided p of the signed-rank statistic R+, conditional on the observed |d|.
-
-    The same null as ``signed_rank._signed_rank_exact_p`` (each nonzero difference + or −
-    with probability 1/2, mid-ranks for ties; its distribution by dynamic programming on
-    the doubled ranks), read in one tail: "less" is P(R+ <= r), "greater" P(R+ >= r),
-    scipy's one-sided convention.
-    """
-    ranks2 = np.rint(2.0 * _st.rankdata(np.abs(nonzero))).astype(np.int64)
-    r_obs = int(ranks2[nonzero > 0].sum())
-    total = int(ranks2.sum())
-    dist = np.zeros(total + 1)
-    dist[0] = 1.0
-    for r in ranks2:
-        shifted = np.zeros_like(dist)
-        shifted[r:] = dist[: total + 1 - r]
-        dist = 0.5 * (dist + shifted)
-    tail = dist[: r_obs + 1] if alternative == "less" else dist[r_obs:]
-    return float(min(1.0, tail.sum()))
-
-
-def one_sided_signed_rank_test(
-    diffs: np.ndarray, alternative: str
-) -> tuple[float, float, str, int]:
-    """One-sided Wilcoxon signed-rank test: ``(R+, p, method, n_used)``.
-
-    Zeros dropped (Wilcoxon's convention). Without ties or zeros (up to 50 pairs):
-    ``scipy.stats.wilcoxon(method="exact", alternative=...)``; otherwise the exact
-    conditional distribution with mid-ranks (what scipy's ``PermutationMethod``
-    enumerates for small n); beyond ``EXACT_DP_MAX_N`` nonzero differences, scipy's
-    normal approximation. Two-sided tests stay in ``signed_rank.signed_rank_test``.
-    """
-    nonzero = diffs[diffs != 0]
-    m = int(nonzero.size)
-    if m == 0:
-        return NAN, NAN, "none (all differences are zero)", 0
-    ranks = _st.rankdata(np.abs(nonzero))
-    r_plus = float(ranks[nonzero > 0].sum())
-    has_ties = bool(np.unique(np.abs(nonzero)).size < m)
-    n_zero = int(diffs.size - m)
-    if not has_ties and n_zero == 0 and m <= 50:
-        res = _st.wilcoxon(nonzero, method="exact", alternative=alternative)
-        return float(res.statistic), float(res.pvalue), "exact", m
-    if m <= EXACT_DP_MAX_N:
-        why = [f"{n_zero} zero difference{'s' if n_zero > 1 else ''} dropped"] if n_zero else []
-        why += ["mid-ranks for ties"] if has_ties else []
-        label = "exact conditional" + (f" ({', '.join(why)})" if why else "")
-        return r_plus, _signed_rank_tail(nonzero, alternative), label, m
-    res = _st.wilcoxon(nonzero, method="asymptotic", correction=False, alternative=alternative)
-    return float(res.statistic), float(res.pvalue), "normal approximation (tie-corrected)", m
 
 
 def _add_signed_rank_test(out: dict[str, Any], diffs: np.ndarray, alternative: str) -> None:
