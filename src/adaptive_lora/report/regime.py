@@ -230,11 +230,12 @@ def draw_regime(
     if cells:
         strategies = list(dict.fromkeys(c["strategy"] for c in cells))
         columns = list(dict.fromkeys((c["title"], c["budget"]) for c in cells))
+        # d_z needs two seeds; with one, the colour is the Δ itself (and the bar says so).
+        standardised = any(np.isfinite(c["d_z"]) for c in cells)
+        key = "d_z" if standardised else "mean_diff"
         grid = np.full((len(strategies), len(columns)), np.nan)
         for c in cells:
-            grid[strategies.index(c["strategy"]), columns.index((c["title"], c["budget"]))] = c[
-                "d_z"
-            ]
+            grid[strategies.index(c["strategy"]), columns.index((c["title"], c["budget"]))] = c[key]
         bound = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
         fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(columns), 0.9 + 0.45 * len(strategies)))
         image = ax.imshow(grid, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
@@ -245,7 +246,12 @@ def draw_regime(
         ax.set_yticks(range(len(strategies)), strategies, fontsize=7)
         labels = [f"{t.replace('`', '')}\n{b}" for t, b in columns]
         ax.set_xticks(range(len(columns)), labels, fontsize=6, rotation=30, ha="right")
-        fig.colorbar(image, ax=ax, label="d_z (Δ / sd of paired differences); red: worse")
+        label = (
+            "d_z (Δ / sd of paired differences); red: worse"
+            if standardised
+            else "Δ test loss (one seed: no sd); red: worse"
+        )
+        fig.colorbar(image, ax=ax, label=label)
         ax.set_title("Δ test loss against the baseline per cell (* Holm p < 0.05)", fontsize=9)
         paths += _save(fig, folder, "regime_heatmap")
     return paths
@@ -266,6 +272,12 @@ def answer_lines(
                 f"{e['title']} ({_gain_text(e['gain_per_doubling']['overall'])})" for e in binding
             )
             + "."
+        )
+    elif all(e["gain_per_doubling"]["overall"]["n"] < 2 for e in regime):
+        lines.append(
+            "**Where rank matters.** Not known yet: with fewer than two paired seeds per "
+            "group no interval exists, so no gain per doubling can be established (a pilot "
+            "shows the design and its cost, not an answer)."
         )
     else:
         lines.append(
