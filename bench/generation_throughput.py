@@ -3,6 +3,7 @@
 Run from the repository root, with nothing else on the cores:
 
     .venv/bin/python bench/generation_throughput.py [--items 200] [--study configs/regime-pilot.yaml]
+        [--adapter studies/regime-pilot/runs/RUN_ID/adapter] [--alpaca FILE]
 
 Both sides answer the same test items of the regime pilot's generated arithmetic task
 (`reasoning_gym:basic_arithmetic`) greedily with SmolLM2-135M under bf16 autocast, with
@@ -91,10 +92,20 @@ def main() -> None:
     parser.add_argument(
         "--alpaca", metavar="FILE", help="answer this Alpaca file's items instead (long answers)"
     )
+    parser.add_argument(
+        "--adapter",
+        metavar="DIR",
+        help="a trained adapter (a run folder's adapter/, e.g. from the pilot): a model that "
+        "has learnt to end its answers, where stopping each sequence at its end counts",
+    )
     args = parser.parse_args()
 
     loaded = load_model("smollm2-135m")
     model, tokenizer = loaded.model.eval(), loaded.tokenizer
+    if args.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, args.adapter).eval()
     precision = resolve_precision("auto")
     if args.alpaca:
         settings = DataSettings(source=args.alpaca, n_train=1, n_val=0, n_test=args.items)
@@ -120,7 +131,10 @@ def main() -> None:
         if a.strip() and r["prediction"] else a.strip() == r["prediction"]
         for a, r in zip(plain, ours.records)
     )  # fmt: skip
-    print(f"CPU: {cpu_name()}, torch threads {torch.get_num_threads()}, {len(items)} items")
+    print(
+        f"CPU: {cpu_name()}, torch threads {torch.get_num_threads()}, {len(items)} items, "
+        + (f"adapter {args.adapter}" if args.adapter else "the untrained model")
+    )
     print(f"reference model.generate: {len(plain) / plain_s:.2f} answers/s ({plain_s:.1f} s)")
     print(f"project generate_answers: {len(items) / ours_s:.2f} answers/s ({ours_s:.1f} s)")
     print(f"first lines equal on {same} of {len(items)} items (greedy on both sides)")
