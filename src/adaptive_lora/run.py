@@ -219,17 +219,19 @@ class RunSteps:
         )
 
     # -- train and evaluate ----------------------------------------------------------------
-    def _loss(self, split) -> float:
-        if split is None:
-            return math.nan
-        return mean_loss(
-            self.peft_model,
-            split,
+    def _loss_settings(self) -> dict[str, Any]:
+        """How every held-out loss of the run is computed (batching, device, precision)."""
+        return dict(
             pad_token_id=self.tokenizer.pad_token_id,
             batch_size=self.config.eval.batch_size,
             device=self.precision.device,
             autocast_dtype=self.precision.autocast_dtype,
         )
+
+    def _loss(self, split) -> float:
+        if split is None:
+            return math.nan
+        return mean_loss(self.peft_model, split, **self._loss_settings())
 
     def _loss_before(self, name: str, split) -> float:
         """The untrained adapter's loss on a split: the base model's, since B = 0.
@@ -345,14 +347,7 @@ class RunSteps:
     def _item_losses(self, split) -> Any:
         if split is None:
             return None
-        return item_losses(
-            self.peft_model,
-            split,
-            pad_token_id=self.tokenizer.pad_token_id,
-            batch_size=self.config.eval.batch_size,
-            device=self.precision.device,
-            autocast_dtype=self.precision.autocast_dtype,
-        )
+        return item_losses(self.peft_model, split, **self._loss_settings())
 
     def _data_kind(self) -> tuple[bool, bool]:
         """(built-in data, a generated reasoning-gym task): what the default metrics follow."""
