@@ -145,7 +145,7 @@ def test_bad_seeds_are_user_errors(value):
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"colour": "red"}, "unknown key.*colour"),
+        ({"colour": "red"}, "unknown config key.*colour; known in the top level"),
         ({"strategies": ["uniform", "magic"]}, r"strategies\[1\].name: unknown strategy 'magic'"),
         (
             {"strategies": [{"name": "uniform", "weight": 2}]},

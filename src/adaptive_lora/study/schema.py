@@ -10,38 +10,55 @@ shares), or raises a one-line `UserError`. `spec.load_study` strings them togeth
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from adaptive_lora.allocation.budget import parse_budget
 from adaptive_lora.allocation.core import STRATEGIES
-from adaptive_lora.config import RunConfig
+
+# The machinery that validates run configs (`RunConfig.from_dict`) checks the study file's
+# top level too. Imported by its private names so that config.py, which every run's
+# `source_hash` covers, did not change while a study was running on it.
+from adaptive_lora.config import RunConfig, _help
+from adaptive_lora.config import _build as build_typed
 from adaptive_lora.errors import UserError
 from adaptive_lora.study.protocol import parse_entry_budgets
 
-TOP_KEYS = (
-    "name",
-    "description",
-    "model",
-    "models",
-    "data",
-    "budgets",
-    "strategies",
-    "seeds",
-    "train",
-    "eval",
-    "adapter",
-    "allocation",
-    "lr_candidates",
-    "lr_tuning_seeds",
-    "cross_budget",
-    "baseline",
-    "out",
-    "resources",
-    "tasks",
-    "hypotheses",
-    "lr_extend",
-)
+
+@dataclass
+class StudyFile:
+    """The top level of a study file, typed and checked by config.py's `_build`.
+
+    Unknown keys and wrong types are one-line errors naming the key; each structured
+    section is then read by its own parser (`design`, `hypotheses`, `protocol`, below).
+    """
+
+    name: str = _help("letters, digits, `-`, `_`, `.`: names the study and its folder", "")
+    description: str | None = _help("free text shown in the report", None)
+    model: str | None = _help("a preset, hub id, model folder or .gguf (or `models`)", None)
+    models: list[Any] | None = _help("several models: runs pair within a model", None)
+    data: dict[str, Any] | None = _help(
+        "DataSettings shared by every task (n_train may be a list)", None
+    )
+    tasks: list[Any] | None = _help("several tasks: {name, data, eval} each (design.py)", None)
+    budgets: Any = _help("a list of rN or parameter counts (r8, 50k, 1.2M)", None)
+    strategies: list[Any] | None = _help("names, or {name, params, label, lr, budgets}", None)
+    seeds: Any = _help("a list, a range '0..7', or {min, max, step} (sequential)", None)
+    train: dict[str, Any] | None = _help("TrainSettings for every run", None)
+    eval: dict[str, Any] | None = _help("EvalSettings for every run (a task may override)", None)
+    adapter: dict[str, Any] | None = _help("AdapterConfig for every run", None)
+    allocation: dict[str, Any] | None = _help("min_rank, max_rank, target", None)
+    lr_candidates: Any = _help("learning rates tried on the tuning seeds", None)
+    lr_tuning_seeds: Any = _help("seeds the candidates are tried on (never reported)", None)
+    lr_extend: int | None = _help("steps a tuning grid may grow past an edge", None)
+    cross_budget: dict[str, Any] | None = _help("{small, large, margin} (protocol.py)", None)
+    baseline: str = _help("the strategy label every comparison is against", "uniform")
+    out: str | None = _help("the study's folder (default studies/<name>)", None)
+    resources: dict[str, Any] | None = _help("threads_per_run, gpus_per_run, memory_gb", None)
+    hypotheses: dict[str, Any] | None = _help("declared before the runs (hypotheses.py)", None)
+
+
+TOP_KEYS = tuple(f.name for f in fields(StudyFile))
 
 
 REQUIRED_KEYS = ("name", "budgets", "strategies", "seeds")
@@ -212,9 +229,8 @@ def parse_resources(raw: Any) -> dict[str, float]:
 
 def check_header(raw: dict[str, Any]) -> tuple[str, str, list[str]]:
     """Known keys, required keys present; (name, description, models)."""
-    unknown = sorted(set(raw) - set(TOP_KEYS))
-    if unknown:
-        raise UserError(f"unknown key(s) {', '.join(unknown)}; a study has: {', '.join(TOP_KEYS)}")
+    # Unknown keys, wrong types: one line naming the key. A key given as null is absent.
+    build_typed(StudyFile, {key: value for key, value in raw.items() if value is not None}, "")
     missing = [k for k in REQUIRED_KEYS if raw.get(k) is None]
     if missing:
         raise UserError(f"missing key(s) {', '.join(missing)}")
