@@ -26,6 +26,7 @@ from adaptive_lora.config import RunConfig
 from adaptive_lora.data.reasoning_gym import is_reasoning_gym
 from adaptive_lora.errors import UserError
 from adaptive_lora.records import canonical_json
+from adaptive_lora.study.hypotheses import reject_unknown_keys
 
 TASK_KEYS = ("name", "data", "eval")
 
@@ -106,11 +107,7 @@ def parse_tasks(raw: dict[str, Any]) -> list[Task]:
         where = f"tasks[{index}]"
         if not isinstance(entry, dict):
             raise UserError(f"{where} must be a mapping with name, data and eval, got {entry!r}")
-        unknown = sorted(set(entry) - set(TASK_KEYS))
-        if unknown:
-            raise UserError(
-                f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(TASK_KEYS)}"
-            )
+        reject_unknown_keys(entry, TASK_KEYS, where)
         name = entry.get("name")
         if not isinstance(name, str) or not _NAME.match(name):
             raise UserError(f"{where}.name must be letters, digits, `-`, `_` or `.`, got {name!r}")

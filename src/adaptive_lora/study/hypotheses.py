@@ -81,6 +81,17 @@ class SeedPlan:
                 "step": self.step, "spending": self.spending, "looks": list(self.looks)}  # fmt: skip
 
 
+def reject_unknown_keys(raw: dict, known: tuple[str, ...], where: str) -> None:
+    """One line naming the keys of `raw` that are not in `known`, and the known ones.
+
+    The study file's sections (a strategy entry, a task, the hypotheses, a seed plan)
+    all check their keys through this one function, so they say it the same way.
+    """
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+
+
 def _number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise UserError(f"{where} must be a number > 0 in the metric's units, got {value!r}")
@@ -88,9 +99,7 @@ def _number(value: Any, where: str) -> float:
 
 
 def _settings(raw: dict[str, Any], keys: tuple[str, ...], where: str) -> dict[str, Any]:
-    unknown = sorted(set(raw) - set(keys))
-    if unknown:
-        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(keys)}")
+    reject_unknown_keys(raw, keys, where)
     out: dict[str, Any] = {}
     if "alternative" in raw:
         if raw["alternative"] not in ALTERNATIVES:
@@ -110,7 +119,9 @@ def parse_hypotheses(raw: Any, labels: list[str], baseline: str) -> Hypotheses:
     if raw is None:
         return Hypotheses()
     if not isinstance(raw, dict):
-        raise UserError("hypotheses must be a mapping (alternative, family, smallest_effect, margin)")
+        raise UserError(
+            "hypotheses must be a mapping (alternative, family, smallest_effect, margin)"
+        )
     values = _settings(raw, HYPOTHESIS_KEYS, "hypotheses")
     family = raw.get("family", "cell")
     if family not in FAMILIES:
@@ -141,9 +152,7 @@ def parse_hypotheses(raw: Any, labels: list[str], baseline: str) -> Hypotheses:
 
 def parse_seed_plan(raw: dict[str, Any], tuning_seeds: list[int]) -> SeedPlan:
     """`seeds: {min, max, step[, start, spending]}`: seeds start after the tuning seeds."""
-    unknown = sorted(set(raw) - set(SEED_PLAN_KEYS))
-    if unknown:
-        raise UserError(f"seeds: unknown key(s) {', '.join(unknown)}; known: {', '.join(SEED_PLAN_KEYS)}")
+    reject_unknown_keys(raw, SEED_PLAN_KEYS, "seeds")
     values = {}
     for key in ("min", "max", "step"):
         value = raw.get(key)

@@ -22,6 +22,7 @@ from adaptive_lora.allocation.core import STRATEGIES
 from adaptive_lora.config import RunConfig, _help
 from adaptive_lora.config import _build as build_typed
 from adaptive_lora.errors import UserError
+from adaptive_lora.study.hypotheses import reject_unknown_keys
 from adaptive_lora.study.protocol import parse_entry_budgets
 
 
@@ -149,11 +150,7 @@ def _strategy_entry(raw: Any, index: int, budgets: list[str]) -> StrategyEntry:
         raw = {"name": raw}
     if not isinstance(raw, dict):
         raise UserError(f"{where} must be a strategy name or a mapping with `name`, got {raw!r}")
-    unknown = sorted(set(raw) - set(STRATEGY_KEYS))
-    if unknown:
-        raise UserError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(STRATEGY_KEYS)}"
-        )
+    reject_unknown_keys(raw, STRATEGY_KEYS, where)
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise UserError(f"{where}.name is missing: give a strategy name")
