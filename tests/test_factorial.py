@@ -129,6 +129,8 @@ def test_the_pilot_runs_end_to_end_on_a_tiny_model_and_reports_the_regime(tmp_pa
         budgets=["r1", "r2", "r4"],
         seeds=[0, 1],
         train={"batch_size": 4, "max_steps": 2, "lr": 2e-3, "threads": 1},
+        # Stage 2 of a regime map: the other strategy only where the baseline's rank binds.
+        strategies=["uniform", {"name": "linear_decay", "where": {"task": "arith"}}],
     )
     spec = yaml.safe_load(path.read_text())
     spec["tasks"][0]["data"].update(n_test=12, max_length=400, n_train=[8, 16])
@@ -138,7 +140,7 @@ def test_the_pilot_runs_end_to_end_on_a_tiny_model_and_reports_the_regime(tmp_pa
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     study = load_study(path)
     summary = run_study(study, executor=LocalExecutor(), quiet=True, log=lambda line: None)
-    assert len(summary.done) == 4 * 3 * 2 * 2
+    assert len(summary.done) == 4 * 3 * 2 + 2 * 3 * 2  # linear_decay in the arith groups only
     with StudyStore.open(study.store_path, create=False) as store:
         rows = store.rows()
     arith = [r for r in rows if r.config["data"]["source"].startswith("reasoning_gym:")]
@@ -161,6 +163,41 @@ def test_the_pilot_runs_end_to_end_on_a_tiny_model_and_reports_the_regime(tmp_pa
     assert (out / "figures" / "regime_ladder.png").is_file()
     stats = __import__("json").loads((out / "stats.json").read_text())
     assert len(stats["regime"]) == 4 and all(len(e["ladder"]) == 3 for e in stats["regime"])
+    alpaca = text[text.index("## Task `alpaca`, n_train = 8") :]
+    assert "linear_decay" in text[: text.index("## Task `alpaca`")] and "linear_decay" not in alpaca
+
+
+def test_where_runs_a_strategy_only_in_the_groups_it_names(tmp_path):
+    strategies = [
+        "uniform",
+        {"name": "linear_decay", "budgets": ["r1", "r4"], "where": {"task": "arith", "n_train": 1024}},
+    ]
+    study = load_study(_pilot(tmp_path, strategies=strategies), check_sources=False)
+    decay = [(s.group, s.budget) for s in study.runs if s.label == "linear_decay"]
+    assert decay == [("smollm2-135m|arith|1024", "r1"), ("smollm2-135m|arith|1024", "r4")]
+    assert len(study.runs) == 4 * 3 + 2
+    assert [study.for_group(g).labels for g in study.groups] == [
+        ["uniform"], ["uniform", "linear_decay"], ["uniform"], ["uniform"]
+    ]
+
+
+@pytest.mark.parametrize(
+    "where, baseline_where, message",
+    [
+        ({"task": "arithmetic"}, False, r"where\.task: \['arithmetic'\] not among the study's levels \(arith, alpaca\)"),
+        ({"n_train": 2000}, False, r"where\.n_train: \[2000\] not among"),
+        ({"size": 256}, False, r"strategies\[1\]\.where: unknown key"),
+        ({"task": "alpaca", "n_train": 256}, False, "matches no group"),
+        ({"task": "arith"}, True, "the baseline 'uniform' runs in every group"),
+    ],
+)
+def test_a_bad_where_is_one_line(tmp_path, where, baseline_where, message, capsys):
+    first = {"name": "uniform", "where": where} if baseline_where else "uniform"
+    path = _pilot(tmp_path, strategies=[first, {"name": "linear_decay", "where": where}])
+    assert main(["run", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and __import__("re").search(message, err), err
+    assert not (tmp_path / "out").exists()
 
 
 def test_status_shows_one_block_per_group(tmp_path):

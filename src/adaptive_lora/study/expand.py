@@ -55,22 +55,23 @@ def expand_runs(study: Any, rows: Sequence[RunRow] = ()) -> list[RunSpec]:
     """
     plan: list[tuple[Group, StrategyEntry, str, int, float, bool]] = []
     for group in study.groups:
-        choices = study.lr_choices_by_group[group.key]
-        counts = seed_counts(study, group, study.rows_of(group, rows)) if study.seed_plan else {}
-        for budget in study.budgets:
-            for seed in study.lr_tuning_seeds:
-                for entry in study.strategies:
-                    if budget in study.budgets_for(entry.label):
+        part = study.for_group(group)  # only the strategies that run in this group (`where`)
+        choices = part.lr_choices_by_group[group.key]
+        counts = seed_counts(part, group, part.rows_of(group, rows)) if part.seed_plan else {}
+        for budget in part.budgets:
+            for seed in part.lr_tuning_seeds:
+                for entry in part.strategies:
+                    if budget in part.budgets_for(entry.label):
                         # The grid as tuning stands (extended past an edge: `lr_extend`).
                         lrs = tuple(choices[(entry.label, budget)].candidates)
                         plan += [(group, entry, budget, seed, lr, True) for lr in lrs]
-        for budget in study.budgets:
-            for position, seed in enumerate(study.seeds):
-                for entry in study.strategies:
-                    if position >= counts.get((budget, entry.label), len(study.seeds)):
+        for budget in part.budgets:
+            for position, seed in enumerate(part.seeds):
+                for entry in part.strategies:
+                    if position >= counts.get((budget, entry.label), len(part.seeds)):
                         continue  # sequential: this comparison has not reached that look
-                    if budget in study.budgets_for(entry.label):
-                        lrs = _reporting_lrs(study, entry, budget, choices)
+                    if budget in part.budgets_for(entry.label):
+                        lrs = _reporting_lrs(part, entry, budget, choices)
                         plan += [(group, entry, budget, seed, lr, False) for lr in lrs]
     runs: list[RunSpec] = []
     seen: dict[str, str] = {}

@@ -74,8 +74,9 @@ def plan_study(study: Study, pilot: Study, pilot_rows: Sequence[RunRow], *,
     n_planned = study.seed_plan.maximum if study.seed_plan else len(study.seeds)
     plans = []
     for group in study.groups:
+        part = study.for_group(group)  # the strategies that run in this group (`where`)
         for budget in study.budgets:
-            labels = [label for label in study.labels if budget in study.budgets_for(label)]
+            labels = [label for label in part.labels if budget in part.budgets_for(label)]
             if study.baseline not in labels:
                 continue
             compared = [label for label in labels if label != study.baseline]

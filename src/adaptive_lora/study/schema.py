@@ -43,7 +43,9 @@ class StudyFile:
     )
     tasks: list[Any] | None = _help("several tasks: {name, data, eval} each (design.py)", None)
     budgets: Any = _help("a list of rN or parameter counts (r8, 50k, 1.2M)", None)
-    strategies: list[Any] | None = _help("names, or {name, params, label, lr, budgets}", None)
+    strategies: list[Any] | None = _help(
+        "names, or {name, params, label, lr, budgets, where}", None
+    )
     seeds: Any = _help("a list, a range '0..7', or {min, max, step} (sequential)", None)
     train: dict[str, Any] | None = _help("TrainSettings for every run", None)
     eval: dict[str, Any] | None = _help("EvalSettings for every run (a task may override)", None)
@@ -65,7 +67,11 @@ TOP_KEYS = tuple(f.name for f in fields(StudyFile))
 REQUIRED_KEYS = ("name", "budgets", "strategies", "seeds")
 
 
-STRATEGY_KEYS = ("name", "params", "label", "lr", "budgets")
+STRATEGY_KEYS = ("name", "params", "label", "lr", "budgets", "where")
+
+
+# What a strategy's `where` may restrict: the factors of a group (`design.Group`).
+WHERE_KEYS = ("model", "task", "n_train")
 
 
 ALLOCATION_KEYS = ("min_rank", "max_rank", "target")
@@ -90,6 +96,14 @@ class StrategyEntry:
     params: dict[str, Any] = field(default_factory=dict)
     lr: tuple[float, ...] | None = None  # this strategy's own learning-rate candidates
     budgets: tuple[str, ...] | None = None  # the budgets it runs at (None: all of them)
+    # The groups it runs in: factor → the levels allowed (None: every group).
+    where: dict[str, tuple[Any, ...]] | None = None
+
+    def runs_in(self, group: Any) -> bool:
+        """Whether this strategy runs in a model × task × size group."""
+        return self.where is None or all(
+            getattr(group, factor) in levels for factor, levels in self.where.items()
+        )
 
 
 def parse_seeds(value: Any, where: str = "seeds") -> list[int]:
@@ -172,7 +186,51 @@ def _strategy_entry(raw: Any, index: int, budgets: list[str]) -> StrategyEntry:
         raise UserError(f"{where}.label must be letters, digits, `-`, `_` or `.`, got {label!r}")
     lr = lr_list(raw["lr"], f"{where}.lr") if raw.get("lr") is not None else None
     own = parse_entry_budgets(raw.get("budgets"), budgets, where)
-    return StrategyEntry(name=name, label=label, params=dict(params), lr=lr, budgets=own)
+    groups = _where(raw.get("where"), f"{where}.where")
+    return StrategyEntry(
+        name=name, label=label, params=dict(params), lr=lr, budgets=own, where=groups
+    )
+
+
+def _where(value: Any, where: str) -> dict[str, tuple[Any, ...]] | None:
+    """`where: {task: arith, n_train: [2000]}` → factor → allowed levels (checked against
+    the study's groups once they are built: `check_where`)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value:
+        raise UserError(
+            f"{where} must be a mapping like {{task: arith, n_train: [2000]}}, got {value!r}"
+        )
+    reject_unknown_keys(value, WHERE_KEYS, where)
+    out = {}
+    for factor, levels in value.items():
+        levels = levels if isinstance(levels, list) else [levels]
+        if not levels or any(isinstance(v, (bool, dict, list)) or v is None for v in levels):
+            raise UserError(f"{where}.{factor} must be a value or a non-empty list, got {value[factor]!r}")
+        out[factor] = tuple(levels)
+    return out
+
+
+def check_where(entries: list[StrategyEntry], groups: list[Any], baseline: str) -> None:
+    """Every `where` level names a real model, task or size; the baseline runs everywhere."""
+    for index, entry in enumerate(entries):
+        if entry.where is None:
+            continue
+        if entry.label == baseline:
+            raise UserError(
+                f"strategies[{index}].where: the baseline {baseline!r} runs in every group "
+                "(the others are compared with it there); drop its `where`"
+            )
+        for factor, levels in entry.where.items():
+            known = list(dict.fromkeys(getattr(g, factor) for g in groups))
+            unknown = [v for v in levels if v not in known]
+            if unknown:
+                raise UserError(
+                    f"strategies[{index}].where.{factor}: {unknown} not among the study's "
+                    f"levels ({', '.join(map(str, known))})"
+                )
+        if not any(entry.runs_in(g) for g in groups):
+            raise UserError(f"strategies[{index}].where matches no group of the study")
 
 
 def parse_budget_list(value: Any) -> list[str]:

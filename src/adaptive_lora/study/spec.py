@@ -11,6 +11,7 @@ A study file (every shipped one starts with a comment giving the command that ru
     strategies:                       # a name, or a mapping
       - uniform
       - {name: linear_decay, params: {ratio: 4}, label: decay-4x, lr: [5e-4, 1e-3]}
+      - {name: empirical, budgets: [r8], where: {task: arith, n_train: 2000}}  # some cells
     seeds: 0..7                       # inclusive range, or a list [0, 1, 2]
     train: {...}                      # the RunConfig sections, passed through
     eval: {...}
@@ -61,6 +62,7 @@ from adaptive_lora.study.schema import (
     base_sections,
     check_baseline,
     check_header,
+    check_where,
     lr_extend_setting,
     lr_list,
     parse_budget_list,
@@ -169,10 +171,12 @@ class Study:
         return [r for r in rows if group_signature(r.config) == group.signature]
 
     def for_group(self, group: Group) -> Study:
-        """The part of a study on one model × task × size: its runs and its rate choices."""
+        """The part of a study on one model × task × size: the strategies that run there
+        (`where`), its runs and its rate choices."""
         choices = self.lr_choices_by_group.get(group.key, {})
         return dataclasses.replace(
             self,
+            strategies=[entry for entry in self.strategies if entry.runs_in(group)],
             model=group.model,
             models=[group.model],
             runs=[spec for spec in self.runs if spec.group == group.key],
@@ -324,6 +328,7 @@ def _build_study(
         raw.get("cross_budget"), budgets, baseline_entry.budgets or tuple(budgets)
     )
     groups = build_groups(models, parse_tasks(raw), base_sections(raw, models[0]))
+    check_where(entries, groups, baseline)
     _check_splits(groups, tuned=lr_candidates is not None or any(e.lr for e in entries))
     if check_sources:
         _check_group_sources(groups)
@@ -356,7 +361,9 @@ def _build_study(
         seed_plan=seed_plan,
         lr_extend=lr_extend_setting(raw.get("lr_extend"), tuning_seeds),
     )
-    study.lr_choices_by_group = {g.key: study.select_lr(study.rows_of(g, rows)) for g in groups}
+    study.lr_choices_by_group = {
+        g.key: study.for_group(g).select_lr(study.rows_of(g, rows)) for g in groups
+    }
     study.lr_choices = study.lr_choices_by_group[groups[0].key]
     study.runs = expand_runs(study, rows)
     study.spec_hash = spec_hash(name, baseline, study.runs)
