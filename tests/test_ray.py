@@ -163,7 +163,7 @@ def test_resources_key_of_a_study(tmp_path, tiny_model):
     path = write_study(tmp_path, tiny_model, resources={"threads_per_run": 1, "gpus_per_run": 0})
     assert load_study(path).resources == {"threads_per_run": 1, "gpus_per_run": 0}
     bad = write_study(tmp_path / "bad", tiny_model, resources={"cores": 2})
-    with pytest.raises(Exception, match="unknown resources key"):
+    with pytest.raises(Exception, match="resources: unknown key"):
         load_study(bad)
 
 

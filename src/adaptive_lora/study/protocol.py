@@ -23,6 +23,7 @@ from typing import Any
 
 from adaptive_lora.allocation.budget import parse_budget
 from adaptive_lora.errors import UserError
+from adaptive_lora.study.hypotheses import reject_unknown_keys
 
 CROSS_BUDGET_KEYS = ("small", "large", "margin")
 # `margin: post-hoc`: half the baseline's measured small → large gain, computed from the
@@ -90,9 +91,7 @@ def parse_cross_budget(
         return None
     if not isinstance(value, dict):
         raise UserError(f"cross_budget must be a mapping {{small, large, margin}}, got {value!r}")
-    unknown = sorted(set(value) - set(CROSS_BUDGET_KEYS))
-    if unknown:
-        raise UserError(f"cross_budget: unknown key(s) {', '.join(unknown)}")
+    reject_unknown_keys(value, CROSS_BUDGET_KEYS, "cross_budget")
     small, large = str(value.get("small", "")), str(value.get("large", ""))
     if small not in budgets:
         raise UserError(f"cross_budget.small {small!r} is not one of the budgets {budgets}")

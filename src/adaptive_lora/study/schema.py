@@ -269,10 +269,7 @@ def parse_resources(raw: Any) -> dict[str, float]:
         return {}
     if not isinstance(raw, dict):
         raise UserError(f"resources must be a mapping of {', '.join(RESOURCE_KEYS)}")
-    unknown = sorted(set(raw) - set(RESOURCE_KEYS))
-    if unknown:
-        known = ", ".join(RESOURCE_KEYS)
-        raise UserError(f"unknown resources key(s) {', '.join(unknown)}; known: {known}")
+    reject_unknown_keys(raw, RESOURCE_KEYS, "resources")
     for key, value in raw.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise UserError(f"resources.{key} must be a number >= 0, got {value!r}")
