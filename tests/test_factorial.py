@@ -206,3 +206,29 @@ def test_status_shows_one_block_per_group(tmp_path):
     text = format_status(load_study(_pilot(tmp_path), check_sources=False))
     assert "task arith, n_train = 256:" in text and "task alpaca, n_train = 128:" in text
     assert "24 runs: 0 done" in text
+
+
+def test_the_estimate_prices_each_group_by_its_own_runs_and_size(tmp_path):
+    """Finished runs of one group price that group at their mean; a group with none yet is
+    priced by its size at the measured seconds per heuristic second; runs go to the first
+    worker to come free."""
+    from types import SimpleNamespace
+
+    from adaptive_lora.study.plan import estimate, heuristic_seconds
+
+    study = load_study(_pilot(tmp_path), check_sources=False)
+    small, large = study.groups[0].key, study.groups[1].key  # arith 256, arith 1024
+    finished = [s for s in study.runs if s.group == small][:2]
+    rows = {
+        s.run_id: SimpleNamespace(status="done", seconds=seconds, config=s.config.to_dict())
+        for s, seconds in zip(finished, (90.0, 110.0))
+    }
+    todo_small = [s for s in study.runs if s.group == small][2:]
+    assert estimate(study, rows, todo_small).seconds == pytest.approx(100.0 * len(todo_small))
+    todo_large = [s for s in study.runs if s.group == large]
+    ratio = 100.0 / heuristic_seconds(finished[0].config)
+    one = ratio * heuristic_seconds(todo_large[0].config)
+    assert one > 2 * 100.0  # four times the steps: not priced at the small group's mean
+    assert estimate(study, rows, todo_large).seconds == pytest.approx(one * len(todo_large))
+    both = estimate(study, rows, todo_small[:1] + todo_large[:2], at_once=2)
+    assert both.seconds == pytest.approx(max(one, 100.0 + one))

@@ -289,7 +289,7 @@ def test_dry_run_lists_and_estimates_without_writing(tmp_path, capsys):
     assert "0 would run" in capsys.readouterr().out
     assert main(["run", str(path), "--dry-run", "--retry-failed"]) == 0
     out = capsys.readouterr().out
-    assert "1 would run" in out and "[failed]" in out and "mean of 3 finished run(s)" in out
+    assert "1 would run" in out and "[failed]" in out and "3 finished run(s), scaled by each run's size" in out
     assert format_dry_run(study, retry_failed=False).count("\n") == 1
 
 
@@ -345,7 +345,7 @@ def test_status_marks_and_counts(tmp_path, capsys):
     assert lines["uniform"].split()[-3:] == ["✓", "✓", "·"]
     assert lines["linear_decay"].split()[-3:] == ["✓", "✓", "!"]
     assert "6 runs: 4 done, 1 interrupted, 1 pending" in text
-    assert "remaining: 2 run(s)" in text and "mean of 4 finished run(s)" in text
+    assert "remaining: 2 run(s)" in text and "4 finished run(s), scaled by each run's size" in text
 
 
 def test_a_second_run_of_a_busy_study_is_refused(tmp_path, capsys):

@@ -134,12 +134,11 @@ def format_dry_run(study, *, retry_failed: bool, at_once: int = 1) -> str:
     lines.append(f"estimate: {guess.text()}")
     lines += design_warnings(study, [row for row in rows.values() if row is not None])
     if study.runs_to_come():
-        more = study.runs_to_come()
-        per_run = guess.seconds / guess.n_runs if guess.n_runs else 0.0
+        both = estimate(study, rows, todo, at_once=at_once, to_come=True)
         lines.append(
-            f"then {more} reporting run(s), once the tuning seeds {study.lr_tuning_seeds} have "
-            f"chosen each learning rate: {len(todo) + more} run(s) in all ≈ "
-            f"{format_duration(per_run * (len(todo) + more))} at the same rate per run"
+            f"then {study.runs_to_come()} reporting run(s), once the tuning seeds "
+            f"{study.lr_tuning_seeds} have chosen each learning rate: {both.n_runs} run(s) "
+            f"in all ≈ {format_duration(both.seconds)}"
             + (f", {at_once} at a time" if at_once > 1 else "")
         )
     return "\n".join(lines)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from adaptive_lora.analysis.descriptive import describe
 from adaptive_lora.config import RunConfig
+from adaptive_lora.errors import UserError
+from adaptive_lora.study.design import group_signature
 from adaptive_lora.study.spec import RunSpec, Study
 from adaptive_lora.study.store import DONE, FAILED, PENDING, RUNNING, RunRow, StudyStore
 
@@ -87,30 +90,83 @@ def heuristic_seconds(config: RunConfig) -> float:
 
 
 def estimate(
-    study: Study, rows: dict[str, RunRow | None], todo: Sequence[RunSpec], *, at_once: int = 1
+    study: Study | None,
+    rows: dict[str, RunRow | None],
+    todo: Sequence[RunSpec],
+    *,
+    at_once: int = 1,
+    to_come: bool = False,
 ) -> Estimate:
-    """From the mean wall time of this study's finished runs; before any, a heuristic.
+    """How long `todo` (and, with `to_come`, the reporting runs tuning has not opened yet)
+    will take, `at_once` side by side (`--workers`).
 
-    `at_once` runs go side by side (`--workers`): the runs are taken in rounds of that
-    many. A finished run's wall time is what it took as it ran, so the estimate holds
+    Each run is predicted by its size (`heuristic_seconds`: steps, tokens, answers)
+    scaled by what this study's finished runs took against their own size — those of its
+    group (model × task × size) where it has any, else all of them — so a study whose
+    groups differ tenfold in size is not priced at one mean. Before any run has finished,
+    the heuristic alone (an upper bound). The runs go to whichever worker frees first, in
+    order. A finished run's wall time is what it took as it ran, so the estimate holds
     for the worker setting those runs had.
     """
     at_once = max(1, at_once)
-    rounds = math.ceil(len(todo) / at_once)
-    finished = [
-        r.seconds for r in rows.values() if r is not None and r.status == DONE and r.seconds
-    ]
-    if finished:
-        mean = describe(finished)["mean"]
+    configs = [spec.config for spec in todo] if study is not None else []
+    more = _runs_to_come(study) if (to_come and study is not None) else []
+    finished = [r for r in rows.values() if r is not None and r.status == DONE and r.seconds]
+    if study is None:  # no specs to size: every run at the finished runs' mean
+        mean = describe([r.seconds for r in finished])["mean"] if finished else 0.0
+        seconds = [mean] * len(todo)
         source = f"mean of {len(finished)} finished run(s): {format_duration(mean)} each"
-        return Estimate(mean * rounds, len(todo), source, at_once)
-    seconds = sum(heuristic_seconds(spec.config) for spec in todo) * rounds / max(1, len(todo))
-    source = (
-        "rough heuristic, no finished runs yet: "
-        f"{HEURISTIC_TRAIN_TOKENS_PER_S:g} training tokens/s as SmolLM2-135M on 2 CPU cores, "
-        "every example at max_length, so an upper bound"
-    )
-    return Estimate(seconds, len(todo), source, at_once)
+    elif finished:
+        scale = _measured_scale(finished)
+        seconds = [heuristic_seconds(c) * scale(c) for c in configs + more]
+        source = f"{len(finished)} finished run(s), scaled by each run's size and group"
+    else:
+        seconds = [heuristic_seconds(c) for c in configs + more]
+        source = (
+            "rough heuristic, no finished runs yet: "
+            f"{HEURISTIC_TRAIN_TOKENS_PER_S:g} training tokens/s as SmolLM2-135M on 2 CPU "
+            "cores, every example at max_length, so an upper bound"
+        )
+    return Estimate(_makespan(seconds, at_once), len(seconds), source, at_once)
+
+
+def _runs_to_come(study: Study) -> list[RunConfig]:
+    """A config per reporting run that tuning has not opened yet (sized like its group)."""
+    out = []
+    for group in study.groups:
+        part = study.for_group(group)
+        config = RunConfig.from_dict(copy.deepcopy(group.sections))
+        out += [config] * part.runs_to_come()
+    return out
+
+
+def _measured_scale(finished: list[RunRow]):
+    """config → measured seconds per heuristic second: the mean over the finished runs of
+    its group (same model and data), or over all of them for a group with none yet."""
+    by_group: dict[str, list[float]] = {}
+    for row in finished:
+        try:
+            size = heuristic_seconds(RunConfig.from_dict(copy.deepcopy(row.config)))
+        except UserError:  # a row written by an older schema: left out of the scale
+            continue
+        by_group.setdefault(group_signature(row.config), []).append(row.seconds / size)
+    overall = [ratio for ratios in by_group.values() for ratio in ratios]
+    default = sum(overall) / len(overall) if overall else 1.0
+
+    def scale(config: RunConfig) -> float:
+        ratios = by_group.get(group_signature(config.to_dict()))
+        return sum(ratios) / len(ratios) if ratios else default
+
+    return scale
+
+
+def _makespan(seconds: list[float], workers: int) -> float:
+    """Wall time of the runs taken in order, each by the first worker to come free."""
+    free = [0.0] * workers
+    for duration in seconds:
+        soonest = free.index(min(free))
+        free[soonest] += duration
+    return max(free) if seconds else 0.0
 
 
 def format_duration(seconds: float) -> str:
