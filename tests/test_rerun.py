@@ -89,3 +89,18 @@ def test_compare_metrics_reads_numbers_and_curves():
     assert [key for key, *_, ok in moved if not ok] == ["train_loss_curve"]
     assert compare_metrics({"val_loss": float("nan")}, {"val_loss": float("nan")})[0][-1]
     assert not compare_metrics({"rouge_l": None}, {"rouge_l": 0.5})[0][-1]
+
+
+def test_compare_metrics_reads_task_metrics_and_per_item_records():
+    """A generated task's `task_score` (named in `eval_metrics`) and every item's loss and
+    verdict are compared, not only the fixed list."""
+    items = {"key": ["a1", "b2"], "loss": [0.5, 0.7], "tokens": [3, 4], "task_score": [1.0, 0.0]}
+    stored = {"test_loss": 1.5, "task_score": 0.5, "eval_metrics": ["task_score"], "test_items": items}
+    same = compare_metrics(stored, json.loads(json.dumps(stored)))
+    assert [key for key, *_ in same] == ["test_loss", "task_score", "test_items"]
+    assert all(ok for *_, ok in same)
+    flipped = {**items, "task_score": [1.0, 1.0]}
+    moved = compare_metrics(stored, {**stored, "task_score": 1.0, "test_items": flipped})
+    assert [key for key, *_, ok in moved if not ok] == ["task_score", "test_items"]
+    renamed = {**items, "key": ["a1", "c3"]}
+    assert not compare_metrics(stored, {**stored, "test_items": renamed})[-1][-1]

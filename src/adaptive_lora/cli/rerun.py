@@ -23,7 +23,7 @@ from typing import Any
 
 from adaptive_lora.config import RunConfig
 from adaptive_lora.errors import UserError
-from adaptive_lora.records import CURVE_KEYS, STATUS_DONE
+from adaptive_lora.records import CURVE_KEYS, ITEMS_KEY, STATUS_DONE
 from adaptive_lora.report.environment_check import MUST_AGREE
 from adaptive_lora.study.machine_check import is_bf16
 from adaptive_lora.study.spec import load_study
@@ -64,6 +64,14 @@ def _find_run(store: StudyStore, wanted: str) -> RunRow:
 def _same(stored: Any, now: Any, tolerance: float) -> bool:
     if stored is None or now is None:
         return stored is None and now is None
+    if isinstance(stored, dict):  # the per-item records: column by column
+        return (
+            isinstance(now, dict)
+            and stored.keys() == now.keys()
+            and all(_same(stored[k], now[k], tolerance) for k in stored)
+        )
+    if isinstance(stored, str) or isinstance(now, str):  # an item's key
+        return stored == now
     if isinstance(stored, list):
         return (
             isinstance(now, list)
@@ -79,8 +87,12 @@ def _same(stored: Any, now: Any, tolerance: float) -> bool:
 def compare_metrics(
     stored: dict[str, Any], now: dict[str, Any], tolerance: float = 0.0
 ) -> list[tuple[str, Any, Any, bool]]:
-    """(key, stored, re-run, same) for every compared number and curve either run has."""
-    keys = [k for k in (*COMPARED, *CURVE_KEYS) if k in stored or k in now]
+    """(key, stored, re-run, same) for every compared number, task metric (`eval_metrics`:
+    a generated task's `task_score`), curve and per-item record either run has."""
+    named = (*COMPARED, *stored.get("eval_metrics", ()), *now.get("eval_metrics", ()))
+    keys = [
+        k for k in (*dict.fromkeys(named), *CURVE_KEYS, ITEMS_KEY) if k in stored or k in now
+    ]
     return [
         (k, stored.get(k), now.get(k), _same(stored.get(k), now.get(k), tolerance)) for k in keys
     ]
@@ -122,7 +134,7 @@ def seed_sd(rows: list[RunRow], row: RunRow) -> tuple[dict[str, float], int]:
         and r.config.get("model") == row.config.get("model")
     ]
     sds = {}
-    for key in COMPARED:
+    for key in (*COMPARED, *row.metrics.get("eval_metrics", ())):
         values = [r.metrics.get(key) for r in peers]
         values = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
         if len(values) >= 2 and statistics.stdev(values) > 0:
@@ -143,6 +155,9 @@ def in_sd(stored: Any, now: Any, sd: float | None) -> str:
 def _shown(value: Any) -> str:
     if isinstance(value, list):
         return f"curve of {len(value)} points"
+    if isinstance(value, dict):
+        items = max((len(v) for v in value.values() if isinstance(v, list)), default=0)
+        return f"{items} items × {len(value)} columns"
     return "None" if value is None else repr(value)
 
 
