@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from adaptive_lora.report.regime import gain_per_doubling, heatmap_cells, regime_map
+from adaptive_lora.analysis.ladder import gain_per_doubling
+from adaptive_lora.report.regime import heatmap_cells, regime_map
 
 
 def _ladder(slope: float, noise: float, seed: int = 0):
@@ -35,6 +36,7 @@ def test_the_overall_gain_is_the_mean_of_per_seed_least_squares_slopes():
     low, high = stats.t.interval(0.95, len(slopes) - 1, np.mean(slopes), stats.sem(slopes))
     assert gain["mean"] == pytest.approx(np.mean(slopes), rel=1e-9)
     assert gain["ci_t"] == pytest.approx([low, high], rel=1e-9)
+    assert gain["sd"] == pytest.approx(np.std(slopes, ddof=1), rel=1e-9)
     assert gain["established"]
 
 

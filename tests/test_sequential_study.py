@@ -123,3 +123,61 @@ def test_plan_needs_a_stated_effect_or_margin(monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     assert main(["plan", "configs/alpaca-smollm2.yaml"]) == 2
     assert "smallest effect" in capsys.readouterr().err
+
+
+class Ladder:
+    """Fake uniform runs whose test loss falls by 0.01 per doubling of rank, with noise."""
+
+    def __call__(self, config, out_root, *, run_id=None, loaded=None, quiet=False):
+        import math
+
+        run_dir = Path(out_root) / run_id
+        run_dir.mkdir(parents=True)
+        rank = int(config.allocation.budget[1:])
+        metrics = {k: None for k in METRIC_KEYS}
+        metrics.update(
+            test_loss=2.0 - 0.01 * math.log2(rank) + 5 * _noise(str(rank), config.seed),
+            val_loss=2.0,
+            effective_params=1000 * rank,
+            train_seconds=1.0,
+        )
+        write_json(run_dir / "metrics.json", metrics)
+        return RunResult(run_id, run_dir, "done", metrics, {"versions": {"torch": "x"}})
+
+
+def test_plan_gives_the_seeds_to_establish_the_baselines_gain_per_doubling(tmp_path, capsys):
+    """The ladder's sd is that of scipy's per-seed least-squares slopes; the seeds are
+    statsmodels' t-test solution for gain / sd, rounded up."""
+    import math
+
+    import numpy as np
+    from scipy import stats
+    from statsmodels.stats.power import TTestPower
+
+    from adaptive_lora.cli import main
+    from adaptive_lora.study.power_plan import plan_ladder
+
+    path = _study(tmp_path, budgets=["r1", "r2", "r4", "r8"], strategies=["uniform"],
+                  seeds="0..5", hypotheses=None)  # fmt: skip
+    study = load_study(path, check_sources=False)
+    run_study(study, executor=LocalExecutor(Ladder(), load_model=lambda s: None), log=lambda x: None)
+    with StudyStore.open(study.store_path, create=False) as store:
+        rows = store.rows()
+    plans = plan_ladder(study, load_study(path, check_sources=False), rows, gain=0.004)
+    overall = plans[0]
+    assert overall.span == "r1 → r8 (slope)" and overall.n_pilot == 6
+    x = np.log2([1000, 2000, 4000, 8000])
+    slopes = [
+        -stats.linregress(x, [r.metrics["test_loss"] for r in sorted(
+            (r for r in rows if r.seed == seed), key=lambda r: r.metrics["effective_params"])]).slope
+        for seed in range(6)
+    ]  # fmt: skip
+    assert overall.mean == pytest.approx(np.mean(slopes), rel=1e-9)
+    assert overall.sd == pytest.approx(np.std(slopes, ddof=1), rel=1e-9)
+    needed = TTestPower().solve_power(effect_size=0.004 / overall.sd, alpha=0.05, power=0.8)
+    assert overall.plan["t_seeds"] == math.ceil(needed - 1e-9)
+    assert [p.span for p in plans[1:]] == ["r1 → r2", "r2 → r4", "r4 → r8"]
+    assert main(["plan", str(path), "--gain-per-doubling", "0.004"]) == 0
+    out = capsys.readouterr().out
+    assert "| r1 → r8 (slope) |" in out and "establish 0.004 per doubling" in out
+    assert main(["plan", str(path), "--gain-per-doubling", "-1"]) == 2

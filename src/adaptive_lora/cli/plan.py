@@ -6,7 +6,13 @@ import argparse
 
 from adaptive_lora.errors import UserError
 from adaptive_lora.study.plan import open_store_if_any
-from adaptive_lora.study.power_plan import plan_study, plan_table, warning_lines
+from adaptive_lora.study.power_plan import (
+    ladder_table,
+    plan_ladder,
+    plan_study,
+    plan_table,
+    warning_lines,
+)
 from adaptive_lora.study.spec import load_study
 
 
@@ -16,18 +22,33 @@ def cmd_plan(args: argparse.Namespace) -> int:
     h = study.hypotheses
     effect = args.smallest_effect if args.smallest_effect is not None else h.smallest_effect
     margin = args.margin if args.margin is not None else h.margin
-    if effect is None and margin is None:
+    ladder = args.gain_per_doubling
+    if ladder is not None and not ladder > 0:
+        raise UserError(f"--gain-per-doubling must be > 0 (test-loss units), got {ladder:g}")
+    if effect is None and margin is None and ladder is None:
         raise UserError(
             "plan needs a smallest effect of interest or an equivalence margin, in test-loss "
-            "units: declare them under `hypotheses:` or pass --smallest-effect / --margin"
+            "units: declare them under `hypotheses:` or pass --smallest-effect / --margin "
+            "(or --gain-per-doubling for the baseline's ladder)"
         )
     store = open_store_if_any(pilot)
     if store is None:
         raise UserError(f"the pilot {pilot.path} has no store yet ({pilot.store_path}); run it first")
     with store:
         rows = store.rows()
-    plans = plan_study(study, pilot, rows, smallest_effect=args.smallest_effect, margin=args.margin)
     n = study.seed_plan.maximum if study.seed_plan else len(study.seeds)
+    if ladder is not None:
+        print(
+            f"plan for {study.name}'s baseline ladder: pilot {pilot.name} ({len(rows)} stored "
+            f"runs); seeds for 80% power to establish a gain of {ladder:g} test loss per "
+            f"doubling of the budget (95% interval above 0); {n} seeds planned"
+        )
+        print()
+        print("\n".join(ladder_table(study, plan_ladder(study, pilot, rows, gain=ladder), ladder)))
+        if effect is None and margin is None:
+            return 0
+        print()
+    plans = plan_study(study, pilot, rows, smallest_effect=args.smallest_effect, margin=args.margin)
     declared = "declared in the study file" if h.given else "not declared in the study file"
     print(
         f"plan for {study.name}: pilot {pilot.name} ({len(rows)} stored runs); hypotheses "
@@ -60,4 +81,11 @@ def register(subparsers) -> None:
     plan.add_argument("--pilot", metavar="PILOT.yaml", help="another study's store as the pilot")
     plan.add_argument("--smallest-effect", type=float, help="what-if: overrides the declared one")
     plan.add_argument("--margin", type=float, help="what-if: overrides the declared margin")
+    plan.add_argument(
+        "--gain-per-doubling",
+        type=float,
+        metavar="G",
+        help="also plan the baseline's budget ladder: seeds to establish a test-loss gain of "
+        "G per doubling of the budget, per group, over the ladder and per step",
+    )
     plan.set_defaults(func=cmd_plan)

@@ -3,12 +3,8 @@
 A comparison of allocations says something only where the baseline's own rank binds
 (DESIGN.md, "Rank must matter before allocation can"). Per group this module reads
 the baseline's test loss (and task accuracy) at every budget from the group's
-analysis, and measures its *gain per doubling* of the parameter budget:
-
-* per step of the ladder, paired by seed: (loss at the smaller budget − loss at the
-  larger) / log2(larger / smaller parameters), its mean and 95% t interval;
-* over the whole ladder, per seed: minus the least-squares slope of test loss on
-  log2(parameters); the mean over seeds with its 95% t interval.
+analysis, and its *gain per doubling* of the parameter budget, per step and over the
+ladder, paired by seed (`analysis/ladder.py`).
 
 A gain is *established* when its interval lies above 0. The heatmap's cells are every
 strategy's paired Δ against the baseline per group × budget, marked by Holm-corrected
@@ -22,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from adaptive_lora.analysis.descriptive import mean_ci_t
 from adaptive_lora.analysis.formatting import fmt_num, fmt_p
+from adaptive_lora.analysis.ladder import gain_per_doubling
 
 PRIMARY = "test_loss"
 
@@ -49,47 +45,6 @@ def _baseline_series(analysis: dict[str, Any], baseline: str) -> list[dict[str, 
             }
         )
     return sorted(series, key=lambda s: s["params"])
-
-
-def _finite_pairs(small: dict, large: dict) -> list[tuple[float, float]]:
-    seeds = sorted(set(small) & set(large), key=str)
-    return [
-        (float(small[s]), float(large[s]))
-        for s in seeds
-        if math.isfinite(float(small[s])) and math.isfinite(float(large[s]))
-    ]
-
-
-def _interval(values: list[float]) -> dict[str, Any]:
-    if not values:
-        return {"n": 0, "mean": math.nan, "ci_t": [math.nan, math.nan], "established": False}
-    low, high = mean_ci_t(values) if len(values) > 1 else (math.nan, math.nan)
-    return {
-        "n": len(values),
-        "mean": float(np.mean(values)),
-        "ci_t": [low, high],
-        "established": bool(math.isfinite(low) and low > 0),
-    }
-
-
-def gain_per_doubling(series: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per step and over the ladder: the baseline's test-loss gain per doubling of budget."""
-    steps = []
-    for small, large in zip(series, series[1:]):
-        doublings = math.log2(large["params"] / small["params"])
-        pairs = _finite_pairs(small["test_loss"]["values"], large["test_loss"]["values"])
-        gains = [(a - b) / doublings for a, b in pairs]
-        steps.append({"from": small["budget"], "to": large["budget"], "doublings": doublings,
-                      **_interval(gains)})  # fmt: skip
-    slopes = []
-    if len(series) >= 2:
-        seeds = set.intersection(*(set(s["test_loss"]["values"]) for s in series))
-        x = np.log2([s["params"] for s in series])
-        for seed in sorted(seeds, key=str):
-            y = np.array([float(s["test_loss"]["values"][seed]) for s in series])
-            if np.all(np.isfinite(y)):
-                slopes.append(-float(np.polyfit(x, y, 1)[0]))
-    return {"steps": steps, "overall": _interval(slopes)}
 
 
 def regime_map(

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from adaptive_lora.analysis.ladder import gain_per_doubling
 from adaptive_lora.analysis.planning import plan_comparison
 from adaptive_lora.study.spec import Study
 from adaptive_lora.study.store import DONE, RunRow
@@ -158,3 +159,83 @@ def design_warnings(study: Study, rows: Sequence[RunRow]) -> list[str]:
             "OTHER.yaml`, give one); the seeds' power is unknown"
         ]
     return warning_lines(study, plans)
+
+
+@dataclass
+class LadderPlan:
+    """Seeds to establish the baseline's gain per doubling: over a group's ladder or a step."""
+
+    group: str
+    span: str  # "r1 → r16 (slope)" or one step "r1 → r2"
+    n_pilot: int  # seeds the pilot's estimate rests on
+    mean: float  # the pilot's gain per doubling
+    sd: float  # its sd over seeds
+    plan: dict[str, Any] = field(default_factory=dict)
+
+
+def _ladder_series(pilot: Study, rows: Sequence[RunRow], group_key: str) -> list[dict[str, Any]]:
+    """The pilot baseline's budgets in order of parameters, with per-seed test losses."""
+    series = []
+    for budget in pilot.budgets:
+        losses = _losses(pilot, rows, group_key, budget, pilot.baseline)
+        params = [
+            float(r.metrics["effective_params"])
+            for r in rows
+            if r.label == pilot.baseline and r.budget == budget and r.status == DONE
+            and isinstance(r.metrics.get("effective_params"), (int, float))
+        ]  # fmt: skip
+        if losses and params:
+            series.append({"budget": budget, "params": float(np.mean(params)),
+                           "test_loss": {"values": losses}})  # fmt: skip
+    return sorted(series, key=lambda s: s["params"])
+
+
+def plan_ladder(
+    study: Study, pilot: Study, pilot_rows: Sequence[RunRow], *, gain: float
+) -> list[LadderPlan]:
+    """Per group of `study`: the seeds its baseline needs to establish (95% interval above
+    0: a two-sided t-test at α = 0.05) a gain per doubling of `gain` test-loss units, over
+    the ladder (per-seed slopes) and per step, from the pilot's seed-to-seed spread."""
+    n_planned = study.seed_plan.maximum if study.seed_plan else len(study.seeds)
+    plans = []
+    for group in study.groups:
+        found = next((g for g in pilot.groups if g.signature == group.signature), None)
+        if found is None:
+            plans.append(LadderPlan(group.key, "no pilot runs with this model and data", 0,
+                                    math.nan, math.nan))  # fmt: skip
+            continue
+        series = _ladder_series(pilot, pilot.rows_of(found, pilot_rows), found.key)
+        if len(series) < 2:
+            plans.append(LadderPlan(group.key, "fewer than 2 budgets finished in the pilot", 0,
+                                    math.nan, math.nan))  # fmt: skip
+            continue
+        gains = gain_per_doubling(series)
+        spans = [(f"{series[0]['budget']} → {series[-1]['budget']} (slope)", gains["overall"])]
+        spans += [(f"{s['from']} → {s['to']}", s) for s in gains["steps"]]
+        for span, estimate in spans:
+            entry = LadderPlan(group.key, span, estimate["n"], estimate["mean"], estimate["sd"])
+            if math.isfinite(entry.sd) and entry.sd > 0:
+                entry.plan = plan_comparison(entry.sd, n_planned, smallest_effect=gain)
+            plans.append(entry)
+    return plans
+
+
+def ladder_table(study: Study, plans: list[LadderPlan], gain: float) -> list[str]:
+    """`plan --gain-per-doubling`'s table: per group and span, the seeds to establish it."""
+    n_planned = study.seed_plan.maximum if study.seed_plan else len(study.seeds)
+    titles = {g.key: g.title(study.varies()).replace("`", "") for g in study.groups}
+    lines = [
+        f"| group | ladder | pilot gain per doubling (seeds) | sd over seeds | seeds to "
+        f"establish {gain:g} per doubling, 80% [power at {n_planned}] |",
+        "|---|---|---|---|---|",
+    ]
+    for p in plans:
+        if not p.plan:
+            pilot = f"{p.mean:+.4f} ({p.n_pilot})" if p.n_pilot else "n/a"
+            lines.append(f"| {titles[p.group]} | {p.span} | {pilot} | needs 2 pilot seeds | |")
+            continue
+        seeds = _seeds(p.plan["t_seeds"], p.plan["t_power"])
+        lines.append(
+            f"| {titles[p.group]} | {p.span} | {p.mean:+.4f} ({p.n_pilot}) | {p.sd:.4f} | {seeds} |"
+        )
+    return lines

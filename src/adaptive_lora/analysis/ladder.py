@@ -1,0 +1,66 @@
+"""The baseline's gain per doubling of the parameter budget, from per-seed losses.
+
+A *series* is the baseline's budgets in order of parameters, each
+`{"budget", "params", "test_loss": {"values": {seed: loss}}}`. Its gain per doubling:
+
+* per step of the ladder, paired by seed: (loss at the smaller budget − loss at the
+  larger) / log2(larger / smaller parameters), its mean, sd and 95% t interval;
+* over the whole ladder, per seed: minus the least-squares slope of test loss on
+  log2(parameters); the mean over seeds with its sd and 95% t interval.
+
+A gain is *established* when its interval lies above 0. The report's regime map
+(`report/regime.py`) and `plan`'s seeds for the ladder (`study/power_plan.py`) read it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from adaptive_lora.analysis.descriptive import mean_ci_t
+
+
+def _finite_pairs(small: dict, large: dict) -> list[tuple[float, float]]:
+    seeds = sorted(set(small) & set(large), key=str)
+    return [
+        (float(small[s]), float(large[s]))
+        for s in seeds
+        if math.isfinite(float(small[s])) and math.isfinite(float(large[s]))
+    ]
+
+
+def gain_interval(values: list[float]) -> dict[str, Any]:
+    """Mean, sd and 95% t interval of per-seed gains; established when it lies above 0."""
+    if not values:
+        return {"n": 0, "mean": math.nan, "sd": math.nan, "ci_t": [math.nan, math.nan],
+                "established": False}  # fmt: skip
+    low, high = mean_ci_t(values) if len(values) > 1 else (math.nan, math.nan)
+    return {
+        "n": len(values),
+        "mean": float(np.mean(values)),
+        "sd": float(np.std(values, ddof=1)) if len(values) > 1 else math.nan,
+        "ci_t": [low, high],
+        "established": bool(math.isfinite(low) and low > 0),
+    }
+
+
+def gain_per_doubling(series: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per step and over the ladder: the baseline's test-loss gain per doubling of budget."""
+    steps = []
+    for small, large in zip(series, series[1:]):
+        doublings = math.log2(large["params"] / small["params"])
+        pairs = _finite_pairs(small["test_loss"]["values"], large["test_loss"]["values"])
+        gains = [(a - b) / doublings for a, b in pairs]
+        steps.append({"from": small["budget"], "to": large["budget"], "doublings": doublings,
+                      **gain_interval(gains)})  # fmt: skip
+    slopes = []
+    if len(series) >= 2:
+        seeds = set.intersection(*(set(s["test_loss"]["values"]) for s in series))
+        x = np.log2([s["params"] for s in series])
+        for seed in sorted(seeds, key=str):
+            y = np.array([float(s["test_loss"]["values"][seed]) for s in series])
+            if np.all(np.isfinite(y)):
+                slopes.append(-float(np.polyfit(x, y, 1)[0]))
+    return {"steps": steps, "overall": gain_interval(slopes)}
