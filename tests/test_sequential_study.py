@@ -181,3 +181,34 @@ def test_plan_gives_the_seeds_to_establish_the_baselines_gain_per_doubling(tmp_p
     out = capsys.readouterr().out
     assert "| r1 → r8 (slope) |" in out and "establish 0.004 per doubling" in out
     assert main(["plan", str(path), "--gain-per-doubling", "-1"]) == 2
+
+
+def test_a_strategy_the_pilot_never_ran_is_planned_from_the_baselines_paired_budgets(tmp_path):
+    """Without the strategy's own pairs, the baseline's paired differences between the
+    budget and its nearest neighbour stand in (same seeds, same data order)."""
+    import numpy as np
+
+    from adaptive_lora.study.power_plan import plan_study
+
+    pilot_path = _study(tmp_path, budgets=["r2", "r4", "r8"], strategies=["uniform"],
+                        seeds="0..5", hypotheses=None)  # fmt: skip
+    pilot = load_study(pilot_path, check_sources=False)
+    run_study(pilot, executor=LocalExecutor(Ladder(), load_model=lambda s: None), log=lambda x: None)
+    with StudyStore.open(pilot.store_path, create=False) as store:
+        rows = store.rows()
+    stage2 = load_study(
+        _study(_folder(tmp_path / "s2"), budgets=["r2", "r4", "r8"], seeds="0..5", hypotheses=None,
+               strategies=["uniform", {"name": "linear_decay", "budgets": ["r4"]}]),
+        check_sources=False,
+    )  # fmt: skip
+    pilot = load_study(pilot_path, check_sources=False)
+    [plan] = plan_study(stage2, pilot, rows, smallest_effect=0.01, margin=None)
+    loss = {(r.budget, r.seed): r.metrics["test_loss"] for r in rows}
+    diffs = [loss[("r4", s)] - loss[("r2", s)] for s in range(6)]  # r2 is listed first
+    assert plan.source == "assumed: the baseline's r4 − r2 paired by seed (6 pairs)"
+    assert plan.sd == pytest.approx(np.std(diffs, ddof=1), rel=1e-9)
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

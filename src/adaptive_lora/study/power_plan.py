@@ -4,8 +4,9 @@ A pilot is a store of finished runs: the study's own (its tuning seeds, or whate
 run) or another study's with the same model and data settings. Per comparison
 (strategy − baseline in one group × budget) the sd of the paired test-loss differences
 is estimated from the pilot's seeds at the chosen rates; where the pilot never ran the
-strategy, √2 × the baseline's seed-to-seed sd stands in (two independent runs' noise),
-said as "assumed". `analysis/planning.plan_comparison` then gives the seeds for 80%
+strategy, the baseline's own paired differences between this budget and its nearest
+other one stand in (two adapters on the same seed's data order), else √2 × the
+baseline's seed-to-seed sd (two independent runs' noise), each said as "assumed". `analysis/planning.plan_comparison` then gives the seeds for 80%
 power at the smallest effect of interest (at the first Holm step, α/m) and for TOST at
 the margin, the power of the planned seeds, and the Wilcoxon floor.
 """
@@ -63,10 +64,38 @@ def pilot_sd(
     pairs = [mine[s] - base[s] for s in sorted(set(base) & set(mine))]
     if len(pairs) >= 2 and np.std(pairs, ddof=1) > 0:
         return float(np.std(pairs, ddof=1)), f"paired ({len(pairs)} pilot pairs)"
+    near = _neighbour_pairs(pilot, rows, group.key, budget)
+    if near is not None:
+        other, diffs = near
+        return float(np.std(diffs, ddof=1)), (
+            f"assumed: the baseline's {budget} − {other} paired by seed ({len(diffs)} pairs)"
+        )
     if len(base) >= 2:
         sd = math.sqrt(2) * float(np.std(list(base.values()), ddof=1))
         return sd, f"assumed: √2 × the baseline's seed sd ({len(base)} seeds)"
     return math.nan, "no pilot: the baseline has fewer than 2 finished seeds"
+
+
+def _neighbour_pairs(
+    pilot: Study, rows: Sequence[RunRow], group_key: str, budget: str
+) -> tuple[str, list[float]] | None:
+    """The baseline's paired differences between `budget` and its nearest other budget
+    with at least 3 common seeds: two adapters trained on the same seed's data order,
+    as a strategy and the baseline are, so a closer stand-in for a strategy's paired sd
+    than two independent runs' noise. None when no budget qualifies."""
+    if budget not in pilot.budgets:
+        return None
+    base = _losses(pilot, rows, group_key, budget, pilot.baseline)
+    here = pilot.budgets.index(budget)
+    for other in sorted(pilot.budgets, key=lambda b: abs(pilot.budgets.index(b) - here)):
+        if other == budget:
+            continue
+        theirs = _losses(pilot, rows, group_key, other, pilot.baseline)
+        seeds = sorted(set(base) & set(theirs))
+        diffs = [base[s] - theirs[s] for s in seeds]
+        if len(diffs) >= 3 and np.std(diffs, ddof=1) > 0:
+            return other, diffs
+    return None
 
 
 def plan_study(study: Study, pilot: Study, pilot_rows: Sequence[RunRow], *,
