@@ -76,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UserError(f"{flags} need --workers N or --address ADDR")
         # Failed runs are part of a study's record, not an error of the command.
         with stopping_on_signals():
-            run_study(study, retry_failed=args.retry_failed, quiet=args.quiet)
+            run_study(study, retry_failed=args.retry_failed, quiet=args.quiet, log=_say)
         return 0
     # Imported here only: Ray takes 1-2 s to import, which the in-process default must not pay.
     from adaptive_lora.study.ray_executor import RayExecutor, Resources
@@ -95,7 +95,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         executor.connect()  # an unreachable cluster or impossible resources: before the store
         with stopping_on_signals():  # after connecting: ray.init sets a SIGTERM handler of its own
-            run_study(study, executor=executor, retry_failed=args.retry_failed, quiet=args.quiet)
+            run_study(
+                study, executor=executor, retry_failed=args.retry_failed, quiet=args.quiet, log=_say
+            )
     finally:
         executor.close()  # ends the workers too: Ray kills the actors of a driver that leaves
     return 0
@@ -142,6 +144,11 @@ def format_dry_run(study, *, retry_failed: bool, at_once: int = 1) -> str:
             + (f", {at_once} at a time" if at_once > 1 else "")
         )
     return "\n".join(lines)
+
+
+def _say(line: str) -> None:
+    """A progress line, out at once: a study's log is usually a file someone tails."""
+    print(line, flush=True)
 
 
 def _print_design_warnings(study) -> None:
