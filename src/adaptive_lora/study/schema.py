@@ -192,21 +192,23 @@ def _strategy_entry(raw: Any, index: int, budgets: list[str]) -> StrategyEntry:
     )
 
 
-def _where(value: Any, where: str) -> dict[str, tuple[Any, ...]] | None:
+def _where(value: Any, at: str) -> dict[str, tuple[Any, ...]] | None:
     """`where: {task: arith, n_train: [2000]}` → factor → allowed levels (checked against
     the study's groups once they are built: `check_where`)."""
     if value is None:
         return None
     if not isinstance(value, dict) or not value:
         raise UserError(
-            f"{where} must be a mapping like {{task: arith, n_train: [2000]}}, got {value!r}"
+            f"{at} must be a mapping like {{task: arith, n_train: [2000]}}, got {value!r}"
         )
-    reject_unknown_keys(value, WHERE_KEYS, where)
+    reject_unknown_keys(value, WHERE_KEYS, at)
     out = {}
     for factor, levels in value.items():
         levels = levels if isinstance(levels, list) else [levels]
         if not levels or any(isinstance(v, (bool, dict, list)) or v is None for v in levels):
-            raise UserError(f"{where}.{factor} must be a value or a non-empty list, got {value[factor]!r}")
+            raise UserError(
+                f"{at}.{factor} must be a value or a non-empty list, got {value[factor]!r}"
+            )
         out[factor] = tuple(levels)
     return out
 
