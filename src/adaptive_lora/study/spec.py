@@ -361,12 +361,17 @@ def _build_study(
         seed_plan=seed_plan,
         lr_extend=lr_extend_setting(raw.get("lr_extend"), tuning_seeds),
     )
+    return _expanded(study, rows)
+
+
+def _expanded(study: Study, rows: Sequence[RunRow]) -> Study:
+    """The study with its rate choices (per group, from the stored tuning runs) and runs."""
     study.lr_choices_by_group = {
-        g.key: study.for_group(g).select_lr(study.rows_of(g, rows)) for g in groups
+        g.key: study.for_group(g).select_lr(study.rows_of(g, rows)) for g in study.groups
     }
-    study.lr_choices = study.lr_choices_by_group[groups[0].key]
+    study.lr_choices = study.lr_choices_by_group[study.groups[0].key]
     study.runs = expand_runs(study, rows)
-    study.spec_hash = spec_hash(name, baseline, study.runs)
+    study.spec_hash = spec_hash(study.name, study.baseline, study.runs)
     return study
 
 
