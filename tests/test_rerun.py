@@ -104,3 +104,20 @@ def test_compare_metrics_reads_task_metrics_and_per_item_records():
     assert [key for key, *_, ok in moved if not ok] == ["task_score", "test_items"]
     renamed = {**items, "key": ["a1", "c3"]}
     assert not compare_metrics(stored, {**stored, "test_items": renamed})[-1][-1]
+
+
+def test_the_seed_sd_counts_only_the_runs_group():
+    """Peers are the same strategy, budget and rate in the same model × data group: a
+    factorial study's other tasks and sizes at that budget are not seeds of this run."""
+    from types import SimpleNamespace
+
+    from adaptive_lora.cli.rerun import seed_sd
+
+    def row(seed, n_train, loss):
+        config = {"model": "m", "data": {"source": "s.json", "n_train": n_train}}
+        return SimpleNamespace(status="done", label="uniform", budget="r4", lr=1e-3,
+                               seed=seed, config=config, metrics={"test_loss": loss})  # fmt: skip
+
+    rows = [row(0, 100, 1.0), row(1, 100, 1.2), row(2, 100, 1.1), row(0, 400, 9.0)]
+    sds, n = seed_sd(rows, rows[0])
+    assert n == 3 and sds["test_loss"] == pytest.approx(0.1)

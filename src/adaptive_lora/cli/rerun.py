@@ -25,6 +25,7 @@ from adaptive_lora.config import RunConfig
 from adaptive_lora.errors import UserError
 from adaptive_lora.records import CURVE_KEYS, ITEMS_KEY, STATUS_DONE
 from adaptive_lora.report.environment_check import MUST_AGREE
+from adaptive_lora.study.design import group_signature
 from adaptive_lora.study.machine_check import is_bf16
 from adaptive_lora.study.spec import load_study
 from adaptive_lora.study.store import DONE, RunRow, StudyStore
@@ -125,13 +126,15 @@ def family_line(stored: dict[str, Any], now: dict[str, Any]) -> str:
 
 def seed_sd(rows: list[RunRow], row: RunRow) -> tuple[dict[str, float], int]:
     """Per compared number, its sd over the study's done runs that differ from `row` only
-    in the seed (same model, strategy, budget, rate); and how many such runs there are."""
+    in the seed (same group — model and data —, strategy, budget, rate); and how many such
+    runs there are."""
+    group = group_signature(row.config)
     peers = [
         r
         for r in rows
         if r.status == DONE
         and (r.label, r.budget, r.lr) == (row.label, row.budget, row.lr)
-        and r.config.get("model") == row.config.get("model")
+        and group_signature(r.config) == group
     ]
     sds = {}
     for key in (*COMPARED, *row.metrics.get("eval_metrics", ())):
