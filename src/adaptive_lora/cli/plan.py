@@ -11,6 +11,7 @@ from adaptive_lora.study.power_plan import (
     plan_ladder,
     plan_study,
     plan_table,
+    planned_seeds,
     warning_lines,
 )
 from adaptive_lora.study.spec import load_study
@@ -36,7 +37,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise UserError(f"the pilot {pilot.path} has no store yet ({pilot.store_path}); run it first")
     with store:
         rows = store.rows()
-    n = study.seed_plan.maximum if study.seed_plan else len(study.seeds)
+    n = planned_seeds(study)
     if ladder is not None:
         print(
             f"plan for {study.name}'s baseline ladder: pilot {pilot.name} ({len(rows)} stored "

@@ -6,8 +6,8 @@ run) or another study's with the same model and data settings. Per comparison
 is estimated from the pilot's seeds at the chosen rates; where the pilot never ran the
 strategy, the baseline's own paired differences between this budget and its nearest
 other one stand in (two adapters on the same seed's data order), else √2 × the
-baseline's seed-to-seed sd (two independent runs' noise), each said as "assumed". `analysis/planning.plan_comparison` then gives the seeds for 80%
-power at the smallest effect of interest (at the first Holm step, α/m) and for TOST at
+baseline's seed-to-seed sd (two independent runs' noise), each said as "assumed".
+`analysis/planning.plan_comparison` then gives the seeds for 80% power at the smallest effect of interest (at the first Holm step, α/m) and for TOST at
 the margin, the power of the planned seeds, and the Wilcoxon floor.
 """
 
@@ -26,6 +26,11 @@ from adaptive_lora.study.spec import Study
 from adaptive_lora.study.store import DONE, RunRow
 
 PRIMARY = "test_loss"
+
+
+def planned_seeds(study: Study) -> int:
+    """The reporting seeds a study plans: the sequential plan's maximum, else its list."""
+    return study.seed_plan.maximum if study.seed_plan else len(study.seeds)
 
 
 @dataclass
@@ -101,7 +106,7 @@ def _neighbour_pairs(
 def plan_study(study: Study, pilot: Study, pilot_rows: Sequence[RunRow], *,
                smallest_effect: float | None, margin: float | None) -> list[ComparisonPlan]:  # fmt: skip
     """A plan per comparison of `study`, from the pilot's variance."""
-    n_planned = study.seed_plan.maximum if study.seed_plan else len(study.seeds)
+    n_planned = planned_seeds(study)
     plans = []
     for group in study.groups:
         part = study.for_group(group)  # the strategies that run in this group (`where`)
@@ -143,7 +148,7 @@ def warning_lines(study: Study, plans: list[ComparisonPlan]) -> list[str]:
 
 def plan_table(study: Study, plans: list[ComparisonPlan]) -> list[str]:
     """The `plan` command's table: per comparison, sd and the seeds each test needs."""
-    n_planned = study.seed_plan.maximum if study.seed_plan else len(study.seeds)
+    n_planned = planned_seeds(study)
     titles = {g.key: g.title(study.varies()).replace("`", "") for g in study.groups}
     lines = [
         "| group | budget | strategy | sd of differences (source) | t-test: seeds for 80% "
@@ -225,7 +230,7 @@ def plan_ladder(
     """Per group of `study`: the seeds its baseline needs to establish (95% interval above
     0: a two-sided t-test at α = 0.05) a gain per doubling of `gain` test-loss units, over
     the ladder (per-seed slopes) and per step, from the pilot's seed-to-seed spread."""
-    n_planned = study.seed_plan.maximum if study.seed_plan else len(study.seeds)
+    n_planned = planned_seeds(study)
     plans = []
     for group in study.groups:
         found = next((g for g in pilot.groups if g.signature == group.signature), None)
@@ -251,7 +256,7 @@ def plan_ladder(
 
 def ladder_table(study: Study, plans: list[LadderPlan], gain: float) -> list[str]:
     """`plan --gain-per-doubling`'s table: per group and span, the seeds to establish it."""
-    n_planned = study.seed_plan.maximum if study.seed_plan else len(study.seeds)
+    n_planned = planned_seeds(study)
     titles = {g.key: g.title(study.varies()).replace("`", "") for g in study.groups}
     lines = [
         f"| group | ladder | pilot gain per doubling (seeds) | sd over seeds | seeds to "
