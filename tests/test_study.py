@@ -293,16 +293,19 @@ def test_dry_run_lists_and_estimates_without_writing(tmp_path, capsys):
     assert format_dry_run(study, retry_failed=False).count("\n") == 1
 
 
-def test_the_estimate_takes_runs_side_by_side_in_rounds():
-    """Three runs of 60 s, two at a time: two rounds, 2 min; one at a time: 3 min."""
+def test_the_estimate_takes_runs_side_by_side_in_rounds(tmp_path):
+    """Three runs priced at 60 s each (one finished run of their size took 60 s), two at a
+    time: two rounds, 2 min; one at a time: 3 min."""
     from types import SimpleNamespace
 
     from adaptive_lora.study.plan import estimate
 
-    rows = {f"r{i}": SimpleNamespace(status="done", seconds=60.0) for i in range(4)}
-    todo = ["a", "b", "c"]
-    assert estimate(None, rows, todo).seconds == pytest.approx(180.0)
-    two = estimate(None, rows, todo, at_once=2)
+    study = load_study(write_study(tmp_path, seeds="0..3"))
+    first, *todo = [s for s in study.runs if s.label == study.runs[0].label]
+    rows = {first.run_id: SimpleNamespace(status="done", seconds=60.0, config=first.config.to_dict())}
+    todo = todo[:3]
+    assert estimate(study, rows, todo).seconds == pytest.approx(180.0)
+    two = estimate(study, rows, todo, at_once=2)
     assert two.seconds == pytest.approx(120.0)
     assert "2 at a time" in two.text() and "2 min 00 s" in two.text()
 

@@ -7,7 +7,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from adaptive_lora.analysis.descriptive import describe
 from adaptive_lora.config import RunConfig
 from adaptive_lora.errors import UserError
 from adaptive_lora.study.design import group_signature
@@ -90,7 +89,7 @@ def heuristic_seconds(config: RunConfig) -> float:
 
 
 def estimate(
-    study: Study | None,
+    study: Study,
     rows: dict[str, RunRow | None],
     todo: Sequence[RunSpec],
     *,
@@ -109,19 +108,14 @@ def estimate(
     for the worker setting those runs had.
     """
     at_once = max(1, at_once)
-    configs = [spec.config for spec in todo] if study is not None else []
-    more = _runs_to_come(study) if (to_come and study is not None) else []
+    configs = [spec.config for spec in todo] + (_runs_to_come(study) if to_come else [])
     finished = [r for r in rows.values() if r is not None and r.status == DONE and r.seconds]
-    if study is None:  # no specs to size: every run at the finished runs' mean
-        mean = describe([r.seconds for r in finished])["mean"] if finished else 0.0
-        seconds = [mean] * len(todo)
-        source = f"mean of {len(finished)} finished run(s): {format_duration(mean)} each"
-    elif finished:
+    if finished:
         scale = _measured_scale(finished)
-        seconds = [heuristic_seconds(c) * scale(c) for c in configs + more]
+        seconds = [heuristic_seconds(c) * scale(c) for c in configs]
         source = f"{len(finished)} finished run(s), scaled by each run's size and group"
     else:
-        seconds = [heuristic_seconds(c) for c in configs + more]
+        seconds = [heuristic_seconds(c) for c in configs]
         source = (
             "rough heuristic, no finished runs yet: "
             f"{HEURISTIC_TRAIN_TOKENS_PER_S:g} training tokens/s as SmolLM2-135M on 2 CPU "

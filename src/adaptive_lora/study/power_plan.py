@@ -60,7 +60,7 @@ def pilot_sd(
     pilot: Study, pilot_rows: Sequence[RunRow], signature: str, budget: str, label: str
 ) -> tuple[float, str]:
     """(sd of paired differences, where it came from) for one comparison, from a pilot."""
-    group = next((g for g in pilot.groups if g.signature == signature), None)
+    group = pilot.group_with(signature)
     if group is None:
         return math.nan, "no pilot runs with this model and data"
     rows = pilot.rows_of(group, pilot_rows)
@@ -233,7 +233,7 @@ def plan_ladder(
     n_planned = planned_seeds(study)
     plans = []
     for group in study.groups:
-        found = next((g for g in pilot.groups if g.signature == group.signature), None)
+        found = pilot.group_with(group.signature)
         if found is None:
             plans.append(LadderPlan(group.key, "no pilot runs with this model and data", 0,
                                     math.nan, math.nan))  # fmt: skip

@@ -164,7 +164,10 @@ class Study:
 
     def group_of(self, config: dict[str, Any]) -> Group | None:
         """The group a stored run belongs to, by its model and data settings."""
-        signature = group_signature(config)
+        return self.group_with(group_signature(config))
+
+    def group_with(self, signature: str) -> Group | None:
+        """This study's group with a model × data signature (another study's group, say)."""
         return next((g for g in self.groups if g.signature == signature), None)
 
     def rows_of(self, group: Group, rows: Sequence[RunRow]) -> list[RunRow]:
