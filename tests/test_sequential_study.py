@@ -212,3 +212,19 @@ def test_a_strategy_the_pilot_never_ran_is_planned_from_the_baselines_paired_bud
 def _folder(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def test_the_dry_run_counts_the_first_looks_runs_to_come_and_says_the_most(tmp_path):
+    """Tuning still to choose every rate: the reporting runs to come are the first look's
+    (3 strategies × 4 seeds), up to the last look's (× 12) if every look goes on; a study of
+    the baseline alone has one look only, so no "up to"."""
+    from adaptive_lora.cli.run import format_dry_run
+
+    tuned = {"lr_candidates": [0.001, 0.002], "lr_tuning_seeds": [0]}
+    study = load_study(_study(tmp_path, **tuned), check_sources=False)
+    text = format_dry_run(study, retry_failed=False)
+    assert "then 12 reporting run(s) at the first look (up to 36 if every look goes on)" in text
+    assert "6 would run" in text and "18 run(s) in all" in text
+    alone = load_study(_study(tmp_path, strategies=["uniform"], **tuned), check_sources=False)
+    text = format_dry_run(alone, retry_failed=False)
+    assert "then 4 reporting run(s), once the tuning seeds [0]" in text and "up to" not in text

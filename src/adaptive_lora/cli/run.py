@@ -14,8 +14,8 @@ from adaptive_lora.study.machine_check import check_machine
 from adaptive_lora.study.plan import (
     current_rows,
     estimate,
-    format_duration,
     open_store_if_any,
+    to_come_line,
     would_run,
 )
 from adaptive_lora.study.power_plan import design_warnings
@@ -135,14 +135,9 @@ def format_dry_run(study, *, retry_failed: bool, at_once: int = 1) -> str:
     guess = estimate(study, rows, todo, at_once=at_once)
     lines.append(f"estimate: {guess.text()}")
     lines += design_warnings(study, [row for row in rows.values() if row is not None])
-    if study.runs_to_come():
-        both = estimate(study, rows, todo, at_once=at_once, to_come=True)
-        lines.append(
-            f"then {study.runs_to_come()} reporting run(s), once the tuning seeds "
-            f"{study.lr_tuning_seeds} have chosen each learning rate: {both.n_runs} run(s) "
-            f"in all ≈ {format_duration(both.seconds)}"
-            + (f", {at_once} at a time" if at_once > 1 else "")
-        )
+    more = to_come_line(study, rows, todo, at_once)
+    if more:
+        lines.append(more)
     return "\n".join(lines)
 
 

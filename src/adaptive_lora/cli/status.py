@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from adaptive_lora.study.plan import current_rows, estimate, format_duration, open_store_if_any
+from adaptive_lora.study.plan import current_rows, estimate, open_store_if_any, to_come_line
 from adaptive_lora.study.spec import load_study
 from adaptive_lora.study.store import lock_is_held
 
@@ -88,13 +88,9 @@ def format_status(study) -> str:
         spec for spec in study.runs if marks[spec.run_id] in ("pending", "running", "interrupted")
     ]
     lines.append(f"remaining: {estimate(study, rows, remaining).text()}")
-    if study.runs_to_come():
-        both = estimate(study, rows, remaining, to_come=True)
-        lines.append(
-            f"then {study.runs_to_come()} reporting run(s), once the tuning seeds "
-            f"{study.lr_tuning_seeds} have chosen each learning rate: {both.n_runs} run(s) "
-            f"in all ≈ {format_duration(both.seconds)} one at a time"
-        )
+    more = to_come_line(study, rows, remaining)
+    if more:
+        lines.append(more)
     running = [(run_id, row) for run_id, row in rows.items() if marks[run_id] == "running"]
     if running:  # host and pid of the process that has it: a Ray worker's with --workers
         lines.append("running now:")

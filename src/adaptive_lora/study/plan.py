@@ -124,6 +124,25 @@ def estimate(
     return Estimate(_makespan(seconds, at_once), len(seconds), source, at_once)
 
 
+def to_come_line(
+    study: Study, rows: dict[str, RunRow | None], todo: Sequence[RunSpec], at_once: int = 1
+) -> str | None:
+    """The line after an estimate on the reporting runs tuning has not opened yet (None:
+    there are none): how many, and the time of everything with them."""
+    count = study.runs_to_come()
+    if not count:
+        return None
+    both = estimate(study, rows, todo, at_once=at_once, to_come=True)
+    most = study.runs_to_come(most=True)
+    looks = f" at the first look (up to {most} if every look goes on)" if most != count else ""
+    return (
+        f"then {count} reporting run(s){looks}, once the tuning seeds {study.lr_tuning_seeds} "
+        f"have chosen each learning rate: {both.n_runs} run(s) in all ≈ "
+        f"{format_duration(both.seconds)}"
+        + (f", {at_once} at a time" if at_once > 1 else " one at a time")
+    )
+
+
 def _runs_to_come(study: Study) -> list[RunConfig]:
     """A config per reporting run that tuning has not opened yet (sized like its group)."""
     out = []

@@ -195,13 +195,19 @@ class Study:
         choice = choices.get((spec.label, spec.budget))
         return not spec.tuning and choice is not None and choice.chosen == spec.lr
 
-    def runs_to_come(self) -> int:
-        """Reporting runs not expanded yet: their strategy × budget is still tuning."""
+    def runs_to_come(self, *, most: bool = False) -> int:
+        """Reporting runs not expanded yet: their strategy × budget is still tuning. With
+        sequential seeds, those of the first look (`most`: of the last, every look going on
+        in the groups that compare strategies; a group of the baseline alone has one look)."""
         if not self.lr_tuning_seeds:
             return 0
-        choices = self.lr_choices_by_group.values() or [self.lr_choices]
-        waiting = [c for by_key in choices for c in by_key.values() if not c.complete]
-        return len(waiting) * len(self.seeds)
+        if len(self.groups) > 1:
+            return sum(self.for_group(g).runs_to_come(most=most) for g in self.groups)
+        waiting = [c for c in self.lr_choices.values() if not c.complete]
+        if self.seed_plan is None:
+            return len(waiting) * len(self.seeds)
+        goes_on = most and len(self.labels) > 1
+        return len(waiting) * (self.seed_plan.maximum if goes_on else self.seed_plan.looks[0])
 
     def sequential_design(self, label: str, family_size: int) -> Any:
         """The group-sequential design of one comparison (None with fixed seeds)."""
