@@ -72,3 +72,39 @@ def test_the_map_reads_the_baseline_of_each_group_and_the_cells_every_comparison
     assert [p["budget"] for p in regime[0]["ladder"]] == ["r1", "r2"]  # ordered by parameters
     cells = heatmap_cells(analyses, {"g": "task `a`"}, "uniform")
     assert [(c["budget"], c["strategy"]) for c in cells] == [("r2", "spectral"), ("r1", "spectral")]
+
+
+def test_the_ladder_figure_draws_a_panel_per_group_from_stats_json(tmp_path):
+    """Read back from `stats.json` a one-seed budget has a null interval: drawn without a
+    bar; a group with no ladder yet gets no panel."""
+    import json
+
+    from matplotlib import pyplot as plt
+
+    from adaptive_lora.report.regime import draw_regime
+
+    series = _ladder(slope=0.01, noise=0.002)
+    for point in series:
+        values = list(point["test_loss"]["values"].values())
+        low, high = stats.t.interval(0.95, len(values) - 1, np.mean(values), stats.sem(values))
+        point["test_loss"].update(mean=float(np.mean(values)), ci_t=[low, high])
+    one_seed = [{"budget": "r1", "params": 1e5, "metrics": {},
+                 "test_loss": {"values": {"1": 2.0}, "mean": 2.0, "ci_t": [None, None]}}]  # fmt: skip
+    regime = [
+        {"title": "task `a`", "ladder": series, "gain_per_doubling": gain_per_doubling(series)},
+        {"title": "task `b`", "ladder": one_seed, "gain_per_doubling": gain_per_doubling(one_seed)},
+        {"title": "task `c`", "ladder": [], "gain_per_doubling": gain_per_doubling([])},
+    ]
+    regime = json.loads(json.dumps(regime))  # as `report` writes and a reader loads it
+    drawn = []
+    real_save = plt.Figure.savefig
+    plt.Figure.savefig = lambda fig, *a, **k: (drawn.append(fig), real_save(fig, *a, **k))[1]
+    try:
+        paths = draw_regime(regime, [], tmp_path)
+    finally:
+        plt.Figure.savefig = real_save
+    assert [p.name for p in paths] == ["regime_ladder.png", "regime_ladder.svg"]
+    panels = [ax for ax in drawn[0].axes if ax.get_visible()]
+    assert [ax.get_title().splitlines()[0] for ax in panels] == ["task a", "task b"]
+    assert panels[0].get_title().endswith(", established")
+    assert "no paired seeds yet" in panels[1].get_title()

@@ -151,36 +151,59 @@ def delta_lines(cells: list[dict[str, Any]], baseline: str) -> list[str]:
     ]
 
 
+def _ladder_panel(ax: Any, entry: dict[str, Any]) -> None:
+    """One group's baseline over its ladder: each seed's test losses joined (the pairs the
+    gains are computed from), the mean with its 95% t interval over them, and the gain
+    per doubling over the ladder in the title."""
+    ladder = entry["ladder"]
+    x = [p["params"] for p in ladder]
+    seeds = sorted({s for p in ladder for s in p["test_loss"]["values"]}, key=int)
+    for seed in seeds:
+        y = [p["test_loss"]["values"].get(seed, math.nan) for p in ladder]
+        ax.plot(x, y, color="0.75", linewidth=0.8, zorder=1)
+    y = np.array([p["test_loss"]["mean"] for p in ladder], dtype=float)
+    # One seed has no interval (NaN here, null once written to stats.json): no bar.
+    ci = np.array([p["test_loss"]["ci_t"] for p in ladder], dtype=float)
+    err = np.nan_to_num(np.array([y - ci[:, 0], ci[:, 1] - y]), nan=0.0)
+    ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color="C0", zorder=2)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(x, [p["budget"] for p in ladder])
+    ax.minorticks_off()
+    gain = entry["gain_per_doubling"]["overall"]
+    if gain["n"]:
+        lo, hi = gain["ci_t"]
+        verdict = "established" if gain["established"] else "not established"
+        note = f"gain/doubling {fmt_num(gain['mean'], 4, plus=True)} [{fmt_num(lo, 4)}, {fmt_num(hi, 4)}], {verdict}"
+    else:
+        note = "no paired seeds yet"
+    ax.set_title(f"{entry['title'].replace('`', '')}\n{note}", fontsize=8)
+    ax.tick_params(labelsize=7)
+
+
 def draw_regime(
     regime: list[dict[str, Any]], cells: list[dict[str, Any]], folder: Any
 ) -> list[Any]:
-    """`regime_ladder` (baseline test loss against parameters, one line per group, 95% t
-    intervals) and `regime_heatmap` (strategy × cell, coloured by d_z, Δ written in)."""
+    """`regime_ladder` (per group a panel with its own scale: the baseline's test loss
+    against its budget, seeds joined, mean and 95% t interval) and `regime_heatmap`
+    (strategy × cell, coloured by d_z, Δ written in)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from adaptive_lora.report.figures import _save
+    from adaptive_lora.report.figures import _save, _subplots
 
     paths = []
-    fig, ax = plt.subplots(figsize=(6.5, 4.0))
-    for entry in regime:
-        ladder = entry["ladder"]
-        if not ladder:
-            continue
-        x = [p["params"] for p in ladder]
-        y = [p["test_loss"]["mean"] for p in ladder]
-        low = [y_i - p["test_loss"]["ci_t"][0] for y_i, p in zip(y, ladder)]
-        high = [p["test_loss"]["ci_t"][1] - y_i for y_i, p in zip(y, ladder)]
-        err = np.nan_to_num(np.array([low, high]), nan=0.0)
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=entry["title"].replace("`", ""))
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("trainable parameters (log2)")
-    ax.set_ylabel("baseline test loss (mean, 95% t CI)")
-    ax.set_title("Where does rank matter? The baseline over the budget ladder")
-    ax.legend(fontsize=7)
-    paths += _save(fig, folder, "regime_ladder")
+    drawn = [entry for entry in regime if entry["ladder"]]
+    if drawn:
+        fig, axes = _subplots(len(drawn), width=4.2, height=3.2, ncols=min(len(drawn), 2))
+        for ax, entry in zip(axes, drawn):
+            _ladder_panel(ax, entry)
+        for ax in axes[:: min(len(drawn), 2)]:
+            ax.set_ylabel("baseline test loss\n(seeds; mean, 95% t CI)", fontsize=8)
+        fig.suptitle("Where does rank matter? The baseline over the budget ladder", fontsize=10)
+        fig.tight_layout()
+        paths += _save(fig, folder, "regime_ladder")
 
     if cells:
         strategies = list(dict.fromkeys(c["strategy"] for c in cells))
