@@ -108,3 +108,31 @@ def test_the_ladder_figure_draws_a_panel_per_group_from_stats_json(tmp_path):
     assert [ax.get_title().splitlines()[0] for ax in panels] == ["task a", "task b"]
     assert panels[0].get_title().endswith(", established")
     assert "no paired seeds yet" in panels[1].get_title()
+
+
+def test_the_answer_says_each_sequential_decision_where_rank_binds():
+    """With sequential seeds the Answer groups the comparisons of the binding groups by
+    their design's decision (beats, matches, loses, ...), each with Δ, interval and seeds;
+    comparisons in groups where rank does not bind are left out of it."""
+    from adaptive_lora.report.regime import answer_lines
+
+    steep = _ladder(slope=0.01, noise=0.002)
+    flat = _ladder(slope=0.0, noise=0.002, seed=3)
+    regime = [
+        {"group": "g1", "title": "task `a`", "ladder": steep, "gain_per_doubling": gain_per_doubling(steep)},
+        {"group": "g2", "title": "task `b`", "ladder": flat, "gain_per_doubling": gain_per_doubling(flat)},
+    ]  # fmt: skip
+
+    def cell(group, strategy, decision, diff):
+        return {"group": group, "title": "t", "budget": "r2", "strategy": strategy, "n": 10,
+                "mean_diff": diff, "ci_t": [diff - 0.001, diff + 0.001], "d_z": 1.0,
+                "p_t_holm": 0.5, "significant": False, "decision": decision}  # fmt: skip
+
+    cells = [cell("g1", "eva", "superior", -0.004), cell("g1", "random", "equivalent", 0.0002),
+             cell("g1", "spectral", "continue", 0.001), cell("g2", "linear_decay", "inferior", 0.01)]  # fmt: skip
+    text = "\n".join(answer_lines(regime, cells, "uniform"))
+    assert "3 comparison(s) with `uniform`" in text and "linear_decay" not in text
+    beats = text.index("beats `uniform`: eva at r2 in t (Δ −0.0040 [−0.0050, −0.0030], n = 10)")
+    matches = text.index("matches `uniform` (equivalent within the declared margin): random")
+    assert beats < matches < text.index("still open (more seeds to come): spectral")
+    assert "loses to" not in text  # no comparison there was decided inferior

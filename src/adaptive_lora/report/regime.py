@@ -66,14 +66,17 @@ def heatmap_cells(
     cells = []
     for key, analysis in analyses.items():
         for budget, block in analysis["budgets"].items():
+            decisions = block.get("sequential") or {}
             for label, c in block.get("comparisons", {}).items():
                 if label == baseline:
                     continue
+                decided = decisions.get(label) or {}
                 cells.append(
                     {"group": key, "title": titles[key], "budget": budget, "strategy": label,
                      "n": c["n"], "mean_diff": c["mean_diff"], "ci_t": c["ci_t"], "d_z": c["d_z"],
                      "p_t_holm": c.get("p_t_holm", math.nan),
-                     "significant": bool(c.get("significant"))}
+                     "significant": bool(c.get("significant")),
+                     "decision": decided.get("decision")}
                 )  # fmt: skip
     return cells
 
@@ -274,6 +277,8 @@ def _allocation_sentence(groups: list[str], cells: list[dict[str, Any]], baselin
         return "**Does allocation matter there?** Not asked: rank does not bind in any group yet."
     if not there:
         return "**Does allocation matter there?** No strategy has paired results there yet."
+    if any(c.get("decision") for c in there):
+        return _decision_sentence(there, baseline)
     better = [c for c in there if c["significant"] and c["mean_diff"] < 0]
     worse = [c for c in there if c["significant"] and c["mean_diff"] > 0]
 
@@ -288,4 +293,37 @@ def _allocation_sentence(groups: list[str], cells: list[dict[str, Any]], baselin
              "in those groups, after Holm within each cell:"]  # fmt: skip
     parts.append(f"better: {named(better)}." if better else "none significantly better.")
     parts.append(f"Worse: {named(worse)}." if worse else "None significantly worse.")
+    return " ".join(parts)
+
+
+# A sequential decision → how the Answer says it (test loss: "superior" is lower).
+_DECISION_WORDS = {
+    "superior": "beats `{b}`",
+    "equivalent": "matches `{b}` (equivalent within the declared margin)",
+    "inferior": "loses to `{b}`",
+    "futile": "stopped for futility (the smallest effect of interest excluded; "
+    "not a claim of equivalence)",
+    "inconclusive": "undecided at the last look",
+    "continue": "still open (more seeds to come)",
+}
+
+
+def _decision_sentence(there: list[dict[str, Any]], baseline: str) -> str:
+    """The Answer from each comparison's group-sequential decision (its seeds, Δ and 95%
+    t interval at the seeds it ran), grouped by decision in a fixed order."""
+    parts = [
+        f"**Does allocation matter there?** {len(there)} comparison(s) with `{baseline}`, "
+        "each decided by its group-sequential design (α split over its cell):"
+    ]
+    for decision, words in _DECISION_WORDS.items():
+        found = [c for c in there if (c.get("decision") or "continue") == decision]
+        if not found:
+            continue
+        named = "; ".join(
+            f"{c['strategy']} at {c['budget']} in {c['title']} (Δ "
+            f"{fmt_num(c['mean_diff'], 4, plus=True)} [{fmt_num(c['ci_t'][0], 4)}, "
+            f"{fmt_num(c['ci_t'][1], 4)}], n = {c['n']})"
+            for c in found
+        )
+        parts.append(f"{words.format(b=baseline)}: {named}.")
     return " ".join(parts)
