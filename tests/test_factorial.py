@@ -232,3 +232,47 @@ def test_the_estimate_prices_each_group_by_its_own_runs_and_size(tmp_path):
     assert estimate(study, rows, todo_large).seconds == pytest.approx(one * len(todo_large))
     both = estimate(study, rows, todo_small[:1] + todo_large[:2], at_once=2)
     assert both.seconds == pytest.approx(max(one, 100.0 + one))
+
+
+def test_run_only_runs_the_groups_named_and_leaves_the_rest_pending(tmp_path, capsys):
+    """`--only task=alpaca --only n_train=32`: that group's runs, the reporting runs its
+    tuning opens among them, and nothing else; a later plain `run` does the rest."""
+    from test_study import FakeRuns, quiet_run
+
+    from adaptive_lora.cli.run import format_dry_run
+
+    tuned = {"lr_candidates": [1e-3, 2e-3], "lr_tuning_seeds": [0], "seeds": [1, 2]}
+    study = load_study(_pilot(tmp_path, **tuned), check_sources=False)
+    only = study.groups_named(["task=alpaca", "n_train=32"])
+    assert only == {"smollm2-135m|alpaca|32"}
+    text = format_dry_run(study, retry_failed=False, only=only)
+    assert "12 would run; 36 more in the groups --only leaves out" in text
+    assert "then 12 reporting run(s)" in text  # that group's 2 strategies × 3 budgets × 2 seeds
+    fake = FakeRuns()
+    quiet_run(study, fake, only=only)
+    with StudyStore.open(study.store_path) as store:
+        rows = store.rows()
+    ran = {r.id for r in rows if r.status == "done"}
+    assert len(ran) == len(fake.calls) == 24  # 12 tuning + the 12 reporting runs they opened
+    group = {r.id: study.group_of(r.config).key for r in rows}
+    assert {group[i] for i in ran} == only
+    assert all(r.status == "pending" for r in rows if group[r.id] not in only)
+    quiet_run(load_study(study.path, check_sources=False), fake)
+    with StudyStore.open(study.store_path) as store:
+        assert {r.status for r in store.rows()} == {"done"} and len(store.rows()) == 96
+
+
+@pytest.mark.parametrize(
+    "only, message",
+    [
+        (["task=alpac"], r"--only 'task=alpac': the study's task levels are arith, alpaca"),
+        (["size=32"], r"--only 'size=32': write FACTOR=LEVEL with FACTOR one of model, task"),
+        (["task=arith", "n_train=32"], r"no group of the study has all of these"),
+    ],
+)
+def test_a_bad_only_is_one_line_before_anything_runs(tmp_path, only, message, capsys):
+    path = _pilot(tmp_path)
+    args = ["run", str(path), "--dry-run"] + [x for pair in only for x in ("--only", pair)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and __import__("re").search(message, err), err

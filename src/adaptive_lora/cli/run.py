@@ -59,8 +59,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the study's pending runs: in this process, or on Ray with --workers/--address."""
 
     study = load_study(args.study)
+    only = study.groups_named(args.only) if args.only else None
     if args.dry_run:
-        print(format_dry_run(study, retry_failed=args.retry_failed, at_once=args.workers or 1))
+        print(
+            format_dry_run(
+                study, retry_failed=args.retry_failed, at_once=args.workers or 1, only=only
+            )
+        )
         return 0
     # Before any run starts: bf16 runs on another CPU family than the stored ones would not
     # pool. On a cluster (--address) the workers' machines are not known here.
@@ -76,7 +81,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UserError(f"{flags} need --workers N or --address ADDR")
         # Failed runs are part of a study's record, not an error of the command.
         with stopping_on_signals():
-            run_study(study, retry_failed=args.retry_failed, quiet=args.quiet, log=_say)
+            run_study(
+                study, retry_failed=args.retry_failed, quiet=args.quiet, log=_say, only=only
+            )
         return 0
     # Imported here only: Ray takes 1-2 s to import, which the in-process default must not pay.
     from adaptive_lora.study.ray_executor import RayExecutor, Resources
@@ -96,15 +103,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         executor.connect()  # an unreachable cluster or impossible resources: before the store
         with stopping_on_signals():  # after connecting: ray.init sets a SIGTERM handler of its own
             run_study(
-                study, executor=executor, retry_failed=args.retry_failed, quiet=args.quiet, log=_say
+                study,
+                executor=executor,
+                retry_failed=args.retry_failed,
+                quiet=args.quiet,
+                log=_say,
+                only=only,
             )
     finally:
         executor.close()  # ends the workers too: Ray kills the actors of a driver that leaves
     return 0
 
 
-def format_dry_run(study, *, retry_failed: bool, at_once: int = 1) -> str:
-    """What `run` would do now, and how long it would take (`at_once`: --workers)."""
+def format_dry_run(
+    study, *, retry_failed: bool, at_once: int = 1, only: set[str] | None = None
+) -> str:
+    """What `run` would do now, and how long it would take (`at_once`: --workers; `only`:
+    the group keys `--only` selects)."""
 
     store = open_store_if_any(study)
     try:
@@ -114,10 +129,13 @@ def format_dry_run(study, *, retry_failed: bool, at_once: int = 1) -> str:
             store.close()
     held = lock_is_held(study.lock_path)
     todo = would_run(study, rows, retry_failed=retry_failed, lock_held=held)
+    left_out = [s for s in todo if only is not None and s.group not in only]
+    todo = [s for s in todo if s not in left_out]
     done = sum(1 for r in rows.values() if r is not None and r.status == "done")
     lines = [
         f"study {study.name}: {len(study.runs)} runs, {done} done, {len(todo)} would run"
         + (" (another `run` holds the study now)" if held else "")
+        + (f"; {len(left_out)} more in the groups --only leaves out" if left_out else "")
     ]
     lines += cell_lines(study)
     width = max(len(label) for label in study.labels)
@@ -135,7 +153,7 @@ def format_dry_run(study, *, retry_failed: bool, at_once: int = 1) -> str:
     guess = estimate(study, rows, todo, at_once=at_once)
     lines.append(f"estimate: {guess.text()}")
     lines += design_warnings(study, [row for row in rows.values() if row is not None])
-    more = to_come_line(study, rows, todo, at_once)
+    more = to_come_line(study.restricted(only) if only else study, rows, todo, at_once)
     if more:
         lines.append(more)
     return "\n".join(lines)
@@ -188,6 +206,13 @@ def register(subparsers) -> None:
         "--dry-run", action="store_true", help="list what would run and a time estimate"
     )
     run.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    run.add_argument(
+        "--only",
+        action="append",
+        metavar="FACTOR=LEVEL",
+        help="run only the groups with this model, task or n_train (repeatable: all must "
+        "hold); the other groups' runs stay pending for a later `run`",
+    )
     run.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
     run.add_argument(
         "--allow-mixed",

@@ -41,6 +41,7 @@ def run_study(
     retry_failed: bool = False,
     quiet: bool = False,
     log: Callable[[str], None] = print,
+    only: set[str] | None = None,
 ) -> RunSummary:
     """Run every pending run of `study`, in order, recording each state change.
 
@@ -51,6 +52,8 @@ def run_study(
     reporting runs that the finished tuning runs open (at the chosen rates) follow in
     the same call: they join the queue as soon as a strategy's rate is chosen, so a
     worker that frees up takes one while other tuning runs are still going.
+    `only` (group keys: `run --only`) runs those groups' runs and leaves the others
+    pending for a later `run`.
     """
     executor = executor or LocalExecutor()
     summary = RunSummary()
@@ -62,7 +65,7 @@ def run_study(
             summary.retried = store.reset_failed(study.run_ids)
         for run_id in summary.interrupted:
             log(f"  {run_id} was interrupted (its process ended mid-run): running it again")
-        study = _run_pending(study, store, executor, summary, quiet=quiet, log=log)
+        study = _run_pending(study, store, executor, summary, quiet=quiet, log=log, only=only)
         summary.exports = store.export(study.out, study.run_ids)
     log(
         f"study {study.name}: ran {len(summary.ran)} ({len(summary.done)} done, "
@@ -81,6 +84,7 @@ def _run_pending(
     *,
     quiet: bool,
     log: Callable[[str], None],
+    only: set[str] | None = None,
 ) -> Study:
     """Store the study's runs, then execute the pending ones and record each result.
 
@@ -88,18 +92,10 @@ def _run_pending(
     run, the study is read again, and the reporting runs its chosen rates open are
     stored and queued. Returns the study as it stands at the end (with those runs).
     """
-    added = store.sync_runs(study.runs)
-    rows = current_rows(study, store)
-    queue = deque(s for s in study.runs if rows[s.run_id].status == PENDING)
-    summary.skipped_done = sum(1 for r in rows.values() if r.status == DONE)
-    n_failed = sum(1 for r in rows.values() if r.status == FAILED)
-    log(
-        f"study {study.name}: {len(study.runs)} runs, {summary.skipped_done} done, "
-        f"{n_failed} failed (kept; --retry-failed re-runs them), {len(queue)} to run"
-        + (f"; {added} new" if added and added != len(study.runs) else "")
-    )
+    queue = _first_queue(study, store, summary, log, only)
     at_once = executor.workers or 1
     if queue:
+        rows = current_rows(study, store)
         log(f"  estimate: {estimate(study, rows, list(queue), at_once=at_once).text()}")
     started: dict[str, float] = {}
     index = {spec.run_id: i for i, spec in enumerate(queue, 1)}
@@ -137,7 +133,7 @@ def _run_pending(
             # A finished tuning run may choose a rate; with sequential seeds any finished
             # reporting run may complete a look that opens the next block of seeds.
             if result.run_id in tuning or study.seed_plan is not None:
-                study = _queue_reporting_runs(study, store, queue, index, at_once, log)
+                study = _queue_reporting_runs(study, store, queue, index, at_once, log, only)
                 # Tuning runs can be added too (a grid grown past its edge: `lr_extend`).
                 tuning = {s.run_id for s in study.runs if s.tuning}
     except BaseException as error:
@@ -154,6 +150,30 @@ def _run_pending(
     return study
 
 
+def _first_queue(
+    study: Study,
+    store: StudyStore,
+    summary: RunSummary,
+    log: Callable[[str], None],
+    only: set[str] | None,
+) -> deque[RunSpec]:
+    """Store the study's runs; the pending ones (of the `only` groups) in order, logged."""
+    added = store.sync_runs(study.runs)
+    rows = current_rows(study, store)
+    pending = [s for s in study.runs if rows[s.run_id].status == PENDING]
+    queue = deque(s for s in pending if only is None or s.group in only)
+    summary.skipped_done = sum(1 for r in rows.values() if r.status == DONE)
+    n_failed = sum(1 for r in rows.values() if r.status == FAILED)
+    later = len(pending) - len(queue)
+    log(
+        f"study {study.name}: {len(study.runs)} runs, {summary.skipped_done} done, "
+        f"{n_failed} failed (kept; --retry-failed re-runs them), {len(queue)} to run"
+        + (f" ({later} pending in the groups --only leaves out)" if later else "")
+        + (f"; {added} new" if added and added != len(study.runs) else "")
+    )
+    return queue
+
+
 def _queue_reporting_runs(
     study: Study,
     store: StudyStore,
@@ -161,6 +181,7 @@ def _queue_reporting_runs(
     index: dict[str, int],
     at_once: int,
     log: Callable[[str], None],
+    only: set[str] | None = None,
 ) -> Study:
     """Queue the reporting runs that rates chosen since `study` was expanded open
     (numbering them for the log); returns the study expanded with the rows stored now.
@@ -175,11 +196,15 @@ def _queue_reporting_runs(
         return study
     store.sync_runs(opened.runs)
     rows = current_rows(opened, store)
-    fresh = [s for s in new if rows[s.run_id].status == PENDING]
+    fresh = [
+        s for s in new if rows[s.run_id].status == PENDING and (only is None or s.group in only)
+    ]
     for spec in fresh:
         index[spec.run_id] = len(index) + 1
     queue.extend(fresh)
-    waiting = [s for s in opened.runs if rows[s.run_id].status == PENDING]
+    waiting = [
+        s for s in opened.runs if rows[s.run_id].status == PENDING and (only is None or s.group in only)
+    ]
     why = "learning rates chosen" if study.seed_plan is None else "rates chosen or a look judged"
     log(
         f"{why}: {len(fresh)} run(s) join the queue; "

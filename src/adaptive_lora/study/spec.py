@@ -58,6 +58,7 @@ from adaptive_lora.study.hypotheses import Hypotheses, SeedPlan, parse_hypothese
 from adaptive_lora.study.lr import LrChoice, choose_lr_extending
 from adaptive_lora.study.protocol import CrossBudget, parse_cross_budget, parse_tuning_seeds
 from adaptive_lora.study.schema import (
+    WHERE_KEYS,
     StrategyEntry,
     base_sections,
     check_baseline,
@@ -169,6 +170,46 @@ class Study:
     def group_with(self, signature: str) -> Group | None:
         """This study's group with a model × data signature (another study's group, say)."""
         return next((g for g in self.groups if g.signature == signature), None)
+
+    def groups_named(self, only: Sequence[str]) -> set[str]:
+        """The keys of the groups that `run --only FACTOR=LEVEL` selects: every pair must
+        hold (`task=alpaca` and `n_train=100`: Alpaca at 100 examples); one line naming
+        the known factors and levels otherwise."""
+        wanted: dict[str, set[str]] = {}
+        for pair in only:
+            factor, sep, level = pair.partition("=")
+            if not sep or factor.strip() not in WHERE_KEYS or not level.strip():
+                raise UserError(
+                    f"--only {pair!r}: write FACTOR=LEVEL with FACTOR one of "
+                    f"{', '.join(WHERE_KEYS)} (e.g. --only task=alpaca --only n_train=100)"
+                )
+            known = [str(getattr(g, factor.strip())) for g in self.groups]
+            if level.strip() not in known:
+                raise UserError(
+                    f"--only {pair!r}: the study's {factor.strip()} levels are "
+                    f"{', '.join(dict.fromkeys(known))}"
+                )
+            wanted.setdefault(factor.strip(), set()).add(level.strip())
+        keys = {
+            g.key
+            for g in self.groups
+            if all(str(getattr(g, f)) in levels for f, levels in wanted.items())
+        }
+        if not keys:
+            raise UserError(f"--only {' '.join(only)}: no group of the study has all of these")
+        return keys
+
+    def restricted(self, keys: set[str]) -> Study:
+        """The part of a study on the groups with these keys (`run --only`)."""
+        kept = [g for g in self.groups if g.key in keys]
+        if len(kept) == 1:
+            return self.for_group(kept[0])
+        return dataclasses.replace(
+            self,
+            groups=kept,
+            runs=[spec for spec in self.runs if spec.group in keys],
+            lr_choices_by_group={k: v for k, v in self.lr_choices_by_group.items() if k in keys},
+        )
 
     def rows_of(self, group: Group, rows: Sequence[RunRow]) -> list[RunRow]:
         return [r for r in rows if group_signature(r.config) == group.signature]
