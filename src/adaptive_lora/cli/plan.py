@@ -75,7 +75,7 @@ def register(subparsers) -> None:
         help="seeds each comparison needs for 80%% power, from a pilot's variance",
         description="Estimate each comparison's sd of paired test-loss differences from a "
         "pilot (the study's own stored runs, or --pilot OTHER.yaml with the same model and "
-        "data) and print the seeds needed for 80%% power at the smallest effect of interest "
+        "data) and print the seeds needed for 80% power at the smallest effect of interest "
         "(at the first Holm step) and for TOST at the equivalence margin.",
     )
     plan.add_argument("study", metavar="STUDY.yaml")
