@@ -276,3 +276,10 @@ def test_a_bad_only_is_one_line_before_anything_runs(tmp_path, only, message, ca
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and __import__("re").search(message, err), err
+
+
+def test_only_takes_levels_of_one_factor_as_alternatives(tmp_path):
+    study = load_study(_pilot(tmp_path), check_sources=False)
+    both = study.groups_named(["n_train=32", "n_train=256", "task=alpaca"])
+    assert both == {"smollm2-135m|alpaca|32"}  # n_train 256 is an arithmetic size only
+    assert study.groups_named(["task=arith", "task=alpaca"]) == {g.key for g in study.groups}

@@ -210,8 +210,9 @@ def register(subparsers) -> None:
         "--only",
         action="append",
         metavar="FACTOR=LEVEL",
-        help="run only the groups with this model, task or n_train (repeatable: all must "
-        "hold); the other groups' runs stay pending for a later `run`",
+        help="run only the groups with this model, task or n_train (repeatable: levels of "
+        "one factor are alternatives, different factors must all hold); the other groups' "
+        "runs stay pending for a later `run`",
     )
     run.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
     run.add_argument(

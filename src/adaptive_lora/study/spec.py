@@ -172,24 +172,21 @@ class Study:
         return next((g for g in self.groups if g.signature == signature), None)
 
     def groups_named(self, only: Sequence[str]) -> set[str]:
-        """The keys of the groups that `run --only FACTOR=LEVEL` selects: every pair must
-        hold (`task=alpaca` and `n_train=100`: Alpaca at 100 examples); one line naming
-        the known factors and levels otherwise."""
+        """The keys of the groups that `run --only FACTOR=LEVEL` selects: levels of one
+        factor are alternatives, different factors must all hold (`task=alpaca` and
+        `n_train=100`: Alpaca at 100 examples); one line naming the known levels otherwise."""
         wanted: dict[str, set[str]] = {}
         for pair in only:
-            factor, sep, level = pair.partition("=")
-            if not sep or factor.strip() not in WHERE_KEYS or not level.strip():
+            factor, sep, level = (part.strip() for part in pair.partition("="))
+            if not sep or factor not in WHERE_KEYS or not level:
                 raise UserError(
                     f"--only {pair!r}: write FACTOR=LEVEL with FACTOR one of "
                     f"{', '.join(WHERE_KEYS)} (e.g. --only task=alpaca --only n_train=100)"
                 )
-            known = [str(getattr(g, factor.strip())) for g in self.groups]
-            if level.strip() not in known:
-                raise UserError(
-                    f"--only {pair!r}: the study's {factor.strip()} levels are "
-                    f"{', '.join(dict.fromkeys(known))}"
-                )
-            wanted.setdefault(factor.strip(), set()).add(level.strip())
+            known = list(dict.fromkeys(str(getattr(g, factor)) for g in self.groups))
+            if level not in known:
+                raise UserError(f"--only {pair!r}: the study's {factor} levels are {', '.join(known)}")
+            wanted.setdefault(factor, set()).add(level)
         keys = {
             g.key
             for g in self.groups
