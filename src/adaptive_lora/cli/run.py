@@ -20,7 +20,7 @@ from adaptive_lora.study.plan import (
 )
 from adaptive_lora.study.power_plan import design_warnings
 from adaptive_lora.study.runner import run_study
-from adaptive_lora.study.spec import load_study
+from adaptive_lora.study.spec import in_groups, load_study
 from adaptive_lora.study.store import lock_is_held
 
 RAY_ONLY = ("threads_per_run", "gpus_per_run", "memory_gb", "max_retries")
@@ -129,13 +129,13 @@ def format_dry_run(
             store.close()
     held = lock_is_held(study.lock_path)
     todo = would_run(study, rows, retry_failed=retry_failed, lock_held=held)
-    left_out = [s for s in todo if only is not None and s.group not in only]
-    todo = [s for s in todo if s not in left_out]
+    left_out = sum(1 for s in todo if not in_groups(s, only))
+    todo = [s for s in todo if in_groups(s, only)]
     done = sum(1 for r in rows.values() if r is not None and r.status == "done")
     lines = [
         f"study {study.name}: {len(study.runs)} runs, {done} done, {len(todo)} would run"
         + (" (another `run` holds the study now)" if held else "")
-        + (f"; {len(left_out)} more in the groups --only leaves out" if left_out else "")
+        + (f"; {left_out} more in the groups --only leaves out" if left_out else "")
     ]
     lines += cell_lines(study)
     width = max(len(label) for label in study.labels)

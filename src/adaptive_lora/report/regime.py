@@ -20,6 +20,7 @@ import numpy as np
 
 from adaptive_lora.analysis.formatting import fmt_num, fmt_p
 from adaptive_lora.analysis.ladder import gain_per_doubling
+from adaptive_lora.report.cells import mean_and_ci
 
 PRIMARY = "test_loss"
 
@@ -121,12 +122,8 @@ def regime_lines(
 def _gain_text(gain: dict[str, Any]) -> str:
     if not gain["n"]:
         return "no paired seeds yet"
-    lo, hi = gain["ci_t"]
     verdict = "**established**" if gain["established"] else "not established"
-    return (
-        f"{fmt_num(gain['mean'], 4, plus=True)} [{fmt_num(lo, 4)}, {fmt_num(hi, 4)}] "
-        f"(n = {gain['n']}), {verdict}"
-    )
+    return f"{mean_and_ci(gain['mean'], gain['ci_t'])} (n = {gain['n']}), {verdict}"
 
 
 def delta_lines(cells: list[dict[str, Any]], baseline: str) -> list[str]:
@@ -174,9 +171,8 @@ def _ladder_panel(ax: Any, entry: dict[str, Any]) -> None:
     ax.minorticks_off()
     gain = entry["gain_per_doubling"]["overall"]
     if gain["n"]:
-        lo, hi = gain["ci_t"]
         verdict = "established" if gain["established"] else "not established"
-        note = f"gain/doubling {fmt_num(gain['mean'], 4, plus=True)} [{fmt_num(lo, 4)}, {fmt_num(hi, 4)}], {verdict}"
+        note = f"gain/doubling {mean_and_ci(gain['mean'], gain['ci_t'])}, {verdict}"
     else:
         note = "no paired seeds yet"
     ax.set_title(f"{entry['title'].replace('`', '')}\n{note}", fontsize=8)
@@ -320,9 +316,8 @@ def _decision_sentence(there: list[dict[str, Any]], baseline: str) -> str:
         if not found:
             continue
         named = "; ".join(
-            f"{c['strategy']} at {c['budget']} in {c['title']} (Δ "
-            f"{fmt_num(c['mean_diff'], 4, plus=True)} [{fmt_num(c['ci_t'][0], 4)}, "
-            f"{fmt_num(c['ci_t'][1], 4)}], n = {c['n']})"
+            f"{c['strategy']} at {c['budget']} in {c['title']} "
+            f"(Δ {mean_and_ci(c['mean_diff'], c['ci_t'])}, n = {c['n']})"
             for c in found
         )
         parts.append(f"{words.format(b=baseline)}: {named}.")

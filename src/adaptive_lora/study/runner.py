@@ -16,8 +16,8 @@ from adaptive_lora.study.executor import Executor, Where, as_stopped
 from adaptive_lora.study.local import LocalExecutor
 from adaptive_lora.study.manifest import record_manifest
 from adaptive_lora.study.plan import current_rows, estimate, format_duration
-from adaptive_lora.study.spec import RunSpec, Study
-from adaptive_lora.study.store import DONE, FAILED, PENDING, StudyLock, StudyStore
+from adaptive_lora.study.spec import RunSpec, Study, in_groups
+from adaptive_lora.study.store import DONE, FAILED, PENDING, RunRow, StudyLock, StudyStore
 
 
 @dataclass
@@ -92,10 +92,9 @@ def _run_pending(
     run, the study is read again, and the reporting runs its chosen rates open are
     stored and queued. Returns the study as it stands at the end (with those runs).
     """
-    queue = _first_queue(study, store, summary, log, only)
+    queue, rows = _first_queue(study, store, summary, log, only)
     at_once = executor.workers or 1
     if queue:
-        rows = current_rows(study, store)
         log(f"  estimate: {estimate(study, rows, list(queue), at_once=at_once).text()}")
     started: dict[str, float] = {}
     index = {spec.run_id: i for i, spec in enumerate(queue, 1)}
@@ -156,12 +155,13 @@ def _first_queue(
     summary: RunSummary,
     log: Callable[[str], None],
     only: set[str] | None,
-) -> deque[RunSpec]:
-    """Store the study's runs; the pending ones (of the `only` groups) in order, logged."""
+) -> tuple[deque[RunSpec], dict[str, RunRow]]:
+    """Store the study's runs; the pending ones (of the `only` groups) in order, logged,
+    and every run's stored row."""
     added = store.sync_runs(study.runs)
     rows = current_rows(study, store)
     pending = [s for s in study.runs if rows[s.run_id].status == PENDING]
-    queue = deque(s for s in pending if only is None or s.group in only)
+    queue = deque(s for s in pending if in_groups(s, only))
     summary.skipped_done = sum(1 for r in rows.values() if r.status == DONE)
     n_failed = sum(1 for r in rows.values() if r.status == FAILED)
     later = len(pending) - len(queue)
@@ -171,7 +171,7 @@ def _first_queue(
         + (f" ({later} pending in the groups --only leaves out)" if later else "")
         + (f"; {added} new" if added and added != len(study.runs) else "")
     )
-    return queue
+    return queue, rows
 
 
 def _queue_reporting_runs(
@@ -196,15 +196,11 @@ def _queue_reporting_runs(
         return study
     store.sync_runs(opened.runs)
     rows = current_rows(opened, store)
-    fresh = [
-        s for s in new if rows[s.run_id].status == PENDING and (only is None or s.group in only)
-    ]
+    fresh = [s for s in new if rows[s.run_id].status == PENDING and in_groups(s, only)]
     for spec in fresh:
         index[spec.run_id] = len(index) + 1
     queue.extend(fresh)
-    waiting = [
-        s for s in opened.runs if rows[s.run_id].status == PENDING and (only is None or s.group in only)
-    ]
+    waiting = [s for s in opened.runs if rows[s.run_id].status == PENDING and in_groups(s, only)]
     why = "learning rates chosen" if study.seed_plan is None else "rates chosen or a look judged"
     log(
         f"{why}: {len(fresh)} run(s) join the queue; "

@@ -73,7 +73,12 @@ from adaptive_lora.study.schema import (
 )
 from adaptive_lora.study.store import RunRow, StudyStore
 
-__all__ = ["RunSpec", "StrategyEntry", "Study", "load_study", "parse_seeds"]
+__all__ = ["RunSpec", "StrategyEntry", "Study", "in_groups", "load_study", "parse_seeds"]
+
+
+def in_groups(spec: RunSpec, keys: set[str] | None) -> bool:
+    """Whether a run belongs to the groups `run --only` selected (None: every group)."""
+    return keys is None or spec.group in keys
 
 
 @dataclass
