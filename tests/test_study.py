@@ -516,7 +516,7 @@ def test_sigkill_mid_run_then_resume_runs_only_the_interrupted_run(tmp_path):
 @pytest.mark.parametrize(
     "name",
     ["quickstart", "alpaca-smollm2", "alpaca-gemma3", "two-models", "dialogpt-medium",
-     "regime-pilot", "regime-map"],
+     "regime-pilot", "regime-map", "regime-map-gemma3"],
 )
 def test_shipped_configs(name, monkeypatch):
     path = ROOT / "configs" / f"{name}.yaml"
