@@ -151,9 +151,14 @@ def test_the_pilot_runs_end_to_end_on_a_tiny_model_and_reports_the_regime(tmp_pa
     assert mean == pytest.approx(arith[0].metrics["test_loss"], rel=1e-9)
     assert arith[0].metrics["task_score"] == pytest.approx(sum(items["task_score"]) / 12)
     assert all(r.metrics["eval_seconds"] > 0 for r in rows)  # timed after its blocks end
+    with StudyStore.open(study.store_path, create=False) as store:
+        store.add_note("Stage 2 declared in the arith groups", decision="linear_decay there")
     out = tmp_path / "report"
     assert main(["report", str(path), "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
+    # A note is the study's: once, before the groups' sections (it was once per group).
+    assert text.count("## Decisions") == 1 and text.count("Stage 2 declared in") == 1
+    assert text.index("## Decisions") < text.index("## Task `arith`, n_train = 8")
     assert text.index("## Answer") < text.index("## Where does rank matter?")
     assert text.index("## Where does rank matter?") < text.index("## Task `arith`, n_train = 8")
     assert "**Where rank matters.**" in text and "**Does allocation matter there?**" in text

@@ -421,7 +421,8 @@ def _environment_warning(analysis: dict[str, Any]) -> list[str]:
     ]
 
 
-def _notes_lines(notes: list[Any], study: Study) -> list[str]:
+def notes_lines(notes: list[Any], study: Study) -> list[str]:
+    """The study's recorded decisions (`adaptive-lora note`), oldest first."""
     lines = ["## Decisions", ""]
     if not notes:
         lines.append(
@@ -483,8 +484,9 @@ def render_markdown(
     *,
     with_hypotheses: bool = True,
 ) -> str:
-    """report.md of one study or group; a multi-group report prints the hypotheses once
-    at its top (`with_hypotheses=False` for each group's section)."""
+    """report.md of one study or group; a multi-group report prints the hypotheses and
+    the recorded decisions once, at the study's level (`with_hypotheses=False` for each
+    group's section leaves out both: a note belongs to the study, not to one group)."""
     lines = [
         f"# Study `{study.name}`: rank allocation at a fixed parameter budget",
         "",
@@ -504,7 +506,8 @@ def render_markdown(
     lines += _lr_lines(study, analysis)
     lines += _setup_lines(study, store_manifest, rows, analysis["environment_check"])
     lines += _figure_lines(figures, out_dir)
-    lines += _notes_lines(notes, study)
+    if with_hypotheses:
+        lines += notes_lines(notes, study)
     lines += [
         "## Reproduce",
         "",

@@ -14,7 +14,7 @@ from adaptive_lora.report.environment_check import refuse_mixed
 from adaptive_lora.report.figures import draw_figures
 from adaptive_lora.report.hypotheses import hypotheses_lines
 from adaptive_lora.report.latex import render_latex
-from adaptive_lora.report.markdown import render_markdown
+from adaptive_lora.report.markdown import notes_lines, render_markdown
 from adaptive_lora.report.regime import (
     answer_lines,
     draw_regime,
@@ -99,6 +99,7 @@ def _multi_group(
     analyses = {key: analysis for key, (_, _, analysis) in parts.items()}
     # The hypotheses are the study's: printed once, before everything else.
     declared = hypotheses_lines(next(iter(analyses.values())).get("hypotheses"), study.baseline)
+    notes = store.notes()  # so are the recorded decisions: once, after the study-wide tables
     varies = study.varies()
     groups = {g.key: g for g in study.groups}
     titles = {key: groups[key].title(varies) for key in parts}
@@ -115,6 +116,7 @@ def _multi_group(
             "",
             *declared,
             *agreement_lines(agreement, list(by_model), study.baseline),
+            *notes_lines(notes, study),
         ]
         stats: dict = {"models": by_model, "cross_model_agreement": agreement}
     else:
@@ -131,6 +133,7 @@ def _multi_group(
             *declared,
             *answer_lines(regime, cells, study.baseline),
             *regime_lines(regime, cells, study.baseline),
+            *notes_lines(notes, study),
         ]
         stats = {"groups": analyses, "regime": regime, "cells": cells}
     latex = []
@@ -144,7 +147,7 @@ def _multi_group(
             sub,
             analysis,
             sub_rows,
-            store.notes(),
+            notes,
             store.manifest(),
             figures,
             out_dir,
