@@ -79,9 +79,11 @@ def timed_run(config: dict, model: str, scratch: Path) -> dict[str, float]:
 
 
 def replication_lines(path: Path, seconds: float) -> tuple[str, float]:
-    """The replication study's runs priced at `seconds` each, two at a time."""
+    """The replication study's runs priced at `seconds` each, two at a time: the runs
+    expanded now (on an empty store, the tuning runs) and the reporting runs to come."""
     study = load_study(path)
-    first, most = study.runs_to_come(), study.runs_to_come(most=True)
+    expanded = len(study.runs)
+    first, most = (expanded + study.runs_to_come(most=most) for most in (False, True))
     hours = lambda runs: runs * seconds / 2 / 3600  # noqa: E731
     text = (
         f"replication {path}: {first} runs at its first look ≈ {hours(first):.1f} h with 2 "
