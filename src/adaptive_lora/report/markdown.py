@@ -482,11 +482,11 @@ def render_markdown(
     figures: list[Path],
     out_dir: Path,
     *,
-    with_hypotheses: bool = True,
+    study_level: bool = True,
 ) -> str:
-    """report.md of one study or group; a multi-group report prints the hypotheses and
-    the recorded decisions once, at the study's level (`with_hypotheses=False` for each
-    group's section leaves out both: a note belongs to the study, not to one group)."""
+    """report.md of one study or group. The hypotheses and the recorded decisions belong
+    to the study, not to one group: a multi-group report prints them once at its top and
+    renders each group's section with `study_level=False`, which leaves both out."""
     lines = [
         f"# Study `{study.name}`: rank allocation at a fixed parameter budget",
         "",
@@ -496,7 +496,7 @@ def render_markdown(
     ]
     if study.description:
         lines += [study.description, ""]
-    if with_hypotheses:
+    if study_level:
         lines += hypotheses_lines(analysis.get("hypotheses"), study.baseline)
     lines += _environment_warning(analysis)
     lines += answer_lines(study.baseline, analysis)
@@ -506,7 +506,7 @@ def render_markdown(
     lines += _lr_lines(study, analysis)
     lines += _setup_lines(study, store_manifest, rows, analysis["environment_check"])
     lines += _figure_lines(figures, out_dir)
-    if with_hypotheses:
+    if study_level:
         lines += notes_lines(notes, study)
     lines += [
         "## Reproduce",

@@ -151,7 +151,7 @@ def _multi_group(
             store.manifest(),
             figures,
             out_dir,
-            with_hypotheses=False,
+            study_level=False,
         )
         body = text.split("\n", 1)[1]  # the per-group title is replaced by the group's name
         title = titles[key]
