@@ -13,9 +13,9 @@ cache build (Gemma-3's GGUF joined and de-quantized) is printed apart and not co
 A run's seconds are its wall time through `execute_run` (data, allocation, training,
 evaluation, saving), with training and evaluation shown apart.
 
-With `--replication`, the replication study's size at its first look (and at most, if
-every sequential look goes on) is priced at the last model's measured run time, two
-runs at a time. The last line reads `ratio=<last/first>x run=<s>s replication=<h>h`.
+With `--replication`, what the replication study has left to its first look (and at
+most, if every sequential look goes on; runs already done in its store not counted) is
+priced at the last model's measured run time, two runs at a time. The last line reads `ratio=<last/first>x run=<s>s replication=<h>h`.
 
 `--smoke` (2 steps, 2 generated answers) checks that the benchmark runs, nothing more.
 """
@@ -31,6 +31,7 @@ from pathlib import Path
 from adaptive_lora.config import RunConfig
 from adaptive_lora.model.loading import load_model
 from adaptive_lora.run import execute_run
+from adaptive_lora.study.plan import open_store_if_any
 from adaptive_lora.study.spec import load_study
 from adaptive_lora.study.store import RunRow, StudyStore
 
@@ -79,15 +80,22 @@ def timed_run(config: dict, model: str, scratch: Path) -> dict[str, float]:
 
 
 def replication_lines(path: Path, seconds: float) -> tuple[str, float]:
-    """The replication study's runs priced at `seconds` each, two at a time: the runs
-    expanded now (on an empty store, the tuning runs) and the reporting runs to come."""
+    """The replication study's runs still to do, priced at `seconds` each, two at a time:
+    the expanded runs not yet done (on an empty store, the tuning runs) and the reporting
+    runs to come. A study already under way is priced for what it has left."""
     study = load_study(path)
-    expanded = len(study.runs)
-    first, most = (expanded + study.runs_to_come(most=most) for most in (False, True))
+    store = open_store_if_any(study)
+    done = 0
+    if store is not None:
+        with store:
+            done = sum(row.status == "done" for row in store.rows(study.run_ids))
+    left = len(study.runs) - done
+    first, most = (left + study.runs_to_come(most=most) for most in (False, True))
     hours = lambda runs: runs * seconds / 2 / 3600  # noqa: E731
     text = (
-        f"replication {path}: {first} runs at its first look ≈ {hours(first):.1f} h with 2 "
-        f"workers; up to {most} runs if every look goes on ≈ {hours(most):.1f} h"
+        f"replication {path} ({done} runs done): {first} runs left to its first look "
+        f"≈ {hours(first):.1f} h with 2 workers; up to {most} runs if every look goes on "
+        f"≈ {hours(most):.1f} h"
     )
     return text, hours(first)
 
