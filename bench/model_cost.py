@@ -15,7 +15,8 @@ evaluation, saving), with training and evaluation shown apart.
 
 With `--replication`, what the replication study has left to its first look (and at
 most, if every sequential look goes on; runs already done in its store not counted) is
-priced at the last model's measured run time, two runs at a time. The last line reads `ratio=<last/first>x run=<s>s replication=<h>h`.
+priced at the last model's measured run time, two runs at a time. The last line reads
+`ratio=<last/first>x run=<s>s replication=<h>h`.
 
 `--smoke` (2 steps, 2 generated answers) checks that the benchmark runs, nothing more.
 """
@@ -31,7 +32,7 @@ from pathlib import Path
 from adaptive_lora.config import RunConfig
 from adaptive_lora.model.loading import load_model
 from adaptive_lora.run import execute_run
-from adaptive_lora.study.plan import open_store_if_any
+from adaptive_lora.study.plan import current_rows, open_store_if_any, would_run
 from adaptive_lora.study.spec import load_study
 from adaptive_lora.study.store import RunRow, StudyStore
 
@@ -85,11 +86,14 @@ def replication_lines(path: Path, seconds: float) -> tuple[str, float]:
     runs to come. A study already under way is priced for what it has left."""
     study = load_study(path)
     store = open_store_if_any(study)
-    done = 0
-    if store is not None:
-        with store:
-            done = sum(row.status == "done" for row in store.rows(study.run_ids))
-    left = len(study.runs) - done
+    try:
+        rows = current_rows(study, store)
+    finally:
+        if store is not None:
+            store.close()
+    done = sum(row is not None and row.status == "done" for row in rows.values())
+    # What a plain `run` started now would execute (failed runs wait for --retry-failed).
+    left = len(would_run(study, rows, retry_failed=False, lock_held=False))
     first, most = (left + study.runs_to_come(most=most) for most in (False, True))
     hours = lambda runs: runs * seconds / 2 / 3600  # noqa: E731
     text = (
