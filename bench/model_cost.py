@@ -94,7 +94,8 @@ def replication_lines(path: Path, seconds: float) -> tuple[str, float]:
     done = sum(row is not None and row.status == "done" for row in rows.values())
     # What a plain `run` started now would execute (failed runs wait for --retry-failed).
     left = len(would_run(study, rows, retry_failed=False, lock_held=False))
-    first, most = (left + study.runs_to_come(most=most) for most in (False, True))
+    stored = [row for row in rows.values() if row is not None]
+    first, most = (left + study.runs_to_come(most=m, rows=stored) for m in (False, True))
     hours = lambda runs: runs * seconds / 2 / 3600  # noqa: E731
     text = (
         f"replication {path} ({done} runs done): {first} runs left to its first look "

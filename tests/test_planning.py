@@ -39,6 +39,22 @@ def test_t_test_power_matches_statsmodels(n, d, alpha, family, alternative):
     assert ours == pytest.approx(float(ref), rel=1e-9)
 
 
+def test_a_clear_effects_power_is_near_one_not_nan():
+    """effect/sd = 3.75 at 20 pairs (the Gemma replication's linear_decay at r4): scipy's
+    noncentral-t cdf (and so statsmodels) gives NaN for the far tail; the power is the
+    simulated rejection rate of the paired t-test at α/7, i.e. all but certain."""
+    n, d, level = 20, 3.75, 0.05 / 7
+    assert math.isnan(TTestPower().power(d, n, level, alternative="two-sided"))
+    ours = t_test_power(n, d * 0.0008, 0.0008, family_size=7)
+    rng = np.random.default_rng(0)
+    diffs = rng.normal(d, 1.0, size=(4000, n))
+    p = stats.ttest_1samp(diffs, 0.0, axis=1).pvalue
+    assert ours == pytest.approx(float(np.mean(p < level)), abs=1e-3)
+    assert ours >= t_test_power(10, d * 0.0008, 0.0008, family_size=7)
+    plan = plan_comparison(0.0008, n, smallest_effect=0.003, family_size=7)
+    assert not any("t-test" in w for w in plan["warnings"])
+
+
 @pytest.mark.parametrize(
     ("d", "power", "family", "alternative"),
     [(0.5, 0.8, 1, "two-sided"), (0.8, 0.9, 8, "two-sided"), (0.3, 0.8, 3, "greater")],

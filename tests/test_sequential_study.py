@@ -160,7 +160,9 @@ def test_plan_gives_the_seeds_to_establish_the_baselines_gain_per_doubling(tmp_p
     path = _study(tmp_path, budgets=["r1", "r2", "r4", "r8"], strategies=["uniform"],
                   seeds="0..5", hypotheses=None)  # fmt: skip
     study = load_study(path, check_sources=False)
-    run_study(study, executor=LocalExecutor(Ladder(), load_model=lambda s: None), log=lambda x: None)
+    run_study(
+        study, executor=LocalExecutor(Ladder(), load_model=lambda s: None), log=lambda x: None
+    )
     with StudyStore.open(study.store_path, create=False) as store:
         rows = store.rows()
     plans = plan_ladder(study, load_study(path, check_sources=False), rows, gain=0.004)
@@ -193,7 +195,9 @@ def test_a_strategy_the_pilot_never_ran_is_planned_from_the_baselines_paired_bud
     pilot_path = _study(tmp_path, budgets=["r2", "r4", "r8"], strategies=["uniform"],
                         seeds="0..5", hypotheses=None)  # fmt: skip
     pilot = load_study(pilot_path, check_sources=False)
-    run_study(pilot, executor=LocalExecutor(Ladder(), load_model=lambda s: None), log=lambda x: None)
+    run_study(
+        pilot, executor=LocalExecutor(Ladder(), load_model=lambda s: None), log=lambda x: None
+    )
     with StudyStore.open(pilot.store_path, create=False) as store:
         rows = store.rows()
     stage2 = load_study(
@@ -228,3 +232,36 @@ def test_the_dry_run_counts_the_first_looks_runs_to_come_and_says_the_most(tmp_p
     alone = load_study(_study(tmp_path, strategies=["uniform"], **tuned), check_sources=False)
     text = format_dry_run(alone, retry_failed=False)
     assert "then 4 reporting run(s), once the tuning seeds [0]" in text and "up to" not in text
+
+
+class FirstLookOnly(Effects):
+    """Fake runs whose later looks fail, so the study stops past its first look."""
+
+    def __call__(self, config, out_root, *, run_id=None, loaded=None, quiet=False):
+        if config.seed >= 4:
+            run_dir = Path(out_root) / run_id
+            run_dir.mkdir(parents=True)
+            return RunResult(run_id, run_dir, "failed", {}, {}, "stopped for the test")
+        return super().__call__(config, out_root, run_id=run_id, loaded=loaded, quiet=quiet)
+
+
+def test_past_the_first_look_the_dry_run_counts_the_looks_still_open(tmp_path):
+    """linear_decay is decided at the first look (4 seeds), attention_heavy goes on: the
+    second look's 8 runs are expanded (failed here), and every look going on would add
+    12 − 8 = 4 seeds to attention_heavy and to uniform, none to the decided linear_decay."""
+    from adaptive_lora.cli.run import format_dry_run
+    from adaptive_lora.study.plan import current_rows, open_store_if_any
+
+    path = _study(tmp_path)
+    executor = LocalExecutor(FirstLookOnly(), load_model=lambda s: None)
+    run_study(load_study(path, check_sources=False), executor=executor, log=lambda x: None)
+    study = load_study(path, check_sources=False)
+    store = open_store_if_any(study)
+    rows = [r for r in current_rows(study, store).values() if r is not None]
+    store.close()
+    assert sum(r.status == "failed" for r in rows) == 8
+    assert study.runs_to_come() == 0
+    assert study.runs_to_come(most=True, rows=rows) == 8
+    assert study.runs_to_come(most=True) == 16  # without the rows no comparison is decided
+    text = format_dry_run(study, retry_failed=True)
+    assert "then up to 8 reporting run(s) more if every look goes on: 16 run(s) in all" in text

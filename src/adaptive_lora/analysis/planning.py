@@ -97,7 +97,12 @@ def t_test_power(
     ncp = abs(effect) * math.sqrt(n) / sd
     if alternative == "two-sided":
         crit = st.t.isf(level / 2, df)
-        return float(st.nct.sf(crit, df, ncp) + st.nct.cdf(-crit, df, ncp))
+        wrong_side = st.nct.cdf(-crit, df, ncp)
+        if math.isnan(wrong_side) and st.norm.cdf(-ncp) < 1e-12:
+            # scipy's nct.cdf gives NaN far into the tail (ncp ≳ 15; statsmodels too), where
+            # the term is below P(T < 0) = Φ(−ncp): a clear effect's power, not a NaN.
+            wrong_side = 0.0
+        return float(st.nct.sf(crit, df, ncp) + wrong_side)
     return float(st.nct.sf(st.t.isf(level, df), df, ncp))
 
 

@@ -95,9 +95,11 @@ def estimate(
     *,
     at_once: int = 1,
     to_come: bool = False,
+    most: bool = False,
 ) -> Estimate:
-    """How long `todo` (and, with `to_come`, the reporting runs tuning has not opened yet)
-    will take, `at_once` side by side (`--workers`).
+    """How long `todo` (and, with `to_come`, the reporting runs tuning has not opened yet;
+    with `most` as well, those of every look to come) will take, `at_once` side by side
+    (`--workers`).
 
     Each run is predicted by its size (`heuristic_seconds`: steps, tokens, answers)
     scaled by what this study's finished runs took against their own size — those of its
@@ -108,7 +110,7 @@ def estimate(
     for the worker setting those runs had.
     """
     at_once = max(1, at_once)
-    configs = [spec.config for spec in todo] + (_runs_to_come(study) if to_come else [])
+    configs = [spec.config for spec in todo] + (_runs_to_come(study, rows, most) if to_come else [])
     finished = [r for r in rows.values() if r is not None and r.status == DONE and r.seconds]
     if finished:
         scale = _measured_scale(finished)
@@ -127,29 +129,40 @@ def estimate(
 def to_come_line(
     study: Study, rows: dict[str, RunRow | None], todo: Sequence[RunSpec], at_once: int = 1
 ) -> str | None:
-    """The line after an estimate on the reporting runs tuning has not opened yet (None:
-    there are none): how many, and the time of everything with them."""
+    """The line after an estimate on the reporting runs not expanded yet (None: there are
+    none): how many tuning will open, and the time of everything with them; past tuning,
+    how many later looks may still add if every look goes on."""
     count = study.runs_to_come()
+    most = study.runs_to_come(most=True, rows=[r for r in rows.values() if r is not None])
+    pace = f", {at_once} at a time" if at_once > 1 else " one at a time"
     if not count:
-        return None
+        if not most:
+            return None
+        every = estimate(study, rows, todo, at_once=at_once, to_come=True, most=True)
+        return (
+            f"then up to {most} reporting run(s) more if every look goes on: "
+            f"{every.n_runs} run(s) in all ≈ {format_duration(every.seconds)}{pace}"
+        )
     both = estimate(study, rows, todo, at_once=at_once, to_come=True)
-    most = study.runs_to_come(most=True)
     looks = f" at the first look (up to {most} if every look goes on)" if most != count else ""
     return (
         f"then {count} reporting run(s){looks}, once the tuning seeds {study.lr_tuning_seeds} "
         f"have chosen each learning rate: {both.n_runs} run(s) in all ≈ "
-        f"{format_duration(both.seconds)}"
-        + (f", {at_once} at a time" if at_once > 1 else " one at a time")
+        f"{format_duration(both.seconds)}{pace}"
     )
 
 
-def _runs_to_come(study: Study) -> list[RunConfig]:
-    """A config per reporting run that tuning has not opened yet (sized like its group)."""
+def _runs_to_come(
+    study: Study, rows: dict[str, RunRow | None], most: bool = False
+) -> list[RunConfig]:
+    """A config per reporting run not expanded yet (sized like its group): those tuning
+    will open at the first look, or (`most`) up to the last look."""
+    stored = [r for r in rows.values() if r is not None]
     out = []
     for group in study.groups:
         part = study.for_group(group)
         config = RunConfig.from_dict(copy.deepcopy(group.sections))
-        out += [config] * part.runs_to_come()
+        out += [config] * part.runs_to_come(most=most, rows=stored)
     return out
 
 

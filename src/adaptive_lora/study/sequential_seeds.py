@@ -44,7 +44,9 @@ def _diffs(study: Any, base: dict, mine: dict, n: int) -> list[float] | None:
 
 def _compared(study: Any, budget: str) -> list[str]:
     labels = [label for label in study.labels if budget in study.budgets_for(label)]
-    return [label for label in labels if label != study.baseline] if study.baseline in labels else []
+    return (
+        [label for label in labels if label != study.baseline] if study.baseline in labels else []
+    )
 
 
 def comparison_progress(
@@ -90,6 +92,24 @@ def seed_counts(study: Any, group: Any, rows: Sequence[RunRow]) -> dict[tuple[st
             if budget in study.budgets_for(label):
                 counts.setdefault((budget, label), most)
     return counts
+
+
+def open_cells(study: Any, group: Any, rows: Sequence[RunRow]) -> set[tuple[str, str]]:
+    """(budget, label) that a later look may still give seeds, in one group: comparisons
+    not stopped, the baseline beside any of them, and a budget where only the baseline
+    runs while any comparison of the group is open (it keeps pace)."""
+    cells: set[tuple[str, str]] = set()
+    for budget in study.budgets:
+        progress = comparison_progress(study, group, rows, budget)
+        going = [label for label, (_, d) in progress.items() if d is None or not d.stopped]
+        cells |= {(budget, label) for label in going}
+        if going:
+            cells.add((budget, study.baseline))
+    if cells:
+        for budget in study.budgets:
+            if not _compared(study, budget) and budget in study.budgets_for(study.baseline):
+                cells.add((budget, study.baseline))
+    return cells
 
 
 def cell_decisions(study: Any, group_rows: Sequence[RunRow], budget: str) -> dict[str, Any]:

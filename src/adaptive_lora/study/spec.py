@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,7 +191,9 @@ class Study:
                 )
             known = list(dict.fromkeys(str(getattr(g, factor)) for g in self.groups))
             if level not in known:
-                raise UserError(f"--only {pair!r}: the study's {factor} levels are {', '.join(known)}")
+                raise UserError(
+                    f"--only {pair!r}: the study's {factor} levels are {', '.join(known)}"
+                )
             wanted.setdefault(factor, set()).add(level)
         keys = {
             g.key
@@ -238,19 +241,35 @@ class Study:
         choice = choices.get((spec.label, spec.budget))
         return not spec.tuning and choice is not None and choice.chosen == spec.lr
 
-    def runs_to_come(self, *, most: bool = False) -> int:
-        """Reporting runs not expanded yet: their strategy × budget is still tuning. With
-        sequential seeds, those of the first look (`most`: of the last, every look going on
-        in the groups that compare strategies; a group of the baseline alone has one look)."""
+    def runs_to_come(self, *, most: bool = False, rows: Sequence[RunRow] = ()) -> int:
+        """Reporting runs not expanded yet. Without `most`: those tuning has still to open
+        (their strategy × budget is choosing its rate), with sequential seeds the first
+        look's. `most`: every reporting run up to the last look not expanded yet, as if
+        every look went on, in the groups that compare strategies — a study past tuning
+        counts the looks not opened yet; a comparison the stored `rows` show decided gets
+        no more (nor does a baseline with none open); a group of the baseline alone has
+        one look."""
+        if len(self.groups) > 1:
+            return sum(self.for_group(g).runs_to_come(most=most, rows=rows) for g in self.groups)
+        if most and self.seed_plan is not None and len(self.labels) > 1:
+            from adaptive_lora.study.sequential_seeds import open_cells
+
+            group = self.groups[0]
+            going = open_cells(self, group, self.rows_of(group, rows))
+            expanded = Counter((s.label, s.budget) for s in self.runs if not s.tuning)
+            # Without tuning seeds every seed runs every candidate rate.
+            rates = lambda label: 1 if self.lr_tuning_seeds else len(self.lrs_for(label))  # noqa: E731
+            return sum(
+                max(0, self.seed_plan.maximum * rates(label) - expanded[(label, budget)])
+                for label in self.labels
+                for budget in self.budgets_for(label)
+                if (budget, label) in going
+            )
         if not self.lr_tuning_seeds:
             return 0
-        if len(self.groups) > 1:
-            return sum(self.for_group(g).runs_to_come(most=most) for g in self.groups)
         waiting = [c for c in self.lr_choices.values() if not c.complete]
-        if self.seed_plan is None:
-            return len(waiting) * len(self.seeds)
-        goes_on = most and len(self.labels) > 1
-        return len(waiting) * (self.seed_plan.maximum if goes_on else self.seed_plan.looks[0])
+        first = self.seed_plan.looks[0] if self.seed_plan is not None else len(self.seeds)
+        return len(waiting) * first
 
     def sequential_design(self, label: str, family_size: int) -> Any:
         """The group-sequential design of one comparison (None with fixed seeds)."""
