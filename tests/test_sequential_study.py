@@ -265,3 +265,80 @@ def test_past_the_first_look_the_dry_run_counts_the_looks_still_open(tmp_path):
     assert study.runs_to_come(most=True) == 16  # without the rows no comparison is decided
     text = format_dry_run(study, retry_failed=True)
     assert "then up to 8 reporting run(s) more if every look goes on: 16 run(s) in all" in text
+
+
+class LadderWithEffects(Effects):
+    """Fake runs: 0.01 lower test loss per doubling of rank, plus each strategy's effect
+    and noise per seed and rank."""
+
+    def __call__(self, config, out_root, *, run_id=None, loaded=None, quiet=False):
+        import math
+
+        result = super().__call__(config, out_root, run_id=run_id, loaded=loaded, quiet=quiet)
+        rank = int(config.allocation.budget[1:])
+        strategy = config.allocation.strategy
+        result.metrics["test_loss"] += -0.01 * math.log2(rank) + _noise(
+            f"{strategy}{rank}", config.seed
+        )
+        result.metrics["effective_params"] = 1000 * rank
+        write_json(result.run_dir / "metrics.json", result.metrics)
+        return result
+
+
+def _report_of(tmp_path: Path, budgets: list[str]) -> tuple[str, dict]:
+    import json
+
+    from adaptive_lora.report.write import write_report
+
+    strategies = ["uniform", {"name": "linear_decay", "budgets": ["r4"]},
+                  {"name": "attention_heavy", "budgets": ["r4"]}]  # fmt: skip
+    path = _study(tmp_path, budgets=budgets, strategies=strategies)
+    executor = LocalExecutor(LadderWithEffects(), load_model=lambda s: None)
+    run_study(load_study(path, check_sources=False), executor=executor, log=lambda x: None)
+    study = load_study(path, check_sources=False)
+    with StudyStore.open(study.store_path, create=False) as store:
+        files = write_report(study, store, tmp_path / "report", n_boot=200)
+        rows = store.rows()
+    return files.report_md.read_text(), json.loads(files.stats_json.read_text()), rows
+
+
+def test_a_single_group_ladder_says_whether_rank_binds_and_the_answer_leads_with_the_design(
+    tmp_path,
+):
+    """The baseline on r2, r4, r8: the Answer first gives its gain per doubling (the mean of
+    numpy's per-seed least-squares slopes over log2 parameters, with scipy's t interval),
+    then the sequential design's decisions, the fixed-sample tests after them."""
+    import numpy as np
+    from scipy import stats
+
+    text, stats_json, rows = _report_of(tmp_path, ["r2", "r4", "r8"])
+    uniform = [r for r in rows if r.label == "uniform" and r.status == "done"]
+    seeds = sorted(
+        {r.seed for r in uniform if r.budget == "r8"}
+        & {r.seed for r in uniform if r.budget == "r2"}
+    )
+    x = np.log2([2000, 4000, 8000])
+    loss = {(r.budget, r.seed): r.metrics["test_loss"] for r in uniform}
+    slopes = [-np.polyfit(x, [loss[(b, s)] for b in ("r2", "r4", "r8")], 1)[0] for s in seeds]
+    overall = stats_json["ladder"]["gain_per_doubling"]["overall"]
+    assert overall["n"] == len(seeds) and overall["mean"] == pytest.approx(np.mean(slopes))
+    half = stats.t.ppf(0.975, len(slopes) - 1) * np.std(slopes, ddof=1) / np.sqrt(len(slopes))
+    assert overall["ci_t"] == pytest.approx([np.mean(slopes) - half, np.mean(slopes) + half])
+    answer = text.split("## Answer", 1)[1].split("\n## ", 1)[0]
+    assert (
+        "- Where rank matters: `uniform`'s gain in test loss per doubling of the budget over r2, r4, r8"
+        in answer
+    )
+    assert "**established**" in answer
+    assert "by the declared group-sequential design" in answer
+    assert "Beats `uniform`: linear_decay (Δ −0.05" in answer
+    assert answer.index("group-sequential design") < answer.index(
+        "Fixed-sample tests at these seeds"
+    )
+    assert "## Where does rank matter?" in text and "figures/regime_ladder.png" in text
+
+
+def test_two_budgets_are_no_ladder(tmp_path):
+    text, stats_json, _ = _report_of(tmp_path, ["r4", "r8"])
+    assert "ladder" not in stats_json and "Where rank matters" not in text
+    assert "by the declared group-sequential design" in text

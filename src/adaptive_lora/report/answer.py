@@ -21,6 +21,7 @@ from adaptive_lora.analysis.power import POWER, minimum_detectable_d_z
 from adaptive_lora.report.analyse import LOSS_DECIMALS
 from adaptive_lora.report.cells import mean_and_ci
 from adaptive_lora.report.cross_budget import gain_includes_zero, margin_words, recovery
+from adaptive_lora.report.regime import DECISION_WORDS, gain_text
 from adaptive_lora.study.store import DONE
 
 
@@ -203,13 +204,63 @@ def _cross_budget(block: dict[str, Any] | None) -> list[str]:
     return [line]
 
 
+def _ladder_line(baseline: str, ladder: dict[str, Any]) -> str:
+    """Whether the baseline's rank binds: its gain per doubling over the study's ladder."""
+    budgets = [point["budget"] for point in ladder["ladder"]]
+    overall = ladder["gain_per_doubling"]["overall"]
+    line = (
+        f"- Where rank matters: `{baseline}`'s gain in test loss per doubling of the budget "
+        f"over {', '.join(budgets)} is {gain_text(overall)}"
+    )
+    if not overall["established"]:
+        line += "; until it is, the comparisons below do not show allocation where rank binds"
+    return line + "."
+
+
+def _design_line(
+    baseline: str, budget: str, comparisons: dict[str, Any], decisions: dict[str, Any]
+) -> str:
+    """A sequential study's verdict at one budget: each comparison's decision by its
+    declared group-sequential design, with Δ and its 95% t interval at the seeds it ran."""
+    parts = [
+        f"At {budget}, by the declared group-sequential design ({len(decisions)} "
+        f"comparison(s) with `{baseline}`, α split over the cell):"
+    ]
+    for decision, words in DECISION_WORDS.items():
+        found = [label for label, d in decisions.items() if d["decision"] == decision]
+        if found:
+            named = "; ".join(
+                f"{label} (Δ {mean_and_ci(comparisons[label]['mean_diff'], comparisons[label]['ci_t'])}"
+                f", n = {comparisons[label]['n']})"
+                for label in found
+            )
+            said = words.format(b=baseline)
+            parts.append(f"{said[0].upper()}{said[1:]}: {named}.")
+    return " ".join(parts)
+
+
 def answer_lines(baseline: str, analysis: dict[str, Any]) -> list[str]:
-    """The report's "Answer" section (empty when nothing could be compared yet)."""
+    """The report's "Answer" section (empty when nothing could be compared yet). With a
+    ladder (the baseline on three budgets or more) it first says whether rank binds; with
+    sequential seeds each budget leads with the design's decisions, and the fixed-sample
+    tests follow as a description of the seeds run."""
     body: list[str] = []
+    if analysis.get("ladder"):
+        body.append(_ladder_line(baseline, analysis["ladder"]))
     for budget, block in analysis["budgets"].items():
         tested = _tested(block["comparisons"])
-        if tested:
+        decisions = {
+            label: d for label, d in (block.get("sequential") or {}).items() if label in tested
+        }
+        if decisions:
+            body += [f"- {_design_line(baseline, budget, tested, decisions)}"]
+            body += [
+                "  - Fixed-sample tests at these seeds (they describe the data; the design "
+                f"above decides): {_verdict(baseline, budget, tested)}"
+            ]
+        elif tested:
             body += [f"- {_verdict(baseline, budget, tested)}"]
+        if tested:
             if not any(c["significant"] for c in tested.values()):
                 body += [f"  - {_closest(baseline, tested)}"]
             body += [f"  - {_detectable(tested)}"]

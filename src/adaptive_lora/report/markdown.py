@@ -19,6 +19,7 @@ from adaptive_lora.report.cells import (
 from adaptive_lora.report.cross_budget import margin_words, verdict_lines
 from adaptive_lora.report.environment_check import describe as describe_environment
 from adaptive_lora.report.hypotheses import hypotheses_lines, sequential_lines
+from adaptive_lora.report.regime import ladder_lines
 from adaptive_lora.report.timing import compute_line
 from adaptive_lora.report.two_level import WHY_T
 from adaptive_lora.study.spec import Study
@@ -450,6 +451,8 @@ FIGURE_TITLES = {
     "lr_curves": "Validation loss against learning rate per strategy (tuning seeds: points; "
     "mean: line)",
     "time_per_run": "Training time per run",
+    "regime_ladder": "The baseline over the budget ladder: per-seed test loss, mean and 95% t "
+    "interval",
 }
 
 
@@ -502,6 +505,8 @@ def render_markdown(
     lines += answer_lines(study.baseline, analysis)
     lines += _status_lines(study, analysis)
     lines += _results_lines(study, analysis)
+    if analysis.get("ladder"):
+        lines += ladder_lines([analysis["ladder"]], study.baseline)
     lines += _cross_budget_lines(analysis)
     lines += _lr_lines(study, analysis)
     lines += _setup_lines(study, store_manifest, rows, analysis["environment_check"])

@@ -86,6 +86,12 @@ def regime_lines(
     regime: list[dict[str, Any]], cells: list[dict[str, Any]], baseline: str
 ) -> list[str]:
     """The regime section in Markdown: the ladder table, then the Δ table."""
+    return [*ladder_lines(regime, baseline), *delta_lines(cells, baseline)]
+
+
+def ladder_lines(regime: list[dict[str, Any]], baseline: str) -> list[str]:
+    """ "Where does rank matter?": the baseline's ladder per group, and its gain per doubling
+    per step and over the ladder (a single-group study's report has one group)."""
     lines = [
         "## Where does rank matter?",
         "",
@@ -106,7 +112,7 @@ def regime_lines(
                 f"{name} {fmt_num(m['mean'], 3)}" for name, m in point["metrics"].items()
             )
             step = steps.get(point["budget"])
-            gain = _gain_text(step) if step else "—"
+            gain = gain_text(step) if step else "—"
             lines.append(
                 f"| {entry['title']} | {point['budget']} | {int(round(point['params'])):,} | "
                 f"{fmt_num(loss['mean'], 4)} [{fmt_num(lo, 4)}, {fmt_num(hi, 4)}] (n = {loss['n']}) | "
@@ -114,12 +120,11 @@ def regime_lines(
             )
     lines += ["", "Over the whole ladder:", ""]
     for entry in regime:
-        lines.append(f"- {entry['title']}: {_gain_text(entry['gain_per_doubling']['overall'])}")
-    lines += ["", *delta_lines(cells, baseline)]
-    return lines
+        lines.append(f"- {entry['title']}: {gain_text(entry['gain_per_doubling']['overall'])}")
+    return lines + [""]
 
 
-def _gain_text(gain: dict[str, Any]) -> str:
+def gain_text(gain: dict[str, Any]) -> str:
     if not gain["n"]:
         return "no paired seeds yet"
     verdict = "**established**" if gain["established"] else "not established"
@@ -246,7 +251,7 @@ def answer_lines(
             "**Where rank matters.** The baseline's gain per doubling of the budget is "
             "established in: "
             + "; ".join(
-                f"{e['title']} ({_gain_text(e['gain_per_doubling']['overall'])})" for e in binding
+                f"{e['title']} ({gain_text(e['gain_per_doubling']['overall'])})" for e in binding
             )
             + "."
         )
@@ -293,7 +298,7 @@ def _allocation_sentence(groups: list[str], cells: list[dict[str, Any]], baselin
 
 
 # A sequential decision → how the Answer says it (test loss: "superior" is lower).
-_DECISION_WORDS = {
+DECISION_WORDS = {
     "superior": "beats `{b}`",
     "equivalent": "matches `{b}` (equivalent within the declared margin)",
     "inferior": "loses to `{b}`",
@@ -311,7 +316,7 @@ def _decision_sentence(there: list[dict[str, Any]], baseline: str) -> str:
         f"**Does allocation matter there?** {len(there)} comparison(s) with `{baseline}`, "
         "each decided by its group-sequential design (α split over its cell):"
     ]
-    for decision, words in _DECISION_WORDS.items():
+    for decision, words in DECISION_WORDS.items():
         found = [c for c in there if (c.get("decision") or "continue") == decision]
         if not found:
             continue

@@ -28,6 +28,10 @@ from adaptive_lora.study.store import (
     export_results,
 )
 
+# The budgets the baseline must run at before a single-group report asks whether its rank
+# binds (two budgets are a comparison, which `cross_budget` already answers).
+LADDER_BUDGETS = 3
+
 
 @dataclass
 class ReportFiles:
@@ -73,8 +77,14 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     files = ReportFiles(out_dir / "report.md", out_dir / "table.tex", out_dir / "stats.json")
     if not study.multi_group:
-        sub, sub_rows, analysis = parts[study.groups[0].key]
+        group = study.groups[0]
+        sub, sub_rows, analysis = parts[group.key]
         files.figures = draw_figures(sub, sub_rows, analysis, out_dir / "figures")
+        if len(study.budgets_for(study.baseline)) >= LADDER_BUDGETS:
+            # A ladder of the baseline: the report says whether its rank binds at all.
+            titles = {group.key: group.title(study.varies())}
+            [analysis["ladder"]] = regime_map({group.key: analysis}, titles, study.baseline)
+            files.figures += draw_regime([analysis["ladder"]], [], out_dir / "figures")
         markdown = render_markdown(
             sub, analysis, sub_rows, store.notes(), store.manifest(), files.figures, out_dir
         )
