@@ -21,7 +21,7 @@ from adaptive_lora.analysis.power import POWER, minimum_detectable_d_z
 from adaptive_lora.report.analyse import LOSS_DECIMALS
 from adaptive_lora.report.cells import mean_and_ci
 from adaptive_lora.report.cross_budget import gain_includes_zero, margin_words, recovery
-from adaptive_lora.report.regime import DECISION_WORDS, gain_text
+from adaptive_lora.report.regime import by_decision, gain_text
 from adaptive_lora.study.store import DONE
 
 
@@ -226,16 +226,13 @@ def _design_line(
         f"At {budget}, by the declared group-sequential design ({len(decisions)} "
         f"comparison(s) with `{baseline}`, α split over the cell):"
     ]
-    for decision, words in DECISION_WORDS.items():
-        found = [label for label, d in decisions.items() if d["decision"] == decision]
-        if found:
-            named = "; ".join(
-                f"{label} (Δ {mean_and_ci(comparisons[label]['mean_diff'], comparisons[label]['ci_t'])}"
-                f", n = {comparisons[label]['n']})"
-                for label in found
-            )
-            said = words.format(b=baseline)
-            parts.append(f"{said[0].upper()}{said[1:]}: {named}.")
+    named = [
+        (f"{label} (Δ {mean_and_ci(c['mean_diff'], c['ci_t'])}, n = {c['n']})", d["decision"])
+        for label, d in decisions.items()
+        for c in [comparisons[label]]
+    ]
+    for words, found in by_decision(named, baseline):
+        parts.append(f"{words[0].upper()}{words[1:]}: {found}.")
     return " ".join(parts)
 
 

@@ -309,6 +309,17 @@ DECISION_WORDS = {
 }
 
 
+def by_decision(named: list[tuple[str, str | None]], baseline: str) -> list[tuple[str, str]]:
+    """(how the Answer says a decision, the comparisons with it joined by "; ") in the
+    fixed order of `DECISION_WORDS`, from (a comparison's text, its decision; None: open)."""
+    out = []
+    for decision, words in DECISION_WORDS.items():
+        found = [text for text, d in named if (d or "continue") == decision]
+        if found:
+            out.append((words.format(b=baseline), "; ".join(found)))
+    return out
+
+
 def _decision_sentence(there: list[dict[str, Any]], baseline: str) -> str:
     """The Answer from each comparison's group-sequential decision (its seeds, Δ and 95%
     t interval at the seeds it ran), grouped by decision in a fixed order."""
@@ -316,14 +327,13 @@ def _decision_sentence(there: list[dict[str, Any]], baseline: str) -> str:
         f"**Does allocation matter there?** {len(there)} comparison(s) with `{baseline}`, "
         "each decided by its group-sequential design (α split over its cell):"
     ]
-    for decision, words in DECISION_WORDS.items():
-        found = [c for c in there if (c.get("decision") or "continue") == decision]
-        if not found:
-            continue
-        named = "; ".join(
+    named = [
+        (
             f"{c['strategy']} at {c['budget']} in {c['title']} "
-            f"(Δ {mean_and_ci(c['mean_diff'], c['ci_t'])}, n = {c['n']})"
-            for c in found
+            f"(Δ {mean_and_ci(c['mean_diff'], c['ci_t'])}, n = {c['n']})",
+            c.get("decision"),
         )
-        parts.append(f"{words.format(b=baseline)}: {named}.")
+        for c in there
+    ]
+    parts += [f"{words}: {found}." for words, found in by_decision(named, baseline)]
     return " ".join(parts)
