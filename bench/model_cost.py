@@ -32,7 +32,7 @@ from pathlib import Path
 from adaptive_lora.config import RunConfig
 from adaptive_lora.model.loading import load_model
 from adaptive_lora.run import execute_run
-from adaptive_lora.study.plan import current_rows, open_store_if_any, would_run
+from adaptive_lora.study.plan import current_rows, open_store_if_any, stored_rows, would_run
 from adaptive_lora.study.spec import load_study
 from adaptive_lora.study.store import RunRow, StudyStore
 
@@ -94,7 +94,7 @@ def replication_lines(path: Path, seconds: float) -> tuple[str, float]:
     done = sum(row is not None and row.status == "done" for row in rows.values())
     # What a plain `run` started now would execute (failed runs wait for --retry-failed).
     left = len(would_run(study, rows, retry_failed=False, lock_held=False))
-    stored = [row for row in rows.values() if row is not None]
+    stored = stored_rows(rows)
     first, most = (left + study.runs_to_come(most=m, rows=stored) for m in (False, True))
     hours = lambda runs: runs * seconds / 2 / 3600  # noqa: E731
     text = (

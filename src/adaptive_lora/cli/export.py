@@ -39,7 +39,7 @@ from adaptive_lora.errors import UserError
 from adaptive_lora.model.inventory import GenericKindsWarning, build_inventory
 from adaptive_lora.model.loading import load_skeleton
 from adaptive_lora.records import ALLOCATION_KEY, canonical_json
-from adaptive_lora.study.plan import current_rows, open_store_if_any
+from adaptive_lora.study.plan import current_rows, open_store_if_any, stored_rows
 from adaptive_lora.study.spec import load_study
 
 PROVENANCE_SUFFIX = ".provenance.json"
@@ -179,7 +179,7 @@ def open_study(path: str) -> StoredStudy:
     if store is None:
         raise UserError(f"{path}: no study store at {study.store_path}; nothing has run yet")
     try:
-        rows = [row for row in current_rows(study, store).values() if row is not None]
+        rows = stored_rows(current_rows(study, store))
         manifest, orphans = store.manifest(), len(store.rows()) - len(rows)
     finally:
         store.close()

@@ -15,6 +15,7 @@ from adaptive_lora.study.plan import (
     current_rows,
     estimate,
     open_store_if_any,
+    stored_rows,
     to_come_line,
     would_run,
 )
@@ -152,7 +153,7 @@ def format_dry_run(
         )
     guess = estimate(study, rows, todo, at_once=at_once)
     lines.append(f"estimate: {guess.text()}")
-    lines += design_warnings(study, [row for row in rows.values() if row is not None])
+    lines += design_warnings(study, stored_rows(rows))
     more = to_come_line(study.restricted(only) if only else study, rows, todo, at_once)
     if more:
         lines.append(more)

@@ -38,6 +38,11 @@ def current_rows(study: Study, store: StudyStore | None) -> dict[str, RunRow | N
     return {run_id: stored.get(run_id) for run_id in study.run_ids}
 
 
+def stored_rows(rows: dict[str, RunRow | None]) -> list[RunRow]:
+    """The rows of `current_rows` that the store holds (runs never stored left out)."""
+    return [row for row in rows.values() if row is not None]
+
+
 def would_run(
     study: Study, rows: dict[str, RunRow | None], *, retry_failed: bool, lock_held: bool
 ) -> list[RunSpec]:
@@ -94,12 +99,10 @@ def estimate(
     todo: Sequence[RunSpec],
     *,
     at_once: int = 1,
-    to_come: bool = False,
-    most: bool = False,
+    to_come: Sequence[RunConfig] = (),
 ) -> Estimate:
-    """How long `todo` (and, with `to_come`, the reporting runs tuning has not opened yet;
-    with `most` as well, those of every look to come) will take, `at_once` side by side
-    (`--workers`).
+    """How long `todo` and `to_come` (configs of reporting runs not expanded yet, from
+    `_runs_to_come`) will take, `at_once` side by side (`--workers`).
 
     Each run is predicted by its size (`heuristic_seconds`: steps, tokens, answers)
     scaled by what this study's finished runs took against their own size — those of its
@@ -110,7 +113,7 @@ def estimate(
     for the worker setting those runs had.
     """
     at_once = max(1, at_once)
-    configs = [spec.config for spec in todo] + (_runs_to_come(study, rows, most) if to_come else [])
+    configs = [spec.config for spec in todo] + list(to_come)
     finished = [r for r in rows.values() if r is not None and r.status == DONE and r.seconds]
     if finished:
         scale = _measured_scale(finished)
@@ -132,18 +135,18 @@ def to_come_line(
     """The line after an estimate on the reporting runs not expanded yet (None: there are
     none): how many tuning will open, and the time of everything with them; past tuning,
     how many later looks may still add if every look goes on."""
-    count = study.runs_to_come()
-    most = study.runs_to_come(most=True, rows=[r for r in rows.values() if r is not None])
+    first, every_look = _runs_to_come(study, rows), _runs_to_come(study, rows, most=True)
+    count, most = len(first), len(every_look)
     pace = f", {at_once} at a time" if at_once > 1 else " one at a time"
     if not count:
         if not most:
             return None
-        every = estimate(study, rows, todo, at_once=at_once, to_come=True, most=True)
+        every = estimate(study, rows, todo, at_once=at_once, to_come=every_look)
         return (
             f"then up to {most} reporting run(s) more if every look goes on: "
             f"{every.n_runs} run(s) in all ≈ {format_duration(every.seconds)}{pace}"
         )
-    both = estimate(study, rows, todo, at_once=at_once, to_come=True)
+    both = estimate(study, rows, todo, at_once=at_once, to_come=first)
     looks = f" at the first look (up to {most} if every look goes on)" if most != count else ""
     return (
         f"then {count} reporting run(s){looks}, once the tuning seeds {study.lr_tuning_seeds} "
@@ -157,7 +160,7 @@ def _runs_to_come(
 ) -> list[RunConfig]:
     """A config per reporting run not expanded yet (sized like its group): those tuning
     will open at the first look, or (`most`) up to the last look."""
-    stored = [r for r in rows.values() if r is not None]
+    stored = stored_rows(rows)
     out = []
     for group in study.groups:
         part = study.for_group(group)
