@@ -32,7 +32,7 @@ from pathlib import Path
 from adaptive_lora.config import RunConfig
 from adaptive_lora.model.loading import load_model
 from adaptive_lora.run import execute_run
-from adaptive_lora.study.plan import current_rows, open_store_if_any, stored_rows, would_run
+from adaptive_lora.study.plan import read_rows, stored_rows, would_run
 from adaptive_lora.study.spec import load_study
 from adaptive_lora.study.store import RunRow, StudyStore
 
@@ -85,12 +85,7 @@ def replication_lines(path: Path, seconds: float) -> tuple[str, float]:
     the expanded runs not yet done (on an empty store, the tuning runs) and the reporting
     runs to come. A study already under way is priced for what it has left."""
     study = load_study(path)
-    store = open_store_if_any(study)
-    try:
-        rows = current_rows(study, store)
-    finally:
-        if store is not None:
-            store.close()
+    rows = read_rows(study)
     done = sum(row is not None and row.status == "done" for row in rows.values())
     # What a plain `run` started now would execute (failed runs wait for --retry-failed).
     left = len(would_run(study, rows, retry_failed=False, lock_held=False))

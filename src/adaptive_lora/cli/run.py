@@ -12,9 +12,9 @@ from adaptive_lora.errors import UserError
 from adaptive_lora.study.executor import Stopped, as_stopped
 from adaptive_lora.study.machine_check import check_machine
 from adaptive_lora.study.plan import (
-    current_rows,
     estimate,
     open_store_if_any,
+    read_rows,
     stored_rows,
     to_come_line,
     would_run,
@@ -122,12 +122,7 @@ def format_dry_run(
     """What `run` would do now, and how long it would take (`at_once`: --workers; `only`:
     the group keys `--only` selects)."""
 
-    store = open_store_if_any(study)
-    try:
-        rows = current_rows(study, store)
-    finally:
-        if store is not None:
-            store.close()
+    rows = read_rows(study)
     held = lock_is_held(study.lock_path)
     todo = would_run(study, rows, retry_failed=retry_failed, lock_held=held)
     left_out = sum(1 for s in todo if not in_groups(s, only))

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from adaptive_lora.errors import UserError
-from adaptive_lora.study.plan import current_rows, open_store_if_any, would_run
+from adaptive_lora.study.plan import read_rows, would_run
 from adaptive_lora.study.spec import RunSpec, Study
 from adaptive_lora.study.store import DONE, RunRow
 
@@ -66,13 +66,7 @@ def check_machine(
 
     `family` is that of the machine the runs will compute on (default: this one).
     """
-    store = open_store_if_any(study)
-    if store is None:
-        return None
-    try:
-        rows = current_rows(study, store)
-    finally:
-        store.close()
+    rows = read_rows(study)
     done = [row for row in rows.values() if row is not None and row.status == DONE]
     stored = bf16_families(done)
     if not stored or not _bf16_to_start(study, rows, retry_failed):

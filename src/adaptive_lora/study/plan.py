@@ -38,6 +38,16 @@ def current_rows(study: Study, store: StudyStore | None) -> dict[str, RunRow | N
     return {run_id: stored.get(run_id) for run_id in study.run_ids}
 
 
+def read_rows(study: Study) -> dict[str, RunRow | None]:
+    """`current_rows` from the study's store, opened read-only and closed again (every run
+    None when nothing has run yet): for status, dry runs and checks."""
+    store = open_store_if_any(study)
+    if store is None:
+        return current_rows(study, None)
+    with store:
+        return current_rows(study, store)
+
+
 def stored_rows(rows: dict[str, RunRow | None]) -> list[RunRow]:
     """The rows of `current_rows` that the store holds (runs never stored left out)."""
     return [row for row in rows.values() if row is not None]
