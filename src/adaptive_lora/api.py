@@ -15,6 +15,8 @@ Each function is a thin front of the stage that does the work (see ARCHITECTURE.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,8 @@ from adaptive_lora.records import RunResult
 from adaptive_lora.report.write import ReportFiles
 from adaptive_lora.report.write import write_report as write_report_files
 from adaptive_lora.run import execute_run
-from adaptive_lora.study.plan import open_store_if_any
 from adaptive_lora.study.spec import Study, load_study
+from adaptive_lora.study.store import StudyStore
 
 
 def allocate(
@@ -104,21 +106,49 @@ def train(
 
 
 def write_report(
-    study: Study | str | Path, out: str | Path | None = None, *, allow_mixed: bool = False
+    study: Study | str | Path,
+    out: str | Path | None = None,
+    *,
+    allow_mixed: bool = False,
+    against: Study | str | Path | None = None,
 ) -> ReportFiles:
     """Write a study's report (default: `<study out>/report`) from its store.
 
     Runs from different environments are refused unless `allow_mixed` (see
-    `report/environment_check.py`).
+    `report/environment_check.py`). `against`: another study (a replication's original,
+    say) whose decisions the report sets beside this one's in the cells both ran.
     """
+    study = _stored_study(study)
+    other = None if against is None else _stored_study(against)
+    with _opened(study) as store, _opened(other) as other_store:
+        out_dir = Path(out) if out else study.out / "report"
+        return write_report_files(
+            study,
+            store,
+            out_dir,
+            allow_mixed=allow_mixed,
+            against=None if other is None else (other, other_store),
+        )
+
+
+def _stored_study(study: Study | str | Path) -> Study:
+    """A study spec whose store exists (else the one-line error naming the command to run)."""
     if not isinstance(study, Study):
         study = load_study(study, check_sources=False)
-    store = open_store_if_any(study)
-    if store is None:
+    if not study.store_path.is_file():
         raise UserError(
             f"study {study.name} has no store at {study.store_path} yet: "
             f"run `adaptive-lora run {study.path}` first"
         )
+    return study
+
+
+@contextmanager
+def _opened(study: Study | None) -> Iterator[StudyStore | None]:
+    """The study's store, closed again afterwards (None for no study)."""
+    if study is None:
+        yield None
+        return
+    store = StudyStore.open(study.store_path, create=False)
     with store:
-        out_dir = Path(out) if out else study.out / "report"
-        return write_report_files(study, store, out_dir, allow_mixed=allow_mixed)
+        yield store

@@ -9,6 +9,7 @@ from typing import Any
 
 from adaptive_lora.api import write_report
 from adaptive_lora.errors import UserError
+from adaptive_lora.report.against import summary_line
 
 
 def pooled_differences(stats_json: Path) -> list[str]:
@@ -24,7 +25,9 @@ def pooled_differences(stats_json: Path) -> list[str]:
 
 def cmd_report(args: argparse.Namespace) -> int:
     try:
-        files = write_report(args.study, args.out, allow_mixed=args.allow_mixed)
+        files = write_report(
+            args.study, args.out, allow_mixed=args.allow_mixed, against=args.against
+        )
     except OSError as error:  # --out not a folder, not writable, a disk full: the user's to fix
         where = error.filename or args.out or "the report folder"
         raise UserError(f"cannot write the report to {where}: {error.strerror or error}") from None
@@ -35,6 +38,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"table:  {files.table_tex}")
     print(f"stats:  {files.stats_json}")
     print(f"figures: {len(files.figures)} files in {files.report_md.parent / 'figures'}")
+    if files.comparison is not None:
+        print(f"against {files.comparison['study']}: {summary_line(files.comparison)}")
     return 0
 
 
@@ -51,5 +56,12 @@ def register(subparsers) -> None:
         action="store_true",
         help="pool runs from different environments (source, model, data, precision, torch, "
         "device type, bf16 matrix-instruction family); the report then says so at the top",
+    )
+    report.add_argument(
+        "--against",
+        metavar="OTHER.yaml",
+        help="another study (a replication's original, say): the report sets its decisions "
+        "beside this study's in the cells both ran (same data settings and budget), never "
+        "pooling their runs",
     )
     report.set_defaults(func=cmd_report)

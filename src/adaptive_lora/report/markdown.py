@@ -3,6 +3,7 @@ figures, notes."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -486,10 +487,12 @@ def render_markdown(
     out_dir: Path,
     *,
     study_level: bool = True,
+    after_answer: Sequence[str] = (),
 ) -> str:
-    """report.md of one study or group. The hypotheses and the recorded decisions belong
-    to the study, not to one group: a multi-group report prints them once at its top and
-    renders each group's section with `study_level=False`, which leaves both out."""
+    """report.md of one study or group (`after_answer`: lines that follow the Answer).
+    The hypotheses and the recorded decisions belong to the study, not to one group: a
+    multi-group report prints them once at its top and renders each group's section with
+    `study_level=False`, which leaves both out."""
     lines = [
         f"# Study `{study.name}`: rank allocation at a fixed parameter budget",
         "",
@@ -503,6 +506,7 @@ def render_markdown(
         lines += hypotheses_lines(analysis.get("hypotheses"), study.baseline)
     lines += _environment_warning(analysis)
     lines += answer_lines(study.baseline, analysis)
+    lines += after_answer
     lines += _status_lines(study, analysis)
     lines += _results_lines(study, analysis)
     if analysis.get("ladder"):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adaptive_lora.analysis.jsonable import to_jsonable
+from adaptive_lora.report.against import against_lines, compare_studies, matched_groups
 from adaptive_lora.report.analyse import analyse
 from adaptive_lora.report.cross_model import agreement_lines, cross_model_agreement
 from adaptive_lora.report.environment_check import refuse_mixed
@@ -40,6 +41,7 @@ class ReportFiles:
     stats_json: Path
     figures: list[Path] = field(default_factory=list)
     exports: list[Path] = field(default_factory=list)
+    comparison: dict | None = None  # with `against`: the two studies side by side
 
 
 def _write(path: Path, text: str) -> None:
@@ -55,8 +57,10 @@ def write_report(
     *,
     n_boot: int = 10000,
     allow_mixed: bool = False,
+    against: tuple[Study, StudyStore] | None = None,
 ) -> ReportFiles:
-    """Write the report of `study` (finished or not) into `out_dir`.
+    """Write the report of `study` (finished or not) into `out_dir`; with `against`
+    (another study and its store), a section on where the two agree (`against.py`).
 
     Compared runs from different environments (package source, model, data, precision,
     torch, device type) are refused in one line before anything is written, unless
@@ -64,15 +68,19 @@ def write_report(
     analysed per model (pairs never cross models), with a cross-model agreement table.
     """
     rows = store.rows(study.run_ids)
-    parts = {}
-    for group in study.groups:
-        sub = study.for_group(group) if study.multi_group else study
-        sub_rows = study.rows_of(group, rows) if study.multi_group else rows
-        analysis = analyse(sub, sub_rows, n_boot=n_boot)
-        analysis["allow_mixed"] = allow_mixed
-        if not allow_mixed:
-            refuse_mixed(analysis["environment_check"])
-        parts[group.key] = (sub, sub_rows, analysis)
+    parts = analyse_groups(study, rows, n_boot=n_boot, allow_mixed=allow_mixed)
+    comparison = None
+    if against is not None:
+        other, other_store = against
+        theirs = analyse_groups(
+            other, other_store.rows(other.run_ids), n_boot=n_boot, allow_mixed=allow_mixed
+        )
+        comparison = compare_studies(
+            other.name,
+            matched_groups(study, other),
+            _regime_and_cells(study, parts),
+            _regime_and_cells(other, theirs),
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = ReportFiles(out_dir / "report.md", out_dir / "table.tex", out_dir / "stats.json")
@@ -85,12 +93,23 @@ def write_report(
             titles = {group.key: group.title(study.varies())}
             [analysis["ladder"]] = regime_map({group.key: analysis}, titles, study.baseline)
             files.figures += draw_regime([analysis["ladder"]], [], out_dir / "figures")
+        extra = against_lines(comparison, study.baseline) if comparison else []
         markdown = render_markdown(
-            sub, analysis, sub_rows, store.notes(), store.manifest(), files.figures, out_dir
+            sub,
+            analysis,
+            sub_rows,
+            store.notes(),
+            store.manifest(),
+            files.figures,
+            out_dir,
+            after_answer=extra,
         )
         latex, stats = render_latex(sub, analysis), analysis
     else:
-        markdown, latex, stats = _multi_group(study, store, parts, out_dir, files)
+        markdown, latex, stats = _multi_group(study, store, parts, out_dir, files, comparison)
+    if comparison is not None:
+        stats["against"] = comparison
+    files.comparison = comparison
     _write(files.table_tex, latex)
     _write(files.report_md, markdown)
     _write(files.stats_json, json.dumps(to_jsonable(stats), indent=2))
@@ -98,8 +117,40 @@ def write_report(
     return files
 
 
+def analyse_groups(
+    study: Study, rows: list, *, n_boot: int, allow_mixed: bool
+) -> dict[str, tuple[Study, list, dict]]:
+    """Group key → (the group's study, its rows, its analysis); runs from different
+    environments refused in one line unless `allow_mixed`."""
+    parts = {}
+    for group in study.groups:
+        sub = study.for_group(group) if study.multi_group else study
+        sub_rows = study.rows_of(group, rows) if study.multi_group else rows
+        analysis = analyse(sub, sub_rows, n_boot=n_boot)
+        analysis["allow_mixed"] = allow_mixed
+        if not allow_mixed:
+            refuse_mixed(analysis["environment_check"])
+        parts[group.key] = (sub, sub_rows, analysis)
+    return parts
+
+
+def _regime_and_cells(study: Study, parts: dict) -> tuple[list, list]:
+    """A study's baseline ladders and its strategies' Δ per group × budget."""
+    analyses = {key: analysis for key, (_, _, analysis) in parts.items()}
+    titles = {g.key: g.title(study.varies()) for g in study.groups}
+    return (
+        regime_map(analyses, titles, study.baseline),
+        heatmap_cells(analyses, titles, study.baseline),
+    )
+
+
 def _multi_group(
-    study: Study, store: StudyStore, parts: dict, out_dir: Path, files: ReportFiles
+    study: Study,
+    store: StudyStore,
+    parts: dict,
+    out_dir: Path,
+    files: ReportFiles,
+    comparison: dict | None = None,
 ) -> tuple[str, str, dict]:
     """One section per group (headings one level down) after the study-wide tables.
 
@@ -126,6 +177,7 @@ def _multi_group(
             "",
             *declared,
             *agreement_lines(agreement, list(by_model), study.baseline),
+            *(against_lines(comparison, study.baseline) if comparison else []),
             *notes_lines(notes, study),
         ]
         stats: dict = {"models": by_model, "cross_model_agreement": agreement}
@@ -142,6 +194,7 @@ def _multi_group(
             "",
             *declared,
             *answer_lines(regime, cells, study.baseline),
+            *(against_lines(comparison, study.baseline) if comparison else []),
             *regime_lines(regime, cells, study.baseline),
             *notes_lines(notes, study),
         ]

@@ -1,0 +1,151 @@
+"""Does a replication agree with the study it replicates?
+
+Two studies that must not be pooled (another model, another CPU family: DESIGN.md) are
+compared only through what each concluded on its own. Cells are matched by their data
+settings and budget (the model may differ: that is what a replication on another model
+changes); per strategy against the same baseline, each study's paired Δ with its
+interval and its decision: its declared group-sequential design's where it has one,
+else the direction of a Holm-corrected fixed-sample test. A comparison agrees when both
+studies reached the same decision. The baselines' gains per doubling over their own
+ladders stand beside it, so a reader sees whether rank binds in both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adaptive_lora.analysis.formatting import fmt_num
+from adaptive_lora.report.regime import gain_text
+
+# A sequential decision in a table cell (regime.DECISION_WORDS has the sentences).
+SHORT = {
+    "superior": "beats",
+    "equivalent": "equivalent",
+    "inferior": "loses",
+    "futile": "futile",
+    "inconclusive": "inconclusive",
+    "continue": "open",
+}
+
+
+def decision_word(cell: dict[str, Any]) -> str:
+    """What a study concluded on one comparison (a `regime.heatmap_cells` entry)."""
+    if cell.get("decision"):
+        return SHORT.get(cell["decision"], cell["decision"])
+    if not cell["significant"]:
+        return "no difference (Holm)"
+    return "beats (Holm)" if cell["mean_diff"] < 0 else "loses (Holm)"
+
+
+def matched_groups(here: Any, there: Any) -> list[tuple[str, str]]:
+    """(this study's group key, the other's) for every pair of groups whose data settings
+    are equal: the same source, options, sizes, template and data seed."""
+    return [
+        (mine.key, theirs.key)
+        for mine in here.groups
+        for theirs in there.groups
+        if mine.sections.get("data") == theirs.sections.get("data")
+    ]
+
+
+def compare_studies(
+    name: str,
+    pairs: list[tuple[str, str]],
+    here: tuple[list[dict[str, Any]], list[dict[str, Any]]],
+    there: tuple[list[dict[str, Any]], list[dict[str, Any]]],
+) -> dict[str, Any]:
+    """Side by side: `here` and `there` are each study's (regime, cells) as
+    `regime.regime_map` and `regime.heatmap_cells` give them."""
+    (here_regime, here_cells), (there_regime, there_cells) = here, there
+    theirs = {(c["group"], c["budget"], c["strategy"]): c for c in there_cells}
+    rows = []
+    for mine_key, their_key in pairs:
+        for cell in here_cells:
+            other = theirs.get((their_key, cell["budget"], cell["strategy"]))
+            if cell["group"] != mine_key or other is None:
+                continue
+            words = decision_word(cell), decision_word(other)
+            rows.append({"here": cell, "there": other, "decisions": list(words),
+                         "agree": words[0] == words[1]})  # fmt: skip
+    # Each baseline's ladder, as its budgets and its gain per doubling over them.
+    gains = {
+        entry["group"]: {
+            "budgets": [point["budget"] for point in entry["ladder"]],
+            "gain": entry["gain_per_doubling"]["overall"],
+        }
+        for entry in here_regime + there_regime
+    }
+    return {
+        "study": name,
+        "groups": [list(pair) for pair in pairs],
+        "ladders": [[gains.get(mine), gains.get(theirs)] for mine, theirs in pairs],
+        "rows": rows,
+    }
+
+
+def _delta(cell: dict[str, Any]) -> str:
+    lo, hi = cell["ci_t"]
+    return (
+        f"{fmt_num(cell['mean_diff'], 4, plus=True)} [{fmt_num(lo, 4)}, {fmt_num(hi, 4)}] "
+        f"(n = {cell['n']})"
+    )
+
+
+def summary_line(comparison: dict[str, Any]) -> str:
+    """One sentence: how many comparisons agree, and which."""
+    rows = comparison["rows"]
+    if not rows:
+        return f"no comparison in common with `{comparison['study']}`"
+    same = [r["here"]["strategy"] for r in rows if r["agree"]]
+    differ = [
+        f"{r['here']['strategy']} ({r['decisions'][0]} here, {r['decisions'][1]} there)"
+        for r in rows
+        if not r["agree"]
+    ]
+    text = f"agree on {len(same)} of {len(rows)} comparisons"
+    if same:
+        text += f" ({', '.join(same)})"
+    return text + (f"; differ on {', '.join(differ)}" if differ else "")
+
+
+def against_lines(comparison: dict[str, Any], baseline: str) -> list[str]:
+    """The report's section on the other study."""
+    name = comparison["study"]
+    lines = [
+        f"## Against `{name}`",
+        "",
+        f"This study's decisions beside those of `{name}` in the cells both ran: the same "
+        "data settings and budget (the model and the machine may differ). The runs of the "
+        "two studies are never pooled; each Δ is paired by seed within its own study, and "
+        "each decision is its own study's (its declared sequential design, else a "
+        "Holm-corrected fixed-sample test).",
+        "",
+    ]
+    if not comparison["rows"]:
+        return lines + ["The two studies have no cell and comparison in common.", ""]
+    for (mine, theirs), (here_ladder, there_ladder) in zip(
+        comparison["groups"], comparison["ladders"]
+    ):
+        lines.append(f"- Cell `{mine}` here, `{theirs}` there.")
+        for who, entry in (("here", here_ladder), ("there", there_ladder)):
+            if entry and entry["gain"]["n"]:
+                budgets = ", ".join(entry["budgets"])
+                gain = gain_text(entry["gain"])
+                lines.append(f"  - `{baseline}`'s gain per doubling {who} ({budgets}): {gain}")
+    lines += [
+        "",
+        f"| budget | strategy | Δ test loss here [95% CI] | decision here | Δ in `{name}` [95% CI] | decision there | agree |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in comparison["rows"]:
+        here, there = row["here"], row["there"]
+        lines.append(
+            f"| {here['budget']} | {here['strategy']} | {_delta(here)} | {row['decisions'][0]} | "
+            f"{_delta(there)} | {row['decisions'][1]} | {'yes' if row['agree'] else '**no**'} |"
+        )
+    summary = summary_line(comparison)
+    return lines + [
+        "",
+        f"Δ = strategy − `{baseline}` (lower is better). This study and `{name}` {summary}.",
+        "",
+    ]

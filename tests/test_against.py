@@ -1,0 +1,96 @@
+"""`report --against`: a study's decisions beside another study's, cell by cell."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+from adaptive_lora.cli import main
+from adaptive_lora.report.against import (
+    compare_studies,
+    decision_word,
+    matched_groups,
+    summary_line,
+)
+
+FIXTURE = Path(__file__).parent / "fixtures" / "quickstart"
+
+
+def _cell(group, strategy, mean, decision=None, significant=False, budget="r4"):
+    return {"group": group, "title": group, "budget": budget, "strategy": strategy, "n": 10,
+            "mean_diff": mean, "ci_t": [mean - 0.001, mean + 0.001], "d_z": 0.0,
+            "p_t_holm": 0.5, "significant": significant, "decision": decision}  # fmt: skip
+
+
+def test_a_decision_is_the_designs_else_the_holm_tests_direction():
+    assert decision_word(_cell("g", "a", -0.002, decision="superior")) == "beats"
+    assert decision_word(_cell("g", "a", 0.0, decision="equivalent")) == "equivalent"
+    assert decision_word(_cell("g", "a", 0.0, decision="continue")) == "open"
+    assert decision_word(_cell("g", "a", -0.002, significant=True)) == "beats (Holm)"
+    assert decision_word(_cell("g", "a", 0.002, significant=True)) == "loses (Holm)"
+    assert decision_word(_cell("g", "a", 0.002)) == "no difference (Holm)"
+
+
+def test_groups_match_on_equal_data_settings_whatever_the_model():
+    def group(key, n_train):
+        return SimpleNamespace(key=key, sections={"data": {"source": "x.json", "n_train": n_train}})
+
+    here = SimpleNamespace(groups=[group("gemma|data|100", 100)])
+    there = SimpleNamespace(groups=[group("smol|x|100", 100), group("smol|x|400", 400)])
+    assert matched_groups(here, there) == [("gemma|data|100", "smol|x|100")]
+
+
+def test_only_shared_cells_are_compared_and_disagreements_are_named():
+    here = [_cell("h", "a", -0.002, "superior"), _cell("h", "b", 0.0, "equivalent"),
+            _cell("h", "c", 0.0, "equivalent"), _cell("h", "a", 0.0, "equivalent", budget="r8")]  # fmt: skip
+    there = [_cell("t", "a", 0.0, "equivalent"), _cell("t", "b", 0.0, "equivalent"),
+             _cell("other", "c", 0.0, "equivalent")]  # fmt: skip
+    ladder = {"gain_per_doubling": {"overall": {"n": 0}}, "ladder": [{"budget": "r4"}]}
+    comparison = compare_studies(
+        "orig",
+        [("h", "t")],
+        ([{**ladder, "group": "h"}], here),
+        ([{**ladder, "group": "t"}], there),
+    )
+    # c's match is in a group not paired with h; a at r8 has no counterpart there.
+    assert [(r["here"]["strategy"], r["agree"]) for r in comparison["rows"]] == [
+        ("a", False),
+        ("b", True),
+    ]
+    assert comparison["ladders"] == [[{"budgets": ["r4"], "gain": {"n": 0}}] * 2]
+    assert summary_line(comparison) == (
+        "agree on 1 of 2 comparisons (b); differ on a (beats here, equivalent there)"
+    )
+
+
+def test_the_report_sets_a_study_beside_another(tmp_path, monkeypatch, capsys):
+    """The committed quickstart study against itself agrees everywhere; the section, the
+    printed summary and stats.json say so."""
+    work = tmp_path / "quickstart"
+    shutil.copytree(FIXTURE, work)
+    monkeypatch.chdir(work)
+    assert main(["report", "study.yaml", "--out", "again", "--against", "study.yaml"]) == 0
+    printed = capsys.readouterr().out
+    assert "against quickstart: agree on 1 of 1 comparisons (linear_decay)" in printed
+    text = (work / "again" / "report.md").read_text()
+    section = text.split("## Against `quickstart`", 1)[1].split("\n## ", 1)[0]
+    assert "| r8 | linear_decay |" in section and "| yes |" in section
+    against = json.loads((work / "again" / "stats.json").read_text())["against"]
+    assert against["groups"] == [["smollm2-135m|data|96", "smollm2-135m|data|96"]]
+    assert [row["agree"] for row in against["rows"]] == [True]
+
+
+def test_another_study_without_a_store_is_one_line_and_nothing_written(
+    tmp_path, monkeypatch, capsys
+):
+    work = tmp_path / "quickstart"
+    shutil.copytree(FIXTURE, work)
+    monkeypatch.chdir(work)
+    other = (work / "study.yaml").read_text().replace("out: study\n", "out: elsewhere\n")
+    (work / "other.yaml").write_text(other.replace("name: quickstart", "name: other"))
+    assert main(["report", "study.yaml", "--out", "again", "--against", "other.yaml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "study other has no store" in err
+    assert not (work / "again").exists()
