@@ -77,6 +77,7 @@ def test_the_report_sets_a_study_beside_another(tmp_path, monkeypatch, capsys):
     text = (work / "again" / "report.md").read_text()
     section = text.split("## Against `quickstart`", 1)[1].split("\n## ", 1)[0]
     assert "| r8 | linear_decay |" in section and "| yes |" in section
+    assert "adaptive-lora report study.yaml --out again --against study.yaml" in text
     against = json.loads((work / "again" / "stats.json").read_text())["against"]
     assert against["groups"] == [["smollm2-135m|data|96", "smollm2-135m|data|96"]]
     assert [row["agree"] for row in against["rows"]] == [True]

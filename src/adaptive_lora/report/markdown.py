@@ -488,8 +488,10 @@ def render_markdown(
     *,
     study_level: bool = True,
     after_answer: Sequence[str] = (),
+    against: str | None = None,
 ) -> str:
-    """report.md of one study or group (`after_answer`: lines that follow the Answer).
+    """report.md of one study or group (`after_answer`: lines that follow the Answer;
+    `against`: the study file `report --against` named, for the command to reproduce it).
     The hypotheses and the recorded decisions belong to the study, not to one group: a
     multi-group report prints them once at its top and renders each group's section with
     `study_level=False`, which leaves both out."""
@@ -522,7 +524,8 @@ def render_markdown(
         "",
         "```",
         f"adaptive-lora run {study.path}",
-        f"adaptive-lora report {study.path} --out {out_dir}",
+        f"adaptive-lora report {study.path} --out {out_dir}"
+        + (f" --against {against}" if against else ""),
         "```",
         "",
         "Every run's folder (`runs/<id>/` under the study folder) holds its resolved "

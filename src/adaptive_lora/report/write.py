@@ -81,6 +81,7 @@ def write_report(
             _regime_and_cells(study, parts),
             _regime_and_cells(other, theirs),
         )
+        comparison["path"] = str(other.path)  # for the report's command to reproduce it
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = ReportFiles(out_dir / "report.md", out_dir / "table.tex", out_dir / "stats.json")
@@ -103,6 +104,7 @@ def write_report(
             files.figures,
             out_dir,
             after_answer=extra,
+            against=comparison["path"] if comparison else None,
         )
         latex, stats = render_latex(sub, analysis), analysis
     else:
@@ -215,6 +217,7 @@ def _multi_group(
             figures,
             out_dir,
             study_level=False,
+            against=comparison["path"] if comparison else None,
         )
         body = text.split("\n", 1)[1]  # the per-group title is replaced by the group's name
         title = titles[key]
