@@ -95,3 +95,11 @@ def test_another_study_without_a_store_is_one_line_and_nothing_written(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "study other has no store" in err
     assert not (work / "again").exists()
+
+
+def test_equal_group_keys_keep_each_studys_own_ladder():
+    """A confirmation of the same cell has the same group key as its original."""
+    mine = {"group": "g", "ladder": [{"budget": "r4"}], "gain_per_doubling": {"overall": {"n": 0}}}
+    theirs = {**mine, "ladder": [{"budget": "r2"}, {"budget": "r4"}]}
+    comparison = compare_studies("orig", [("g", "g")], ([mine], []), ([theirs], []))
+    assert [entry["budgets"] for entry in comparison["ladders"][0]] == [["r4"], ["r2", "r4"]]

@@ -67,18 +67,23 @@ def compare_studies(
             words = decision_word(cell), decision_word(other)
             rows.append({"here": cell, "there": other, "decisions": list(words),
                          "agree": words[0] == words[1]})  # fmt: skip
-    # Each baseline's ladder, as its budgets and its gain per doubling over them.
-    gains = {
-        entry["group"]: {
-            "budgets": [point["budget"] for point in entry["ladder"]],
-            "gain": entry["gain_per_doubling"]["overall"],
+
+    # Each baseline's ladder, as its budgets and its gain per doubling over them; one
+    # mapping per study, since the two studies' group keys may be equal.
+    def gains(regime: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {
+            entry["group"]: {
+                "budgets": [point["budget"] for point in entry["ladder"]],
+                "gain": entry["gain_per_doubling"]["overall"],
+            }
+            for entry in regime
         }
-        for entry in here_regime + there_regime
-    }
+
+    mine_gains, their_gains = gains(here_regime), gains(there_regime)
     return {
         "study": name,
         "groups": [list(pair) for pair in pairs],
-        "ladders": [[gains.get(mine), gains.get(theirs)] for mine, theirs in pairs],
+        "ladders": [[mine_gains.get(a), their_gains.get(b)] for a, b in pairs],
         "rows": rows,
     }
 
