@@ -15,8 +15,7 @@ Each function is a thin front of the stage that does the work (see ARCHITECTURE.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +119,8 @@ def write_report(
     """
     study = _stored_study(study)
     other = None if against is None else _stored_study(against)
-    with _opened(study) as store, _opened(other) as other_store:
+    other_opened = nullcontext() if other is None else _open(other)
+    with _open(study) as store, other_opened as other_store:
         out_dir = Path(out) if out else study.out / "report"
         return write_report_files(
             study,
@@ -143,12 +143,6 @@ def _stored_study(study: Study | str | Path) -> Study:
     return study
 
 
-@contextmanager
-def _opened(study: Study | None) -> Iterator[StudyStore | None]:
-    """The study's store, closed again afterwards (None for no study)."""
-    if study is None:
-        yield None
-        return
-    store = StudyStore.open(study.store_path, create=False)
-    with store:
-        yield store
+def _open(study: Study) -> StudyStore:
+    """The existing store of a study (`_stored_study` checked it), for a `with` block."""
+    return StudyStore.open(study.store_path, create=False)

@@ -113,8 +113,10 @@ def summary_line(comparison: dict[str, Any]) -> str:
     return text + (f"; differ on {', '.join(differ)}" if differ else "")
 
 
-def against_lines(comparison: dict[str, Any], baseline: str) -> list[str]:
-    """The report's section on the other study."""
+def against_lines(comparison: dict[str, Any] | None, baseline: str) -> list[str]:
+    """The report's section on the other study (none without `--against`)."""
+    if comparison is None:
+        return []
     name = comparison["study"]
     lines = [
         f"## Against `{name}`",

@@ -94,7 +94,6 @@ def write_report(
             titles = {group.key: group.title(study.varies())}
             [analysis["ladder"]] = regime_map({group.key: analysis}, titles, study.baseline)
             files.figures += draw_regime([analysis["ladder"]], [], out_dir / "figures")
-        extra = against_lines(comparison, study.baseline) if comparison else []
         markdown = render_markdown(
             sub,
             analysis,
@@ -103,7 +102,7 @@ def write_report(
             store.manifest(),
             files.figures,
             out_dir,
-            after_answer=extra,
+            after_answer=against_lines(comparison, study.baseline),
             against=comparison["path"] if comparison else None,
         )
         latex, stats = render_latex(sub, analysis), analysis
@@ -179,7 +178,7 @@ def _multi_group(
             "",
             *declared,
             *agreement_lines(agreement, list(by_model), study.baseline),
-            *(against_lines(comparison, study.baseline) if comparison else []),
+            *against_lines(comparison, study.baseline),
             *notes_lines(notes, study),
         ]
         stats: dict = {"models": by_model, "cross_model_agreement": agreement}
@@ -196,7 +195,7 @@ def _multi_group(
             "",
             *declared,
             *answer_lines(regime, cells, study.baseline),
-            *(against_lines(comparison, study.baseline) if comparison else []),
+            *against_lines(comparison, study.baseline),
             *regime_lines(regime, cells, study.baseline),
             *notes_lines(notes, study),
         ]
