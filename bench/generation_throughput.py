@@ -110,11 +110,15 @@ def main() -> None:
     if args.alpaca:
         settings = DataSettings(source=args.alpaca, n_train=1, n_val=0, n_test=args.items)
     else:
-        settings = DataSettings(source=SOURCE, options=OPTIONS, n_train=1, n_val=0, n_test=args.items)
+        settings = DataSettings(
+            source=SOURCE, options=OPTIONS, n_train=1, n_val=0, n_test=args.items
+        )
     items = load_splits(settings).test
     common = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
 
-    plain_generate(model, tokenizer, items[: args.batch_size], precision=precision, **common)  # warm
+    plain_generate(
+        model, tokenizer, items[: args.batch_size], precision=precision, **common
+    )  # warm
     start = time.perf_counter()
     plain = plain_generate(model, tokenizer, items, precision=precision, **common)
     plain_s = time.perf_counter() - start

@@ -42,6 +42,14 @@ def test_the_pilot_expands_into_cells_and_pairs_within_each_group(tmp_path):
         assert spec.config.data.source.startswith("reasoning_gym:") == (group.task == "arith")
 
 
+def test_groups_are_named_by_the_factors_that_vary(tmp_path):
+    study = load_study(_pilot(tmp_path), check_sources=False)
+    titles = study.group_titles()
+    assert titles["smollm2-135m|arith|256"] == "task `arith`, n_train = 256"  # model is fixed
+    assert study.group_titles(plain=True)["smollm2-135m|alpaca|128"] == "task alpaca, n_train = 128"
+    assert list(titles) == [g.key for g in study.groups]
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
@@ -163,7 +171,9 @@ def test_the_pilot_runs_end_to_end_on_a_tiny_model_and_reports_the_regime(tmp_pa
     assert text.index("## Where does rank matter?") < text.index("## Task `arith`, n_train = 8")
     assert "**Where rank matters.**" in text and "**Does allocation matter there?**" in text
     assert "gain per doubling" in text and "### Every strategy against the baseline" in text
-    assert text.count("## Hypotheses") == 1 and text.index("## Hypotheses") < text.index("## Answer")
+    assert text.count("## Hypotheses") == 1 and text.index("## Hypotheses") < text.index(
+        "## Answer"
+    )
     assert (out / "figures" / "regime_heatmap.png").is_file()
     assert (out / "figures" / "regime_ladder.png").is_file()
     stats = __import__("json").loads((out / "stats.json").read_text())
@@ -175,21 +185,32 @@ def test_the_pilot_runs_end_to_end_on_a_tiny_model_and_reports_the_regime(tmp_pa
 def test_where_runs_a_strategy_only_in_the_groups_it_names(tmp_path):
     strategies = [
         "uniform",
-        {"name": "linear_decay", "budgets": ["r1", "r4"], "where": {"task": "arith", "n_train": 1024}},
+        {
+            "name": "linear_decay",
+            "budgets": ["r1", "r4"],
+            "where": {"task": "arith", "n_train": 1024},
+        },
     ]
     study = load_study(_pilot(tmp_path, strategies=strategies), check_sources=False)
     decay = [(s.group, s.budget) for s in study.runs if s.label == "linear_decay"]
     assert decay == [("smollm2-135m|arith|1024", "r1"), ("smollm2-135m|arith|1024", "r4")]
     assert len(study.runs) == 4 * 3 + 2
     assert [study.for_group(g).labels for g in study.groups] == [
-        ["uniform"], ["uniform", "linear_decay"], ["uniform"], ["uniform"]
+        ["uniform"],
+        ["uniform", "linear_decay"],
+        ["uniform"],
+        ["uniform"],
     ]
 
 
 @pytest.mark.parametrize(
     "where, baseline_where, message",
     [
-        ({"task": "arithmetic"}, False, r"where\.task: \['arithmetic'\] not among the study's levels \(arith, alpaca\)"),
+        (
+            {"task": "arithmetic"},
+            False,
+            r"where\.task: \['arithmetic'\] not among the study's levels \(arith, alpaca\)",
+        ),
         ({"n_train": 2000}, False, r"where\.n_train: \[2000\] not among"),
         ({"size": 256}, False, r"strategies\[1\]\.where: unknown key"),
         ({"task": "alpaca", "n_train": 256}, False, "matches no group"),

@@ -28,7 +28,14 @@ from tiny import save_tiny, tiny_llama
 
 
 def test_the_registry_holds_every_metric():
-    assert set(METRICS) == {"rouge_l", "exact_match", "final_number", "exact", "contains", "task_score"}
+    assert set(METRICS) == {
+        "rouge_l",
+        "exact_match",
+        "final_number",
+        "exact",
+        "contains",
+        "task_score",
+    }
     assert all(metric.summary for metric in METRICS.values())
 
 

@@ -95,7 +95,12 @@ def test_compare_metrics_reads_task_metrics_and_per_item_records():
     """A generated task's `task_score` (named in `eval_metrics`) and every item's loss and
     verdict are compared, not only the fixed list."""
     items = {"key": ["a1", "b2"], "loss": [0.5, 0.7], "tokens": [3, 4], "task_score": [1.0, 0.0]}
-    stored = {"test_loss": 1.5, "task_score": 0.5, "eval_metrics": ["task_score"], "test_items": items}
+    stored = {
+        "test_loss": 1.5,
+        "task_score": 0.5,
+        "eval_metrics": ["task_score"],
+        "test_items": items,
+    }
     same = compare_metrics(stored, json.loads(json.dumps(stored)))
     assert [key for key, *_ in same] == ["test_loss", "task_score", "test_items"]
     assert all(ok for *_, ok in same)

@@ -289,7 +289,11 @@ def test_dry_run_lists_and_estimates_without_writing(tmp_path, capsys):
     assert "0 would run" in capsys.readouterr().out
     assert main(["run", str(path), "--dry-run", "--retry-failed"]) == 0
     out = capsys.readouterr().out
-    assert "1 would run" in out and "[failed]" in out and "3 finished run(s), scaled by each run's size" in out
+    assert (
+        "1 would run" in out
+        and "[failed]" in out
+        and "3 finished run(s), scaled by each run's size" in out
+    )
     assert format_dry_run(study, retry_failed=False).count("\n") == 1
 
 
@@ -302,7 +306,9 @@ def test_the_estimate_takes_runs_side_by_side_in_rounds(tmp_path):
 
     study = load_study(write_study(tmp_path, seeds="0..3"))
     first, *todo = [s for s in study.runs if s.label == study.runs[0].label]
-    rows = {first.run_id: SimpleNamespace(status="done", seconds=60.0, config=first.config.to_dict())}
+    rows = {
+        first.run_id: SimpleNamespace(status="done", seconds=60.0, config=first.config.to_dict())
+    }
     todo = todo[:3]
     assert estimate(study, rows, todo).seconds == pytest.approx(180.0)
     two = estimate(study, rows, todo, at_once=2)
@@ -515,8 +521,16 @@ def test_sigkill_mid_run_then_resume_runs_only_the_interrupted_run(tmp_path):
 
 @pytest.mark.parametrize(
     "name",
-    ["quickstart", "alpaca-smollm2", "alpaca-gemma3", "two-models", "dialogpt-medium",
-     "regime-pilot", "regime-map", "regime-map-gemma3"],
+    [
+        "quickstart",
+        "alpaca-smollm2",
+        "alpaca-gemma3",
+        "two-models",
+        "dialogpt-medium",
+        "regime-pilot",
+        "regime-map",
+        "regime-map-gemma3",
+    ],
 )
 def test_shipped_configs(name, monkeypatch):
     path = ROOT / "configs" / f"{name}.yaml"

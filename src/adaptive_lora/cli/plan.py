@@ -34,7 +34,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         )
     store = open_store_if_any(pilot)
     if store is None:
-        raise UserError(f"the pilot {pilot.path} has no store yet ({pilot.store_path}); run it first")
+        raise UserError(
+            f"the pilot {pilot.path} has no store yet ({pilot.store_path}); run it first"
+        )
     with store:
         rows = store.rows()
     n = planned_seeds(study)

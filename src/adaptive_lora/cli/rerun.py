@@ -91,9 +91,7 @@ def compare_metrics(
     """(key, stored, re-run, same) for every compared number, task metric (`eval_metrics`:
     a generated task's `task_score`), curve and per-item record either run has."""
     named = (*COMPARED, *stored.get("eval_metrics", ()), *now.get("eval_metrics", ()))
-    keys = [
-        k for k in (*dict.fromkeys(named), *CURVE_KEYS, ITEMS_KEY) if k in stored or k in now
-    ]
+    keys = [k for k in (*dict.fromkeys(named), *CURVE_KEYS, ITEMS_KEY) if k in stored or k in now]
     return [
         (k, stored.get(k), now.get(k), _same(stored.get(k), now.get(k), tolerance)) for k in keys
     ]

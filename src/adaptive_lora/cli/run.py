@@ -82,9 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UserError(f"{flags} need --workers N or --address ADDR")
         # Failed runs are part of a study's record, not an error of the command.
         with stopping_on_signals():
-            run_study(
-                study, retry_failed=args.retry_failed, quiet=args.quiet, log=_say, only=only
-            )
+            run_study(study, retry_failed=args.retry_failed, quiet=args.quiet, log=_say, only=only)
         return 0
     # Imported here only: Ray takes 1-2 s to import, which the in-process default must not pay.
     from adaptive_lora.study.ray_executor import RayExecutor, Resources

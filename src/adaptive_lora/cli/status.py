@@ -53,7 +53,7 @@ def format_status(study) -> str:
     for spec in study.runs:
         key = (spec.label, spec.budget, spec.lr) if tuned else (spec.label, spec.budget)
         groups.setdefault((spec.group, *key), {})[spec.seed] = marks[spec.run_id]
-    titles = {g.key: g.title(study.varies()).replace("`", "") for g in study.groups}
+    titles = study.group_titles(plain=True)
     width = max(len("strategy"), *(len(label) for label in study.labels))
     # Tuning seeds first ("t0"); a cell with no run at that rate stays blank.
     columns = [(s, f"t{s}") for s in study.lr_tuning_seeds] + [(s, str(s)) for s in study.seeds]

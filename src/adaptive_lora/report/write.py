@@ -69,6 +69,9 @@ def write_report(
     """
     rows = store.rows(study.run_ids)
     parts = analyse_groups(study, rows, n_boot=n_boot, allow_mixed=allow_mixed)
+    # The baseline ladders and strategy cells: the factorial report's tables and what a
+    # comparison with another study matches, so computed once for both.
+    mine = _regime_and_cells(study, parts) if study.multi_group or against else None
     comparison = None
     if against is not None:
         other, other_store = against
@@ -76,10 +79,7 @@ def write_report(
             other, other_store.rows(other.run_ids), n_boot=n_boot, allow_mixed=allow_mixed
         )
         comparison = compare_studies(
-            other.name,
-            matched_groups(study, other),
-            _regime_and_cells(study, parts),
-            _regime_and_cells(other, theirs),
+            other.name, matched_groups(study, other), mine, _regime_and_cells(other, theirs)
         )
         comparison["path"] = str(other.path)  # for the report's command to reproduce it
     out_dir = Path(out_dir)
@@ -91,8 +91,9 @@ def write_report(
         files.figures = draw_figures(sub, sub_rows, analysis, out_dir / "figures")
         if len(study.budgets_for(study.baseline)) >= LADDER_BUDGETS:
             # A ladder of the baseline: the report says whether its rank binds at all.
-            titles = {group.key: group.title(study.varies())}
-            [analysis["ladder"]] = regime_map({group.key: analysis}, titles, study.baseline)
+            [analysis["ladder"]] = regime_map(
+                {group.key: analysis}, study.group_titles(), study.baseline
+            )
             files.figures += draw_regime([analysis["ladder"]], [], out_dir / "figures")
         markdown = render_markdown(
             sub,
@@ -107,7 +108,7 @@ def write_report(
         )
         latex, stats = render_latex(sub, analysis), analysis
     else:
-        markdown, latex, stats = _multi_group(study, store, parts, out_dir, files, comparison)
+        markdown, latex, stats = _multi_group(study, store, parts, mine, out_dir, files, comparison)
     if comparison is not None:
         stats["against"] = comparison
     files.comparison = comparison
@@ -138,7 +139,7 @@ def analyse_groups(
 def _regime_and_cells(study: Study, parts: dict) -> tuple[list, list]:
     """A study's baseline ladders and its strategies' Δ per group × budget."""
     analyses = {key: analysis for key, (_, _, analysis) in parts.items()}
-    titles = {g.key: g.title(study.varies()) for g in study.groups}
+    titles = study.group_titles()
     return (
         regime_map(analyses, titles, study.baseline),
         heatmap_cells(analyses, titles, study.baseline),
@@ -149,6 +150,7 @@ def _multi_group(
     study: Study,
     store: StudyStore,
     parts: dict,
+    regime_and_cells: tuple[list, list],
     out_dir: Path,
     files: ReportFiles,
     comparison: dict | None = None,
@@ -164,7 +166,7 @@ def _multi_group(
     notes = store.notes()  # so are the recorded decisions: once, after the study-wide tables
     varies = study.varies()
     groups = {g.key: g for g in study.groups}
-    titles = {key: groups[key].title(varies) for key in parts}
+    titles = study.group_titles()
     models_only = varies == (True, False, False)
     if models_only:
         by_model = {groups[key].model: a for key, a in analyses.items()}
@@ -183,8 +185,7 @@ def _multi_group(
         ]
         stats: dict = {"models": by_model, "cross_model_agreement": agreement}
     else:
-        regime = regime_map(analyses, titles, study.baseline)
-        cells = heatmap_cells(analyses, titles, study.baseline)
+        regime, cells = regime_and_cells
         files.figures += draw_regime(regime, cells, out_dir / "figures")
         lines = [
             f"# Study `{study.name}`: where does rank matter, and does allocation matter there?",

@@ -135,7 +135,7 @@ def plan_study(study: Study, pilot: Study, pilot_rows: Sequence[RunRow], *,
 
 def warning_lines(study: Study, plans: list[ComparisonPlan]) -> list[str]:
     """One line per comparison the planned seeds cannot decide (what `run` prints)."""
-    titles = {g.key: g.title(study.varies()).replace("`", "") for g in study.groups}
+    titles = study.group_titles(plain=True)
     lines = []
     for p in plans:
         where = f"{p.label} vs {study.baseline} at {p.budget}" + (
@@ -149,7 +149,7 @@ def warning_lines(study: Study, plans: list[ComparisonPlan]) -> list[str]:
 def plan_table(study: Study, plans: list[ComparisonPlan]) -> list[str]:
     """The `plan` command's table: per comparison, sd and the seeds each test needs."""
     n_planned = planned_seeds(study)
-    titles = {g.key: g.title(study.varies()).replace("`", "") for g in study.groups}
+    titles = study.group_titles(plain=True)
     lines = [
         "| group | budget | strategy | sd of differences (source) | t-test: seeds for 80% "
         f"[power at {n_planned}] | TOST: seeds for 80% [power at {n_planned}] | Wilcoxon can reach α |",
@@ -162,7 +162,11 @@ def plan_table(study: Study, plans: list[ComparisonPlan]) -> list[str]:
         q = p.plan
         t = _seeds(q["t_seeds"], q["t_power"]) if q["smallest_effect"] is not None else "not asked"
         tost = _seeds(q["tost_seeds"], q["tost_power"]) if q["margin"] is not None else "not asked"
-        reach = "yes" if q["wilcoxon"]["can_reach"] else f"no (floor × m = {q['wilcoxon']['holm_floor']:.3g})"
+        reach = (
+            "yes"
+            if q["wilcoxon"]["can_reach"]
+            else f"no (floor × m = {q['wilcoxon']['holm_floor']:.3g})"
+        )
         lines.append(
             f"| {titles[p.group]} | {p.budget} | {p.label} | {p.sd:.4g} ({p.source}) | {t} | "
             f"{tost} | {reach} |"
@@ -257,7 +261,7 @@ def plan_ladder(
 def ladder_table(study: Study, plans: list[LadderPlan], gain: float) -> list[str]:
     """`plan --gain-per-doubling`'s table: per group and span, the seeds to establish it."""
     n_planned = planned_seeds(study)
-    titles = {g.key: g.title(study.varies()).replace("`", "") for g in study.groups}
+    titles = study.group_titles(plain=True)
     lines = [
         f"| group | ladder | pilot gain per doubling (seeds) | sd over seeds | seeds to "
         f"establish {gain:g} per doubling, 80% [power at {n_planned}] |",

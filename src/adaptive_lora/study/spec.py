@@ -169,6 +169,13 @@ class Study:
             for name in ("model", "task", "n_train")
         )  # type: ignore[return-value]
 
+    def group_titles(self, *, plain: bool = False) -> dict[str, str]:
+        """Group key → the group's name (only the factors that vary); `plain` drops the
+        Markdown code marks, for a terminal."""
+        varies = self.varies()
+        titles = {g.key: g.title(varies) for g in self.groups}
+        return {k: t.replace("`", "") for k, t in titles.items()} if plain else titles
+
     def group_of(self, config: dict[str, Any]) -> Group | None:
         """The group a stored run belongs to, by its model and data settings."""
         return self.group_with(group_signature(config))
