@@ -145,7 +145,10 @@ def main() -> None:
     shares = pilot_shares(args.study)
     if shares is None:
         share_text = "n/a"
-        print(f"no finished runs in {args.study}'s store: run the pilot for the run shares")
+        print(
+            f"no finished runs in {args.study}'s store: run the pilot, or copy the committed "
+            "results/regime-pilot/study.db into studies/regime-pilot/, for the run shares"
+        )
     else:
         evaluation, fixed, n = shares
         share_text = f"{100 * evaluation:.1f}"
