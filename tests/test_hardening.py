@@ -180,6 +180,27 @@ def test_run_stops_before_any_run_on_another_family(done_study, tmp_path, capsys
     assert table(path, f"SELECT status FROM runs WHERE id = '{reopened}'") == [("done",)]
 
 
+def test_status_and_dry_run_say_beforehand_that_run_would_stop_here(done_study, tmp_path, capsys):
+    path = copy_study(done_study, tmp_path)
+    _reopen_one_run(path)
+    for command in (["status", str(path)], ["run", str(path), "--dry-run"]):
+        assert main(command) == 0
+        assert "would stop" not in capsys.readouterr().out  # stored on this machine's family
+    edit_manifests(path, set_family(ANOTHER))
+    before = table(path, "SELECT * FROM attempts")
+    for command in (["status", str(path)], ["run", str(path), "--dry-run"]):
+        assert main(command) == 0
+        last = capsys.readouterr().out.strip().splitlines()[-1]
+        assert last.startswith("note: `run` here would stop before its first run")
+        assert f"computes bf16 with {HERE}" in last and f"{ANOTHER} (3 run(s))" in last
+    assert main(["run", str(path), "--dry-run", "--allow-mixed"]) == 0
+    assert capsys.readouterr().out.strip().endswith("`run --allow-mixed` goes on")
+    assert table(path, "SELECT * FROM attempts") == before  # planning started nothing
+    edit_manifests(path, set_family(None))  # runs of unknown family: nothing to say
+    assert main(["status", str(path)]) == 0
+    assert "note:" not in capsys.readouterr().out
+
+
 def test_run_does_not_stop_for_runs_of_unknown_family_or_nothing_to_run(done_study, tmp_path):
     path = copy_study(done_study, tmp_path)
     edit_manifests(path, set_family(ANOTHER))

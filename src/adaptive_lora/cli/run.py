@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from adaptive_lora.cli.status import _mark
 from adaptive_lora.errors import UserError
 from adaptive_lora.study.executor import Stopped, as_stopped
-from adaptive_lora.study.machine_check import check_machine
+from adaptive_lora.study.machine_check import can_resume_here_line, check_machine
 from adaptive_lora.study.plan import (
     estimate,
     open_store_if_any,
@@ -67,6 +67,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 study, retry_failed=args.retry_failed, at_once=args.workers or 1, only=only
             )
         )
+        if args.address is None and (
+            line := can_resume_here_line(
+                study, retry_failed=args.retry_failed, allow_mixed=args.allow_mixed
+            )
+        ):
+            print(line)
         return 0
     # Before any run starts: bf16 runs on another CPU family than the stored ones would not
     # pool. On a cluster (--address) the workers' machines are not known here.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from adaptive_lora.study.machine_check import can_resume_here_line
 from adaptive_lora.study.plan import current_rows, estimate, open_store_if_any, to_come_line
 from adaptive_lora.study.spec import load_study
 from adaptive_lora.study.store import lock_is_held
@@ -23,7 +24,10 @@ LEGEND = "✓ done  ▶ running  ! interrupted (its process is gone)  ✗ failed
 def cmd_status(args: argparse.Namespace) -> int:
 
     # Status, reports and notes read the store only: a moved data file must not block them.
-    print(format_status(load_study(args.study, check_sources=False)))
+    study = load_study(args.study, check_sources=False)
+    print(format_status(study))
+    if line := can_resume_here_line(study):  # before a session tries to resume the study here
+        print(line)
     return 0
 
 

@@ -54,6 +54,30 @@ def this_machine_family() -> str:
     return matrix_family(resolve_precision("bf16").device)
 
 
+def family_mismatch(
+    study: Study, *, retry_failed: bool = False, family: str | None = None
+) -> str | None:
+    """Why bf16 runs started now would not pool with the stored ones (this machine's
+    family, or `family`, differs from theirs); None when they would, or nothing would start."""
+    rows = read_rows(study)
+    done = [row for row in rows.values() if row is not None and row.status == DONE]
+    stored = bf16_families(done)
+    if not stored or not _bf16_to_start(study, rows, retry_failed):
+        return None
+    family = family or this_machine_family()
+    others = {name: ids for name, ids in stored.items() if name != family}
+    if not others:
+        return None
+    shown = ", ".join(f"{name} ({len(ids)} run(s))" for name, ids in sorted(others.items()))
+    return (
+        f"this machine computes bf16 with {family}, but the study's stored bf16 runs ran with "
+        f"{shown}: their numbers differ by about the size of the effects studied"
+    )
+
+
+RESUME_ELSEWHERE = "resume on a machine of that family, or pass --allow-mixed to go on"
+
+
 def check_machine(
     study: Study,
     *,
@@ -66,22 +90,23 @@ def check_machine(
 
     `family` is that of the machine the runs will compute on (default: this one).
     """
-    rows = read_rows(study)
-    done = [row for row in rows.values() if row is not None and row.status == DONE]
-    stored = bf16_families(done)
-    if not stored or not _bf16_to_start(study, rows, retry_failed):
+    message = family_mismatch(study, retry_failed=retry_failed, family=family)
+    if message is None:
         return None
-    family = family or this_machine_family()
-    others = {name: ids for name, ids in stored.items() if name != family}
-    if not others:
-        return None
-    shown = ", ".join(f"{name} ({len(ids)} run(s))" for name, ids in sorted(others.items()))
-    message = (
-        f"this machine computes bf16 with {family}, but the study's stored bf16 runs ran with "
-        f"{shown}: their numbers differ by about the size of the effects studied"
-    )
     if not allow_mixed:
-        raise UserError(
-            message + "; resume on a machine of that family, or pass --allow-mixed to go on"
-        )
+        raise UserError(f"{message}; {RESUME_ELSEWHERE}")
     return f"warning: {message}; going on (--allow-mixed)"
+
+
+def can_resume_here_line(
+    study: Study, *, retry_failed: bool = False, allow_mixed: bool = False
+) -> str | None:
+    """What `status` and `run --dry-run` say when `run` here would stop at the family check
+    (or, with `allow_mixed`, go on past it): a session plans on another machine without
+    trying to start the study first. None when nothing differs."""
+    message = family_mismatch(study, retry_failed=retry_failed)
+    if message is None:
+        return None
+    if allow_mixed:
+        return f"note: {message}; `run --allow-mixed` goes on"
+    return f"note: `run` here would stop before its first run: {message}; {RESUME_ELSEWHERE}"
