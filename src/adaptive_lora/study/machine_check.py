@@ -6,6 +6,8 @@ families by about the size of the effects a study looks for. Machines here come 
 either CPU, so a study resumed in a later session may land on the other family; `run`
 asks `check_machine` first and stops in one line before any run starts, unless told to
 go on (`--allow-mixed`; the report then still refuses to pool them without its own flag).
+`status` and `run --dry-run` end with the same line as a note, so a session sees it
+while it plans.
 
 Runs recorded before families were (no `matrix_family` in the manifest) are of an
 unknown family: never a reason to stop.
