@@ -136,3 +136,17 @@ def test_the_answer_says_each_sequential_decision_where_rank_binds():
     matches = text.index("matches `uniform` (equivalent within the declared margin): random")
     assert beats < matches < text.index("still open (more seeds to come): spectral")
     assert "loses to" not in text  # no comparison there was decided inferior
+
+
+def test_a_budget_of_unknown_size_is_no_rung_and_equal_sizes_make_no_step():
+    series = _ladder(slope=0.01, noise=0.002)
+    unknown = {**series[1], "budget": "?", "params": math.nan}
+    gains = gain_per_doubling([series[0], unknown, *series[1:]])
+    assert [(s["from"], s["to"]) for s in gains["steps"]] == [
+        (a["budget"], b["budget"]) for a, b in zip(series, series[1:])
+    ]
+    assert gains["overall"] == gain_per_doubling(series)["overall"]
+    same = {**series[0], "budget": "twin"}
+    gains = gain_per_doubling([series[0], same])
+    assert gains["steps"] == [] and gains["overall"]["n"] == 0
+    assert gain_per_doubling([unknown, unknown])["overall"]["n"] == 0

@@ -46,19 +46,31 @@ def gain_interval(values: list[float]) -> dict[str, Any]:
     }
 
 
+def _sized(series: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rungs whose parameter count is known: a doubling needs a finite, positive size."""
+    return [s for s in series if math.isfinite(float(s["params"])) and float(s["params"]) > 0]
+
+
 def gain_per_doubling(series: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per step and over the ladder: the baseline's test-loss gain per doubling of budget."""
+    """Per step and over the ladder: the baseline's test-loss gain per doubling of budget.
+
+    A budget whose parameter count is unknown (not finite) is no rung: its distance from
+    its neighbours in doublings is undefined. Two budgets of the same size make no step.
+    """
+    series = _sized(series)
     steps = []
     for small, large in zip(series, series[1:]):
         doublings = math.log2(large["params"] / small["params"])
+        if doublings <= 0:
+            continue
         pairs = _finite_pairs(small["test_loss"]["values"], large["test_loss"]["values"])
         gains = [(a - b) / doublings for a, b in pairs]
         steps.append({"from": small["budget"], "to": large["budget"], "doublings": doublings,
                       **gain_interval(gains)})  # fmt: skip
     slopes = []
-    if len(series) >= 2:
+    x = np.log2([s["params"] for s in series])
+    if len(set(x.tolist())) >= 2:  # a slope needs two sizes at least
         seeds = set.intersection(*(set(s["test_loss"]["values"]) for s in series))
-        x = np.log2([s["params"] for s in series])
         for seed in sorted(seeds, key=str):
             y = np.array([float(s["test_loss"]["values"][seed]) for s in series])
             if np.all(np.isfinite(y)):

@@ -91,8 +91,10 @@ def write_report(
         files.figures = draw_figures(sub, sub_rows, analysis, out_dir / "figures")
         if len(study.budgets_for(study.baseline)) >= LADDER_BUDGETS:
             # A ladder of the baseline: the report says whether its rank binds at all.
-            [analysis["ladder"]] = regime_map(
-                {group.key: analysis}, study.group_titles(), study.baseline
+            [analysis["ladder"]] = (
+                mine[0]  # already computed for the comparison
+                if mine is not None
+                else regime_map({group.key: analysis}, study.group_titles(), study.baseline)
             )
             files.figures += draw_regime([analysis["ladder"]], [], out_dir / "figures")
         markdown = render_markdown(
