@@ -8,7 +8,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from adaptive_lora.cli import main
+from adaptive_lora.analysis.ladder import gain_per_doubling
 from adaptive_lora.report.against import (
+    _merged,
+    against_lines,
     compare_studies,
     decision_word,
     matched_groups,
@@ -22,6 +25,11 @@ def _cell(group, strategy, mean, decision=None, significant=False, budget="r4"):
     return {"group": group, "title": group, "budget": budget, "strategy": strategy, "n": 10,
             "mean_diff": mean, "ci_t": [mean - 0.001, mean + 0.001], "d_z": 0.0,
             "p_t_holm": 0.5, "significant": significant, "decision": decision}  # fmt: skip
+
+
+def _point(budget, mean=1.5, n=10):
+    return {"budget": budget, "params": 1.0,
+            "test_loss": {"mean": mean, "ci_t": [mean - 0.1, mean + 0.1], "n": n, "values": {}}}  # fmt: skip
 
 
 def test_a_decision_is_the_designs_else_the_holm_tests_direction():
@@ -47,7 +55,7 @@ def test_only_shared_cells_are_compared_and_disagreements_are_named():
             _cell("h", "c", 0.0, "equivalent"), _cell("h", "a", 0.0, "equivalent", budget="r8")]  # fmt: skip
     there = [_cell("t", "a", 0.0, "equivalent"), _cell("t", "b", 0.0, "equivalent"),
              _cell("other", "c", 0.0, "equivalent")]  # fmt: skip
-    ladder = {"gain_per_doubling": {"overall": {"n": 0}}, "ladder": [{"budget": "r4"}]}
+    ladder = {"gain_per_doubling": {"overall": {"n": 0}, "steps": []}, "ladder": [_point("r4")]}
     comparison = compare_studies(
         "orig",
         [("h", "t")],
@@ -59,7 +67,8 @@ def test_only_shared_cells_are_compared_and_disagreements_are_named():
         ("a", False),
         ("b", True),
     ]
-    assert comparison["ladders"] == [[{"budgets": ["r4"], "gain": {"n": 0}}] * 2]
+    point = {"budget": "r4", "test_loss": {"mean": 1.5, "ci_t": [1.4, 1.6], "n": 10}, "step": None}
+    assert comparison["ladders"] == [[{"budgets": ["r4"], "gain": {"n": 0}, "points": [point]}] * 2]
     assert summary_line(comparison) == (
         "agree on 1 of 2 comparisons (b); differ on a (beats here, equivalent there)"
     )
@@ -99,7 +108,54 @@ def test_another_study_without_a_store_is_one_line_and_nothing_written(
 
 def test_equal_group_keys_keep_each_studys_own_ladder():
     """A confirmation of the same cell has the same group key as its original."""
-    mine = {"group": "g", "ladder": [{"budget": "r4"}], "gain_per_doubling": {"overall": {"n": 0}}}
-    theirs = {**mine, "ladder": [{"budget": "r2"}, {"budget": "r4"}]}
+    mine = {"group": "g", "ladder": [_point("r4")],
+            "gain_per_doubling": {"overall": {"n": 0}, "steps": []}}  # fmt: skip
+    theirs = {**mine, "ladder": [_point("r2"), _point("r4")]}
     comparison = compare_studies("orig", [("g", "g")], ([mine], []), ([theirs], []))
     assert [entry["budgets"] for entry in comparison["ladders"][0]] == [["r4"], ["r2", "r4"]]
+
+
+def test_two_studies_of_the_baseline_alone_meet_through_their_ladders():
+    """The same cells run again on another CPU family: no strategy to compare, the two
+    baselines' losses per budget and step gains side by side, never pooled."""
+    series = _ladder_series()
+    gain = gain_per_doubling(series)
+    mine = {"group": "m|d|100", "ladder": series, "gain_per_doubling": gain}
+    # There, only the foot of the ladder has reporting seeds.
+    short = series[:2]
+    theirs = {"group": "t", "ladder": short, "gain_per_doubling": gain_per_doubling(short)}
+    comparison = compare_studies("orig", [("m|d|100", "t")], ([mine], []), ([theirs], []))
+    assert comparison["rows"] == []
+    assert summary_line(comparison) == (
+        "no comparison in common with `orig`; the baseline's ladders side by side in 1 cell(s)"
+    )
+    lines = against_lines(comparison, "uniform")
+    # A group key's pipes are escaped, or they would split the table's cells.
+    table = [line for line in lines if line.startswith("| `m\\|d\\|100` |")]
+    assert [line.split(" | ")[1] for line in table] == ["r1", "r2", "r4"]
+    assert all(line.count(" | ") == 5 for line in table)
+    r2_step = gain["steps"][0]
+    assert f"{r2_step['mean']:+.4f}" in table[1] and table[1].count("(n = 4)") == 4
+    assert table[2].endswith("| — | — |")  # no r4 there
+    assert any("meet through their baselines' ladders only" in line for line in lines)
+    assert not any(line.startswith("| budget | strategy |") for line in lines)
+
+
+def _ladder_series():
+    losses = {"r1": [1.60, 1.62, 1.61, 1.63], "r2": [1.58, 1.61, 1.59, 1.60],
+              "r4": [1.57, 1.59, 1.57, 1.58]}  # fmt: skip
+    series = []
+    for i, (budget, values) in enumerate(losses.items()):
+        seeds = dict(enumerate(values))
+        mean = sum(values) / len(values)
+        series.append({"budget": budget, "params": float(2**i),
+                       "test_loss": {"values": seeds, "mean": mean, "ci_t": [mean - 0.01, mean + 0.01],
+                                     "n": len(values)}, "metrics": {}})  # fmt: skip
+    return series
+
+
+def test_both_ladders_budgets_keep_each_ladders_order():
+    assert _merged(["r2", "r4", "r8"], ["r1", "r2", "r4", "r8", "r16"]) == [
+        "r1", "r2", "r4", "r8", "r16"
+    ]
+    assert _merged(["r1", "r4"], ["r2", "r4", "r16"]) == ["r1", "r2", "r4", "r16"]

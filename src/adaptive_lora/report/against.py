@@ -6,8 +6,10 @@ settings and budget (the model may differ: that is what a replication on another
 changes); per strategy against the same baseline, each study's paired Δ with its
 interval and its decision: its declared group-sequential design's where it has one,
 else the direction of a Holm-corrected fixed-sample test. A comparison agrees when both
-studies reached the same decision. The baselines' gains per doubling over their own
-ladders stand beside it, so a reader sees whether rank binds in both.
+studies reached the same decision. The baselines' ladders stand beside it — test loss
+per budget, the gain per doubling per step and over each study's own ladder — so a reader
+sees whether rank binds in both; two studies of the baseline alone (the same cells run
+again on another CPU family) meet through their ladders only.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from adaptive_lora.analysis.formatting import fmt_num
+from adaptive_lora.report.cells import mean_and_ci
 from adaptive_lora.report.regime import gain_text
 
 # A sequential decision in a table cell (regime.DECISION_WORDS has the sentences).
@@ -68,13 +71,15 @@ def compare_studies(
             rows.append({"here": cell, "there": other, "decisions": list(words),
                          "agree": words[0] == words[1]})  # fmt: skip
 
-    # Each baseline's ladder, as its budgets and its gain per doubling over them; one
-    # mapping per study, since the two studies' group keys may be equal.
+    # Each baseline's ladder: its budgets, test loss and gain per doubling per step, and
+    # the gain over the ladder; one mapping per study, since the two studies' group keys
+    # may be equal.
     def gains(regime: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         return {
             entry["group"]: {
                 "budgets": [point["budget"] for point in entry["ladder"]],
                 "gain": entry["gain_per_doubling"]["overall"],
+                "points": _points(entry),
             }
             for entry in regime
         }
@@ -86,6 +91,64 @@ def compare_studies(
         "ladders": [[mine_gains.get(a), their_gains.get(b)] for a, b in pairs],
         "rows": rows,
     }
+
+
+def _points(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """A ladder's budgets with the baseline's test loss and the gain per doubling of the
+    step that reaches each (none at the foot)."""
+    steps = {step["to"]: step for step in entry["gain_per_doubling"]["steps"]}
+    return [
+        {
+            "budget": point["budget"],
+            "test_loss": {key: point["test_loss"][key] for key in ("mean", "ci_t", "n")},
+            "step": steps.get(point["budget"]),
+        }
+        for point in entry["ladder"]
+    ]
+
+
+def _loss(point: dict[str, Any] | None) -> str:
+    if point is None:
+        return "—"
+    loss = point["test_loss"]
+    return f"{mean_and_ci(loss['mean'], loss['ci_t'], plus=False)} (n = {loss['n']})"
+
+
+def _step(point: dict[str, Any] | None) -> str:
+    return gain_text(point["step"]) if point and point["step"] else "—"
+
+
+def ladder_table(comparison: dict[str, Any], baseline: str) -> list[str]:
+    """The baseline's test loss per budget in each matched cell, here and there, with the
+    gain per doubling of the step that reaches it: set beside each other, never pooled."""
+    name = comparison["study"]
+    lines = [
+        f"| cell | budget | `{baseline}` test loss here | gain per doubling to here | "
+        f"in `{name}` | gain per doubling to here, there |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (mine, _), ladders in zip(comparison["groups"], comparison["ladders"]):
+        here, there = ({p["budget"]: p for p in (e or {}).get("points", [])} for e in ladders)
+        cell = mine.replace("|", "\\|")  # a group key's "|" would end the table cell
+        for budget in _merged(list(here), list(there)):
+            a, b = here.get(budget), there.get(budget)
+            lines.append(
+                f"| `{cell}` | {budget} | {_loss(a)} | {_step(a)} | {_loss(b)} | {_step(b)} |"
+            )
+    return lines
+
+
+def _merged(first: list[str], second: list[str]) -> list[str]:
+    """Both ladders' budgets in one order that keeps each ladder's own (smallest first):
+    a budget only the second has goes right before the next one it has that is placed,
+    else last."""
+    order = list(first)
+    for i, budget in enumerate(second):
+        if budget in order:
+            continue
+        after = next((b for b in second[i + 1 :] if b in order), None)
+        order.insert(order.index(after) if after else len(order), budget)
+    return order
 
 
 def _delta(cell: dict[str, Any]) -> str:
@@ -100,7 +163,10 @@ def summary_line(comparison: dict[str, Any]) -> str:
     """One sentence: how many comparisons agree, and which."""
     rows = comparison["rows"]
     if not rows:
-        return f"no comparison in common with `{comparison['study']}`"
+        text = f"no comparison in common with `{comparison['study']}`"
+        if comparison["groups"]:
+            text += f"; the baseline's ladders side by side in {len(comparison['groups'])} cell(s)"
+        return text
     same = [r["here"]["strategy"] for r in rows if r["agree"]]
     differ = [
         f"{r['here']['strategy']} ({r['decisions'][0]} here, {r['decisions'][1]} there)"
@@ -128,8 +194,8 @@ def against_lines(comparison: dict[str, Any] | None, baseline: str) -> list[str]
         "Holm-corrected fixed-sample test).",
         "",
     ]
-    if not comparison["rows"]:
-        return lines + ["The two studies have no cell and comparison in common.", ""]
+    if not comparison["groups"]:
+        return lines + ["The two studies have no cell in common.", ""]
     for (mine, theirs), (here_ladder, there_ladder) in zip(
         comparison["groups"], comparison["ladders"]
     ):
@@ -139,8 +205,15 @@ def against_lines(comparison: dict[str, Any] | None, baseline: str) -> list[str]
                 budgets = ", ".join(entry["budgets"])
                 gain = gain_text(entry["gain"])
                 lines.append(f"  - `{baseline}`'s gain per doubling {who} ({budgets}): {gain}")
+    lines += ["", *ladder_table(comparison, baseline), ""]
+    if not comparison["rows"]:
+        return lines + [
+            f"No strategy other than `{baseline}` ran in both studies' matched cells: they "
+            "meet through their baselines' ladders only, each paired by seed within its own "
+            "study.",
+            "",
+        ]
     lines += [
-        "",
         f"| budget | strategy | Δ test loss here [95% CI] | decision here | Δ in `{name}` [95% CI] | decision there | agree |",
         "|---|---|---|---|---|---|---|",
     ]
