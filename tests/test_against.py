@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
-from adaptive_lora.cli import main
 from adaptive_lora.analysis.ladder import gain_per_doubling
+from adaptive_lora.cli import main
 from adaptive_lora.report.against import (
     _merged,
     against_lines,
@@ -156,6 +156,10 @@ def _ladder_series():
 
 def test_both_ladders_budgets_keep_each_ladders_order():
     assert _merged(["r2", "r4", "r8"], ["r1", "r2", "r4", "r8", "r16"]) == [
-        "r1", "r2", "r4", "r8", "r16"
+        "r1",
+        "r2",
+        "r4",
+        "r8",
+        "r16",
     ]
     assert _merged(["r1", "r4"], ["r2", "r4", "r16"]) == ["r1", "r2", "r4", "r16"]

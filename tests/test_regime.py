@@ -150,3 +150,17 @@ def test_a_budget_of_unknown_size_is_no_rung_and_equal_sizes_make_no_step():
     gains = gain_per_doubling([series[0], same])
     assert gains["steps"] == [] and gains["overall"]["n"] == 0
     assert gain_per_doubling([unknown, unknown])["overall"]["n"] == 0
+
+
+def test_a_map_of_the_baseline_alone_never_asks_about_allocation():
+    from adaptive_lora.report.regime import answer_lines
+
+    steep = _ladder(slope=0.01, noise=0.002)
+    regime = [{"group": "g1", "title": "t", "ladder": steep,
+               "gain_per_doubling": gain_per_doubling(steep)}]  # fmt: skip
+    alone = "\n".join(answer_lines(regime, [], "uniform", baseline_only=True))
+    assert "established in: t" in alone
+    assert "Not asked here: this study runs `uniform` alone" in alone and "yet" not in alone
+    # A study with strategies whose runs have not come in yet still says so.
+    waiting = "\n".join(answer_lines(regime, [], "uniform"))
+    assert "No strategy has paired results there yet." in waiting

@@ -240,9 +240,14 @@ def draw_regime(
 
 
 def answer_lines(
-    regime: list[dict[str, Any]], cells: list[dict[str, Any]], baseline: str
+    regime: list[dict[str, Any]],
+    cells: list[dict[str, Any]],
+    baseline: str,
+    *,
+    baseline_only: bool = False,
 ) -> list[str]:
-    """The Answer of a factorial study: where rank matters first, then allocation there."""
+    """The Answer of a factorial study: where rank matters first, then allocation there
+    (`baseline_only`: the study runs no other strategy, so that is never asked)."""
     binding = [e for e in regime if e["gain_per_doubling"]["overall"]["established"]]
     loose = [e for e in regime if e not in binding]
     lines = ["## Answer", ""]
@@ -268,8 +273,14 @@ def answer_lines(
         )
     if loose:
         lines.append("Not established in: " + "; ".join(e["title"] for e in loose) + ".")
-    lines += ["", _allocation_sentence([e["group"] for e in binding], cells, baseline), ""]
-    return lines
+    if baseline_only:
+        allocation = (
+            f"**Does allocation matter there?** Not asked here: this study runs `{baseline}` "
+            "alone, to map its ladder."
+        )
+    else:
+        allocation = _allocation_sentence([e["group"] for e in binding], cells, baseline)
+    return [*lines, "", allocation, ""]
 
 
 def _allocation_sentence(groups: list[str], cells: list[dict[str, Any]], baseline: str) -> str:

@@ -189,15 +189,19 @@ def _multi_group(
     else:
         regime, cells = regime_and_cells
         files.figures += draw_regime(regime, cells, out_dir / "figures")
+        baseline_only = study.labels == [study.baseline]  # a map of the baseline's ladder
+        question = "where does rank matter" + (
+            "" if baseline_only else ", and does allocation matter there"
+        )
         lines = [
-            f"# Study `{study.name}`: where does rank matter, and does allocation matter there?",
+            f"# Study `{study.name}`: {question}?",
             "",
             f"A factorial design of {len(parts)} groups (model × task × training size), each "
             f"at budgets {', '.join(study.budgets)}. Runs are paired by seed within a group; "
             "every comparison, Holm family and learning-rate choice lives in its group × budget.",
             "",
             *declared,
-            *answer_lines(regime, cells, study.baseline),
+            *answer_lines(regime, cells, study.baseline, baseline_only=baseline_only),
             *against_lines(comparison, study.baseline),
             *regime_lines(regime, cells, study.baseline),
             *notes_lines(notes, study),
