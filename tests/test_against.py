@@ -67,7 +67,8 @@ def test_only_shared_cells_are_compared_and_disagreements_are_named():
         ("a", False),
         ("b", True),
     ]
-    point = {"budget": "r4", "test_loss": {"mean": 1.5, "ci_t": [1.4, 1.6], "n": 10}, "step": None}
+    point = {"budget": "r4", "lr": None, "test_loss": {"mean": 1.5, "ci_t": [1.4, 1.6], "n": 10},
+             "step": None}  # fmt: skip
     assert comparison["ladders"] == [[{"budgets": ["r4"], "gain": {"n": 0}, "points": [point]}] * 2]
     assert summary_line(comparison) == (
         "agree on 1 of 2 comparisons (b); differ on a (beats here, equivalent there)"
@@ -135,7 +136,8 @@ def test_two_studies_of_the_baseline_alone_meet_through_their_ladders():
     assert [line.split(" | ")[1] for line in table] == ["r1", "r2", "r4"]
     assert all(line.count(" | ") == 5 for line in table)
     r2_step = gain["steps"][0]
-    assert f"{r2_step['mean']:+.4f}" in table[1] and table[1].count("(n = 4)") == 4
+    assert f"{r2_step['mean']:+.4f}" in table[1] and table[1].count("(n = 4)") == 2
+    assert table[1].count("(n = 4, lr 0.002)") == 2  # each study's chosen rate
     assert table[2].endswith("| — | — |")  # no r4 there
     assert any("meet through their baselines' ladders only" in line for line in lines)
     assert not any(line.startswith("| budget | strategy |") for line in lines)
@@ -148,7 +150,7 @@ def _ladder_series():
     for i, (budget, values) in enumerate(losses.items()):
         seeds = dict(enumerate(values))
         mean = sum(values) / len(values)
-        series.append({"budget": budget, "params": float(2**i),
+        series.append({"budget": budget, "params": float(2**i), "lr": 4e-3 / 2**i,
                        "test_loss": {"values": seeds, "mean": mean, "ci_t": [mean - 0.01, mean + 0.01],
                                      "n": len(values)}, "metrics": {}})  # fmt: skip
     return series

@@ -100,6 +100,7 @@ def _points(entry: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         {
             "budget": point["budget"],
+            "lr": point.get("lr"),
             "test_loss": {key: point["test_loss"][key] for key in ("mean", "ci_t", "n")},
             "step": steps.get(point["budget"]),
         }
@@ -111,7 +112,8 @@ def _loss(point: dict[str, Any] | None) -> str:
     if point is None:
         return "—"
     loss = point["test_loss"]
-    return f"{mean_and_ci(loss['mean'], loss['ci_t'], plus=False)} (n = {loss['n']})"
+    rate = f", lr {point['lr']:g}" if point.get("lr") is not None else ""
+    return f"{mean_and_ci(loss['mean'], loss['ci_t'], plus=False)} (n = {loss['n']}{rate})"
 
 
 def _step(point: dict[str, Any] | None) -> str:
@@ -119,8 +121,9 @@ def _step(point: dict[str, Any] | None) -> str:
 
 
 def ladder_table(comparison: dict[str, Any], baseline: str) -> list[str]:
-    """The baseline's test loss per budget in each matched cell, here and there, with the
-    gain per doubling of the step that reaches it: set beside each other, never pooled."""
+    """The baseline's test loss per budget in each matched cell, here and there (with the
+    rate each chose), and the gain per doubling of the step that reaches it: set beside
+    each other, never pooled."""
     name = comparison["study"]
     lines = [
         f"| cell | budget | `{baseline}` test loss here | gain per doubling to here | "

@@ -41,6 +41,7 @@ def _baseline_series(analysis: dict[str, Any], baseline: str) -> list[dict[str, 
             {
                 "budget": budget,
                 "params": entry["effective_params"]["mean"],
+                "lr": entry.get("lr"),  # the chosen rate (tuned per budget, or the only one)
                 "test_loss": entry[PRIMARY],
                 "metrics": accuracy,
             }
