@@ -91,6 +91,11 @@ def test_the_report_sets_a_study_beside_another(tmp_path, monkeypatch, capsys):
     against = json.loads((work / "again" / "stats.json").read_text())["against"]
     assert against["groups"] == [["smollm2-135m|data|96", "smollm2-135m|data|96"]]
     assert [row["agree"] for row in against["rows"]] == [True]
+    # Against itself every run is in both stores and equal to the last digit.
+    same = against["same_runs"]
+    assert same["n"] >= 2 and same["metrics"]["test_loss"]["equal"] == same["n"]
+    assert f"{same['n']} run(s) in both: test loss Δ sd 0.0000" in printed
+    assert "**The same runs in both studies.**" in section
 
 
 def test_another_study_without_a_store_is_one_line_and_nothing_written(

@@ -19,6 +19,7 @@ from typing import Any
 from adaptive_lora.analysis.formatting import fmt_num
 from adaptive_lora.report.cells import mean_and_ci
 from adaptive_lora.report.regime import gain_text
+from adaptive_lora.report.same_runs import same_runs_lines, same_runs_summary
 
 # A sequential decision in a table cell (regime.DECISION_WORDS has the sentences).
 SHORT = {
@@ -163,7 +164,12 @@ def _delta(cell: dict[str, Any]) -> str:
 
 
 def summary_line(comparison: dict[str, Any]) -> str:
-    """One sentence: how many comparisons agree, and which."""
+    """One sentence: how many comparisons agree, and which; how far apart the runs both
+    studies hold are."""
+    return _decisions_summary(comparison) + same_runs_summary(comparison.get("same_runs"))
+
+
+def _decisions_summary(comparison: dict[str, Any]) -> str:
     rows = comparison["rows"]
     if not rows:
         text = f"no comparison in common with `{comparison['study']}`"
@@ -209,12 +215,14 @@ def against_lines(comparison: dict[str, Any] | None, baseline: str) -> list[str]
                 gain = gain_text(entry["gain"])
                 lines.append(f"  - `{baseline}`'s gain per doubling {who} ({budgets}): {gain}")
     lines += ["", *ladder_table(comparison, baseline), ""]
+    same = same_runs_lines(comparison.get("same_runs"), name)
     if not comparison["rows"]:
         return lines + [
             f"No strategy other than `{baseline}` ran in both studies' matched cells: they "
             "meet through their baselines' ladders only, each paired by seed within its own "
             "study.",
             "",
+            *same,
         ]
     lines += [
         f"| budget | strategy | Δ test loss here [95% CI] | decision here | Δ in `{name}` [95% CI] | decision there | agree |",
@@ -226,9 +234,10 @@ def against_lines(comparison: dict[str, Any] | None, baseline: str) -> list[str]
             f"| {here['budget']} | {here['strategy']} | {_delta(here)} | {row['decisions'][0]} | "
             f"{_delta(there)} | {row['decisions'][1]} | {'yes' if row['agree'] else '**no**'} |"
         )
-    summary = summary_line(comparison)
+    summary = _decisions_summary(comparison)
     return lines + [
         "",
         f"Δ = strategy − `{baseline}` (lower is better). This study and `{name}` {summary}.",
         "",
+        *same,
     ]

@@ -23,6 +23,7 @@ from adaptive_lora.report.regime import (
     regime_lines,
     regime_map,
 )
+from adaptive_lora.report.same_runs import same_runs
 from adaptive_lora.study.spec import Study
 from adaptive_lora.study.store import (
     StudyStore,
@@ -75,12 +76,12 @@ def write_report(
     comparison = None
     if against is not None:
         other, other_store = against
-        theirs = analyse_groups(
-            other, other_store.rows(other.run_ids), n_boot=n_boot, allow_mixed=allow_mixed
-        )
+        other_rows = other_store.rows(other.run_ids)
+        theirs = analyse_groups(other, other_rows, n_boot=n_boot, allow_mixed=allow_mixed)
         comparison = compare_studies(
             other.name, matched_groups(study, other), mine, _regime_and_cells(other, theirs)
         )
+        comparison["same_runs"] = same_runs(rows, other_rows)
         comparison["path"] = str(other.path)  # for the report's command to reproduce it
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
