@@ -149,6 +149,33 @@ def _regime_and_cells(study: Study, parts: dict) -> tuple[list, list]:
     )
 
 
+def _factorial_head(
+    study: Study,
+    n_groups: int,
+    declared: list[str],
+    regime: list,
+    cells: list,
+    comparison: dict | None,
+) -> list[str]:
+    """A factorial study's title, design, hypotheses, Answer, comparison and regime map."""
+    baseline_only = study.labels == [study.baseline]  # a map of the baseline's ladder
+    question = "where does rank matter" + (
+        "" if baseline_only else ", and does allocation matter there"
+    )
+    return [
+        f"# Study `{study.name}`: {question}?",
+        "",
+        f"A factorial design of {n_groups} groups (model × task × training size), each "
+        f"at budgets {', '.join(study.budgets)}. Runs are paired by seed within a group; "
+        "every comparison, Holm family and learning-rate choice lives in its group × budget.",
+        "",
+        *declared,
+        *answer_lines(regime, cells, study.baseline, baseline_only=baseline_only),
+        *against_lines(comparison, study.baseline),
+        *regime_lines(regime, cells, study.baseline),
+    ]
+
+
 def _multi_group(
     study: Study,
     store: StudyStore,
@@ -190,21 +217,8 @@ def _multi_group(
     else:
         regime, cells = regime_and_cells
         files.figures += draw_regime(regime, cells, out_dir / "figures")
-        baseline_only = study.labels == [study.baseline]  # a map of the baseline's ladder
-        question = "where does rank matter" + (
-            "" if baseline_only else ", and does allocation matter there"
-        )
         lines = [
-            f"# Study `{study.name}`: {question}?",
-            "",
-            f"A factorial design of {len(parts)} groups (model × task × training size), each "
-            f"at budgets {', '.join(study.budgets)}. Runs are paired by seed within a group; "
-            "every comparison, Holm family and learning-rate choice lives in its group × budget.",
-            "",
-            *declared,
-            *answer_lines(regime, cells, study.baseline, baseline_only=baseline_only),
-            *against_lines(comparison, study.baseline),
-            *regime_lines(regime, cells, study.baseline),
+            *_factorial_head(study, len(parts), declared, regime, cells, comparison),
             *notes_lines(notes, study),
         ]
         stats = {"groups": analyses, "regime": regime, "cells": cells}
