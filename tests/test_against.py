@@ -170,3 +170,31 @@ def test_both_ladders_budgets_keep_each_ladders_order():
         "r16",
     ]
     assert _merged(["r1", "r4"], ["r2", "r4", "r16"]) == ["r1", "r2", "r4", "r16"]
+
+
+def test_a_narrowed_design_keeps_its_dropped_runs_out_of_the_numbers_and_says_so(
+    tmp_path, monkeypatch, capsys
+):
+    """A study file narrowed after its runs (a strategy dropped here): the report leaves
+    the dropped runs out and counts them; a study set against it still finds them."""
+    work = tmp_path / "quickstart"
+    shutil.copytree(FIXTURE, work)
+    monkeypatch.chdir(work)
+    text = (work / "study.yaml").read_text()
+    narrowed = text.replace("  - {name: linear_decay, budgets: [r8]}\n", "")
+    assert narrowed != text
+    (work / "narrowed.yaml").write_text(narrowed.replace("name: quickstart", "name: narrowed"))
+    assert main(["report", "narrowed.yaml", "--out", "narrow"]) == 0
+    stats = json.loads((work / "narrow" / "stats.json").read_text())
+    dropped = stats["outside_study_file"]
+    assert dropped and all(run_id.startswith("linear_decay-") for run_id in dropped)
+    report = (work / "narrow" / "report.md").read_text()
+    assert f"**{len(dropped)} stored run(s) are no longer in the study file:**" in report
+    assert "linear_decay" not in report.split("## Status", 1)[1].split("## Setup", 1)[0]
+    capsys.readouterr()
+    assert main(["report", "study.yaml", "--out", "again", "--against", "narrowed.yaml"]) == 0
+    same = json.loads((work / "again" / "stats.json").read_text())["against"]["same_runs"]
+    assert same["not_listed_there"] == len(dropped)
+    assert set(dropped) <= set(same["ids"])
+    full = json.loads((work / "again" / "stats.json").read_text())
+    assert "outside_study_file" not in full

@@ -496,3 +496,15 @@ def test_what_a_cross_budget_difference_says(ci, equivalent, kind):
 
     tost = None if equivalent is None else {"equivalent": equivalent, "p": 0.5}
     assert recovery({"ci_t": ci, "tost": tost}, margin=0.05) == kind
+
+
+def test_a_note_typed_with_its_own_full_stop_keeps_just_that_one():
+    from types import SimpleNamespace
+
+    from adaptive_lora.report.markdown import notes_lines
+
+    note = SimpleNamespace(created_at="2026-12-03T06:00:00", text="Moved two cells.",
+                           decision="narrow the file", rationale="the machine, not the numbers.",
+                           run_ids=[])  # fmt: skip
+    [line] = [x for x in notes_lines([note], SimpleNamespace(path="s.yaml")) if x.startswith("- ")]
+    assert line.endswith("*Decision:* narrow the file. *Rationale:* the machine, not the numbers.")

@@ -47,3 +47,23 @@ def test_the_spread_is_over_the_runs_done_in_both_and_checked_against_statistics
 def test_no_run_in_both_says_nothing():
     assert same_runs([_row("a", 1.5, "x")], [_row("b", 1.5, "x")]) is None
     assert same_runs_lines(None, "orig") == [] and same_runs_summary(None) == ""
+
+
+def test_the_spread_per_group_and_the_runs_the_other_file_no_longer_lists():
+    here = [_row("a", 1.50, "AMX-bf16"), _row("b", 1.40, "AMX-bf16"), _row("c", 1.30, "AMX-bf16")]
+    there = [_row("a", 1.52, "AVX512-bf16"), _row("b", 1.37, "AVX512-bf16"),
+             _row("c", 1.30, "AVX512-bf16")]  # fmt: skip
+    same = same_runs(here, there, groups={"n = 1|0": ["a", "b"], "n = 400": ["c"]},
+                     listed_there=["c", "z"])  # fmt: skip
+    first = same["test_loss_by_group"]["n = 1|0"]
+    assert first["n"] == 2 and first["sd"] == pytest.approx(statistics.stdev([-0.02, 0.03]))
+    assert same["test_loss_by_group"]["n = 400"]["equal"] == 1
+    assert same["not_listed_there"] == 2  # a and b ran there, its file dropped them since
+    lines = same_runs_lines(same, "orig")
+    assert "2 of them are no longer in `orig`'s study file" in lines[0]
+    assert "| n = 1\\|0 | 2 | +0.0050 | 0.0354 | 0.0300 | 0 |" in lines
+    # One group, or none given: no table by group, nothing said of the other file.
+    plain = same_runs(here, there)
+    assert plain["test_loss_by_group"] == {} and plain["not_listed_there"] == 0
+    assert "Test loss by group:" not in same_runs_lines(plain, "orig")
+    assert "no longer" not in same_runs_lines(plain, "orig")[0]

@@ -530,6 +530,9 @@ def test_sigkill_mid_run_then_resume_runs_only_the_interrupted_run(tmp_path):
         "regime-pilot",
         "regime-map",
         "regime-map-gemma3",
+        "regime-map-xeon",
+        "gemma3-linear-decay",
+        "alpaca-smollm2-reduced",
     ],
 )
 def test_shipped_configs(name, monkeypatch):
@@ -633,3 +636,23 @@ def test_real_cli_stops_cleanly_on_sigterm_and_sigint(tmp_path, sig):
     assert not lock_is_held(study.lock_path)
     exported = (study.out / "results.csv").read_text()
     assert first in exported
+
+
+def test_the_regime_map_and_its_xeon_study_cover_stage_one_once(monkeypatch):
+    """The map's two larger stage-1 cells moved to a linked study on the other CPU
+    family: together the two files hold every cell of stage 1 once, on the same design."""
+    monkeypatch.chdir(ROOT)
+    try:
+        epyc = load_study("configs/regime-map.yaml")
+        xeon = load_study("configs/regime-map-xeon.yaml")
+    except UserError as error:
+        pytest.skip(f"not available here: {error}")
+
+    def cells(study):
+        return {(g.sections["data"]["source"], g.sections["data"]["n_train"]) for g in study.groups}
+
+    arith, alpaca = "reasoning_gym:basic_arithmetic", "../shared/data/alpaca_en_demo.json"
+    assert cells(epyc) == {(arith, 250), (alpaca, 100)}
+    assert cells(xeon) == {(arith, 2000), (alpaca, 400)}
+    assert epyc.budgets == xeon.budgets == ["r1", "r2", "r4", "r8", "r16"]
+    assert not set(epyc.run_ids) & set(xeon.run_ids)

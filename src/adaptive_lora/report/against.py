@@ -204,7 +204,11 @@ def against_lines(comparison: dict[str, Any] | None, baseline: str) -> list[str]
         "",
     ]
     if not comparison["groups"]:
-        return lines + ["The two studies have no cell in common.", ""]
+        return lines + [
+            "The two studies have no cell in common.",
+            "",
+            *same_runs_lines(comparison.get("same_runs"), name),
+        ]
     for (mine, theirs), (here_ladder, there_ladder) in zip(
         comparison["groups"], comparison["ladders"]
     ):

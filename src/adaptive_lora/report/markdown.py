@@ -149,6 +149,25 @@ def _status_lines(study: Study, analysis: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _sentence(text: str) -> str:
+    """`text` ending in one full stop (a note typed with its own keeps just that one)."""
+    return text if text.rstrip().endswith((".", "!", "?")) else text + "."
+
+
+def outside_lines(run_ids: Sequence[str], study: Study) -> list[str]:
+    """Stored runs the study file no longer expands to — its design narrowed after they
+    ran (cells moved to another study, say): kept in the store, never reported, and said
+    so, since a reader counting the store's runs would otherwise miss them."""
+    if not run_ids:
+        return []
+    return [
+        f"**{len(run_ids)} stored run(s) are no longer in the study file:** kept in the store "
+        f"and left out of every number here (`stats.json` lists them under "
+        f"`outside_study_file`; `adaptive-lora status {study.path}` counts them).",
+        "",
+    ]
+
+
 def _not_run_lines(study: Study) -> list[str]:
     """Strategy × budget pairs the study leaves out by design (a strategy's own `budgets:`)."""
     lines = []
@@ -434,9 +453,9 @@ def notes_lines(notes: list[Any], study: Study) -> list[str]:
     for note in notes:
         text = f"- **{note.created_at[:10]}** — {note.text}"
         if note.decision:
-            text += f" *Decision:* {note.decision}."
+            text += f" *Decision:* {_sentence(note.decision)}"
         if note.rationale:
-            text += f" *Rationale:* {note.rationale}."
+            text += f" *Rationale:* {_sentence(note.rationale)}"
         if note.run_ids:
             text += " Runs: " + ", ".join(f"`{r}`" for r in note.run_ids) + "."
         lines.append(text)
@@ -489,9 +508,11 @@ def render_markdown(
     study_level: bool = True,
     after_answer: Sequence[str] = (),
     against: str | None = None,
+    outside: Sequence[str] = (),
 ) -> str:
     """report.md of one study or group (`after_answer`: lines that follow the Answer;
-    `against`: the study file `report --against` named, for the command to reproduce it).
+    `against`: the study file `report --against` named, for the command to reproduce it;
+    `outside`: stored runs the study file no longer expands to).
     The hypotheses and the recorded decisions belong to the study, not to one group: a
     multi-group report prints them once at its top and renders each group's section with
     `study_level=False`, which leaves both out."""
@@ -510,6 +531,8 @@ def render_markdown(
     lines += answer_lines(study.baseline, analysis)
     lines += after_answer
     lines += _status_lines(study, analysis)
+    if study_level:
+        lines += outside_lines(outside, study)
     lines += _results_lines(study, analysis)
     if analysis.get("ladder"):
         lines += ladder_lines([analysis["ladder"]], study.baseline)

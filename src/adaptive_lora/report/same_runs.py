@@ -12,7 +12,7 @@ ladders; nothing here pools the runs.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,37 +30,65 @@ def _number(row: RunRow, key: str) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
-def same_runs(here: Sequence[RunRow], there: Sequence[RunRow]) -> dict[str, Any] | None:
-    """Per metric, here − there over the runs done in both stores (None: no run in both)."""
+def _spread(diffs: list[float]) -> dict[str, Any]:
+    values = np.array(diffs)
+    return {
+        "n": len(diffs),
+        "mean": float(values.mean()),
+        "sd": float(values.std(ddof=1)) if len(diffs) > 1 else math.nan,
+        "max_abs": float(np.abs(values).max()),
+        "equal": int((values == 0).sum()),
+    }
+
+
+def _differences(pairs: list[tuple[RunRow, RunRow]], key: str) -> list[float]:
+    return [
+        a - b
+        for a, b in ((_number(x, key), _number(y, key)) for x, y in pairs)
+        if a is not None and b is not None
+    ]
+
+
+def same_runs(
+    here: Sequence[RunRow],
+    there: Sequence[RunRow],
+    *,
+    groups: Mapping[str, Collection[str]] | None = None,
+    listed_there: Collection[str] | None = None,
+) -> dict[str, Any] | None:
+    """Per metric, here − there over the runs done in both stores (None: no run in both).
+
+    `groups` (a title → this study's run ids in it) adds the test loss's spread per group:
+    how far the machine moves a number can differ from one cell to another. `listed_there`
+    (the run ids the other study file expands to) counts the runs in both that the other
+    file no longer lists — run there before its design was narrowed."""
     theirs = {row.id: row for row in there if row.status == DONE}
     pairs = [(row, theirs[row.id]) for row in here if row.status == DONE and row.id in theirs]
     if not pairs:
         return None
     metrics = {}
     for key in METRICS:
-        diffs = [
-            a - b
-            for a, b in ((_number(x, key), _number(y, key)) for x, y in pairs)
-            if a is not None and b is not None
-        ]
+        diffs = _differences(pairs, key)
         if diffs:
-            values = np.array(diffs)
-            metrics[key] = {
-                "n": len(diffs),
-                "mean": float(values.mean()),
-                "sd": float(values.std(ddof=1)) if len(diffs) > 1 else math.nan,
-                "max_abs": float(np.abs(values).max()),
-                "equal": int((values == 0).sum()),
-            }
+            metrics[key] = _spread(diffs)
+    by_group = {}
+    for title, ids in (groups or {}).items():
+        wanted = set(ids)
+        diffs = _differences([p for p in pairs if p[0].id in wanted], "test_loss")
+        if diffs:
+            by_group[title] = _spread(diffs)
 
     def families(rows: list[RunRow]) -> list[str]:
         return sorted({str(r.manifest.get("matrix_family") or "unknown") for r in rows})
 
+    listed = None if listed_there is None else set(listed_there)
     return {
         "n": len(pairs),
         "ids": [x.id for x, _ in pairs],
         "families": [families([x for x, _ in pairs]), families([y for _, y in pairs])],
         "metrics": metrics,
+        "test_loss_by_group": by_group,
+        "not_listed_there": 0 if listed is None else sum(x.id not in listed for x, _ in pairs),
     }
 
 
@@ -74,7 +102,13 @@ def same_runs_lines(same: dict[str, Any] | None, name: str) -> list[str]:
         f"(the same run id) in this study and in `{name}`: trained here with {here}, there "
         f"with {there}. Their differences (here − there) are what the machine alone changes; "
         "a difference between the two studies' numbers smaller than that spread is not one "
-        "the machines can tell apart.",
+        "the machines can tell apart."
+        + (
+            f" {same['not_listed_there']} of them are no longer in `{name}`'s study file "
+            "(run there before its design was narrowed; kept in its store)."
+            if same.get("not_listed_there")
+            else ""
+        ),
         "",
         "| number | runs | mean Δ | sd of Δ | largest abs Δ | equal |",
         "|---|---|---|---|---|---|",
@@ -84,6 +118,21 @@ def same_runs_lines(same: dict[str, Any] | None, name: str) -> list[str]:
             f"| {key} | {m['n']} | {fmt_num(m['mean'], 4, plus=True)} | {fmt_num(m['sd'], 4)} | "
             f"{fmt_num(m['max_abs'], 4)} | {m['equal']} |"
         )
+    by_group = same.get("test_loss_by_group") or {}
+    if len(by_group) > 1:
+        lines += [
+            "",
+            "Test loss by group:",
+            "",
+            "| group | runs | mean Δ | sd of Δ | largest abs Δ | equal |",
+            "|---|---|---|---|---|---|",
+        ]
+        for title, m in by_group.items():
+            cell = title.replace("|", "\\|")  # a "|" would end the table cell
+            lines.append(
+                f"| {cell} | {m['n']} | {fmt_num(m['mean'], 4, plus=True)} | "
+                f"{fmt_num(m['sd'], 4)} | {fmt_num(m['max_abs'], 4)} | {m['equal']} |"
+            )
     return [*lines, ""]
 
 

@@ -15,7 +15,7 @@ from adaptive_lora.report.environment_check import refuse_mixed
 from adaptive_lora.report.figures import draw_figures
 from adaptive_lora.report.hypotheses import hypotheses_lines
 from adaptive_lora.report.latex import render_latex
-from adaptive_lora.report.markdown import notes_lines, render_markdown
+from adaptive_lora.report.markdown import notes_lines, outside_lines, render_markdown
 from adaptive_lora.report.regime import (
     answer_lines,
     draw_regime,
@@ -69,6 +69,8 @@ def write_report(
     analysed per model (pairs never cross models), with a cross-model agreement table.
     """
     rows = store.rows(study.run_ids)
+    wanted = set(study.run_ids)
+    outside = [row.id for row in store.rows() if row.id not in wanted]
     parts = analyse_groups(study, rows, n_boot=n_boot, allow_mixed=allow_mixed)
     # The baseline ladders and strategy cells: the factorial report's tables and what a
     # comparison with another study matches, so computed once for both.
@@ -81,7 +83,21 @@ def write_report(
         comparison = compare_studies(
             other.name, matched_groups(study, other), mine, _regime_and_cells(other, theirs)
         )
-        comparison["same_runs"] = same_runs(rows, other_rows)
+        # Every run the other store holds done, not only those its file still expands to:
+        # a run's id is its whole configuration, so one dropped from a narrowed design
+        # still measures what the machine alone changes.
+        titles = study.group_titles()
+        comparison["same_runs"] = same_runs(
+            rows,
+            other_store.rows(),
+            groups={
+                titles[group.key]: [row.id for row in study.rows_of(group, rows)]
+                for group in study.groups
+            }
+            if study.multi_group
+            else None,
+            listed_there=other.run_ids,
+        )
         comparison["path"] = str(other.path)  # for the report's command to reproduce it
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -108,10 +124,15 @@ def write_report(
             out_dir,
             after_answer=against_lines(comparison, study.baseline),
             against=comparison["path"] if comparison else None,
+            outside=outside,
         )
         latex, stats = render_latex(sub, analysis), analysis
     else:
-        markdown, latex, stats = _multi_group(study, store, parts, mine, out_dir, files, comparison)
+        markdown, latex, stats = _multi_group(
+            study, store, parts, mine, out_dir, files, comparison, outside
+        )
+    if outside:  # only then: a study's stats.json is otherwise as it always was
+        stats["outside_study_file"] = outside
     if comparison is not None:
         stats["against"] = comparison
     files.comparison = comparison
@@ -184,6 +205,7 @@ def _multi_group(
     out_dir: Path,
     files: ReportFiles,
     comparison: dict | None = None,
+    outside: list[str] | None = None,
 ) -> tuple[str, str, dict]:
     """One section per group (headings one level down) after the study-wide tables.
 
@@ -212,6 +234,7 @@ def _multi_group(
             *agreement_lines(agreement, list(by_model), study.baseline),
             *against_lines(comparison, study.baseline),
             *notes_lines(notes, study),
+            *outside_lines(outside or [], study),
         ]
         stats: dict = {"models": by_model, "cross_model_agreement": agreement}
     else:
@@ -220,6 +243,7 @@ def _multi_group(
         lines = [
             *_factorial_head(study, len(parts), declared, regime, cells, comparison),
             *notes_lines(notes, study),
+            *outside_lines(outside or [], study),
         ]
         stats = {"groups": analyses, "regime": regime, "cells": cells}
     latex = []
