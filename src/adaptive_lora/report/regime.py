@@ -108,7 +108,6 @@ def ladder_lines(regime: list[dict[str, Any]], baseline: str) -> list[str]:
         steps = {s["to"]: s for s in entry["gain_per_doubling"]["steps"]}
         for point in entry["ladder"]:
             loss = point["test_loss"]
-            lo, hi = loss["ci_t"]
             metrics = "; ".join(
                 f"{name} {fmt_num(m['mean'], 3)}" for name, m in point["metrics"].items()
             )
@@ -116,7 +115,7 @@ def ladder_lines(regime: list[dict[str, Any]], baseline: str) -> list[str]:
             gain = gain_text(step) if step else "—"
             lines.append(
                 f"| {entry['title']} | {point['budget']} | {int(round(point['params'])):,} | "
-                f"{fmt_num(loss['mean'], 4)} [{fmt_num(lo, 4)}, {fmt_num(hi, 4)}] (n = {loss['n']}) | "
+                f"{mean_and_ci(loss['mean'], loss['ci_t'], plus=False)} (n = {loss['n']}) | "
                 f"{metrics or '—'} | {gain} |"
             )
     lines += ["", "Over the whole ladder:", ""]
