@@ -189,9 +189,15 @@ def test_a_narrowed_design_keeps_its_dropped_runs_out_of_the_numbers_and_says_so
     dropped = stats["outside_study_file"]
     assert dropped and all(run_id.startswith("linear_decay-") for run_id in dropped)
     report = (work / "narrow" / "report.md").read_text()
-    assert f"**{len(dropped)} stored run(s) are no longer in the study file:**" in report
+    n = len(dropped)
+    assert f"**{n} stored run(s) are no longer in the study file** ({n} done):" in report
+    assert set(dropped.values()) == {"done"}
     assert "linear_decay" not in report.split("## Status", 1)[1].split("## Setup", 1)[0]
     capsys.readouterr()
+    assert main(["status", "narrowed.yaml"]) == 0
+    assert f"{n} stored run(s) are no longer in the study file ({n} done; kept, not reported)" in (
+        capsys.readouterr().out
+    )
     assert main(["report", "study.yaml", "--out", "again", "--against", "narrowed.yaml"]) == 0
     same = json.loads((work / "again" / "stats.json").read_text())["against"]["same_runs"]
     assert same["not_listed_there"] == len(dropped)

@@ -225,3 +225,10 @@ def test_rows_survive_reopening(tmp_path, specs):
         assert again.get(specs[0].run_id).status == DONE
         assert [r.status for r in again.rows()].count(PENDING) == 3
         assert RUNNING not in [r.status for r in again.rows()]
+
+
+def test_states_are_counted_done_first_and_absent_ones_left_out():
+    from adaptive_lora.study.store import count_statuses
+
+    assert count_statuses(["pending", "done", "pending", "failed"]) == "1 done, 1 failed, 2 pending"
+    assert count_statuses([]) == ""

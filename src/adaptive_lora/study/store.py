@@ -36,6 +36,7 @@ import os
 import socket
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -47,6 +48,14 @@ from adaptive_lora.records import NOT_EXPORTED_KEYS
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 STATUSES = (PENDING, RUNNING, DONE, FAILED)
+
+
+def count_statuses(statuses: Iterable[str]) -> str:
+    """ "43 done, 24 pending": how many runs are in each state, done first."""
+    counts = Counter(statuses)
+    return ", ".join(f"{counts[s]} {s}" for s in (DONE, FAILED, RUNNING, PENDING) if counts[s])
+
+
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
