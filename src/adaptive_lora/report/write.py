@@ -75,30 +75,11 @@ def write_report(
     # The baseline ladders and strategy cells: the factorial report's tables and what a
     # comparison with another study matches, so computed once for both.
     mine = _regime_and_cells(study, parts) if study.multi_group or against else None
-    comparison = None
-    if against is not None:
-        other, other_store = against
-        other_rows = other_store.rows(other.run_ids)
-        theirs = analyse_groups(other, other_rows, n_boot=n_boot, allow_mixed=allow_mixed)
-        comparison = compare_studies(
-            other.name, matched_groups(study, other), mine, _regime_and_cells(other, theirs)
-        )
-        # Every run the other store holds done, not only those its file still expands to:
-        # a run's id is its whole configuration, so one dropped from a narrowed design
-        # still measures what the machine alone changes.
-        titles = study.group_titles()
-        comparison["same_runs"] = same_runs(
-            rows,
-            other_store.rows(),
-            groups={
-                titles[group.key]: [row.id for row in study.rows_of(group, rows)]
-                for group in study.groups
-            }
-            if study.multi_group
-            else None,
-            listed_there=other.run_ids,
-        )
-        comparison["path"] = str(other.path)  # for the report's command to reproduce it
+    comparison = (
+        _compare_with(study, rows, mine, against, n_boot=n_boot, allow_mixed=allow_mixed)
+        if against is not None
+        else None
+    )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = ReportFiles(out_dir / "report.md", out_dir / "table.tex", out_dir / "stats.json")
@@ -141,6 +122,37 @@ def write_report(
     _write(files.stats_json, json.dumps(to_jsonable(stats), indent=2))
     files.exports = export_results(rows, out_dir)
     return files
+
+
+def _compare_with(
+    study: Study,
+    rows: list,
+    mine: tuple[list, list],
+    against: tuple[Study, StudyStore],
+    *,
+    n_boot: int,
+    allow_mixed: bool,
+) -> dict:
+    """`study` (its `rows`, ladders and cells `mine`) beside another study and its store."""
+    other, other_store = against
+    other_rows = other_store.rows(other.run_ids)
+    theirs = analyse_groups(other, other_rows, n_boot=n_boot, allow_mixed=allow_mixed)
+    comparison = compare_studies(
+        other.name, matched_groups(study, other), mine, _regime_and_cells(other, theirs)
+    )
+    # Every run the other store holds done, not only those its file still expands to:
+    # a run's id is its whole configuration, so one dropped from a narrowed design
+    # still measures what the machine alone changes.
+    titles = study.group_titles()
+    groups = {titles[g.key]: [r.id for r in study.rows_of(g, rows)] for g in study.groups}
+    comparison["same_runs"] = same_runs(
+        rows,
+        other_store.rows(),
+        groups=groups if study.multi_group else None,
+        listed_there=other.run_ids,
+    )
+    comparison["path"] = str(other.path)  # for the report's command to reproduce it
+    return comparison
 
 
 def analyse_groups(
