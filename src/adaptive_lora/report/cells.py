@@ -10,6 +10,13 @@ from adaptive_lora.report.analyse import LOSS_DECIMALS, PRIMARY
 from adaptive_lora.study.spec import Study
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table; a "|" inside a cell is escaped (it would end the cell)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return lines
+
+
 def _interval(summary: dict[str, Any], decimals: int) -> str:
     mean = fmt_num(summary["mean"], decimals)
     lo, hi = summary["ci_t"]

@@ -15,6 +15,7 @@ from adaptive_lora.report.cells import (
     _interval,
     _seed_range,
     main_table_rows,
+    markdown_table,
     mean_and_ci,
 )
 from adaptive_lora.report.cross_budget import margin_words, verdict_lines
@@ -37,12 +38,6 @@ QUESTION = (
     "At the same number of trainable parameters, do LoRA adapters whose rank differs "
     "between layers and module kinds beat a uniform rank?"
 )
-
-
-def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return lines
 
 
 def _setup_lines(
@@ -193,7 +188,7 @@ def _results_lines(study: Study, analysis: dict[str, Any]) -> list[str]:
     for budget, block in analysis["budgets"].items():
         lines += [f"## Test loss at budget {budget}", ""]
         cells = main_table_rows(study, block)
-        lines += _markdown_table(
+        lines += markdown_table(
             [h for _, h in columns], [[c[k] for k, _ in columns] for c in cells]
         )
         lines += _comparison_lines(study, block["comparisons"])
@@ -285,7 +280,7 @@ def _two_level_lines(comparisons: dict[str, Any]) -> list[str]:
         )
         rows.append([label, mean_and_ci(c["mean_diff"], c["ci_t"]), two])
     return [
-        *_markdown_table(
+        *markdown_table(
             [
                 "strategy",
                 "Δ [95% t interval, seeds]",
@@ -335,7 +330,7 @@ def _secondary_lines(study: Study, budget: str, block: dict[str, Any]) -> list[s
     return [
         f"### Secondary metrics at budget {budget}",
         "",
-        *_markdown_table(header, table),
+        *markdown_table(header, table),
         "",
         "Mean [95% t interval]"
         + (

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from adaptive_lora.analysis.formatting import fmt_num
+from adaptive_lora.report.cells import markdown_table
 from adaptive_lora.study.store import DONE, RunRow
 
 # What is compared, in this order: the untrained model's loss (a forward pass only), the
@@ -92,6 +93,14 @@ def same_runs(
     }
 
 
+SPREAD_COLUMNS = ["runs", "mean Δ", "sd of Δ", "largest abs Δ", "equal"]
+
+
+def _spread_row(label: str, m: dict[str, Any]) -> list[str]:
+    return [label, str(m["n"]), fmt_num(m["mean"], 4, plus=True), fmt_num(m["sd"], 4),
+            fmt_num(m["max_abs"], 4), str(m["equal"])]  # fmt: skip
+
+
 def same_runs_lines(same: dict[str, Any] | None, name: str) -> list[str]:
     """The report's paragraph and table on the runs both studies hold (none: nothing)."""
     if same is None:
@@ -110,29 +119,14 @@ def same_runs_lines(same: dict[str, Any] | None, name: str) -> list[str]:
             else ""
         ),
         "",
-        "| number | runs | mean Δ | sd of Δ | largest abs Δ | equal |",
-        "|---|---|---|---|---|---|",
+        *markdown_table(
+            ["number", *SPREAD_COLUMNS], [_spread_row(k, m) for k, m in same["metrics"].items()]
+        ),
     ]
-    for key, m in same["metrics"].items():
-        lines.append(
-            f"| {key} | {m['n']} | {fmt_num(m['mean'], 4, plus=True)} | {fmt_num(m['sd'], 4)} | "
-            f"{fmt_num(m['max_abs'], 4)} | {m['equal']} |"
-        )
     by_group = same.get("test_loss_by_group") or {}
     if len(by_group) > 1:
-        lines += [
-            "",
-            "Test loss by group:",
-            "",
-            "| group | runs | mean Δ | sd of Δ | largest abs Δ | equal |",
-            "|---|---|---|---|---|---|",
-        ]
-        for title, m in by_group.items():
-            cell = title.replace("|", "\\|")  # a "|" would end the table cell
-            lines.append(
-                f"| {cell} | {m['n']} | {fmt_num(m['mean'], 4, plus=True)} | "
-                f"{fmt_num(m['sd'], 4)} | {fmt_num(m['max_abs'], 4)} | {m['equal']} |"
-            )
+        rows = [_spread_row(title, m) for title, m in by_group.items()]
+        lines += ["", "Test loss by group:", "", *markdown_table(["group", *SPREAD_COLUMNS], rows)]
     return [*lines, ""]
 
 

@@ -68,9 +68,10 @@ def write_report(
     `allow_mixed` (then the report says so at the top). A study with several models is
     analysed per model (pairs never cross models), with a cross-model agreement table.
     """
-    rows = store.rows(study.run_ids)
     wanted = set(study.run_ids)
-    outside = {row.id: row.status for row in store.rows() if row.id not in wanted}
+    stored = store.rows()  # read once: the study's runs, and those its file no longer lists
+    rows = [row for row in stored if row.id in wanted]
+    outside = {row.id: row.status for row in stored if row.id not in wanted}
     parts = analyse_groups(study, rows, n_boot=n_boot, allow_mixed=allow_mixed)
     # The baseline ladders and strategy cells: the factorial report's tables and what a
     # comparison with another study matches, so computed once for both.
@@ -135,7 +136,9 @@ def _compare_with(
 ) -> dict:
     """`study` (its `rows`, ladders and cells `mine`) beside another study and its store."""
     other, other_store = against
-    other_rows = other_store.rows(other.run_ids)
+    listed = set(other.run_ids)
+    other_stored = other_store.rows()  # read once: its runs, and those its file dropped
+    other_rows = [row for row in other_stored if row.id in listed]
     theirs = analyse_groups(other, other_rows, n_boot=n_boot, allow_mixed=allow_mixed)
     comparison = compare_studies(
         other.name, matched_groups(study, other), mine, _regime_and_cells(other, theirs)
@@ -147,9 +150,9 @@ def _compare_with(
     groups = {titles[g.key]: [r.id for r in study.rows_of(g, rows)] for g in study.groups}
     comparison["same_runs"] = same_runs(
         rows,
-        other_store.rows(),
+        other_stored,
         groups=groups if study.multi_group else None,
-        listed_there=other.run_ids,
+        listed_there=listed,
     )
     comparison["path"] = str(other.path)  # for the report's command to reproduce it
     return comparison
