@@ -23,12 +23,14 @@ from adaptive_lora.study.spec import load_study
 
 @pytest.fixture(scope="module")
 def done_study(tmp_path_factory) -> Path:
-    """A finished 4-run bf16 study of a tiny model (uniform, linear_decay × seeds 0, 1)."""
+    """A finished 4-run bf16 study of a tiny model (uniform, linear_decay × seeds 0, 1);
+    bf16 by name, as `auto` is fp32 on a CPU without bf16 instructions."""
     from tiny import save_tiny, tiny_llama, write_tiny_study
 
     folder = tmp_path_factory.mktemp("hardening")
     model = save_tiny(tiny_llama(), folder / "model")
-    path = write_tiny_study(folder, model, max_steps=2)
+    train = {"max_steps": 2, "batch_size": 4, "threads": 1, "precision": "bf16"}
+    path = write_tiny_study(folder, model, train=train)
     run_study(load_study(path), log=lambda line: None, quiet=True)
     return path
 
@@ -198,7 +200,34 @@ def test_status_and_dry_run_say_beforehand_that_run_would_stop_here(done_study, 
     assert table(path, "SELECT * FROM attempts") == before  # planning started nothing
     edit_manifests(path, set_family(None))  # runs of unknown family: nothing to say
     assert main(["status", str(path)]) == 0
-    assert "note:" not in capsys.readouterr().out
+    assert "would stop" not in capsys.readouterr().out
+
+
+def test_run_stops_before_switching_precision_and_says_so_beforehand(done_study, tmp_path, capsys):
+    """`auto` resolves per machine; a study's runs must not change precision unannounced."""
+    path = copy_study(done_study, tmp_path)
+    edit_manifests(path, lambda m: m.update(precision="fp32"))  # as if begun without bf16
+    _reopen_one_run(path)
+    assert main(["status", str(path)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("note: `run` here would stop before its first run")
+    before = table(path, "SELECT * FROM attempts")
+    assert main(["run", str(path), "--quiet"]) == 2
+    err = one_error_line(capsys)
+    assert "`precision: bf16` computes in bf16-autocast-cpu on this machine" in err
+    assert "stored runs computed in fp32 (3 run(s))" in err and "--allow-mixed" in err
+    assert table(path, "SELECT * FROM attempts") == before  # nothing started
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_is_named(done_study, monkeypatch):
+    from adaptive_lora.compute import precision
+    from adaptive_lora.study.machine_check import slow_bf16_line
+
+    study = load_study(done_study)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert "no bf16 instructions" in slow_bf16_line(study)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    assert slow_bf16_line(study) is None
 
 
 def test_run_does_not_stop_for_runs_of_unknown_family_or_nothing_to_run(done_study, tmp_path):
@@ -239,7 +268,10 @@ def model_folder(tmp_path_factory) -> str:
 
 
 def train(folder: str, out: Path, strategy: str) -> int:
-    flags = ["--max-steps", "2", "--n-train", "8", "--set", "eval.n_generate=1", "--quiet"]
+    """A 2-step run in bf16 (by name: the patched fast step is bf16's, and `auto` is fp32 on
+    a CPU without bf16 instructions)."""
+    flags = ["--max-steps", "2", "--n-train", "8", "--set", "eval.n_generate=1", "--quiet",
+             "--precision", "bf16"]  # fmt: skip
     return main(["train", "--model", folder, "--out", str(out), "--strategy", strategy, *flags])
 
 

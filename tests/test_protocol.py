@@ -194,9 +194,11 @@ def test_a_choice_at_the_end_of_the_grid_is_said():
 class ShapedRuns(FakeRuns):
     """Test loss shaped by budget and strategy; the package source differs for one seed."""
 
-    def __init__(self, source_by_seed=None):
+    def __init__(self, source_by_seed=None, numerics_by_seed=None):
         super().__init__()
         self.source_by_seed = source_by_seed or {}
+        # A seed missing here ran before numerics versions were (no `numerics_version`).
+        self.numerics_by_seed = numerics_by_seed or {}
 
     def __call__(self, config, out_root, *, run_id=None, loaded=None, quiet=False):
         self.calls.append(run_id)
@@ -212,6 +214,8 @@ class ShapedRuns(FakeRuns):
         write_json(run_dir / "metrics.json", metrics)
         manifest = {"versions": {"torch": "x"}, "source_hash": self.source_by_seed.get(seed, "s1"),
                     "device": "cpu", "cpu": "AMD EPYC" if seed % 2 else "Intel Xeon"}  # fmt: skip
+        if seed in self.numerics_by_seed:
+            manifest["numerics_version"] = self.numerics_by_seed[seed]
         return RunResult(run_id, run_dir, "done", metrics, manifest)
 
 
@@ -285,7 +289,11 @@ def test_runs_from_different_sources_are_refused_then_pooled_with_allow_mixed(tm
     study = load_study(path, check_sources=False)
     quiet_run(study, ShapedRuns(source_by_seed={3: "s2"}))
     store = StudyStore.open(study.store_path)
-    with pytest.raises(UserError, match="differ in package source: s1 .*; s2 .*--allow-mixed"):
+    with pytest.raises(
+        UserError,
+        match=r"differ in numerics version: unversioned \(source s1\) .*; "
+        r"unversioned \(source s2\) .*--allow-mixed",
+    ):
         write_report(study, store, tmp_path / "report", n_boot=200)
     assert not (tmp_path / "report").exists()  # nothing half-written
     files = write_report(study, store, tmp_path / "report", n_boot=200, allow_mixed=True)
@@ -329,6 +337,29 @@ def test_status_shows_tuning_seeds_and_leaves_unrun_rates_blank(tmp_path):
     rows = {tuple(line.split()[:3]): line for line in lines[3:7]}
     assert rows[("uniform", "r4", "0.001")].split()[3:] == ["✓", "✓", "✓"]
     assert rows[("uniform", "r4", "0.002")].split()[3:] == ["✓"]  # tuning seed only
+
+
+def test_one_numerics_version_pools_runs_of_several_sources_with_a_note(tmp_path):
+    """The source hash is provenance: code that changes no number never splits a study."""
+    path = write_study(tmp_path, seeds="0..3")
+    study = load_study(path, check_sources=False)
+    quiet_run(
+        study, ShapedRuns(source_by_seed={3: "s2"}, numerics_by_seed=dict.fromkeys(range(4), 1))
+    )
+    files = write_report(study, StudyStore.open(study.store_path), tmp_path / "r", n_boot=200)
+    text = files.report_md.read_text()
+    assert "runs from different environments are pooled" not in text
+    assert "package source differs between runs (a warning, not a refusal): s1" in text
+
+
+def test_two_numerics_versions_are_refused(tmp_path):
+    path = write_study(tmp_path, seeds="0..3")
+    study = load_study(path, check_sources=False)
+    quiet_run(study, ShapedRuns(numerics_by_seed={0: 1, 1: 1, 2: 2}))  # seed 3: unversioned
+    store = StudyStore.open(study.store_path)
+    with pytest.raises(UserError, match=r"differ in numerics version: 1 .*; 2 .*; unversioned \(source s1\)"):
+        write_report(study, store, tmp_path / "report", n_boot=200)
+    assert not (tmp_path / "report").exists()
 
 
 def test_source_hash_covers_what_a_run_computes_and_not_what_reads_it(tmp_path):

@@ -36,7 +36,7 @@ def test_a_stored_run_is_reproduced_exactly(study_path, capsys, tmp_path):
     assert main(["rerun", str(study_path), wanted[:-3], "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "reproduced: all" in out and "equal exactly" in out
-    assert "package source     same" in out and "DIFFERS" not in out
+    assert "numerics version   same" in out and "DIFFERS" not in out
     assert (tmp_path / wanted / "metrics.json").is_file()  # --out keeps the folder
 
 

@@ -1,5 +1,6 @@
 """Facts about where a run happened, for its manifest: versions, device, commit, memory,
-and the CPU's matrix-instruction family (which decides the last bits of a bf16 run)."""
+the CPU's matrix-instruction family (which decides the last bits of a bf16 run), and the
+numerics version of the code that computed it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+# What decides whether two runs' numbers may be pooled, as far as the code goes: bumped by
+# a commit that means to change what a run computes (and only then). The golden re-runs
+# (`tests/test_golden.py`, numbers stored per CPU family in `tests/golden/`) fail when a
+# number moves without a bump, so code that changes no number (names, moves, formatting,
+# docs, a faster path that sums in the same order) needs no bump and never splits a study.
+# Runs recorded before versions were (no `numerics_version`) are told apart by their
+# `source_hash` instead (see `report/environment_check.py`).
+#   1: `precision: auto` resolves per machine (fp32 where bf16 is not native); the first
+#      version, on the code the published studies ran with (source 59664e140a312a26).
+NUMERICS_VERSION = 1
 
 PACKAGES = ("adaptive-lora", "torch", "transformers", "peft", "accelerate", "numpy", "scipy")
 
@@ -112,8 +124,9 @@ def git_commit(start: Path | None = None) -> str | None:
 
 # The stages above one run: they read, schedule or present runs but never change a
 # run's numbers (a run's config, which the study stage writes, is in its id already).
-# Leaving them out lets a long study take fixes to its report or scheduler between
-# sessions and still pool every run as one environment.
+# The hash is provenance (which sources computed a run), not a lock: pooling is decided
+# by `NUMERICS_VERSION`; it is kept over the run's sources alone so that it still names
+# the same thing it named in the stores of the studies published before versions were.
 NOT_RUN_SOURCES = (
     "analysis", "report", "study", "cli", "api.py", "__init__.py",
     "adapters/export.py",  # writes files for other trainers; no run imports it
@@ -170,5 +183,6 @@ def environment_manifest(device: torch.device) -> dict[str, Any]:
         "versions": package_versions(),
         "git_commit": git_commit(),
         "source_hash": source_hash(),
+        "numerics_version": NUMERICS_VERSION,
         **device_info(device),
     }

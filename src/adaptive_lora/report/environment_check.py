@@ -1,14 +1,17 @@
 """One environment per comparison: do the compared runs share what their numbers depend on?
 
-Checked from each run's manifest: the package source (a hash of its source files, not
-HEAD: committing results moves HEAD without changing a run), the model fingerprint, the
-data hash, the precision, the torch version and the device type; and for bf16 runs the
+Checked from each run's manifest: the numerics version (`environment.NUMERICS_VERSION`,
+bumped by a commit that means to change a run's numbers; for runs recorded before versions
+were, their `source_hash`, the hash of the sources a run computes with, stands in), the
+model fingerprint, the data hash, the precision, the torch version and the device type;
+and for bf16 runs the
 matrix-instruction family of the CPU (AMX-bf16, AVX512-bf16, ...) or the GPU model, which
 changes the last bits of every bf16 sum (by about the size of the effects studied). Runs
 that differ in any of these are not pooled unless the user says so (`--allow-mixed`).
 A run recorded before families were (no `matrix_family` in its manifest) is of an
-unknown family and never a reason to refuse. A different CPU model within one family is
-a warning only: the machine may change between sessions of one study.
+unknown family and never a reason to refuse. A different CPU model within one family, or a
+different package source within one numerics version, is a warning only: the machine may
+change between sessions of one study, and so may code that changes no number.
 """
 
 from __future__ import annotations
@@ -35,9 +38,18 @@ def _model(manifest: dict[str, Any]) -> str | None:
     return str(fingerprint)
 
 
+def _numerics(manifest: dict[str, Any]) -> str | None:
+    """The numerics version; a run from before versions were is known by its source hash."""
+    version = manifest.get("numerics_version")
+    if version is not None:
+        return str(version)
+    source = manifest.get("source_hash")
+    return f"unversioned (source {source})" if source else None
+
+
 # What must agree, and how to read it from a manifest.
 MUST_AGREE: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "package source": lambda m: m.get("source_hash"),
+    "numerics version": _numerics,
     "model fingerprint": _model,
     "data hash": lambda m: m.get("data_hash"),
     "precision": lambda m: m.get("precision"),
@@ -47,6 +59,7 @@ MUST_AGREE: dict[str, Callable[[dict[str, Any]], Any]] = {
 # Only among bf16 runs that recorded one (see `study.machine_check.bf16_families`).
 FAMILY_KEY = "matrix-instruction family (bf16)"
 MAY_DIFFER: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "package source": lambda m: m.get("source_hash"),
     "CPU model": lambda m: m.get("cpu"),
     "GPU": lambda m: m.get("gpu"),
 }

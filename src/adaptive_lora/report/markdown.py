@@ -104,12 +104,26 @@ def _setup_lines(
 def _commits_note(env: dict[str, list[str]]) -> list[str]:
     """Why runs from several commits are still one environment (when they are)."""
     commits = env.get("git_commit", [])
-    if len(commits) < 2 or len(env.get("source_hash", [])) != 1:
+    versions = env.get("numerics_version", [])
+    if len(commits) < 2 or len(versions) > 1:
         return []
-    return [
-        "",
+    span = (
         f"The runs span {len(commits)} git commits (`-dirty`: the work tree had changes when "
-        "the run started) but share one `source_hash`, the hash of the sources a run "
+        "the run started)"
+    )
+    if versions:
+        return [
+            "",
+            f"{span} but share numerics version {versions[0]}: a commit bumps it only when it "
+            "means to change a run's numbers (the golden re-runs fail on any other change "
+            "that does), and `report` pools runs only when it is the same; the "
+            "`source_hash` values are provenance.",
+        ]
+    if len(env.get("source_hash", [])) != 1:
+        return []
+    return [  # runs recorded before numerics versions were: their source hash stands in
+        "",
+        f"{span} but share one `source_hash`, the hash of the sources a run "
         "computes with: commits that change only the study, report, analysis or command "
         "code, or the committed results, leave it unchanged, and `report` pools runs only "
         "when it is the same.",

@@ -1,4 +1,8 @@
-"""Does this machine compute a study's bf16 runs the way its stored runs were computed?
+"""Does this machine compute a study's runs the way its stored runs were computed?
+
+Two checks. The precision: `auto` resolves per machine (`compute/precision.py`), so a
+study begun in bf16 on a machine with bf16 instructions would go on in fp32 on one
+without; `run` stops in one line rather than switch silently. And, for bf16 runs, the family:
 
 A bf16 run's last bits depend on the matrix instructions its kernels use (AMX-bf16 on a
 recent Xeon, AVX512-bf16 on an EPYC, ... or the GPU model): the same run differs across
@@ -78,6 +82,70 @@ def family_mismatch(
 
 
 RESUME_ELSEWHERE = "resume on a machine of that family, or pass --allow-mixed to go on"
+RESUME_PRECISION = (
+    "resume where it resolves as the stored runs did (`auto` is bf16 only where bf16 is "
+    "native: AMX, AVX512-bf16, a GPU), or pass --allow-mixed to go on"
+)
+
+
+def _settings_to_start(
+    study: Study, rows: dict[str, RunRow | None], retry_failed: bool
+) -> set[str]:
+    """The `train.precision` settings of the runs a `run` now would start."""
+    todo: list[RunSpec] = would_run(study, rows, retry_failed=retry_failed, lock_held=False)
+    if not todo and study.runs_to_come() and study.runs:
+        todo = [study.runs[0]]  # the reporting runs share the study's train settings
+    return {spec.config.train.precision for spec in todo}
+
+
+def precision_mismatch(study: Study, *, retry_failed: bool = False) -> str | None:
+    """Why runs started here would compute in another precision than the stored runs
+    (`auto` resolves per machine: a study begun in bf16 on an AMX Xeon would go on in fp32
+    on an AVX2 EPYC); None when they would not, or nothing would start."""
+    from adaptive_lora.compute.precision import resolve_precision
+
+    rows = read_rows(study)
+    stored: dict[str, list[str]] = {}
+    for row in rows.values():
+        if row is not None and row.status == DONE and (row.manifest or {}).get("precision"):
+            stored.setdefault(str(row.manifest["precision"]), []).append(row.id)
+    settings = _settings_to_start(study, rows, retry_failed) if stored else set()
+    here = {setting: resolve_precision(setting).name for setting in sorted(settings)}
+    new = {setting: name for setting, name in here.items() if name not in stored}
+    if not new:
+        return None
+    setting, name = next(iter(new.items()))
+    shown = ", ".join(f"{p} ({len(ids)} run(s))" for p, ids in sorted(stored.items()))
+    return (
+        f"`precision: {setting}` computes in {name} on this machine, but the study's stored "
+        f"runs computed in {shown}: one study's runs share one precision"
+    )
+
+
+def slow_bf16_line(study: Study) -> str | None:
+    """A note when the study asks for bf16 on a CPU without bf16 instructions (it would
+    crawl: a bf16 matmul runs ~50× slower than fp32 there); None otherwise."""
+    from adaptive_lora.compute.precision import has_native_bf16, resolve_precision
+
+    asked = {spec.config.train.precision for spec in study.runs[:1]}
+    if "bf16" not in asked or resolve_precision("bf16").device.type != "cpu":
+        return None
+    if has_native_bf16():
+        return None
+    return (
+        f"note: `precision: bf16` on this CPU ({this_machine_family()}, no bf16 instructions) "
+        "is emulated and runs many times slower than fp32; `auto` would compute in fp32 here"
+    )
+
+
+def _mismatch(study: Study, retry_failed: bool, family: str | None) -> tuple[str, str] | None:
+    """The first reason runs started now would not pool with the stored ones, and its advice."""
+    message = family_mismatch(study, retry_failed=retry_failed, family=family)
+    if message is not None:
+        return message, RESUME_ELSEWHERE
+    if family is None and (message := precision_mismatch(study, retry_failed=retry_failed)):
+        return message, RESUME_PRECISION
+    return None
 
 
 def check_machine(
@@ -87,28 +155,33 @@ def check_machine(
     allow_mixed: bool = False,
     family: str | None = None,
 ) -> str | None:
-    """Refuse (one-line `UserError`) to start bf16 runs on a family other than the stored
-    bf16 runs'; with `allow_mixed`, the line to print instead. None when nothing differs.
+    """Refuse (one-line `UserError`) to start runs that would not pool with the stored ones:
+    bf16 runs on a family other than the stored bf16 runs', or runs whose precision resolves
+    otherwise than the stored runs'; with `allow_mixed`, the line to print instead. Else a
+    note when bf16 here would crawl, or None.
 
-    `family` is that of the machine the runs will compute on (default: this one).
+    `family` is that of the machine the runs will compute on (default: this one; the
+    precision is checked only then, as only then is it this machine that resolves it).
     """
-    message = family_mismatch(study, retry_failed=retry_failed, family=family)
-    if message is None:
-        return None
+    found = _mismatch(study, retry_failed, family)
+    if found is None:
+        return slow_bf16_line(study) if family is None else None
+    message, advice = found
     if not allow_mixed:
-        raise UserError(f"{message}; {RESUME_ELSEWHERE}")
+        raise UserError(f"{message}; {advice}")
     return f"warning: {message}; going on (--allow-mixed)"
 
 
 def can_resume_here_line(
     study: Study, *, retry_failed: bool = False, allow_mixed: bool = False
 ) -> str | None:
-    """What `status` and `run --dry-run` say when `run` here would stop at the family check
+    """What `status` and `run --dry-run` say when `run` here would stop at the machine check
     (or, with `allow_mixed`, go on past it): a session plans on another machine without
-    trying to start the study first. None when nothing differs."""
-    message = family_mismatch(study, retry_failed=retry_failed)
-    if message is None:
-        return None
+    trying to start the study first. Else the note on bf16 that would crawl, or None."""
+    found = _mismatch(study, retry_failed, None)
+    if found is None:
+        return slow_bf16_line(study)
+    message, advice = found
     if allow_mixed:
         return f"note: {message}; `run --allow-mixed` goes on"
-    return f"note: `run` here would stop before its first run: {message}; {RESUME_ELSEWHERE}"
+    return f"note: `run` here would stop before its first run: {message}; {advice}"
