@@ -7,16 +7,18 @@ Run from the repository root:
 Both sides train SmolLM2-135M with the same uniform r8 LoRA adapter (same seeded
 initialisation) for one epoch over the same examples, in one process:
 
-* project:   `adaptive_lora.train.train_adapter` — bf16 autocast, LoRA weights and
-             AdamW state in fp32, length-grouped batches with dynamic padding, loss
-             projected on response positions only.
+* project:   `adaptive_lora.training.loop.train_adapter` in the precision `auto` resolves
+             to here (bf16 autocast where the CPU has bf16 instructions, else fp32),
+             LoRA weights and AdamW state in fp32, length-grouped batches with dynamic
+             padding, loss projected on response positions only.
 * reference: `transformers.Trainer` + PEFT, fp32, every batch padded to max length,
              no grouping.
 
-It prints real (non-padding) tokens per second for each, their ratio, and the
-model FLOPs utilisation 4 · N_params · real tokens/s over the CPU's bf16
-matrix-multiply peak measured here (the best of a few large square products).
-The last line reads `speedup=<ratio>x mfu=<percent>%`.
+It prints the resolved precision, real (non-padding) tokens per second for each, their
+ratio, and the model FLOPs utilisation 4 · N_params · real tokens/s over the CPU's
+matrix-multiply peak measured here in the project's precision (the best of a few large
+square products: bf16 where it resolved to bf16, else fp32). The last line reads
+`speedup=<ratio>x mfu=<percent>% precision=<resolved>`.
 """
 
 from __future__ import annotations
@@ -46,12 +48,12 @@ BATCH = 8
 SEED = 0
 
 
-def bf16_matmul_peak(seconds: float = 1.5) -> float:
-    """Best bf16 GEMM rate (FLOP/s) over a few square sizes, each run for ~`seconds`."""
+def matmul_peak(dtype: torch.dtype, seconds: float = 1.5) -> float:
+    """Best GEMM rate (FLOP/s) in `dtype` over a few square sizes, each run for ~`seconds`."""
     best = 0.0
     for n in (1024, 2048, 3072):
-        a = torch.randn(n, n, dtype=torch.bfloat16)
-        b = torch.randn(n, n, dtype=torch.bfloat16)
+        a = torch.randn(n, n, dtype=dtype)
+        b = torch.randn(n, n, dtype=dtype)
         for _ in range(2):
             a @ b
         count, start = 0, time.perf_counter()
@@ -164,8 +166,13 @@ def main() -> int:
         f"torch threads {torch.get_num_threads()}"
     )
 
-    peak = bf16_matmul_peak()
-    print(f"bf16 matmul peak measured: {peak / 1e12:.2f} TFLOP/s")
+    precision = resolve_precision("auto")
+    dtype = precision.autocast_dtype or torch.float32
+    peak = matmul_peak(dtype)
+    print(
+        f"precision auto resolves to {precision.name} here; {str(dtype).split('.')[-1]} "
+        f"matmul peak measured: {peak / 1e12:.3f} TFLOP/s"
+    )
 
     results = {"project": run_project(base, split, tokenizer.pad_token_id)}
     if not args.skip_reference:
@@ -188,7 +195,7 @@ def main() -> int:
         )
     project = results["project"]
     speedup = project["rate"] / results["reference"]["rate"] if "reference" in results else math.nan
-    print(f"speedup={speedup:.2f}x mfu={100 * project['mfu']:.1f}%")
+    print(f"speedup={speedup:.2f}x mfu={100 * project['mfu']:.1f}% precision={precision.name}")
     return 0
 
 

@@ -9,7 +9,7 @@ A run folder holds:
     adapter/          the adapter in standard PEFT format (PeftModel.from_pretrained)
     generations.jsonl greedy answers to test prompts
 
-`execute_run` in `train.py` produces it and returns a `RunResult`; the study
+`execute_run` in `run.py` produces it and returns a `RunResult`; the study
 runner stores the result; the report reads metrics by the names listed here.
 """
 
