@@ -41,6 +41,7 @@ from adaptive_lora.evaluation import (
     perplexity,
 )
 from adaptive_lora.evaluation_metrics import check_metric_data, default_metrics, metrics_for_run
+from adaptive_lora.loss_cache import cached_loss, loss_key
 from adaptive_lora.model.loading import load_model
 from adaptive_lora.records import (
     ALLOCATION_KEY,
@@ -148,7 +149,7 @@ def _item_key(example: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-# (model, data, split, evaluation settings, model object) → the untrained adapter's loss.
+# (what `loss_cache.loss_key` holds, model object) → the untrained adapter's loss.
 _LOSS_BEFORE: dict[tuple, float] = {}
 
 
@@ -236,19 +237,23 @@ class RunSteps:
     def _loss_before(self, name: str, split) -> float:
         """The untrained adapter's loss on a split: the base model's, since B = 0.
 
-        Every run of a process on the same model, data and evaluation settings gets the
-        same number (adding B·A·x = 0 changes no bit), so it is measured once per
-        process and reused: two of a run's four loss passes.
+        Every run on the same model, data and evaluation settings gets the same number
+        (adding B·A·x = 0 changes no bit), so it is measured once per process and kept
+        on disk for the next (`loss_cache`): two of a run's four loss passes.
         """
         cfg = self.config
-        key = (
-            str(self.loaded.fingerprint.get("sha256") or self.loaded.fingerprint.get("hub_id")),
-            self.splits.data_hash, name, cfg.data.max_length, cfg.data.template,
-            cfg.eval.batch_size, self.precision.name, id(self.loaded.model),
+        settings = dict(
+            max_length=cfg.data.max_length, template=cfg.data.template,
+            batch_size=cfg.eval.batch_size, pad_token_id=self.tokenizer.pad_token_id,
         )  # fmt: skip
-        if key not in _LOSS_BEFORE:
-            _LOSS_BEFORE[key] = self._loss(split)
-        return _LOSS_BEFORE[key]
+        key = loss_key(
+            fingerprint=self.loaded.fingerprint, data_hash=self.splits.data_hash, split=name,
+            settings=settings, precision=self.precision.name, device=self.precision.device,
+        )  # fmt: skip
+        in_process = (json.dumps(key, sort_keys=True, default=str), id(self.loaded.model))
+        if in_process not in _LOSS_BEFORE:
+            _LOSS_BEFORE[in_process] = cached_loss(key, lambda: self._loss(split))
+        return _LOSS_BEFORE[in_process]
 
     def train_and_evaluate(self) -> dict[str, Any]:
         """Adapt, measure before, train, measure after, save: the run's metrics.
