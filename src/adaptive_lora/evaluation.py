@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,49 +149,63 @@ def generate_answers(
         return GenerationResult([], {name: None for name in metrics})
     was_training = model.training
     model.eval()
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # generation continues from the right edge
+    try:
+        texts = _decode_by_length(
+            tokenizer, examples, template, batch_size, device,
+            decode=lambda ids, mask: greedy_decode(
+                model, ids, mask, max_new_tokens=max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id,
+                line_tokens=_line_tokens(tokenizer) if stop_at_line_end else None,
+                device=device, autocast_dtype=autocast_dtype,
+            ),
+        )  # fmt: skip
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    records = [_record(example, texts[i], metrics) for i, example in enumerate(examples)]
+    return GenerationResult(records, mean_scores(metrics, records))
+
+
+def _decode_by_length(
+    tokenizer: Any,
+    examples: Sequence[dict[str, Any]],
+    template: str,
+    batch_size: int,
+    device: torch.device,
+    decode: Callable[[torch.Tensor, torch.Tensor], list[list[int]]],
+) -> dict[int, str]:
+    """Each example's decoded answer by its index, prompts batched by token length (so a
+    batch carries little padding) and left-padded; `decode(input_ids, mask)` decodes one."""
     prompts = [format_prompt(ex, template, tokenizer) for ex in examples]
     add_special = template != "chat"  # a chat template writes its own special tokens
     lengths = [len(tokenizer(p, add_special_tokens=add_special)["input_ids"]) for p in prompts]
     order = sorted(range(len(examples)), key=lambda i: (lengths[i], i))
     texts: dict[int, str] = {}
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation continues from the right edge
-    try:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            encoded = tokenizer(
-                [prompts[i] for i in chunk],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=add_special,
-            ).to(device)
-            lines = _line_tokens(tokenizer) if stop_at_line_end else None
-            answers = greedy_decode(
-                model,
-                encoded["input_ids"],
-                encoded["attention_mask"],
-                max_new_tokens=max_new_tokens,
-                eos_token_id=tokenizer.eos_token_id,
-                line_tokens=lines,
-                device=device,
-                autocast_dtype=autocast_dtype,
-            )
-            for i, ids in zip(chunk, answers):
-                texts[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
-    records = [
-        {
-            "instruction": example["instruction"],
-            "input": example.get("input", ""),
-            "reference": example["output"],
-            "prediction": texts[i],
-            **score(metrics, texts[i], example),
-        }
-        for i, example in enumerate(examples)
-    ]
-    return GenerationResult(records, mean_scores(metrics, records))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        encoded = tokenizer(
+            [prompts[i] for i in chunk],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=add_special,
+        ).to(device)
+        answers = decode(encoded["input_ids"], encoded["attention_mask"])
+        for i, ids in zip(chunk, answers):
+            texts[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
+    return texts
+
+
+def _record(example: dict[str, Any], prediction: str, metrics: Sequence[str]) -> dict[str, Any]:
+    """One generation record: the prompt fields, reference, prediction and each verdict."""
+    return {
+        "instruction": example["instruction"],
+        "input": example.get("input", ""),
+        "reference": example["output"],
+        "prediction": prediction,
+        **score(metrics, prediction, example),
+    }
 
 
 @torch.no_grad()

@@ -76,6 +76,45 @@ def run_study(
     return summary
 
 
+class _Starts:
+    """The runs this process started and when: each marked running in the store as its
+    worker takes it (`on_start`), and logged with its place in the queue."""
+
+    def __init__(self, study: Study, store: StudyStore, summary: RunSummary, log, queue):
+        self.study, self.store, self.summary, self.log = study, store, summary, log
+        self.started: dict[str, float] = {}
+        self.index = {spec.run_id: i for i, spec in enumerate(queue, 1)}
+
+    def tag(self, run_id: str) -> str:
+        return f"[{self.index[run_id]}/{len(self.index)}]"
+
+    def on_start(self, spec: RunSpec, where: Where | None = None) -> None:
+        host, pid = (where.host, where.pid) if where else (None, None)
+        if spec.run_id in self.started:  # the executor retries it on another worker
+            self.store.move_running(spec.run_id, host=host or "?", pid=pid)
+            self.log(
+                f"    {spec.run_id}: its worker died; retrying on {where.text() if where else '?'}"
+            )
+            return
+        run_dir = self.study.runs_dir / spec.run_id
+        if run_dir.exists():  # what an interrupted or failed attempt left behind
+            shutil.rmtree(run_dir)
+        self.store.mark_running(
+            spec.run_id, run_dir=str(Path("runs") / spec.run_id), host=host, pid=pid
+        )
+        if spec.run_id in self.summary.lost:  # lost with a dead node, and started again since
+            self.summary.lost.remove(spec.run_id)
+        self.started[spec.run_id] = time.monotonic()
+        on = f"  on {where.text()}" if where else ""
+        self.log(f"{self.tag(spec.run_id)} {spec.describe()}  ({spec.run_id}){on}")
+
+    def finished(self, run_id: str) -> float:
+        """Seconds since `run_id` started (it must have)."""
+        if run_id not in self.started:
+            raise RuntimeError(f"executor returned {run_id}, which never started")
+        return time.monotonic() - self.started.pop(run_id)
+
+
 def _run_pending(
     study: Study,
     store: StudyStore,
@@ -96,35 +135,14 @@ def _run_pending(
     at_once = executor.workers or 1
     if queue:
         log(f"  estimate: {estimate(study, rows, list(queue), at_once=at_once).text()}")
-    started: dict[str, float] = {}
-    index = {spec.run_id: i for i, spec in enumerate(queue, 1)}
-
-    def tag(run_id: str) -> str:
-        return f"[{index[run_id]}/{len(index)}]"
-
-    def on_start(spec: RunSpec, where: Where | None = None) -> None:
-        host, pid = (where.host, where.pid) if where else (None, None)
-        if spec.run_id in started:  # the executor retries it on another worker
-            store.move_running(spec.run_id, host=host or "?", pid=pid)
-            log(f"    {spec.run_id}: its worker died; retrying on {where.text() if where else '?'}")
-            return
-        run_dir = study.runs_dir / spec.run_id
-        if run_dir.exists():  # what an interrupted or failed attempt left behind
-            shutil.rmtree(run_dir)
-        store.mark_running(spec.run_id, run_dir=str(Path("runs") / spec.run_id), host=host, pid=pid)
-        if spec.run_id in summary.lost:  # lost with a dead node, and started again since
-            summary.lost.remove(spec.run_id)
-        started[spec.run_id] = time.monotonic()
-        on = f"  on {where.text()}" if where else ""
-        log(f"{tag(spec.run_id)} {spec.describe()}  ({spec.run_id}){on}")
-
+    starts = _Starts(study, store, summary, log, queue)
     tuning = {s.run_id for s in study.runs if s.tuning}
     try:
-        for result in executor.execute(queue, study.runs_dir, on_start=on_start, quiet=quiet):
-            if result.run_id not in started:
-                raise RuntimeError(f"executor returned {result.run_id}, which never started")
-            seconds = time.monotonic() - started.pop(result.run_id)
-            shown = tag(result.run_id)  # runs may finish out of order
+        for result in executor.execute(
+            queue, study.runs_dir, on_start=starts.on_start, quiet=quiet
+        ):
+            seconds = starts.finished(result.run_id)
+            shown = starts.tag(result.run_id)  # runs may finish out of order
             _record(
                 store, result, seconds, summary, lambda line, t=shown: log(f"{t} {line.lstrip()}")
             )
@@ -132,21 +150,27 @@ def _run_pending(
             # A finished tuning run may choose a rate; with sequential seeds any finished
             # reporting run may complete a look that opens the next block of seeds.
             if result.run_id in tuning or study.seed_plan is not None:
-                study = _queue_reporting_runs(study, store, queue, index, at_once, log, only)
+                study = _queue_reporting_runs(study, store, queue, starts.index, at_once, log, only)
                 # Tuning runs can be added too (a grid grown past its edge: `lr_extend`).
                 tuning = {s.run_id for s in study.runs if s.tuning}
     except BaseException as error:
-        # Runs this process started but will not finish go back to pending.
-        if isinstance(error, KeyboardInterrupt):  # Ctrl-C, or a signal (`Stopped`)
-            reason = str(as_stopped(error)) or "stopped by the user"
-        else:
-            reason = f"stopped: {one_line(error)}"
-        for run_id in started:
-            store.mark_pending(run_id, reason)
-        with contextlib.suppress(Exception):  # keep the original error in view
-            store.export(study.out, study.run_ids)
+        _back_to_pending(study, store, starts.started, error)
         raise
     return study
+
+
+def _back_to_pending(
+    study: Study, store: StudyStore, started: dict[str, float], error: BaseException
+) -> None:
+    """Runs this process started but will not finish go back to pending, with the reason."""
+    if isinstance(error, KeyboardInterrupt):  # Ctrl-C, or a signal (`Stopped`)
+        reason = str(as_stopped(error)) or "stopped by the user"
+    else:
+        reason = f"stopped: {one_line(error)}"
+    for run_id in started:
+        store.mark_pending(run_id, reason)
+    with contextlib.suppress(Exception):  # keep the original error in view
+        store.export(study.out, study.run_ids)
 
 
 def _first_queue(

@@ -142,18 +142,7 @@ def _train_loop(
             for _ in range(settings.grad_accum)
         ]
         step_loss = _backward_micro_batches(model, micro, step, precision, outcome)
-        if extra_loss is not None:  # a regulariser on the adapter weights (AdaLoRA), in fp32
-            penalty = extra_loss()
-            if not torch.isfinite(penalty):
-                raise NonFiniteLoss(step, float(penalty))
-            penalty.backward()
-        if settings.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        if after_step is not None:
-            after_step(step)  # AdaLoRA reallocates here, after the optimizer step
-        optimizer.zero_grad(set_to_none=True)
+        _optimizer_step(params, optimizer, scheduler, settings, step, extra_loss, after_step)
         outcome.steps = step
         outcome.train_loss_curve.append([step, step_loss])
         if loggers:
@@ -173,6 +162,31 @@ def _train_loop(
             model, val_split, outcome, steps, pad_token_id, eval_batch_size, precision, loggers
         )
     return outcome
+
+
+def _optimizer_step(
+    params: list[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    settings: TrainSettings,
+    step: int,
+    extra_loss: Callable[[], torch.Tensor] | None,
+    after_step: Callable[[int], None] | None,
+) -> None:
+    """After the micro-batches' backward: the regulariser's gradient, clipping, the update,
+    the schedule, the method's hook, and fresh gradients for the next step."""
+    if extra_loss is not None:  # a regulariser on the adapter weights (AdaLoRA), in fp32
+        penalty = extra_loss()
+        if not torch.isfinite(penalty):
+            raise NonFiniteLoss(step, float(penalty))
+        penalty.backward()
+    if settings.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    if after_step is not None:
+        after_step(step)  # AdaLoRA reallocates here, after the optimizer step
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _backward_micro_batches(
