@@ -55,7 +55,7 @@ def test_only_shared_cells_are_compared_and_disagreements_are_named():
             _cell("h", "c", 0.0, "equivalent"), _cell("h", "a", 0.0, "equivalent", budget="r8")]  # fmt: skip
     there = [_cell("t", "a", 0.0, "equivalent"), _cell("t", "b", 0.0, "equivalent"),
              _cell("other", "c", 0.0, "equivalent")]  # fmt: skip
-    ladder = {"gain_per_doubling": {"overall": {"n": 0}, "steps": []}, "ladder": [_point("r4")]}
+    ladder = {"gain_per_doubling": gain_per_doubling([]), "ladder": [_point("r4")]}
     comparison = compare_studies(
         "orig",
         [("h", "t")],
@@ -69,7 +69,8 @@ def test_only_shared_cells_are_compared_and_disagreements_are_named():
     ]
     point = {"budget": "r4", "lr": None, "test_loss": {"mean": 1.5, "ci_t": [1.4, 1.6], "n": 10},
              "step": None}  # fmt: skip
-    assert comparison["ladders"] == [[{"budgets": ["r4"], "gain": {"n": 0}, "points": [point]}] * 2]
+    none = gain_per_doubling([]).overall
+    assert comparison["ladders"] == [[{"budgets": ["r4"], "gain": none, "points": [point]}] * 2]
     assert summary_line(comparison) == (
         "agree on 1 of 2 comparisons (b); differ on a (beats here, equivalent there)"
     )
@@ -115,7 +116,7 @@ def test_another_study_without_a_store_is_one_line_and_nothing_written(
 def test_equal_group_keys_keep_each_studys_own_ladder():
     """A confirmation of the same cell has the same group key as its original."""
     mine = {"group": "g", "ladder": [_point("r4")],
-            "gain_per_doubling": {"overall": {"n": 0}, "steps": []}}  # fmt: skip
+            "gain_per_doubling": gain_per_doubling([])}  # fmt: skip
     theirs = {**mine, "ladder": [_point("r2"), _point("r4")]}
     comparison = compare_studies("orig", [("g", "g")], ([mine], []), ([theirs], []))
     assert [entry["budgets"] for entry in comparison["ladders"][0]] == [["r4"], ["r2", "r4"]]

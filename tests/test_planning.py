@@ -52,7 +52,7 @@ def test_a_clear_effects_power_is_near_one_not_nan():
     assert ours == pytest.approx(float(np.mean(p < level)), abs=1e-3)
     assert ours >= t_test_power(10, d * 0.0008, 0.0008, family_size=7)
     plan = plan_comparison(0.0008, n, smallest_effect=0.003, family_size=7)
-    assert not any("t-test" in w for w in plan["warnings"])
+    assert not any("t-test" in w for w in plan.warnings)
 
 
 @pytest.mark.parametrize(
@@ -135,10 +135,10 @@ def test_wilcoxon_floor_is_scipy_exact_p_of_all_positive_differences(n):
 
 def test_eight_pairs_cannot_reach_significance_after_holm_over_eight():
     reach = wilcoxon_reach(8, alpha=0.05, family_size=8)
-    assert reach["floor"] == 1 / 128
-    assert reach["holm_floor"] == pytest.approx(0.0625)
-    assert reach["can_reach"] is False
-    assert reach["min_seeds"] == 9
+    assert reach.floor == 1 / 128
+    assert reach.holm_floor == pytest.approx(0.0625)
+    assert reach.can_reach is False
+    assert reach.min_seeds == 9
 
 
 @pytest.mark.parametrize(
@@ -153,21 +153,40 @@ def test_min_seeds_is_where_scipy_floor_first_passes_holm(alpha, family, alterna
         p = stats.wilcoxon(np.arange(1.0, n + 1), method="exact", alternative=scipy_alt).pvalue
         return p * family
 
-    n = reach["min_seeds"]
+    n = reach.min_seeds
     assert holm_floor(n) < alpha <= holm_floor(n - 1)
 
 
 def test_plan_warns_for_every_test_the_seeds_cannot_decide():
     plan = plan_comparison(0.0015, 8, smallest_effect=0.002, margin=0.0005, family_size=8)
-    assert plan["level"] == pytest.approx(0.05 / 8)
-    assert plan["t_seeds"] == seeds_for_t_test(0.002, 0.0015, family_size=8)
-    text = " | ".join(plan["warnings"])
+    assert plan.level == pytest.approx(0.05 / 8)
+    assert plan.t_seeds == seeds_for_t_test(0.002, 0.0015, family_size=8)
+    text = " | ".join(plan.warnings)
     assert "TOST at ±0.0005" in text and "8 planned" in text
     assert "Wilcoxon" in text and "0.0625" in text
-    assert plan["tost_seeds"] > 100
+    assert plan.tost_seeds > 100
 
 
 def test_a_sufficient_plan_has_no_warnings():
     plan = plan_comparison(1.0, 40, smallest_effect=1.0, margin=1.0)
-    assert plan["t_power"] > 0.99 and plan["tost_power"] > 0.8
-    assert plan["warnings"] == []
+    assert plan.t_power > 0.99 and plan.tost_power > 0.8
+    assert plan.warnings == []
+
+
+def test_a_plan_reads_by_attribute_and_by_its_json_key_for_study():
+    """`study/power_plan.py` indexes plans and ladders by key; a misspelt key still fails."""
+    from adaptive_lora.analysis.ladder import gain_per_doubling
+
+    plan = plan_comparison(1.0, 8, smallest_effect=1.0)
+    assert (
+        plan["t_seeds"] == plan.t_seeds and plan["wilcoxon"]["can_reach"] is plan.wilcoxon.can_reach
+    )
+    assert plan.get("warnings", []) == plan.warnings
+    with pytest.raises(KeyError):
+        plan["t_seed"]
+    with pytest.raises(AttributeError):
+        plan.t_seed  # noqa: B018
+    series = [{"budget": b, "params": p, "test_loss": {"values": {0: loss, 1: loss + 0.01}}}
+              for b, p, loss in (("r1", 100.0, 2.0), ("r2", 200.0, 1.9))]  # fmt: skip
+    [step] = gain_per_doubling(series)["steps"]
+    assert (step["from"], step["to"]) == (step.from_, step.to) == ("r1", "r2")

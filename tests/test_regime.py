@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from adaptive_lora.analysis.jsonable import to_jsonable
 from adaptive_lora.analysis.ladder import gain_per_doubling
+from adaptive_lora.analysis.paired import compare_family
 from adaptive_lora.report.regime import heatmap_cells, regime_map
 
 
@@ -27,34 +29,34 @@ def _ladder(slope: float, noise: float, seed: int = 0):
 
 def test_the_overall_gain_is_the_mean_of_per_seed_least_squares_slopes():
     series = _ladder(slope=0.01, noise=0.002)
-    gain = gain_per_doubling(series)["overall"]
+    gain = gain_per_doubling(series).overall
     x = np.log2([s["params"] for s in series])
     slopes = [
         -stats.linregress(x, [s["test_loss"]["values"][seed] for s in series]).slope
         for seed in range(6)
     ]
     low, high = stats.t.interval(0.95, len(slopes) - 1, np.mean(slopes), stats.sem(slopes))
-    assert gain["mean"] == pytest.approx(np.mean(slopes), rel=1e-9)
-    assert gain["ci_t"] == pytest.approx([low, high], rel=1e-9)
-    assert gain["sd"] == pytest.approx(np.std(slopes, ddof=1), rel=1e-9)
-    assert gain["established"]
+    assert gain.mean == pytest.approx(np.mean(slopes), rel=1e-9)
+    assert gain.ci_t == pytest.approx([low, high], rel=1e-9)
+    assert gain.sd == pytest.approx(np.std(slopes, ddof=1), rel=1e-9)
+    assert gain.established
 
 
 def test_each_step_is_paired_by_seed_and_scaled_to_one_doubling():
     series = _ladder(slope=0.01, noise=0.002)
-    last = gain_per_doubling(series)["steps"][-1]
-    assert last["doublings"] == pytest.approx(2.0)
+    last = gain_per_doubling(series).steps[-1]
+    assert last.doublings == pytest.approx(2.0)
     diffs = [(series[2]["test_loss"]["values"][s] - series[3]["test_loss"]["values"][s]) / 2
              for s in range(6)]  # fmt: skip
     result = stats.ttest_1samp(diffs, 0.0)
-    assert last["mean"] == pytest.approx(np.mean(diffs))
+    assert last.mean == pytest.approx(np.mean(diffs))
     low, high = result.confidence_interval(0.95)
-    assert last["ci_t"] == pytest.approx([low, high], rel=1e-9)
+    assert last.ci_t == pytest.approx([low, high], rel=1e-9)
 
 
 def test_no_gain_is_not_established():
-    flat = gain_per_doubling(_ladder(slope=0.0, noise=0.002, seed=3))["overall"]
-    assert flat["ci_t"][0] < 0 < flat["ci_t"][1] and not flat["established"]
+    flat = gain_per_doubling(_ladder(slope=0.0, noise=0.002, seed=3)).overall
+    assert flat.ci_t[0] < 0 < flat.ci_t[1] and not flat.established
 
 
 def test_the_map_reads_the_baseline_of_each_group_and_the_cells_every_comparison():
@@ -62,8 +64,8 @@ def test_the_map_reads_the_baseline_of_each_group_and_the_cells_every_comparison
         return {"budgets": {
             b: {"strategies": {"uniform": {"test_loss": {"values": v, "mean": 0, "ci_t": [0, 0], "n": 2},
                                            "effective_params": {"mean": p}}},
-                "comparisons": {"uniform": {}, "spectral": {"n": 2, "mean_diff": -0.01, "ci_t": [-0.02, 0],
-                                                            "d_z": -1.0, "p_t_holm": 0.2, "significant": False}},
+                "comparisons": {"uniform": {}, **compare_family({"uniform": v, "spectral": v}, "uniform",
+                                                                n_boot=10)},
                 "secondary": {}}
             for b, (p, v) in loss_by_budget.items()}}  # fmt: skip
 
@@ -95,7 +97,7 @@ def test_the_ladder_figure_draws_a_panel_per_group_from_stats_json(tmp_path):
         {"title": "task `b`", "ladder": one_seed, "gain_per_doubling": gain_per_doubling(one_seed)},
         {"title": "task `c`", "ladder": [], "gain_per_doubling": gain_per_doubling([])},
     ]
-    regime = json.loads(json.dumps(regime))  # as `report` writes and a reader loads it
+    regime = json.loads(json.dumps(to_jsonable(regime)))  # as `report` writes and a reader loads it
     drawn = []
     real_save = plt.Figure.savefig
     plt.Figure.savefig = lambda fig, *a, **k: (drawn.append(fig), real_save(fig, *a, **k))[1]
@@ -142,14 +144,14 @@ def test_a_budget_of_unknown_size_is_no_rung_and_equal_sizes_make_no_step():
     series = _ladder(slope=0.01, noise=0.002)
     unknown = {**series[1], "budget": "?", "params": math.nan}
     gains = gain_per_doubling([series[0], unknown, *series[1:]])
-    assert [(s["from"], s["to"]) for s in gains["steps"]] == [
+    assert [(s.from_, s.to) for s in gains.steps] == [
         (a["budget"], b["budget"]) for a, b in zip(series, series[1:])
     ]
-    assert gains["overall"] == gain_per_doubling(series)["overall"]
+    assert gains.overall == gain_per_doubling(series).overall
     same = {**series[0], "budget": "twin"}
     gains = gain_per_doubling([series[0], same])
-    assert gains["steps"] == [] and gains["overall"]["n"] == 0
-    assert gain_per_doubling([unknown, unknown])["overall"]["n"] == 0
+    assert gains.steps == [] and gains.overall.n == 0
+    assert gain_per_doubling([unknown, unknown]).overall.n == 0
 
 
 def test_a_map_of_the_baseline_alone_never_asks_about_allocation():

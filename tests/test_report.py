@@ -6,6 +6,7 @@ import json
 import math
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -127,13 +128,13 @@ def test_main_table_holds_the_stats_numbers(full):
     for label in ("linear_decay", "attention_heavy"):
         cells = [c.strip() for c in by_label[label].split("|")[1:-1]]
         comparison = family[label]
-        assert cells[4] == formatting.fmt_p(comparison["p_t_holm"])
-        assert cells[5] == formatting.fmt_p(comparison["p_wilcoxon_holm"])
-        assert cells[6] == formatting.fmt_sig(comparison["d_z"])
-        assert cells[3].startswith(formatting.fmt_num(comparison["mean_diff"], 4, plus=True))
-        assert comparison["verdict"] in text
+        assert cells[4] == formatting.fmt_p(comparison.p_t_holm)
+        assert cells[5] == formatting.fmt_p(comparison.p_wilcoxon_holm)
+        assert cells[6] == formatting.fmt_sig(comparison.d_z)
+        assert cells[3].startswith(formatting.fmt_num(comparison.mean_diff, 4, plus=True))
+        assert comparison.verdict in text
     assert by_label["linear_decay"].count("4,103") == 1 and "+0.17%" in by_label["linear_decay"]
-    assert family["linear_decay"]["p_t_holm"] < 0.05  # the synthetic effect is found
+    assert family["linear_decay"].p_t_holm < 0.05  # the synthetic effect is found
 
 
 def test_stats_json_has_every_table_number(full):
@@ -143,9 +144,9 @@ def test_stats_json_has_every_table_number(full):
     block = data["budgets"]["r8"]
     for label, comparison in family.items():
         stored = block["comparisons"][label]
-        assert stored["p_t_holm"] == pytest.approx(comparison["p_t_holm"])
-        assert stored["p_wilcoxon_holm"] == pytest.approx(comparison["p_wilcoxon_holm"])
-        assert stored["ci_t"] == pytest.approx(comparison["ci_t"])
+        assert stored["p_t_holm"] == pytest.approx(comparison.p_t_holm)
+        assert stored["p_wilcoxon_holm"] == pytest.approx(comparison.p_wilcoxon_holm)
+        assert stored["ci_t"] == pytest.approx(comparison.ci_t)
     uniform = block["strategies"]["uniform"]["test_loss"]
     values = [r.metrics["test_loss"] for r in rows if r.label == "uniform"]
     assert uniform["mean"] == pytest.approx(descriptive.describe(values)["mean"])
@@ -160,10 +161,10 @@ def test_the_answer_quotes_the_comparisons_and_what_the_seeds_can_resolve(full):
     answer = text[text.index("## Answer") : text.index("## Status")]
     family = expected_family(study, rows)
     decay = family["linear_decay"]
-    assert decay["significant"] and not family["attention_heavy"]["significant"]
-    lo, hi = decay["ci_t"]
+    assert decay.significant and not family["attention_heavy"].significant
+    lo, hi = decay.ci_t
     quoted = (
-        f"better than uniform: linear_decay Δ = {formatting.fmt_num(decay['mean_diff'], 4, plus=True)}"
+        f"better than uniform: linear_decay Δ = {formatting.fmt_num(decay.mean_diff, 4, plus=True)}"
         f" [{formatting.fmt_num(lo, 4)}, {formatting.fmt_num(hi, 4)}]"
     )
     assert quoted in answer and "1 other(s) do not differ significantly" in answer
@@ -185,7 +186,7 @@ def test_the_answer_without_a_winner_names_the_closest():
             "b": {s: v + shift_b + noise[::-1][s] for s, v in base.items()},
         }
         family = paired.compare_family(results, "uniform", n_boot=200)
-        assert not any(c["significant"] for c in family.values())
+        assert not any(c.significant for c in family.values())
         analysis = {
             "budgets": {"r8": {"comparisons": family}},
             "n_runs": 24,
@@ -301,7 +302,7 @@ def test_partial_study_says_what_is_missing(tmp_path):
     assert "linear_decay @ r8: no result for seed(s) 3, 4" in text
     analysis = analyse(study, rows, n_boot=500)
     comparison = analysis["budgets"]["r8"]["comparisons"]["linear_decay"]
-    assert comparison["n"] == 3 and comparison["seeds"] == [0, 1, 2]
+    assert comparison.n == 3 and comparison.seeds == [0, 1, 2]
     assert "cannot reach p < 0.05" in text  # 3 or 4 paired seeds
     answer = text[text.index("## Answer") : text.index("## Status")]
     assert "*Provisional: 3 of 15 runs are missing;" in answer
@@ -469,9 +470,9 @@ def test_a_caveat_shared_by_every_comparison_is_said_once():
     from adaptive_lora.report.markdown import _caveats_by_strategy
 
     narrow = "with only 8 pairs the bootstrap intervals are too narrow"
-    comparisons = {
-        "eva": {"warnings": [narrow, "seeds only in the baseline, dropped: [9]"]},
-        "spectral": {"warnings": [narrow, "Wilcoxon test cannot reach p < 0.05"]},
+    comparisons = {  # the one field it reads, beside each strategy
+        "eva": SimpleNamespace(warnings=[narrow, "seeds only in the baseline, dropped: [9]"]),
+        "spectral": SimpleNamespace(warnings=[narrow, "Wilcoxon test cannot reach p < 0.05"]),
     }
     assert _caveats_by_strategy(comparisons) == [
         ("seeds only in the baseline, dropped: [9]", "eva"),

@@ -185,28 +185,30 @@ def test_compare_paired_hand_worked_example():
     #   which is also the floor 2 / 2**4 -> cannot reach p < 0.05.
     s, b = _runs([1, 2, 3, 4])
     r = compare_paired(s, b)
-    assert set(r) == PAIRED_KEYS
-    assert r["n"] == r["n_pairs"] == 4
-    assert r["mean_diff"] == pytest.approx(2.5)
-    assert r["median_diff"] == pytest.approx(2.5)
-    assert r["iqm_diff"] == pytest.approx(2.5)
-    assert r["sd_diff"] == pytest.approx(1.290994, abs=1e-6)
-    assert r["d_z"] == pytest.approx(1.936492, abs=1e-6)
-    assert r["t"] == pytest.approx(3.872983, abs=1e-6)
-    assert r["df"] == 3
-    assert r["p_t"] == pytest.approx(0.030466, abs=1e-6)
-    assert r["ci_t"] == pytest.approx([0.445740, 4.554260], abs=1e-6)
-    assert r["p_wilcoxon"] == pytest.approx(0.125)
-    assert r["wilcoxon_stat"] == 0.0
-    assert r["wilcoxon_method"] == "exact"
-    assert r["wilcoxon_floor_p"] == pytest.approx(0.125)
-    assert r["can_reach_significance"] is False
+    assert set(_strict_json(r)) == PAIRED_KEYS  # the keys stats.json gets
+    with pytest.raises(AttributeError):  # a misspelt statistic fails, never reads as absent
+        r.mean_dif  # noqa: B018
+    assert r.n == r.n_pairs == 4
+    assert r.mean_diff == pytest.approx(2.5)
+    assert r.median_diff == pytest.approx(2.5)
+    assert r.iqm_diff == pytest.approx(2.5)
+    assert r.sd_diff == pytest.approx(1.290994, abs=1e-6)
+    assert r.d_z == pytest.approx(1.936492, abs=1e-6)
+    assert r.t == pytest.approx(3.872983, abs=1e-6)
+    assert r.df == 3
+    assert r.p_t == pytest.approx(0.030466, abs=1e-6)
+    assert r.ci_t == pytest.approx([0.445740, 4.554260], abs=1e-6)
+    assert r.p_wilcoxon == pytest.approx(0.125)
+    assert r.wilcoxon_stat == 0.0
+    assert r.wilcoxon_method == "exact"
+    assert r.wilcoxon_floor_p == pytest.approx(0.125)
+    assert r.can_reach_significance is False
     # lower is better and every difference is positive: the strategy never wins.
-    assert r["prob_better"] == 0.0
-    assert compare_paired(s, b, lower_is_better=False)["prob_better"] == 1.0
+    assert r.prob_better == 0.0
+    assert compare_paired(s, b, lower_is_better=False).prob_better == 1.0
     # MDE at 80% power, n = 4, alpha 0.05: d_z = 2.12795; in metric units x sd.
-    assert r["mde_d_z"] == pytest.approx(2.127949, abs=1e-5)
-    assert r["mde_metric"] == pytest.approx(2.127949 * 1.290994, abs=1e-5)
+    assert r.mde_d_z == pytest.approx(2.127949, abs=1e-5)
+    assert r.mde_metric == pytest.approx(2.127949 * 1.290994, abs=1e-5)
     _strict_json(r)
 
 
@@ -218,16 +220,16 @@ def test_wilcoxon_with_ties_and_zero_hand_worked():
     # {5}: 10 of 32. Two-sided p = 2 * 10/32 = 0.625.
     s, b = _runs([1, 2, 2, -4, 0, 3])
     r = compare_paired(s, b)
-    assert r["wilcoxon_stat"] == 5.0
-    assert r["p_wilcoxon"] == pytest.approx(0.625)
-    assert r["wilcoxon_n"] == 5
-    assert r["wilcoxon_method"].startswith("exact conditional")
-    assert "zero" in r["wilcoxon_method"] and "ties" in r["wilcoxon_method"]
+    assert r.wilcoxon_stat == 5.0
+    assert r.p_wilcoxon == pytest.approx(0.625)
+    assert r.wilcoxon_n == 5
+    assert r.wilcoxon_method.startswith("exact conditional")
+    assert "zero" in r.wilcoxon_method and "ties" in r.wilcoxon_method
     ref = stats.wilcoxon([1, 2, 2, -4, 0, 3], method=stats.PermutationMethod())
-    assert r["p_wilcoxon"] == pytest.approx(ref.pvalue)
-    assert any("zero difference dropped" in w for w in r["warnings"])
+    assert r.p_wilcoxon == pytest.approx(ref.pvalue)
+    assert any("zero difference dropped" in w for w in r.warnings)
     # prob_better with a tie: wins at -4 (1), the 0 counts half -> 1.5 / 6
-    assert r["prob_better"] == pytest.approx(1.5 / 6)
+    assert r.prob_better == pytest.approx(1.5 / 6)
 
 
 # ----------------------------------------------------------------- against scipy/statsmodels
@@ -244,26 +246,26 @@ def test_compare_paired_matches_scipy(n):
     r = compare_paired(s, b, alpha=0.05, n_boot=4000, seed=7)
 
     tt = stats.ttest_rel(xs, xb)
-    assert r["t"] == pytest.approx(tt.statistic, rel=1e-10)
-    assert r["p_t"] == pytest.approx(tt.pvalue, rel=1e-10)
-    assert r["df"] == n - 1
+    assert r.t == pytest.approx(tt.statistic, rel=1e-10)
+    assert r.p_t == pytest.approx(tt.pvalue, rel=1e-10)
+    assert r.df == n - 1
     se = stats.sem(d)
-    assert r["ci_t"] == pytest.approx(
+    assert r.ci_t == pytest.approx(
         list(stats.t.interval(0.95, n - 1, loc=d.mean(), scale=se)), rel=1e-10
     )
     w = stats.wilcoxon(xs, xb, method="exact")
-    assert r["p_wilcoxon"] == pytest.approx(w.pvalue, rel=1e-12)
-    assert r["wilcoxon_stat"] == pytest.approx(w.statistic)
-    assert r["d_z"] == pytest.approx(d.mean() / d.std(ddof=1), rel=1e-12)
+    assert r.p_wilcoxon == pytest.approx(w.pvalue, rel=1e-12)
+    assert r.wilcoxon_stat == pytest.approx(w.statistic)
+    assert r.d_z == pytest.approx(d.mean() / d.std(ddof=1), rel=1e-12)
     mde = TTestPower().solve_power(
         effect_size=None, nobs=n, alpha=0.05, power=0.8, alternative="two-sided"
     )
-    assert r["mde_d_z"] == pytest.approx(float(mde), rel=1e-8)
-    assert r["mde_metric"] == pytest.approx(float(mde) * d.std(ddof=1), rel=1e-8)
-    assert r["median_diff"] == pytest.approx(np.median(d))
-    assert r["iqm_diff"] == pytest.approx(stats.trim_mean(d, 0.25))
-    assert r["prob_better"] == pytest.approx(np.mean(d < 0))
-    assert r["wilcoxon_floor_p"] == pytest.approx(min(1.0, 2 / 2**n))
+    assert r.mde_d_z == pytest.approx(float(mde), rel=1e-8)
+    assert r.mde_metric == pytest.approx(float(mde) * d.std(ddof=1), rel=1e-8)
+    assert r.median_diff == pytest.approx(np.median(d))
+    assert r.iqm_diff == pytest.approx(stats.trim_mean(d, 0.25))
+    assert r.prob_better == pytest.approx(np.mean(d < 0))
+    assert r.wilcoxon_floor_p == pytest.approx(min(1.0, 2 / 2**n))
 
 
 def _scipy_bca(samples, statistic, n_boot, seed, **kw):
@@ -288,28 +290,28 @@ def test_bca_matches_scipy_bootstrap():
         return np.mean(x - y, axis=axis)
 
     ref = _scipy_bca((xs, xb), mean_diff, 5000, 123, paired=True, vectorized=True)
-    assert r["ci_boot_bca"] == pytest.approx(ref, abs=1e-9)
+    assert r.ci_boot_bca == pytest.approx(ref, abs=1e-9)
     ref1 = _scipy_bca((d,), np.mean, 5000, 123, vectorized=True)
-    assert r["ci_boot_bca"] == pytest.approx(ref1, abs=1e-9)
+    assert r.ci_boot_bca == pytest.approx(ref1, abs=1e-9)
 
     # Independent streams: agreement up to Monte Carlo error (small tolerance).
     ref2 = _scipy_bca((d,), np.mean, 20000, 999, vectorized=True)
     width = ref2[1] - ref2[0]
-    assert r["ci_boot_bca"] == pytest.approx(ref2, abs=0.1 * width)
+    assert r.ci_boot_bca == pytest.approx(ref2, abs=0.1 * width)
 
     # Percentile interval and the IQM intervals.
     pct = stats.bootstrap(
         (d,), np.mean, method="percentile", n_resamples=5000, rng=np.random.default_rng(123)
     ).confidence_interval
-    assert r["ci_boot_percentile"] == pytest.approx([pct.low, pct.high], abs=1e-9)
+    assert r.ci_boot_percentile == pytest.approx([pct.low, pct.high], abs=1e-9)
 
     def tm(x, axis=-1):
         return stats.trim_mean(x, 0.25, axis=axis)
 
     ref_iqm = _scipy_bca((d,), tm, 5000, 123, vectorized=True)
-    assert r["iqm_ci_boot_bca"] == pytest.approx(ref_iqm, abs=1e-9)
-    lo, hi = r["iqm_ci_boot_percentile"]
-    assert lo <= r["iqm_diff"] <= hi
+    assert r.iqm_ci_boot_bca == pytest.approx(ref_iqm, abs=1e-9)
+    lo, hi = r.iqm_ci_boot_percentile
+    assert lo <= r.iqm_diff <= hi
 
 
 def test_exact_signed_rank_distribution_matches_scipy_without_ties():
@@ -329,7 +331,7 @@ def test_wilcoxon_ties_zeros_match_scipy_permutation(d):
     r = compare_paired(s, b, n_boot=200)
     # n <= 13: 2**n < 9999 resamples, so scipy enumerates every sign pattern (exact).
     ref = stats.wilcoxon(d, method=stats.PermutationMethod())
-    assert r["p_wilcoxon"] == pytest.approx(ref.pvalue, rel=1e-10)
+    assert r.p_wilcoxon == pytest.approx(ref.pvalue, rel=1e-10)
 
 
 # ---------------------------------------------------------------- small n, degenerate input
@@ -338,18 +340,17 @@ def test_wilcoxon_ties_zeros_match_scipy_permutation(d):
 def test_five_seeds_floor_warning():
     s, b = _runs([-1, -2, -3, -4, -5])
     r = compare_paired(s, b, n_boot=500)
-    assert r["wilcoxon_floor_p"] == pytest.approx(0.0625)
-    assert r["can_reach_significance"] is False
+    assert r.wilcoxon_floor_p == pytest.approx(0.0625)
+    assert r.can_reach_significance is False
     assert (
-        "with 5 seeds a two-sided Wilcoxon test cannot reach p < 0.05 (floor 0.0625)"
-        in r["warnings"]
+        "with 5 seeds a two-sided Wilcoxon test cannot reach p < 0.05 (floor 0.0625)" in r.warnings
     )
-    assert r["p_wilcoxon"] == pytest.approx(0.0625)  # best possible, still not < 0.05
+    assert r.p_wilcoxon == pytest.approx(0.0625)  # best possible, still not < 0.05
     # 6 seeds: floor 2/64 = 0.03125 < 0.05, no warning
     s6, b6 = _runs([-1, -2, -3, -4, -5, -6])
     r6 = compare_paired(s6, b6, n_boot=500)
-    assert r6["can_reach_significance"] is True
-    assert not any("cannot reach" in w for w in r6["warnings"])
+    assert r6.can_reach_significance is True
+    assert not any("cannot reach" in w for w in r6.warnings)
     assert wilcoxon_floor_p(0) == wilcoxon_floor_p(1) == 1.0
 
 
@@ -363,53 +364,53 @@ def _assert_nan(*xs):
 
 def test_n0_no_common_seeds():
     r = compare_paired({1: 1.0}, {2: 1.0})
-    assert r["n"] == 0 and r["seeds"] == []
-    assert r["seeds_only_in_strategy"] == [1] and r["seeds_only_in_baseline"] == [2]
+    assert r.n == 0 and r.seeds == []
+    assert r.seeds_only_in_strategy == [1] and r.seeds_only_in_baseline == [2]
     _assert_nan(
-        r["mean_diff"],
-        r["sd_diff"],
-        r["t"],
-        r["p_t"],
-        r["p_wilcoxon"],
-        r["d_z"],
-        r["ci_t"],
-        r["ci_boot_bca"],
-        r["mde_d_z"],
-        r["prob_better"],
+        r.mean_diff,
+        r.sd_diff,
+        r.t,
+        r.p_t,
+        r.p_wilcoxon,
+        r.d_z,
+        r.ci_t,
+        r.ci_boot_bca,
+        r.mde_d_z,
+        r.prob_better,
     )
-    assert "n < 2: no test possible" in r["warnings"]
-    assert compare_paired({}, {})["n"] == 0
+    assert "n < 2: no test possible" in r.warnings
+    assert compare_paired({}, {}).n == 0
     _strict_json(r)
 
 
 def test_n1():
     r = compare_paired({0: 1.5, 1: 9.0}, {0: 2.0})
-    assert r["n"] == 1 and r["mean_diff"] == pytest.approx(-0.5)
-    assert r["prob_better"] == 1.0
+    assert r.n == 1 and r.mean_diff == pytest.approx(-0.5)
+    assert r.prob_better == 1.0
     _assert_nan(
-        r["sd_diff"],
-        r["t"],
-        r["p_t"],
-        r["p_wilcoxon"],
-        r["d_z"],
-        r["ci_t"],
-        r["ci_boot_percentile"],
-        r["mde_d_z"],
+        r.sd_diff,
+        r.t,
+        r.p_t,
+        r.p_wilcoxon,
+        r.d_z,
+        r.ci_t,
+        r.ci_boot_percentile,
+        r.mde_d_z,
     )
-    assert any(w.startswith("n < 2: no test possible") for w in r["warnings"])
-    assert r["wilcoxon_floor_p"] == 1.0
+    assert any(w.startswith("n < 2: no test possible") for w in r.warnings)
+    assert r.wilcoxon_floor_p == 1.0
     _strict_json(r)
 
 
 def test_all_differences_zero():
     b = {k: 1.0 + k / 8 for k in range(6)}
     r = compare_paired(dict(b), b)
-    assert r["mean_diff"] == 0.0 and r["sd_diff"] == 0.0
-    _assert_nan(r["t"], r["p_t"], r["d_z"], r["ci_t"], r["p_wilcoxon"])
-    assert r["ci_boot_bca"] == [0.0, 0.0]
-    assert r["prob_better"] == 0.5  # every seed a tie
-    assert any("sd of differences is 0" in w for w in r["warnings"])
-    assert r["wilcoxon_n"] == 0
+    assert r.mean_diff == 0.0 and r.sd_diff == 0.0
+    _assert_nan(r.t, r.p_t, r.d_z, r.ci_t, r.p_wilcoxon)
+    assert r.ci_boot_bca == [0.0, 0.0]
+    assert r.prob_better == 0.5  # every seed a tie
+    assert any("sd of differences is 0" in w for w in r.warnings)
+    assert r.wilcoxon_n == 0
     _strict_json(r)
 
 
@@ -418,14 +419,14 @@ def test_constant_nonzero_difference_with_rounding_noise():
     b = {k: 2.0 + 0.123456789 * k for k in range(7)}
     s = {k: v + 0.01 for k, v in b.items()}
     r = compare_paired(s, b, n_boot=300)
-    assert r["sd_diff"] == 0.0
-    assert r["mean_diff"] == pytest.approx(0.01)
-    _assert_nan(r["t"], r["p_t"], r["d_z"], r["ci_t"])
+    assert r.sd_diff == 0.0
+    assert r.mean_diff == pytest.approx(0.01)
+    _assert_nan(r.t, r.p_t, r.d_z, r.ci_t)
     # all 7 of one sign: Wilcoxon p = 2 / 2**7
-    assert r["p_wilcoxon"] == pytest.approx(2 / 2**7)
-    assert any("sd of differences is 0" in w for w in r["warnings"])
+    assert r.p_wilcoxon == pytest.approx(2 / 2**7)
+    assert any("sd of differences is 0" in w for w in r.warnings)
     fam = compare_family({"uniform": b, "plus": s}, "uniform", n_boot=300)
-    v = fam["plus"]["verdict"]
+    v = fam["plus"].verdict
     assert "raises test loss by 0.010 on every one of the 7 seeds" in v
     assert "a deterioration" in v and "Wilcoxon signed-rank significant" in v
 
@@ -435,18 +436,18 @@ def test_pairing_by_seed_with_missing_and_nonfinite_seeds():
     strat = {"0": 0.5, 1: 1.0, 2: 1.75, 3: float("nan"), 4: 2.0, 5: 1.0}
     r = compare_paired(strat, base, n_boot=200)
     # paired seeds 0, 1, 2, 4 ("0" read as 0; 3 dropped for NaN): diffs -0.5, -0.5, -0.25, -1
-    assert r["seeds"] == [0, 1, 2, 4]
-    assert r["n_pairs"] == 4
-    assert r["seeds_only_in_strategy"] == [5]
-    assert r["seeds_only_in_baseline"] == [7]
-    assert r["seeds_non_finite"] == [3]
-    assert r["diffs"] == pytest.approx([-0.5, -0.5, -0.25, -1.0])
-    assert r["mean_diff"] == pytest.approx(-0.5625)
-    assert any("[5]" in w for w in r["warnings"]) and any("[7]" in w for w in r["warnings"])
-    assert any("[3]" in w for w in r["warnings"])
+    assert r.seeds == [0, 1, 2, 4]
+    assert r.n_pairs == 4
+    assert r.seeds_only_in_strategy == [5]
+    assert r.seeds_only_in_baseline == [7]
+    assert r.seeds_non_finite == [3]
+    assert r.diffs == pytest.approx([-0.5, -0.5, -0.25, -1.0])
+    assert r.mean_diff == pytest.approx(-0.5625)
+    assert any("[5]" in w for w in r.warnings) and any("[7]" in w for w in r.warnings)
+    assert any("[3]" in w for w in r.warnings)
     # the order of the dicts does not matter
     r2 = compare_paired(dict(reversed(list(strat.items()))), base, n_boot=200)
-    assert r2["mean_diff"] == r["mean_diff"] and r2["p_t"] == r["p_t"]
+    assert r2.mean_diff == r.mean_diff and r2.p_t == r.p_t
     with pytest.raises(ValueError):
         compare_paired({0: 1.0, "0": 2.0}, base)
 
@@ -470,10 +471,10 @@ def test_never_crashes_and_is_json(diffs):
     out = _strict_json(r)
     assert out["n"] == len(diffs)
     if len(diffs) >= 1:
-        assert 0.0 <= r["prob_better"] <= 1.0
-    p = r["p_wilcoxon"]
+        assert 0.0 <= r.prob_better <= 1.0
+    p = r.p_wilcoxon
     if not math.isnan(p):
-        assert wilcoxon_floor_p(r["wilcoxon_n"]) - 1e-12 <= p <= 1.0
+        assert wilcoxon_floor_p(r.wilcoxon_n) - 1e-12 <= p <= 1.0
 
 
 # ------------------------------------------------------------------------ family, verdicts
@@ -496,28 +497,28 @@ def test_compare_family_holm_and_keys():
     fam = compare_family(data, "uniform", n_boot=1000)
     assert list(fam) == ["linear_decay", "noise", "three", "one"]
     for r in fam.values():
-        assert set(r) == PAIRED_KEYS | FAMILY_EXTRA
-        assert isinstance(r["verdict"], str) and r["verdict"]
-    pt = [fam[k]["p_t"] for k in fam]
-    tested = [k for k in fam if not math.isnan(fam[k]["p_t"])]
-    ref = multipletests([fam[k]["p_t"] for k in tested], method="holm")[1]
-    assert [fam[k]["p_t_holm"] for k in tested] == pytest.approx(list(ref))
-    refw = multipletests([fam[k]["p_wilcoxon"] for k in tested], method="holm")[1]
-    assert [fam[k]["p_wilcoxon_holm"] for k in tested] == pytest.approx(list(refw))
-    assert math.isnan(fam["one"]["p_t_holm"]) and math.isnan(pt[3])
+        assert set(_strict_json(r)) == PAIRED_KEYS | FAMILY_EXTRA
+        assert isinstance(r.verdict, str) and r.verdict
+    pt = [fam[k].p_t for k in fam]
+    tested = [k for k in fam if not math.isnan(fam[k].p_t)]
+    ref = multipletests([fam[k].p_t for k in tested], method="holm")[1]
+    assert [fam[k].p_t_holm for k in tested] == pytest.approx(list(ref))
+    refw = multipletests([fam[k].p_wilcoxon for k in tested], method="holm")[1]
+    assert [fam[k].p_wilcoxon_holm for k in tested] == pytest.approx(list(refw))
+    assert math.isnan(fam["one"].p_t_holm) and math.isnan(pt[3])
     _strict_json(fam)
 
 
 def test_verdicts():
     fam = compare_family(_family_data(), "uniform", n_boot=1000)
-    v = fam["linear_decay"]["verdict"]
+    v = fam["linear_decay"].verdict
     assert v.startswith("linear_decay lowers test loss by 0.01")
     assert "95% CI \u2212" in v and "vs uniform, an improvement" in v
     assert "significant after Holm correction" in v and "8 seeds" in v
     assert "d_z = \u2212" in v
-    assert fam["linear_decay"]["significant"] is True
+    assert fam["linear_decay"].significant is True
 
-    v3 = fam["three"]["verdict"]
+    v3 = fam["three"].verdict
     assert v3.startswith("No detectable difference between three and uniform in test loss")
     mde3 = TTestPower().solve_power(effect_size=None, nobs=3, alpha=0.05, power=0.8)
     assert f"with 3 seeds the smallest effect detectable at 80% power is d_z = {mde3:.1f}" in v3
@@ -526,9 +527,9 @@ def test_verdicts():
         "With 3 seeds and Holm over 3 comparisons the two-sided Wilcoxon test cannot reach "
         "p < 0.05 (its smallest possible Holm p is 0.75)." in v3
     )
-    assert fam["three"]["significant"] is False
+    assert fam["three"].significant is False
 
-    assert "too few seeds for a test" in fam["one"]["verdict"]
+    assert "too few seeds for a test" in fam["one"].verdict
 
 
 def test_lower_is_better_flips_direction():
@@ -536,20 +537,20 @@ def test_lower_is_better_flips_direction():
     up = compare_family(data, "uniform", lower_is_better=False, n_boot=500, metric="ROUGE-L")
     down = compare_family(data, "uniform", n_boot=500)
     r_up, r_down = up["linear_decay"], down["linear_decay"]
-    assert r_down["prob_better"] == 1.0 and r_up["prob_better"] == 0.0
-    assert r_up["mean_diff"] == r_down["mean_diff"]  # always strategy - baseline
-    assert "an improvement" in r_down["verdict"]
-    assert "lowers ROUGE-L" in r_up["verdict"] and "a deterioration" in r_up["verdict"]
+    assert r_down.prob_better == 1.0 and r_up.prob_better == 0.0
+    assert r_up.mean_diff == r_down.mean_diff  # always strategy - baseline
+    assert "an improvement" in r_down.verdict
+    assert "lowers ROUGE-L" in r_up.verdict and "a deterioration" in r_up.verdict
 
 
 def test_verdict_not_significant_after_holm():
     # Two strategies with nominal p between 0.025 and 0.05 -> Holm pushes both above 0.05.
     diffs_a = [-2.0, 0.5, -2.4, -0.7, -0.7, -1.5, 0.1, -0.7]
     s, b = _runs(diffs_a)
-    p = compare_paired(s, b, n_boot=200)["p_t"]
+    p = compare_paired(s, b, n_boot=200).p_t
     assert 0.025 < p < 0.05
     fam = compare_family({"uniform": b, "a": s, "b": dict(s)}, "uniform", n_boot=200)
-    v = fam["a"]["verdict"]
+    v = fam["a"].verdict
     assert "but not significant after Holm correction" in v
     assert f"uncorrected {fmt_p(p)}" in v
 
@@ -557,9 +558,9 @@ def test_verdict_not_significant_after_holm():
 def test_primary_wilcoxon():
     fam = compare_family(_family_data(), "uniform", n_boot=300, primary="wilcoxon")
     r = fam["linear_decay"]
-    assert r["primary_test"] == "wilcoxon"
-    assert r["significant"] == (r["p_wilcoxon_holm"] < 0.05)
-    assert "paired t-test gives Holm-adjusted" in r["verdict"]
+    assert r.primary_test == "wilcoxon"
+    assert r.significant == (r.p_wilcoxon_holm < 0.05)
+    assert "paired t-test gives Holm-adjusted" in r.verdict
 
 
 # ------------------------------------------------------------------------------ formatting
@@ -629,19 +630,19 @@ def test_one_sided_tests_match_scipy(n, alternative):
     xs, xb = np.array([s[k] for k in range(n)]), np.array([b[k] for k in range(n)])
     r = compare_paired(s, b, n_boot=200, alternative=alternative)
     tt = stats.ttest_rel(xs, xb, alternative=alternative)
-    assert r["p_t"] == pytest.approx(tt.pvalue, rel=1e-10)
+    assert r.p_t == pytest.approx(tt.pvalue, rel=1e-10)
     w = stats.wilcoxon(xs, xb, method="exact", alternative=alternative)
-    assert r["p_wilcoxon"] == pytest.approx(w.pvalue, rel=1e-12)
-    assert r["wilcoxon_stat"] == pytest.approx(w.statistic)  # R+, scipy's one-sided statistic
-    assert r["wilcoxon_floor_p"] == pytest.approx(1 / 2**n)
+    assert r.p_wilcoxon == pytest.approx(w.pvalue, rel=1e-12)
+    assert r.wilcoxon_stat == pytest.approx(w.statistic)  # R+, scipy's one-sided statistic
+    assert r.wilcoxon_floor_p == pytest.approx(1 / 2**n)
     # The interval stays the two-sided 95% t interval of the mean difference.
     d = xs - xb
     ref = stats.t.interval(0.95, n - 1, loc=d.mean(), scale=stats.sem(d))
-    assert r["ci_t"] == pytest.approx(list(ref), rel=1e-10)
+    assert r.ci_t == pytest.approx(list(ref), rel=1e-10)
     mde = TTestPower().solve_power(
         effect_size=None, nobs=n, alpha=0.05, power=0.8, alternative="larger"
     )
-    assert r["mde_d_z"] == pytest.approx(float(mde), rel=1e-8)
+    assert r.mde_d_z == pytest.approx(float(mde), rel=1e-8)
 
 
 @pytest.mark.parametrize("alternative", ["less", "greater"])
@@ -653,8 +654,8 @@ def test_one_sided_wilcoxon_with_ties_and_zeros_matches_scipy_permutation(d, alt
     r = compare_paired(s, b, n_boot=200, alternative=alternative)
     # n <= 13: scipy enumerates every sign pattern of the nonzero differences (exact).
     ref = stats.wilcoxon(d, method=stats.PermutationMethod(), alternative=alternative)
-    assert r["p_wilcoxon"] == pytest.approx(ref.pvalue, rel=1e-10)
-    assert r["wilcoxon_method"].startswith("exact conditional")
+    assert r.p_wilcoxon == pytest.approx(ref.pvalue, rel=1e-10)
+    assert r.wilcoxon_method.startswith("exact conditional")
 
 
 def _best_case_family(n, m, alternative="two-sided"):
@@ -675,27 +676,27 @@ def test_can_reach_significance_counts_the_holm_family(n, m, alternative, reach)
     fam = _best_case_family(n, m, alternative)
     # Every comparison is at its floor: statsmodels' Holm of those p-values is the best
     # any data could do, and it decides whether the family can reach 0.05.
-    raw = [r["p_wilcoxon"] for r in fam.values()]
+    raw = [r.p_wilcoxon for r in fam.values()]
     best = multipletests(raw, method="holm")[1]
     tails = 2 if alternative == "two-sided" else 1
     assert raw == pytest.approx([min(1.0, tails / 2**n)] * m)
     for r, adjusted in zip(fam.values(), best):
-        assert r["family_size"] == m
-        assert r["wilcoxon_holm_floor_p"] == pytest.approx(adjusted)
-        assert r["p_wilcoxon_holm"] == pytest.approx(adjusted)
-        assert r["can_reach_significance"] is reach is bool(adjusted < 0.05)
-        said = [w for w in r["warnings"] if "cannot reach" in w]
+        assert r.family_size == m
+        assert r.wilcoxon_holm_floor_p == pytest.approx(adjusted)
+        assert r.p_wilcoxon_holm == pytest.approx(adjusted)
+        assert r.can_reach_significance is reach is bool(adjusted < 0.05)
+        said = [w for w in r.warnings if "cannot reach" in w]
         assert len(said) == (0 if reach else 1)
-        assert ("cannot reach" in r["verdict"]) is (not reach)
+        assert ("cannot reach" in r.verdict) is (not reach)
 
 
 def test_eight_pairs_in_a_family_of_eight_say_the_holm_floor():
     r = next(iter(_best_case_family(8, 8).values()))
     assert (
         "with 8 seeds and Holm over 8 comparisons a two-sided Wilcoxon test cannot reach "
-        "p < 0.05 (floor 0.0078125, × 8 = 0.0625)" in r["warnings"]
+        "p < 0.05 (floor 0.0078125, × 8 = 0.0625)" in r.warnings
     )
-    assert r["verdict"].endswith(
+    assert r.verdict.endswith(
         " With 8 seeds and Holm over 8 comparisons the two-sided Wilcoxon test cannot reach "
         "p < 0.05 (its smallest possible Holm p is 0.0625)."
     )
@@ -706,15 +707,13 @@ def test_one_sided_family_and_its_verdicts():
     fam = compare_family(
         data, "uniform", n_boot=300, alternative={"linear_decay": "less", "noise": "greater"}
     )
-    assert fam["linear_decay"]["alternative"] == "less"
-    assert fam["three"]["alternative"] == "two-sided"  # not named: two-sided
-    assert "significant after Holm correction (one-sided p" in fam["linear_decay"]["verdict"]
+    assert fam["linear_decay"].alternative == "less"
+    assert fam["three"].alternative == "two-sided"  # not named: two-sided
+    assert "significant after Holm correction (one-sided p" in fam["linear_decay"].verdict
     x = np.array([data["noise"][k] - data["uniform"][k] for k in range(8)])
-    assert fam["noise"]["p_t"] == pytest.approx(
-        stats.ttest_1samp(x, 0, alternative="greater").pvalue
-    )
-    if not fam["noise"]["significant"]:
-        assert fam["noise"]["verdict"].startswith(
+    assert fam["noise"].p_t == pytest.approx(stats.ttest_1samp(x, 0, alternative="greater").pvalue)
+    if not fam["noise"].significant:
+        assert fam["noise"].verdict.startswith(
             "No evidence that noise raises test loss vs uniform (one-sided test)"
         )
     with pytest.raises(ValueError, match="alternative"):

@@ -33,6 +33,10 @@ MetricFn = Callable[[str, str], "bool | float"]
 # A data check: the references a run will score → a one-line reason they cannot be, or None.
 DataCheck = Callable[[Sequence[str]], "str | None"]
 
+# The metric every comparison, ladder and plan is about: each run's held-out loss, the
+# `metrics.json` key `evaluation.py` writes (task metrics above are secondary to it).
+PRIMARY_METRIC = "test_loss"
+
 
 @dataclass(frozen=True)
 class Metric:

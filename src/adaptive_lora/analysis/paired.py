@@ -39,8 +39,10 @@ Nothing here hides a small sample: the floor of the exact Wilcoxon p-value (2 / 
 two-sided, 1 / 2**n one-sided) is always reported, and in a family the floor after Holm
 (floor × the family's size: the smallest Holm-adjusted p any comparison can get) decides
 ``can_reach_significance``. Every undefined quantity is NaN with a sentence in ``warnings``.
-All returned values are plain Python types (NaN allowed); ``to_jsonable`` turns
-NaN/inf into ``None`` for strict JSON.
+A result is a ``PairedComparison`` (``compare_paired``) or a ``FamilyComparison``
+(``compare_family``: the same fields, then the family's), read by attribute; its fields
+hold plain Python values (NaN allowed) in the order ``stats.json`` lists them, and
+``to_jsonable`` writes it with NaN/inf as ``None`` for strict JSON.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -55,6 +58,7 @@ from scipy import stats as _st
 from statsmodels.stats.power import TTestPower
 
 from adaptive_lora.analysis.bootstrap import paired_bootstrap
+from adaptive_lora.analysis.comparison import FamilyComparison, PairedComparison
 from adaptive_lora.analysis.corrections import holm
 from adaptive_lora.analysis.descriptive import describe
 from adaptive_lora.analysis.formatting import fmt_g
@@ -65,7 +69,7 @@ from adaptive_lora.analysis.signed_rank import one_sided_signed_rank_test, signe
 from adaptive_lora.analysis.values import NAN, is_nan
 from adaptive_lora.analysis.verdict import verdict
 
-__all__ = ["compare_family", "compare_paired"]
+__all__ = ["FamilyComparison", "PairedComparison", "compare_family", "compare_paired"]
 
 
 def compare_paired(
@@ -77,7 +81,7 @@ def compare_paired(
     seed: int | None = 0,
     alpha: float = 0.05,
     alternative: str = "two-sided",
-) -> dict[str, Any]:
+) -> PairedComparison:
     """Compare one strategy with the baseline, paired by seed.
 
     Parameters
@@ -98,29 +102,13 @@ def compare_paired(
         ``"two-sided"``, ``"less"`` (strategy − baseline < 0) or ``"greater"`` (scipy's
         words), as declared before the runs: the tests, floor and MDE follow it.
 
-    Returns
-    -------
-    A dict of plain Python values (NaN where undefined) with the keys
-    ``n, n_pairs, seeds, seeds_only_in_strategy, seeds_only_in_baseline,
-    seeds_non_finite, lower_is_better, alpha, confidence, n_boot, boot_seed,
-    strategy_summary, baseline_summary, diffs,
-    mean_diff, median_diff, iqm_diff, sd_diff,
-    ci_t, ci_boot_percentile, ci_boot_bca, iqm_ci_boot_percentile, iqm_ci_boot_bca,
-    t, df, p_t, wilcoxon_stat, p_wilcoxon, wilcoxon_method, wilcoxon_n,
-    d_z, mde_d_z, mde_metric, mde_power, prob_better,
-    wilcoxon_floor_p, wilcoxon_holm_floor_p, family_size, can_reach_significance,
-    alternative, warnings``.
-    Intervals are ``[low, high]`` for the difference. ``mde_d_z`` is the smallest |d_z|
-    the paired t-test at ``alpha`` detects with 80 % power for this n (statsmodels
-    ``TTestPower``; Cohen 1988); ``mde_metric`` is ``mde_d_z * sd_diff``.
-    ``prob_better``: the share of seeds the strategy wins, ties counting half.
-    ``wilcoxon_floor_p`` (2 / 2**n two-sided, 1 / 2**n one-sided) is the smallest exact
-    Wilcoxon p with n pairs; alone, a comparison is a family of one.
+    Returns a ``PairedComparison`` (NaN where undefined; ``mde_d_z`` from statsmodels'
+    ``TTestPower``, Cohen 1988). Alone, a comparison is a family of one.
     """
     n_boot = _checked(alpha, alternative, n_boot)
     pairs = pair_by_seed(strategy, baseline)
     out = _blank_result(pairs, lower_is_better, alpha, n_boot, seed, alternative)
-    warns = out["warnings"]
+    warns = out.warnings
     n = pairs.n
     if n == 0:
         warns.append("no seeds in common between strategy and baseline: nothing to compare")
@@ -133,9 +121,9 @@ def compare_paired(
             "need at least 2 paired seeds"
         )
         return out
-    if not out["can_reach_significance"]:
+    if not out.can_reach_significance:
         warns.append(_floor_warning(out))
-    out["df"] = float(n - 1)
+    out.df = float(n - 1)
     _add_minimum_detectable_effect(out, n, alpha, alternative)
     if d["std"] > pairs.tol:
         _add_t_test(out, n, d["mean"], d["std"], alpha)
@@ -161,19 +149,19 @@ def _sidedness(alternative: str) -> str:
     return "two-sided" if alternative == "two-sided" else "one-sided"
 
 
-def _floor_warning(out: dict[str, Any]) -> str:
+def _floor_warning(out: PairedComparison) -> str:
     """Why the Wilcoxon test cannot reach alpha: its floor, and Holm's factor in a family."""
-    n, m, alpha = out["n"], out["family_size"], out["alpha"]
-    test = f"a {_sidedness(out['alternative'])} Wilcoxon test cannot reach p < {fmt_g(alpha)}"
+    n, m, alpha = out.n, out.family_size, out.alpha
+    test = f"a {_sidedness(out.alternative)} Wilcoxon test cannot reach p < {fmt_g(alpha)}"
     if m == 1:
-        return f"with {n} seeds {test} (floor {fmt_g(out['wilcoxon_floor_p'])})"
+        return f"with {n} seeds {test} (floor {fmt_g(out.wilcoxon_floor_p)})"
     return (
         f"with {n} seeds and Holm over {m} comparisons {test} (floor "
-        f"{fmt_g(out['wilcoxon_floor_p'])}, × {m} = {fmt_g(out['wilcoxon_holm_floor_p'])})"
+        f"{fmt_g(out.wilcoxon_floor_p)}, × {m} = {fmt_g(out.wilcoxon_holm_floor_p)})"
     )
 
 
-def _set_reach(out: dict[str, Any], family_size: int) -> None:
+def _set_reach(out: PairedComparison, family_size: int) -> None:
     """The Wilcoxon floor of this comparison and whether it can pass Holm's first step.
 
     Every Holm-adjusted p is at least the family's size times the smallest raw p, so a
@@ -181,12 +169,12 @@ def _set_reach(out: dict[str, Any], family_size: int) -> None:
     whatever the data (``planning.wilcoxon_reach``).
     """
     reach = wilcoxon_reach(
-        out["n"], alpha=out["alpha"], family_size=family_size, alternative=out["alternative"]
+        out.n, alpha=out.alpha, family_size=family_size, alternative=out.alternative
     )
-    out["family_size"] = int(family_size)
-    out["wilcoxon_floor_p"] = reach["floor"]
-    out["wilcoxon_holm_floor_p"] = reach["holm_floor"]
-    out["can_reach_significance"] = reach["can_reach"]
+    out.family_size = int(family_size)
+    out.wilcoxon_floor_p = reach.floor
+    out.wilcoxon_holm_floor_p = reach.holm_floor
+    out.can_reach_significance = reach.can_reach
 
 
 def _blank_result(
@@ -196,58 +184,37 @@ def _blank_result(
     n_boot: int,
     seed: int | None,
     alternative: str,
-) -> dict[str, Any]:
-    """Every key of the result: the pairing, the settings, and NaN for what needs n >= 2."""
-    n = pairs.n
-    out = {
-        "n": n,
-        "n_pairs": n,
-        "seeds": pairs.seeds,
-        "seeds_only_in_strategy": pairs.only_in_strategy,
-        "seeds_only_in_baseline": pairs.only_in_baseline,
-        "seeds_non_finite": pairs.non_finite,
-        "lower_is_better": bool(lower_is_better),
-        "alpha": float(alpha),
-        "confidence": 1.0 - float(alpha),
-        "n_boot": n_boot,
-        "boot_seed": seed,
-        "strategy_summary": describe(pairs.strategy),
-        "baseline_summary": describe(pairs.baseline),
-        "diffs": [float(v) for v in pairs.diffs],
-        "mean_diff": NAN,
-        "median_diff": NAN,
-        "iqm_diff": NAN,
-        "sd_diff": NAN,
-        "ci_t": [NAN, NAN],
-        "ci_boot_percentile": [NAN, NAN],
-        "ci_boot_bca": [NAN, NAN],
-        "iqm_ci_boot_percentile": [NAN, NAN],
-        "iqm_ci_boot_bca": [NAN, NAN],
-        "t": NAN,
-        "df": NAN,
-        "p_t": NAN,
-        "wilcoxon_stat": NAN,
-        "p_wilcoxon": NAN,
-        "wilcoxon_method": "none",
-        "wilcoxon_n": 0,
-        "d_z": NAN,
-        "mde_d_z": NAN,
-        "mde_metric": NAN,
-        "mde_power": POWER,
-        "prob_better": NAN,
-        "alternative": alternative,
-        "warnings": pairs.dropped_warnings(),
-    }
+) -> PairedComparison:
+    """The pairing and the settings, with NaN (the defaults) for what needs n >= 2."""
+    out = PairedComparison(
+        n=pairs.n,
+        n_pairs=pairs.n,
+        seeds=pairs.seeds,
+        seeds_only_in_strategy=pairs.only_in_strategy,
+        seeds_only_in_baseline=pairs.only_in_baseline,
+        seeds_non_finite=pairs.non_finite,
+        lower_is_better=bool(lower_is_better),
+        alpha=float(alpha),
+        confidence=1.0 - float(alpha),
+        n_boot=n_boot,
+        boot_seed=seed,
+        strategy_summary=describe(pairs.strategy),
+        baseline_summary=describe(pairs.baseline),
+        diffs=[float(v) for v in pairs.diffs],
+        alternative=alternative,
+        warnings=pairs.dropped_warnings(),
+    )
     _set_reach(out, 1)
     return out
 
 
-def _add_location(out: dict[str, Any], diffs: np.ndarray, lower_is_better: bool) -> dict:
+def _add_location(out: PairedComparison, diffs: np.ndarray, lower_is_better: bool) -> dict:
     """Mean, median, IQM and sd of the differences, and the share of seeds won."""
     d = describe(diffs)
-    out.update(mean_diff=d["mean"], median_diff=d["median"], iqm_diff=d["iqm"], sd_diff=d["std"])
+    out.mean_diff, out.median_diff, out.iqm_diff = d["mean"], d["median"], d["iqm"]
+    out.sd_diff = d["std"]
     better = diffs < 0 if lower_is_better else diffs > 0
-    out["prob_better"] = float((np.sum(better) + 0.5 * np.sum(diffs == 0)) / diffs.size)
+    out.prob_better = float((np.sum(better) + 0.5 * np.sum(diffs == 0)) / diffs.size)
     return d
 
 
@@ -267,35 +234,33 @@ def _one_sided_mde(n: int, alpha: float, power: float = POWER) -> float:
 
 
 def _add_minimum_detectable_effect(
-    out: dict[str, Any], n: int, alpha: float, alternative: str
+    out: PairedComparison, n: int, alpha: float, alternative: str
 ) -> None:
     """The minimum detectable d_z (Cohen 1988): depends on n, alpha and the sidedness."""
-    warns = out["warnings"]
+    warns = out.warnings
     try:
         if alternative == "two-sided":
-            out["mde_d_z"] = minimum_detectable_d_z(n, alpha)
+            out.mde_d_z = minimum_detectable_d_z(n, alpha)
         else:
-            out["mde_d_z"] = _one_sided_mde(n, alpha)
+            out.mde_d_z = _one_sided_mde(n, alpha)
     except Exception as exc:  # report it; never crash the report
         warns.append(f"minimum detectable effect could not be computed ({exc})")
-    if math.isnan(out["mde_d_z"]):
+    if math.isnan(out.mde_d_z):
         if not any("minimum detectable" in w for w in warns):
             warns.append("minimum detectable effect could not be computed")
 
 
-def _add_t_test(out: dict[str, Any], n: int, mean: float, sd: float, alpha: float) -> None:
+def _add_t_test(out: PairedComparison, n: int, mean: float, sd: float, alpha: float) -> None:
     """Paired t-test, t interval, d_z and the minimum detectable effect in metric units."""
     df = n - 1
     se = sd / math.sqrt(n)
     tcrit = float(_st.t.ppf(1 - alpha / 2, df))
     t_stat = mean / se
-    out.update(
-        t=float(t_stat),
-        p_t=_t_p_value(float(t_stat), df, out["alternative"]),
-        ci_t=[float(mean - tcrit * se), float(mean + tcrit * se)],
-        d_z=float(mean / sd),
-        mde_metric=float(out["mde_d_z"] * sd),
-    )
+    out.t = float(t_stat)
+    out.p_t = _t_p_value(float(t_stat), df, out.alternative)
+    out.ci_t = [float(mean - tcrit * se), float(mean + tcrit * se)]
+    out.d_z = float(mean / sd)
+    out.mde_metric = float(out.mde_d_z * sd)
 
 
 def _t_p_value(t_stat: float, df: int, alternative: str) -> float:
@@ -308,15 +273,15 @@ def _t_p_value(t_stat: float, df: int, alternative: str) -> float:
 
 
 def _add_bootstrap(
-    out: dict[str, Any], diffs: np.ndarray, n_boot: int, seed: int | None, alpha: float
+    out: PairedComparison, diffs: np.ndarray, n_boot: int, seed: int | None, alpha: float
 ) -> None:
     """Percentile and BCa bootstrap intervals of the mean and IQM difference."""
-    warns = out["warnings"]
+    warns = out.warnings
     boot = paired_bootstrap(diffs, n_boot, seed, alpha)
-    out["ci_boot_percentile"] = boot["mean_percentile"]
-    out["ci_boot_bca"] = boot["mean_bca"]
-    out["iqm_ci_boot_percentile"] = boot["iqm_percentile"]
-    out["iqm_ci_boot_bca"] = boot["iqm_bca"]
+    out.ci_boot_percentile = boot["mean_percentile"]
+    out.ci_boot_bca = boot["mean_bca"]
+    out.iqm_ci_boot_percentile = boot["iqm_percentile"]
+    out.iqm_ci_boot_bca = boot["iqm_bca"]
     if any(math.isnan(v) for v in boot["mean_bca"] + boot["iqm_bca"]):
         warns.append(
             "BCa interval undefined (the bootstrap distribution lies on one "
@@ -330,43 +295,44 @@ def _add_bootstrap(
         )
 
 
-def _add_constant_difference(out: dict[str, Any], diffs: np.ndarray, mean: float) -> None:
+def _add_constant_difference(out: PairedComparison, diffs: np.ndarray, mean: float) -> None:
     """Every difference is the same number c: there is no spread to test against."""
     c = float(mean)
-    out["sd_diff"] = 0.0
-    out["ci_boot_percentile"] = [c, c]
-    out["ci_boot_bca"] = [c, c]
-    out["iqm_ci_boot_percentile"] = [c, c]
-    out["iqm_ci_boot_bca"] = [c, c]
+    out.sd_diff = 0.0
+    out.ci_boot_percentile = [c, c]
+    out.ci_boot_bca = [c, c]
+    out.iqm_ci_boot_percentile = [c, c]
+    out.iqm_ci_boot_bca = [c, c]
     if bool(np.all(diffs == 0)):
-        out["warnings"].append(
+        out.warnings.append(
             "sd of differences is 0: all differences are 0 (strategy and "
             "baseline identical on every seed); no test possible"
         )
     else:
-        out["warnings"].append(
+        out.warnings.append(
             f"sd of differences is 0: every difference equals {c:g}; the "
             "t-test, t interval and d_z are undefined"
         )
 
 
-def _add_signed_rank_test(out: dict[str, Any], diffs: np.ndarray, alternative: str) -> None:
+def _add_signed_rank_test(out: PairedComparison, diffs: np.ndarray, alternative: str) -> None:
     """The Wilcoxon signed-rank test, and what its zeros and ties mean for it."""
     n = int(diffs.size)
     if alternative == "two-sided":
         w_stat, w_p, w_method, w_n = signed_rank_test(diffs)
     else:
         w_stat, w_p, w_method, w_n = one_sided_signed_rank_test(diffs, alternative)
-    out.update(wilcoxon_stat=w_stat, p_wilcoxon=w_p, wilcoxon_method=w_method, wilcoxon_n=w_n)
+    out.wilcoxon_stat, out.p_wilcoxon = w_stat, w_p
+    out.wilcoxon_method, out.wilcoxon_n = w_method, w_n
     if 0 < w_n < n:
-        wf = wilcoxon_reach(w_n, alpha=out["alpha"], alternative=alternative)["floor"]
-        out["warnings"].append(
+        wf = wilcoxon_reach(w_n, alpha=out.alpha, alternative=alternative).floor
+        out.warnings.append(
             f"{n - w_n} zero difference{'s' if n - w_n > 1 else ''} dropped from "
             f"the Wilcoxon test (Wilcoxon 1945); it uses {w_n} pairs "
             f"(floor {fmt_g(wf)})"
         )
     if w_method.startswith("exact conditional") and "ties" in w_method:
-        out["warnings"].append(
+        out.warnings.append(
             "tied |differences|: Wilcoxon p from the exact conditional distribution with mid-ranks"
         )
 
@@ -382,17 +348,18 @@ def compare_family(
     metric: str = "test loss",
     primary: str = "t",
     alternative: str | Mapping[str, str] = "two-sided",
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, FamilyComparison]:
     """Every strategy against the baseline, with Holm correction across the family.
 
     ``results`` maps strategy name -> ``{seed: metric value}`` and must contain
     ``baseline``. Each other strategy gets ``compare_paired(results[s], results[baseline])``
-    plus ``strategy``, ``baseline``, ``metric``, ``primary_test``, ``p_t_holm``,
-    ``p_wilcoxon_holm`` (Holm 1979 over the comparisons of this family, NaN ignored),
-    ``significant`` (the ``primary`` test's Holm p < alpha) and ``verdict``, a sentence
-    saying in plain words what the data support. ``primary`` is ``"t"`` (paired t-test,
-    matching the t interval quoted in the verdict) or ``"wilcoxon"``; the other test is
-    quoted too. Output order follows ``results`` without the baseline.
+    as a ``FamilyComparison`` with ``strategy``, ``baseline``, ``metric``,
+    ``primary_test``, ``p_t_holm``, ``p_wilcoxon_holm`` (Holm 1979 over the comparisons of
+    this family, NaN ignored), ``significant`` (the ``primary`` test's Holm p < alpha) and
+    ``verdict``, a sentence saying in plain words what the data support. ``primary`` is
+    ``"t"`` (paired t-test, matching the t interval quoted in the verdict) or
+    ``"wilcoxon"``; the other test is quoted too. Output order follows ``results``
+    without the baseline.
 
     ``alternative`` is one for every comparison, or ``{strategy: alternative}`` (missing
     ones two-sided): what a study declared before its runs. The family's size for
@@ -410,9 +377,8 @@ def compare_family(
         if isinstance(alternative, str)
         else {name: alternative.get(name, "two-sided") for name in names}
     )
-    out: dict[str, dict[str, Any]] = {}
-    for name in names:
-        out[name] = compare_paired(
+    each = {
+        name: compare_paired(
             results[name],
             results[baseline],
             lower_is_better=lower_is_better,
@@ -421,30 +387,49 @@ def compare_family(
             alpha=alpha,
             alternative=sides[name],
         )
-    p_t_holm = holm([out[k]["p_t"] for k in names])
-    p_w_holm = holm([out[k]["p_wilcoxon"] for k in names])
-    family = max(1, sum(not is_nan(out[k]["p_wilcoxon"]) for k in names))
-    for name in names:
-        _family_reach(out[name], family)
-    for name, pt, pw in zip(names, p_t_holm, p_w_holm):
-        r = out[name]
-        r["strategy"] = name
-        r["baseline"] = baseline
-        r["metric"] = metric
-        r["primary_test"] = primary
-        r["p_t_holm"] = pt
-        r["p_wilcoxon_holm"] = pw
-        p_primary = pt if primary == "t" else pw
-        r["significant"] = bool(not is_nan(p_primary) and p_primary < alpha)
-        r["verdict"] = verdict(name, baseline, r, metric=metric, primary=primary)
+        for name in names
+    }
+    p_t_holm = holm([each[k].p_t for k in names])
+    p_w_holm = holm([each[k].p_wilcoxon for k in names])
+    family = max(1, sum(not is_nan(each[k].p_wilcoxon) for k in names))
+    return {
+        name: _in_family(each[name], name, baseline, metric, primary, (pt, pw), family)
+        for name, pt, pw in zip(names, p_t_holm, p_w_holm)
+    }
+
+
+def _in_family(
+    r: PairedComparison,
+    name: str,
+    baseline: str,
+    metric: str,
+    primary: str,
+    holm_ps: tuple[float, float],
+    family_size: int,
+) -> FamilyComparison:
+    """One comparison with its Holm p-values (t, Wilcoxon), reach and verdict."""
+    pt, pw = holm_ps
+    p_primary = pt if primary == "t" else pw
+    out = FamilyComparison(
+        **{f.name: getattr(r, f.name) for f in fields(PairedComparison)},
+        strategy=name,
+        baseline=baseline,
+        metric=metric,
+        primary_test=primary,
+        p_t_holm=pt,
+        p_wilcoxon_holm=pw,
+        significant=bool(not is_nan(p_primary) and p_primary < r.alpha),
+    )
+    _family_reach(out, family_size)
+    out.verdict = verdict(name, baseline, out, metric=metric, primary=primary)
     return out
 
 
-def _family_reach(r: dict[str, Any], family_size: int) -> None:
+def _family_reach(r: PairedComparison, family_size: int) -> None:
     """Recompute the Wilcoxon reach for the family's size, and its warning with it."""
-    old = _floor_warning(r) if not r["can_reach_significance"] else None
+    old = _floor_warning(r) if not r.can_reach_significance else None
     _set_reach(r, family_size)
-    warns = [w for w in r["warnings"] if w != old]
-    if r["n"] >= 2 and not r["can_reach_significance"]:
+    warns = [w for w in r.warnings if w != old]
+    if r.n >= 2 and not r.can_reach_significance:
         warns.append(_floor_warning(r))
-    r["warnings"] = warns
+    r.warnings = warns

@@ -23,8 +23,9 @@ gets in the sequential design (``analysis.sequential``).
   give with n pairs (all differences of one sign: 1/2ⁿ one-sided, 2/2ⁿ two-sided) and
   whether that floor, times the family size, is below alpha (e.g. n = 8, two-sided:
   1/128 × 8 = 0.0625 ≥ 0.05, so it cannot reach significance).
-* ``plan_comparison``: all of the above for one comparison, with one warning sentence
-  for each test the planned seeds cannot decide (for ``plan`` and ``run --dry-run``).
+* ``plan_comparison``: all of the above for one comparison (a ``ComparisonPlan``, its
+  Wilcoxon part a ``WilcoxonReach``), with one warning sentence for each test the
+  planned seeds cannot decide (for ``plan`` and ``run --dry-run``).
 
 As elsewhere in the package a test is significant when p < alpha (strictly).
 ``alternative`` uses scipy's words for the mean difference: ``"two-sided"``, ``"less"``
@@ -36,13 +37,17 @@ alternative's direction.
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 from scipy import integrate
 from scipy import stats as st
 
+from adaptive_lora.analysis.jsonable import KeyedRecord
+
 __all__ = [
     "ALTERNATIVES",
+    "ComparisonPlan",
+    "WilcoxonReach",
     "plan_comparison",
     "seeds_for_t_test",
     "seeds_for_tost",
@@ -249,30 +254,61 @@ def wilcoxon_floor(n: int, alternative: str = "two-sided") -> float:
     return float(min(1.0, tails * 0.5 ** int(n)))
 
 
+@dataclass(frozen=True)
+class WilcoxonReach(KeyedRecord):
+    """Whether the exact Wilcoxon test with ``n`` pairs can pass the first Holm step."""
+
+    n: int
+    alternative: str
+    floor: float  # ``wilcoxon_floor``
+    holm_floor: float  # floor × family size, capped at 1: the smallest Holm-adjusted p
+    level: float  # alpha / family size
+    can_reach: bool  # holm_floor < alpha
+    min_seeds: int  # the fewest pairs that can reach it
+
+
 def wilcoxon_reach(
     n: int, *, alpha: float = 0.05, family_size: int = 1, alternative: str = "two-sided"
-) -> dict[str, Any]:
-    """Can the exact Wilcoxon test with n pairs be significant at the first Holm step?
-
-    Returns ``floor`` (``wilcoxon_floor``), ``holm_floor`` (floor × family size, capped
-    at 1: the smallest Holm-adjusted p), ``level`` (alpha / family size), ``can_reach``
-    (holm_floor < alpha) and ``min_seeds`` (the fewest pairs that can reach it).
-    """
+) -> WilcoxonReach:
+    """Can the exact Wilcoxon test with n pairs be significant at the first Holm step?"""
     m = int(family_size)
     level = _check(alternative, alpha, m)
     floor = wilcoxon_floor(n, alternative)
     tails = 2.0 if alternative == "two-sided" else 1.0
     # floor * m < alpha  <=>  2^n > tails * m / alpha
     min_seeds = max(1, math.floor(math.log2(tails * m / alpha)) + 1)
-    return {
-        "n": int(n),
-        "alternative": alternative,
-        "floor": floor,
-        "holm_floor": float(min(1.0, floor * m)),
-        "level": level,
-        "can_reach": bool(floor * m < alpha),
-        "min_seeds": int(min_seeds),
-    }
+    return WilcoxonReach(
+        n=int(n),
+        alternative=alternative,
+        floor=floor,
+        holm_floor=float(min(1.0, floor * m)),
+        level=level,
+        can_reach=bool(floor * m < alpha),
+        min_seeds=int(min_seeds),
+    )
+
+
+@dataclass(frozen=True)
+class ComparisonPlan(KeyedRecord):
+    """Everything a plan says about one comparison (NaN/None where a part was not asked
+    for), with one warning sentence per test the planned seeds cannot decide."""
+
+    sd: float  # the (pilot) sd of the paired differences
+    n_planned: int
+    alpha: float
+    family_size: int
+    level: float  # alpha / family size: the first Holm step
+    alternative: str
+    target_power: float
+    smallest_effect: float | None
+    t_power: float
+    t_seeds: int | None  # None: not asked, or beyond ``N_MAX``
+    margin: float | None
+    true_diff: float
+    tost_power: float
+    tost_seeds: int | None
+    wilcoxon: WilcoxonReach
+    warnings: list[str] = field(default_factory=list)
 
 
 def plan_comparison(
@@ -286,49 +322,43 @@ def plan_comparison(
     alternative: str = "two-sided",
     power: float = 0.8,
     true_diff: float = 0.0,
-) -> dict[str, Any]:
+) -> ComparisonPlan:
     """Everything a plan says about one comparison, with a warning per undecidable test.
 
     ``sd`` is the (pilot) sd of the paired differences; ``n_planned`` the seeds the
-    study will run. Returns plain values (NaN/None where a part was not asked for):
-    ``sd, n_planned, alpha, family_size, level, alternative, target_power,
-    smallest_effect, t_power, t_seeds, margin, true_diff, tost_power, tost_seeds,
-    wilcoxon`` (the ``wilcoxon_reach`` dict) and ``warnings`` (sentences such as
-    "TOST at ±0.0005 needs 120 seeds for 80% power; 8 planned: power 0.4%").
+    study will run. Warnings are sentences such as "TOST at ±0.0005 needs 120 seeds for
+    80% power; 8 planned: power 0.4%".
     """
     level = _check(alternative, alpha, family_size)
     _positive("sd", sd)
     common = {"alpha": alpha, "family_size": family_size}
-    out: dict[str, Any] = {
-        "sd": float(sd),
-        "n_planned": int(n_planned),
-        "alpha": float(alpha),
-        "family_size": int(family_size),
-        "level": level,
-        "alternative": alternative,
-        "target_power": float(power),
-        "smallest_effect": smallest_effect,
-        "t_power": math.nan,
-        "t_seeds": None,
-        "margin": margin,
-        "true_diff": float(true_diff),
-        "tost_power": math.nan,
-        "tost_seeds": None,
-        "wilcoxon": wilcoxon_reach(n_planned, alternative=alternative, **common),
-        "warnings": [],
-    }
+    t_power, t_seeds, tost, tost_seeds = math.nan, None, math.nan, None
     if smallest_effect is not None:
-        out["t_power"] = t_test_power(
-            n_planned, smallest_effect, sd, alternative=alternative, **common
-        )
-        out["t_seeds"] = seeds_for_t_test(
+        t_power = t_test_power(n_planned, smallest_effect, sd, alternative=alternative, **common)
+        t_seeds = seeds_for_t_test(
             smallest_effect, sd, power=power, alternative=alternative, **common
         )
     if margin is not None:
-        out["tost_power"] = tost_power(n_planned, margin, sd, true_diff=true_diff, **common)
-        out["tost_seeds"] = seeds_for_tost(margin, sd, power=power, true_diff=true_diff, **common)
-    out["warnings"] = _plan_warnings(out)
-    return out
+        tost = tost_power(n_planned, margin, sd, true_diff=true_diff, **common)
+        tost_seeds = seeds_for_tost(margin, sd, power=power, true_diff=true_diff, **common)
+    plan = ComparisonPlan(
+        sd=float(sd),
+        n_planned=int(n_planned),
+        alpha=float(alpha),
+        family_size=int(family_size),
+        level=level,
+        alternative=alternative,
+        target_power=float(power),
+        smallest_effect=smallest_effect,
+        t_power=t_power,
+        t_seeds=t_seeds,
+        margin=margin,
+        true_diff=float(true_diff),
+        tost_power=tost,
+        tost_seeds=tost_seeds,
+        wilcoxon=wilcoxon_reach(n_planned, alternative=alternative, **common),
+    )
+    return replace(plan, warnings=_plan_warnings(plan))
 
 
 def _needs(seeds: int | None, power: float) -> str:
@@ -342,27 +372,27 @@ def _pct(p: float) -> str:
     return f"{p:.1%}" if not p < 0.001 else "< 0.1%"
 
 
-def _plan_warnings(plan: dict[str, Any]) -> list[str]:
+def _plan_warnings(plan: ComparisonPlan) -> list[str]:
     """One sentence for each test the planned seeds cannot decide."""
-    n, target, warns = plan["n_planned"], plan["target_power"], []
-    level_text = f"α = {plan['alpha']:g}" + (
-        f" / {plan['family_size']} (first Holm step)" if plan["family_size"] > 1 else ""
+    n, target, warns = plan.n_planned, plan.target_power, []
+    level_text = f"α = {plan.alpha:g}" + (
+        f" / {plan.family_size} (first Holm step)" if plan.family_size > 1 else ""
     )
-    if plan["smallest_effect"] is not None and not plan["t_power"] >= target:
+    if plan.smallest_effect is not None and not plan.t_power >= target:
         warns.append(
-            f"t-test at an effect of {plan['smallest_effect']:g} ({level_text}) "
-            f"{_needs(plan['t_seeds'], target)}; {n} planned: power {_pct(plan['t_power'])}"
+            f"t-test at an effect of {plan.smallest_effect:g} ({level_text}) "
+            f"{_needs(plan.t_seeds, target)}; {n} planned: power {_pct(plan.t_power)}"
         )
-    if plan["margin"] is not None and not plan["tost_power"] >= target:
+    if plan.margin is not None and not plan.tost_power >= target:
         warns.append(
-            f"TOST at ±{plan['margin']:g} ({level_text}) "
-            f"{_needs(plan['tost_seeds'], target)}; {n} planned: power {_pct(plan['tost_power'])}"
+            f"TOST at ±{plan.margin:g} ({level_text}) "
+            f"{_needs(plan.tost_seeds, target)}; {n} planned: power {_pct(plan.tost_power)}"
         )
-    w = plan["wilcoxon"]
-    if not w["can_reach"]:
+    w = plan.wilcoxon
+    if not w.can_reach:
         warns.append(
-            f"Wilcoxon signed-rank ({w['alternative']}) cannot reach significance with {n} "
-            f"seeds: its floor {w['floor']:.4g} × {plan['family_size']} = {w['holm_floor']:.4g}"
-            f" ≥ α = {plan['alpha']:g}; it needs at least {w['min_seeds']} seeds"
+            f"Wilcoxon signed-rank ({w.alternative}) cannot reach significance with {n} "
+            f"seeds: its floor {w.floor:.4g} × {plan.family_size} = {w.holm_floor:.4g}"
+            f" ≥ α = {plan.alpha:g}; it needs at least {w.min_seeds} seeds"
         )
     return warns

@@ -79,7 +79,7 @@ def compare_studies(
         return {
             entry["group"]: {
                 "budgets": [point["budget"] for point in entry["ladder"]],
-                "gain": entry["gain_per_doubling"]["overall"],
+                "gain": entry["gain_per_doubling"].overall,
                 "points": _points(entry),
             }
             for entry in regime
@@ -97,7 +97,7 @@ def compare_studies(
 def _points(entry: dict[str, Any]) -> list[dict[str, Any]]:
     """A ladder's budgets with the baseline's test loss and the gain per doubling of the
     step that reaches each (none at the foot)."""
-    steps = {step["to"]: step for step in entry["gain_per_doubling"]["steps"]}
+    steps = {step.to: step for step in entry["gain_per_doubling"].steps}
     return [
         {
             "budget": point["budget"],
@@ -214,7 +214,7 @@ def against_lines(comparison: dict[str, Any] | None, baseline: str) -> list[str]
     ):
         lines.append(f"- Cell `{mine}` here, `{theirs}` there.")
         for who, entry in (("here", here_ladder), ("there", there_ladder)):
-            if entry and entry["gain"]["n"]:
+            if entry and entry["gain"].n:
                 budgets = ", ".join(entry["budgets"])
                 gain = gain_text(entry["gain"])
                 lines.append(f"  - `{baseline}`'s gain per doubling {who} ({budgets}): {gain}")

@@ -15,7 +15,7 @@ from typing import Any
 
 from adaptive_lora.analysis import paired
 from adaptive_lora.analysis.descriptive import describe, mean_ci_t
-from adaptive_lora.evaluation_metrics import METRICS
+from adaptive_lora.evaluation_metrics import METRICS, PRIMARY_METRIC
 from adaptive_lora.report.cross_budget import cross_budget
 from adaptive_lora.report.environment_check import check_environment
 from adaptive_lora.report.lr_spread import spread
@@ -32,10 +32,9 @@ from adaptive_lora.study.store import (
     RunRow,
 )
 
-PRIMARY = "test_loss"
+PRIMARY = PRIMARY_METRIC  # the metric registry's, under the name report/ reads
 
 
-# (metric key, name in prose, lower is better)
 # (metric key, name in prose, lower is better): validation loss, then every task metric
 # of the registry (a column and a paired test appear for those the runs recorded).
 _NAMES = {"rouge_l": "ROUGE-L", "exact_match": "exact match"}
@@ -66,7 +65,8 @@ def summarise(by_seed: dict[int, float]) -> dict[str, Any]:
 def analyse(
     study: Study, rows: list[RunRow], *, n_boot: int = 10000, boot_seed: int = 0
 ) -> dict[str, Any]:
-    """Everything the report shows, as plain data (also written as stats.json).
+    """Everything the report shows (also written as stats.json): plain data, with each
+    comparison a `FamilyComparison` (`analysis/comparison.py`), written in field order.
 
     Only reported runs enter a statistic (`reported_rows`): finished, on a reporting
     seed, at their strategy × budget's chosen learning rate.

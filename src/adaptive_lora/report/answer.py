@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from adaptive_lora.analysis.comparison import FamilyComparison
 from adaptive_lora.analysis.formatting import fmt_g, fmt_num, fmt_p, fmt_sig
 from adaptive_lora.analysis.power import POWER, minimum_detectable_d_z
 from adaptive_lora.report.analyse import LOSS_DECIMALS
@@ -25,30 +26,26 @@ from adaptive_lora.report.regime import by_decision, gain_text
 from adaptive_lora.study.store import DONE
 
 
-def _improves(comparison: dict[str, Any]) -> bool:
-    diff = comparison["mean_diff"]
-    return diff < 0 if comparison["lower_is_better"] else diff > 0
+def _improves(comparison: FamilyComparison) -> bool:
+    diff = comparison.mean_diff
+    return diff < 0 if comparison.lower_is_better else diff > 0
 
 
-def _effect(label: str, comparison: dict[str, Any]) -> str:
+def _effect(label: str, comparison: FamilyComparison) -> str:
     return (
-        f"{label} Δ = {mean_and_ci(comparison['mean_diff'], comparison['ci_t'])}, "
-        f"Holm {fmt_p(comparison['p_t_holm'], label='p')}, d_z = {fmt_sig(comparison['d_z'])}"
+        f"{label} Δ = {mean_and_ci(comparison.mean_diff, comparison.ci_t)}, "
+        f"Holm {fmt_p(comparison.p_t_holm, label='p')}, d_z = {fmt_sig(comparison.d_z)}"
     )
 
 
-def _tested(comparisons: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _tested(comparisons: dict[str, FamilyComparison]) -> dict[str, FamilyComparison]:
     """The comparisons with a test: two or more paired seeds and a finite p-value."""
-    return {
-        label: c
-        for label, c in comparisons.items()
-        if c["n"] >= 2 and c["p_t_holm"] is not None and math.isfinite(c["p_t_holm"])
-    }
+    return {label: c for label, c in comparisons.items() if c.n >= 2 and math.isfinite(c.p_t_holm)}
 
 
-def _sidedness(tested: dict[str, dict[str, Any]]) -> str:
+def _sidedness(tested: dict[str, FamilyComparison]) -> str:
     """The tests' sidedness as the study declared it (two-sided when nothing was)."""
-    sides = {c.get("alternative", "two-sided") for c in tested.values()}
+    sides = {c.alternative for c in tested.values()}
     if sides == {"two-sided"}:
         return "two-sided"
     if len(sides) == 1:
@@ -56,12 +53,12 @@ def _sidedness(tested: dict[str, dict[str, Any]]) -> str:
     return "sidedness as declared per comparison"
 
 
-def _nominal(tested: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
+def _nominal(tested: dict[str, FamilyComparison]) -> tuple[list[str], list[str]]:
     """Not significant after Holm, but the 95% t interval excludes 0: (gains, losses)."""
     gains, losses = [], []
     for label, c in tested.items():
-        lo, hi = c["ci_t"]
-        if c["significant"] or not (lo > 0 or hi < 0):
+        lo, hi = c.ci_t
+        if c.significant or not (lo > 0 or hi < 0):
             continue
         (gains if _improves(c) else losses).append(label)
     return gains, losses
@@ -71,7 +68,7 @@ def _names(labels: list[str]) -> str:
     return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + f" and {labels[-1]}"
 
 
-def _nominal_words(tested: dict[str, dict[str, Any]]) -> str:
+def _nominal_words(tested: dict[str, FamilyComparison]) -> str:
     """Which strategies differ nominally, in words ("" when no interval excludes 0)."""
     gains, losses = _nominal(tested)
     parts = []
@@ -84,16 +81,16 @@ def _nominal_words(tested: dict[str, dict[str, Any]]) -> str:
     return "; ".join(parts) + " (95% t intervals exclude 0, uncorrected)"
 
 
-def _verdict(baseline: str, budget: str, tested: dict[str, dict[str, Any]]) -> str:
-    ns = sorted({c["n"] for c in tested.values()})
+def _verdict(baseline: str, budget: str, tested: dict[str, FamilyComparison]) -> str:
+    ns = sorted({c.n for c in tested.values()})
     seeds = str(ns[0]) if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
     k = len(tested)
     head = (
         f"At {budget} ({k} strateg{'y' if k == 1 else 'ies'} against {baseline}, "
         f"{seeds} paired seeds, paired t-test, {_sidedness(tested)}, Holm-corrected): "
     )
-    better = [(label, c) for label, c in tested.items() if c["significant"] and _improves(c)]
-    worse = [(label, c) for label, c in tested.items() if c["significant"] and not _improves(c)]
+    better = [(label, c) for label, c in tested.items() if c.significant and _improves(c)]
+    worse = [(label, c) for label, c in tested.items() if c.significant and not _improves(c)]
     nominal = _nominal_words(tested)
     if not better and not worse:
         return (
@@ -112,12 +109,12 @@ def _verdict(baseline: str, budget: str, tested: dict[str, dict[str, Any]]) -> s
     return head + "; ".join(parts) + tail + "."
 
 
-def _closest(baseline: str, tested: dict[str, dict[str, Any]]) -> str:
+def _closest(baseline: str, tested: dict[str, FamilyComparison]) -> str:
     """The strategy with the best mean against the baseline, significant or not."""
 
-    def gain(item: tuple[str, dict[str, Any]]) -> float:
+    def gain(item: tuple[str, FamilyComparison]) -> float:
         c = item[1]
-        return -c["mean_diff"] if c["lower_is_better"] else c["mean_diff"]
+        return -c.mean_diff if c.lower_is_better else c.mean_diff
 
     label, comparison = max(tested.items(), key=gain)
     if _improves(comparison):
@@ -128,13 +125,13 @@ def _closest(baseline: str, tested: dict[str, dict[str, Any]]) -> str:
     )
 
 
-def _detectable(tested: dict[str, dict[str, Any]]) -> str:
+def _detectable(tested: dict[str, FamilyComparison]) -> str:
     """What the seeds could resolve: the MDE in d_z and, through each sd of Δ, in loss."""
-    n = min(c["n"] for c in tested.values())
-    alpha = next(iter(tested.values()))["alpha"]
+    n = min(c.n for c in tested.values())
+    alpha = next(iter(tested.values())).alpha
     k = len(tested)
     mde = minimum_detectable_d_z(n, alpha)
-    in_loss = [c["mde_metric"] for c in tested.values() if c["n"] == n]
+    in_loss = [c.mde_metric for c in tested.values() if c.n == n]
     in_loss = [x for x in in_loss if x is not None and math.isfinite(x)]
     text = (
         f"What {n} seeds can resolve: a paired t-test at α = {alpha:g} detects |d_z| ≥ "
@@ -152,19 +149,19 @@ def _detectable(tested: dict[str, dict[str, Any]]) -> str:
     return text + ". Smaller true differences are likely to go unseen." + _unreachable(tested)
 
 
-def _unreachable(tested: dict[str, dict[str, Any]]) -> str:
+def _unreachable(tested: dict[str, FamilyComparison]) -> str:
     """The Wilcoxon test's floor after Holm, when it keeps every comparison from alpha."""
-    stuck = [c for c in tested.values() if not c["can_reach_significance"]]
+    stuck = [c for c in tested.values() if not c.can_reach_significance]
     if not stuck:
         return ""
-    c = min(stuck, key=lambda c: c["n"])
-    sided = "two-sided" if c.get("alternative", "two-sided") == "two-sided" else "one-sided"
-    m = c.get("family_size", 1)
-    holm = f", × {m} comparisons (Holm) = {fmt_g(c['wilcoxon_holm_floor_p'])}" if m > 1 else ""
+    c = min(stuck, key=lambda c: c.n)
+    sided = "two-sided" if c.alternative == "two-sided" else "one-sided"
+    m = c.family_size
+    holm = f", × {m} comparisons (Holm) = {fmt_g(c.wilcoxon_holm_floor_p)}" if m > 1 else ""
     return (
-        f" The {sided} Wilcoxon signed-rank test cannot reach p < {c['alpha']:g} here"
-        f"{' after Holm' if m > 1 else ''}: with {c['n']} seeds its smallest p is "
-        f"{fmt_g(c['wilcoxon_floor_p'])}{holm}."
+        f" The {sided} Wilcoxon signed-rank test cannot reach p < {c.alpha:g} here"
+        f"{' after Holm' if m > 1 else ''}: with {c.n} seeds its smallest p is "
+        f"{fmt_g(c.wilcoxon_floor_p)}{holm}."
     )
 
 
@@ -207,18 +204,21 @@ def _cross_budget(block: dict[str, Any] | None) -> list[str]:
 def _ladder_line(baseline: str, ladder: dict[str, Any]) -> str:
     """Whether the baseline's rank binds: its gain per doubling over the study's ladder."""
     budgets = [point["budget"] for point in ladder["ladder"]]
-    overall = ladder["gain_per_doubling"]["overall"]
+    overall = ladder["gain_per_doubling"].overall
     line = (
         f"- Where rank matters: `{baseline}`'s gain in test loss per doubling of the budget "
         f"over {', '.join(budgets)} is {gain_text(overall)}"
     )
-    if not overall["established"]:
+    if not overall.established:
         line += "; until it is, the comparisons below do not show allocation where rank binds"
     return line + "."
 
 
 def _design_line(
-    baseline: str, budget: str, comparisons: dict[str, Any], decisions: dict[str, Any]
+    baseline: str,
+    budget: str,
+    comparisons: dict[str, FamilyComparison],
+    decisions: dict[str, Any],
 ) -> str:
     """A sequential study's verdict at one budget: each comparison's decision by its
     declared group-sequential design, with Δ and its 95% t interval at the seeds it ran."""
@@ -227,7 +227,7 @@ def _design_line(
         f"comparison(s) with `{baseline}`, α split over the cell):"
     ]
     named = [
-        (f"{label} (Δ {mean_and_ci(c['mean_diff'], c['ci_t'])}, n = {c['n']})", d["decision"])
+        (f"{label} (Δ {mean_and_ci(c.mean_diff, c.ci_t)}, n = {c.n})", d["decision"])
         for label, d in decisions.items()
         for c in [comparisons[label]]
     ]
@@ -258,7 +258,7 @@ def answer_lines(baseline: str, analysis: dict[str, Any]) -> list[str]:
         elif tested:
             body += [f"- {_verdict(baseline, budget, tested)}"]
         if tested:
-            if not any(c["significant"] for c in tested.values()):
+            if not any(c.significant for c in tested.values()):
                 body += [f"  - {_closest(baseline, tested)}"]
             body += [f"  - {_detectable(tested)}"]
     if not body:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from adaptive_lora.analysis.comparison import FamilyComparison
 from adaptive_lora.analysis.formatting import fmt_num, fmt_p, fmt_sig
 from adaptive_lora.report.analyse import LOSS_DECIMALS, PRIMARY
 from adaptive_lora.study.spec import Study
@@ -34,12 +35,12 @@ def mean_and_ci(mean: float, ci: list[float], *, plus: bool = True) -> str:
     )
 
 
-def _diff(comparison: dict[str, Any] | None) -> str:
-    if not comparison or comparison["n"] == 0:
+def _diff(comparison: FamilyComparison | None) -> str:
+    if not comparison or comparison.n == 0:
         return "n/a"
-    if math.isnan(comparison["ci_t"][0]):
-        return fmt_num(comparison["mean_diff"], LOSS_DECIMALS, plus=True)
-    return mean_and_ci(comparison["mean_diff"], comparison["ci_t"])
+    if math.isnan(comparison.ci_t[0]):
+        return fmt_num(comparison.mean_diff, LOSS_DECIMALS, plus=True)
+    return mean_and_ci(comparison.mean_diff, comparison.ci_t)
 
 
 def _count(d: dict[str, Any]) -> str:
@@ -88,9 +89,9 @@ def main_table_rows(study: Study, block: dict[str, Any]) -> list[dict[str, str]]
                 "n": str(entry[PRIMARY]["n"]),
                 "test": _interval(entry[PRIMARY], LOSS_DECIMALS),
                 "diff": "—" if is_base else _diff(comparison),
-                "p_t": "—" if is_base or not comparison else fmt_p(comparison["p_t_holm"]),
-                "p_w": "—" if is_base or not comparison else fmt_p(comparison["p_wilcoxon_holm"]),
-                "d_z": "—" if is_base or not comparison else fmt_sig(comparison["d_z"]),
+                "p_t": "—" if is_base or not comparison else fmt_p(comparison.p_t_holm),
+                "p_w": "—" if is_base or not comparison else fmt_p(comparison.p_wilcoxon_holm),
+                "d_z": "—" if is_base or not comparison else fmt_sig(comparison.d_z),
                 "params": _params(entry),
                 "deviation": _deviation(entry),
                 "seconds": _seconds(entry),

@@ -41,13 +41,13 @@ def cross_model_agreement(
             per_model = {}
             for model, block in zip(models, blocks):
                 c = block["comparisons"][label]
-                p = c.get("p_t_holm", math.nan)
+                p = c.p_t_holm
                 per_model[model] = {
-                    "n": c["n"],
-                    "mean_diff": c["mean_diff"],
-                    "ci_t": c["ci_t"],
+                    "n": c.n,
+                    "mean_diff": c.mean_diff,
+                    "ci_t": c.ci_t,
                     "p_t_holm": p,
-                    "direction": _direction(c["mean_diff"]),
+                    "direction": _direction(c.mean_diff),
                     "significant": bool(math.isfinite(p) and p < alpha),
                 }
             values = list(per_model.values())

@@ -107,7 +107,7 @@ def _fig_paired(study: Study, analysis: dict[str, Any], folder: Path) -> list[Pa
     blocks = {
         budget: block
         for budget, block in analysis["budgets"].items()
-        if any(c["n"] for c in block["comparisons"].values())
+        if any(c.n for c in block["comparisons"].values())
     }
     if not blocks:
         return []
@@ -118,9 +118,9 @@ def _fig_paired(study: Study, analysis: dict[str, Any], folder: Path) -> list[Pa
         _strip(
             ax,
             labels,
-            [comps[k]["diffs"] for k in labels],
-            [comps[k]["mean_diff"] for k in labels],
-            [comps[k]["ci_t"] for k in labels],
+            [comps[k].diffs for k in labels],
+            [comps[k].mean_diff for k in labels],
+            [comps[k].ci_t for k in labels],
             f"test loss − {study.baseline}",
         )
         ax.axhline(0.0, color="grey", lw=0.8, ls="--")

@@ -72,7 +72,7 @@ def render_latex(study: Study, analysis: dict[str, Any]) -> str:
 def _sides(analysis: dict[str, Any]) -> str:
     """The tests' sidedness as the study declared it (two-sided when nothing was)."""
     sides = {
-        c.get("alternative", "two-sided")
+        c.alternative
         for block in analysis["budgets"].values()
         for c in block["comparisons"].values()
     }

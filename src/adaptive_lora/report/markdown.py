@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from adaptive_lora.analysis.comparison import FamilyComparison
 from adaptive_lora.analysis.formatting import fmt_g, fmt_num, fmt_p, fmt_sig
 from adaptive_lora.report.analyse import LOSS_DECIMALS, PRIMARY, environment
 from adaptive_lora.report.answer import answer_lines
@@ -213,7 +214,7 @@ def _results_lines(study: Study, analysis: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _comparison_lines(study: Study, comparisons: dict[str, Any]) -> list[str]:
+def _comparison_lines(study: Study, comparisons: dict[str, FamilyComparison]) -> list[str]:
     """The legend, the Wilcoxon floors, one verdict per comparison, and the caveats."""
     k = len(comparisons)
     if not k:  # e.g. the baseline alone at the larger budget of a cross-budget question
@@ -228,7 +229,7 @@ def _comparison_lines(study: Study, comparisons: dict[str, Any]) -> list[str]:
     ]
     lines += _floor_lines(comparisons)
     for comparison in comparisons.values():
-        lines.append(f"- {comparison['verdict']}")
+        lines.append(f"- {comparison.verdict}")
     caveats = _caveats_by_strategy(comparisons)
     if caveats:
         lines += ["", "Caveats from the statistics:", ""]
@@ -236,9 +237,9 @@ def _comparison_lines(study: Study, comparisons: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def _sides(comparisons: dict[str, Any]) -> str:
+def _sides(comparisons: dict[str, FamilyComparison]) -> str:
     """The tests' sidedness in words, as declared (two-sided when nothing was)."""
-    sides = {c.get("alternative", "two-sided") for c in comparisons.values()}
+    sides = {c.alternative for c in comparisons.values()}
     if sides == {"two-sided"}:
         return "two-sided"
     if sides == {"less"}:
@@ -248,14 +249,13 @@ def _sides(comparisons: dict[str, Any]) -> str:
     return "each with its declared sidedness (one-sided p-values are marked in the verdicts)"
 
 
-def _floor_lines(comparisons: dict[str, Any]) -> list[str]:
+def _floor_lines(comparisons: dict[str, FamilyComparison]) -> list[str]:
     """Each Wilcoxon floor that keeps a comparison from alpha, with Holm's factor."""
     floors = sorted(
         {
-            (c["n"], c.get("alternative", "two-sided"), c.get("family_size", 1),
-             c["wilcoxon_floor_p"], c.get("wilcoxon_holm_floor_p", c["wilcoxon_floor_p"]))
+            (c.n, c.alternative, c.family_size, c.wilcoxon_floor_p, c.wilcoxon_holm_floor_p)
             for c in comparisons.values()
-            if c["n"] >= 2 and not c["can_reach_significance"]
+            if c.n >= 2 and not c.can_reach_significance
         }
     )  # fmt: skip
     lines = []
@@ -273,11 +273,11 @@ def _floor_lines(comparisons: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _two_level_lines(comparisons: dict[str, Any]) -> list[str]:
+def _two_level_lines(comparisons: dict[str, FamilyComparison]) -> list[str]:
     """The two-level (seeds × items) interval beside the t interval, where runs allow it."""
     if not comparisons:
         return []
-    if not any(c.get("two_level") for c in comparisons.values()):
+    if not any(c.two_level for c in comparisons.values()):
         return [
             "Intervals generalise over seeds only: not every run of these comparisons "
             "stored per-item test records, so the test items cannot be resampled.",
@@ -285,14 +285,14 @@ def _two_level_lines(comparisons: dict[str, Any]) -> list[str]:
         ]
     rows = []
     for label, c in comparisons.items():
-        level = c.get("two_level")
+        level = c.two_level
         two = (
             mean_and_ci(level["mean_diff"], level["ci"])
             + f" ({level['n_seeds']} seeds × {level['n_items']} items)"
             if level
             else "— (a run without per-item records)"
         )
-        rows.append([label, mean_and_ci(c["mean_diff"], c["ci_t"]), two])
+        rows.append([label, mean_and_ci(c.mean_diff, c.ci_t), two])
     return [
         *markdown_table(
             [
@@ -310,12 +310,14 @@ def _two_level_lines(comparisons: dict[str, Any]) -> list[str]:
     ]
 
 
-def _caveats_by_strategy(comparisons: dict[str, Any]) -> list[tuple[str, str]]:
+def _caveats_by_strategy(
+    comparisons: dict[str, FamilyComparison],
+) -> list[tuple[str, str]]:
     """Each caveat once, with the strategies it concerns ("all comparisons" when it
     concerns every one): a dropped seed means something only beside its strategy."""
     concerned: dict[str, list[str]] = {}
     for strategy, comparison in comparisons.items():
-        for warning in comparison["warnings"]:
+        for warning in comparison.warnings:
             if "Wilcoxon test cannot reach" not in warning:  # said above, with the floor
                 concerned.setdefault(warning, []).append(strategy)
     return [
@@ -337,8 +339,8 @@ def _secondary_lines(study: Study, budget: str, block: dict[str, Any]) -> list[s
             summary = metric["summary"][label]
             text = _interval(summary, LOSS_DECIMALS if metric["lower_is_better"] else 3)
             comparison = metric["comparisons"].get(label)
-            if comparison and comparison["n"] >= 2:
-                text += f"; p = {fmt_p(comparison['p_t_holm'])}"
+            if comparison and comparison.n >= 2:
+                text += f"; p = {fmt_p(comparison.p_t_holm)}"
             row.append(text)
         table.append(row)
     return [

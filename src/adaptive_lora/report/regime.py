@@ -19,10 +19,15 @@ from typing import Any
 import numpy as np
 
 from adaptive_lora.analysis.formatting import fmt_num, fmt_p
-from adaptive_lora.analysis.ladder import gain_per_doubling
+from adaptive_lora.analysis.ladder import (
+    GainInterval,
+    GainPerDoubling,
+    GainStep,
+    gain_per_doubling,
+    read_gain,
+)
+from adaptive_lora.evaluation_metrics import PRIMARY_METRIC as PRIMARY
 from adaptive_lora.report.cells import mean_and_ci
-
-PRIMARY = "test_loss"
 
 
 def _baseline_series(analysis: dict[str, Any], baseline: str) -> list[dict[str, Any]]:
@@ -47,6 +52,11 @@ def _baseline_series(analysis: dict[str, Any], baseline: str) -> list[dict[str, 
             }
         )
     return sorted(series, key=lambda s: s["params"])
+
+
+def _gain(entry: dict[str, Any]) -> GainPerDoubling:
+    """A regime entry's gain per doubling, computed or read back from stats.json."""
+    return read_gain(entry["gain_per_doubling"])
 
 
 def regime_map(
@@ -75,9 +85,8 @@ def heatmap_cells(
                 decided = decisions.get(label) or {}
                 cells.append(
                     {"group": key, "title": titles[key], "budget": budget, "strategy": label,
-                     "n": c["n"], "mean_diff": c["mean_diff"], "ci_t": c["ci_t"], "d_z": c["d_z"],
-                     "p_t_holm": c.get("p_t_holm", math.nan),
-                     "significant": bool(c.get("significant")),
+                     "n": c.n, "mean_diff": c.mean_diff, "ci_t": c.ci_t, "d_z": c.d_z,
+                     "p_t_holm": c.p_t_holm, "significant": c.significant,
                      "decision": decided.get("decision")}
                 )  # fmt: skip
     return cells
@@ -105,7 +114,7 @@ def ladder_lines(regime: list[dict[str, Any]], baseline: str) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for entry in regime:
-        steps = {s["to"]: s for s in entry["gain_per_doubling"]["steps"]}
+        steps = {s.to: s for s in _gain(entry).steps}
         for point in entry["ladder"]:
             loss = point["test_loss"]
             metrics = "; ".join(
@@ -120,15 +129,15 @@ def ladder_lines(regime: list[dict[str, Any]], baseline: str) -> list[str]:
             )
     lines += ["", "Over the whole ladder:", ""]
     for entry in regime:
-        lines.append(f"- {entry['title']}: {gain_text(entry['gain_per_doubling']['overall'])}")
+        lines.append(f"- {entry['title']}: {gain_text(_gain(entry).overall)}")
     return lines + [""]
 
 
-def gain_text(gain: dict[str, Any]) -> str:
-    if not gain["n"]:
+def gain_text(gain: GainInterval | GainStep) -> str:
+    if not gain.n:
         return "no paired seeds yet"
-    verdict = "**established**" if gain["established"] else "not established"
-    return f"{mean_and_ci(gain['mean'], gain['ci_t'])} (n = {gain['n']}), {verdict}"
+    verdict = "**established**" if gain.established else "not established"
+    return f"{mean_and_ci(gain.mean, gain.ci_t)} (n = {gain.n}), {verdict}"
 
 
 def delta_lines(cells: list[dict[str, Any]], baseline: str) -> list[str]:
@@ -174,10 +183,10 @@ def _ladder_panel(ax: Any, entry: dict[str, Any]) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xticks(x, [p["budget"] for p in ladder])
     ax.minorticks_off()
-    gain = entry["gain_per_doubling"]["overall"]
-    if gain["n"]:
-        verdict = "established" if gain["established"] else "not established"
-        note = f"gain/doubling {mean_and_ci(gain['mean'], gain['ci_t'])}, {verdict}"
+    gain = _gain(entry).overall
+    if gain.n:
+        verdict = "established" if gain.established else "not established"
+        note = f"gain/doubling {mean_and_ci(gain.mean, gain.ci_t)}, {verdict}"
     else:
         note = "no paired seeds yet"
     ax.set_title(f"{entry['title'].replace('`', '')}\n{note}", fontsize=8)
@@ -248,19 +257,17 @@ def answer_lines(
 ) -> list[str]:
     """The Answer of a factorial study: where rank matters first, then allocation there
     (`baseline_only`: the study runs no other strategy, so that is never asked)."""
-    binding = [e for e in regime if e["gain_per_doubling"]["overall"]["established"]]
+    binding = [e for e in regime if _gain(e).overall.established]
     loose = [e for e in regime if e not in binding]
     lines = ["## Answer", ""]
     if binding:
         lines.append(
             "**Where rank matters.** The baseline's gain per doubling of the budget is "
             "established in: "
-            + "; ".join(
-                f"{e['title']} ({gain_text(e['gain_per_doubling']['overall'])})" for e in binding
-            )
+            + "; ".join(f"{e['title']} ({gain_text(_gain(e).overall)})" for e in binding)
             + "."
         )
-    elif all(e["gain_per_doubling"]["overall"]["n"] < 2 for e in regime):
+    elif all(_gain(e).overall.n < 2 for e in regime):
         lines.append(
             "**Where rank matters.** Not known yet: with fewer than two paired seeds per "
             "group no interval exists, so no gain per doubling can be established (a pilot "

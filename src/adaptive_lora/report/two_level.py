@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from adaptive_lora.analysis.comparison import FamilyComparison
 from adaptive_lora.analysis.hierarchical import hierarchical_bootstrap
 from adaptive_lora.records import ITEMS_KEY
 from adaptive_lora.study.store import RunRow
@@ -74,7 +75,7 @@ def _arrays(
 
 
 def two_level_interval(
-    comparison: dict[str, Any],
+    comparison: FamilyComparison,
     base_runs: Sequence[RunRow],
     strategy_runs: Sequence[RunRow],
     *,
@@ -83,7 +84,7 @@ def two_level_interval(
 ) -> dict[str, Any] | None:
     """The two-level interval of one comparison over its paired seeds (None when not
     every run has per-item records, or with fewer than two paired seeds)."""
-    seeds = comparison.get("seeds") or []
+    seeds = comparison.seeds
     if len(seeds) < 2:
         return None
     by_seed_base = {r.seed: r for r in base_runs}
@@ -93,15 +94,13 @@ def two_level_interval(
     arrays = _arrays([by_seed_base[s] for s in seeds], [by_seed_mine[s] for s in seeds])
     if arrays is None:
         return None
-    result = hierarchical_bootstrap(
-        *arrays, n_boot=n_boot, seed=seed, alpha=comparison.get("alpha", 0.05)
-    )
+    result = hierarchical_bootstrap(*arrays, n_boot=n_boot, seed=seed, alpha=comparison.alpha)
     result["weights"] = "response tokens per item"
     return result
 
 
 def add_two_level(
-    comparisons: dict[str, dict[str, Any]],
+    comparisons: dict[str, FamilyComparison],
     runs: dict[str, list[RunRow]],
     baseline: str,
     *,
@@ -114,6 +113,6 @@ def add_two_level(
         interval = two_level_interval(
             comparison, runs.get(baseline, []), runs.get(label, []), n_boot=n_boot, seed=seed
         )
-        comparison["two_level"] = interval
+        comparison.two_level = interval
         found = found or interval is not None
     return found
