@@ -28,12 +28,11 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # `tiny`, when run as a script
 
-from tiny import save_tiny, tiny_gpt2, tiny_llama  # noqa: E402
-
 from adaptive_lora.compute.precision import resolve_precision  # noqa: E402
 from adaptive_lora.config import RunConfig  # noqa: E402
 from adaptive_lora.environment import NUMERICS_VERSION, matrix_family  # noqa: E402
 from adaptive_lora.run import execute_run  # noqa: E402
+from tiny import save_tiny, tiny_gpt2, tiny_llama  # noqa: E402
 
 GOLDEN_DIR = HERE / "golden"
 

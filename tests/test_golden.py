@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
+from golden import RUNS, differences, family, golden_path, golden_runs
 
 from adaptive_lora.environment import NUMERICS_VERSION
-from golden import RUNS, differences, family, golden_path, golden_runs
 
 RECORD = "record them with `.venv/bin/python tests/golden.py --record`"
 

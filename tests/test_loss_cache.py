@@ -4,10 +4,10 @@ and read back from disk by later processes to the last digit."""
 from __future__ import annotations
 
 import pytest
+from golden import differences, numbers, run_config
 
 from adaptive_lora import run as run_module
 from adaptive_lora.run import execute_run
-from golden import differences, numbers, run_config
 from tiny import save_tiny, tiny_llama
 
 

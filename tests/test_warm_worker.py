@@ -5,10 +5,10 @@ either order, give every number a fresh process gives them."""
 from __future__ import annotations
 
 import pytest
+from golden import differences, numbers, run_config
 
 from adaptive_lora.model.loading import load_model
 from adaptive_lora.run import execute_run
-from golden import differences, numbers, run_config
 from tiny import save_tiny, tiny_llama
 
 # Strategies whose adapters touch the model differently: plain LoRA, and AdaLoRA (its own
