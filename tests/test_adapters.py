@@ -1,6 +1,9 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
+from adaptive_lora.adapters.export import calibration_record, check_exportable
 from adaptive_lora.adapters.lora import (
     AdapterSettings,
     apply_lora,
@@ -9,6 +12,9 @@ from adaptive_lora.adapters.lora import (
     pattern_key,
     trainable_parameters,
 )
+from adaptive_lora.adapters.methods import METHODS, MethodHooks, build_adapter, method_hooks
+from adaptive_lora.errors import UserError
+from adaptive_lora.methods import STRATEGIES as REGISTRY
 from tiny import allocation_for, tiny_gpt2, tiny_llama
 
 STRATEGIES = ["uniform", "linear_decay", "attention_heavy", "random"]
@@ -87,3 +93,32 @@ def test_init_ignores_global_rng():
         torch.testing.assert_close(
             module.lora_A["default"].weight, lora_modules(b)[name].lora_A["default"].weight
         )
+
+
+def test_only_the_methods_bring_hooks():
+    with_hooks = {name for name in REGISTRY if method_hooks(name) != MethodHooks()}
+    assert with_hooks == {"adalora", "eva"}
+    with pytest.raises(UserError, match="adalora learns its ranks during training"):
+        check_exportable("adalora")
+    check_exportable("eva")
+
+
+def test_a_run_dispatches_on_the_hooks_a_method_has_not_its_name(monkeypatch, llama):
+    allocation = allocation_for(llama, "uniform", "r8")
+    read = []
+
+    def init(base_model, alloc, calibration):
+        read.append(calibration())  # read before PEFT wraps the model
+        assert not lora_modules(base_model)
+        return lambda peft_model: {"set": len(lora_modules(peft_model))}
+
+    monkeypatch.setitem(METHODS, "uniform", MethodHooks(init=init, export_refusal="no"))
+    settings = AdapterSettings()
+    built = build_adapter(llama, allocation, settings, 0, total_steps=4, calibration=lambda: "b")
+    assert read == ["b"] and built.records == {"set": len(allocation.ranks)}
+    with pytest.raises(UserError, match="^no$"):
+        check_exportable("uniform")
+    caveat = MethodHooks(export_caveat=lambda params: " (not carried)")
+    monkeypatch.setitem(METHODS, "empirical", caveat)
+    data_driven = replace(allocation, strategy="empirical")  # only the name is read here
+    assert calibration_record(data_driven)["note"].endswith(" (not carried)")

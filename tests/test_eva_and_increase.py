@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaptive_lora.adapters.eva_init import eva_init_components, load_eva_init
 from adaptive_lora.adapters.lora import AdapterSettings, apply_lora, lora_modules
 from adaptive_lora.allocation.budget import resolve_budget, tolerance
 from adaptive_lora.allocation.core import AllocationContext, allocate
@@ -14,6 +13,7 @@ from adaptive_lora.data.builtin import builtin_examples
 from adaptive_lora.data.calibration import make_calibration
 from adaptive_lora.data.splits import make_splits
 from adaptive_lora.errors import UserError
+from adaptive_lora.methods.eva.adapter import eva_init_components, load_eva_init
 from adaptive_lora.model.inventory import build_inventory
 from adaptive_lora.run import execute_run
 from tiny import byte_tokenizer, save_tiny, tiny_gpt2, tiny_llama

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from adaptive_lora.adapters.lora import AdapterSettings, trainable_parameters
-from adaptive_lora.adapters.methods import BuiltAdapter, build_adapter
 from adaptive_lora.allocation.for_model import run_allocation
 from adaptive_lora.allocation.heatmap import rank_heatmap
 from adaptive_lora.compute.fast_step import fast_training
@@ -42,6 +41,7 @@ from adaptive_lora.evaluation import (
 )
 from adaptive_lora.evaluation_metrics import check_metric_data, default_metrics, metrics_for_run
 from adaptive_lora.loss_cache import cached_loss, loss_key
+from adaptive_lora.methods import BuiltAdapter, build_adapter
 from adaptive_lora.model.loading import load_model
 from adaptive_lora.records import (
     ALLOCATION_KEY,

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from adaptive_lora.adapters.lora import AdapterSettings, build_lora_config
+from adaptive_lora.adapters.methods import method_hooks
 from adaptive_lora.allocation.core import Allocation, get_strategy
 from adaptive_lora.errors import UserError
 
@@ -53,12 +54,11 @@ def check_format(fmt: str) -> str:
 
 
 def check_exportable(strategy: str) -> None:
-    """AdaLoRA prunes its ranks while it trains: fixed ranks would not be what it ran."""
-    if strategy == "adalora":
-        raise UserError(
-            "adalora learns its ranks during training, so no fixed-rank LoRA config "
-            "describes it; export a fixed-rank strategy"
-        )
+    """A method whose adapters no fixed-rank LoRA config describes (its `export_refusal`
+    hook, e.g. AdaLoRA's pruned ranks) cannot be exported: the one-line reason."""
+    refusal = method_hooks(strategy).export_refusal
+    if refusal is not None:
+        raise UserError(refusal)
 
 
 def peft_adapter_config(
@@ -141,10 +141,9 @@ def calibration_record(
     settings = {k: allocation.params[k] for k in CALIBRATION_PARAMS if k in allocation.params}
     used = allocation.report.get("importance", {}).get("n_batches")
     source = (data or {}).get("source", "unknown data")
-    # EVA's optional SVD init needs the calibration activations: a LoRA config cannot hold it.
-    init = " (init_from_svd is not carried: A starts from PEFT's default init)" * bool(
-        allocation.params.get("init_from_svd")
-    )
+    # What the method does beyond ranks that a LoRA config cannot hold (EVA's SVD init).
+    caveat = method_hooks(allocation.strategy).export_caveat
+    init = caveat(allocation.params) if caveat is not None else ""
     return {
         "reads": "training-split calibration batches",
         **(data or {}),

@@ -1,15 +1,18 @@
-"""How a run turns its allocation into trainable adapters: one entry per adapter method.
+"""How a run turns its allocation into trainable adapters, and what a method may change.
 
 The recipe (`run.py`) asks `build_adapter` for the adapters of an allocation and gets
 a `BuiltAdapter` back: the PEFT model, the training-loop hooks, what building records,
-and what to record once training is done. Which method builds them is decided here,
-by the strategy, and nowhere else:
+and what to record once training is done. Every strategy gets LoRA with the
+allocation's ranks unless its method registered `MethodHooks` that say otherwise:
 
-* LoRA with the allocation's ranks (every strategy), with EVA's SVD initialisation of
-  A when the `eva` strategy asks for it (`adapters/eva_init.py`);
-* AdaLoRA (`adapters/adalora.py`), whose ranks are learned during training: it trains
-  from `init_ratio` × the target rank, prunes by its own schedule, and records its
-  final ranks and parameter count.
+* `build` replaces LoRA entirely (AdaLoRA, `methods/adalora/`: ranks learned in training);
+* `init` sets the LoRA weights from the base model (EVA's SVD init, `methods/eva/`);
+* `export_refusal` / `export_caveat` tell `adapters/export.py` what a LoRA config file
+  cannot carry.
+
+This module dispatches on which hooks a method has, never on its name. Methods register
+their hooks from above (`methods/__init__.py` is that registry), as strategies register
+with `allocation.core.register`: a strategy with no hooks is plain LoRA.
 """
 
 from __future__ import annotations
@@ -20,18 +23,8 @@ from typing import Any
 
 from torch import nn
 
-from adaptive_lora.adapters.adalora import (
-    adalora_loss_term,
-    adalora_step_hook,
-    apply_adalora,
-    current_ranks,
-    effective_parameters,
-)
-from adaptive_lora.adapters.eva_init import eva_init_components, load_eva_init, wants_eva_init
 from adaptive_lora.adapters.lora import AdapterSettings, apply_lora
 from adaptive_lora.allocation.core import Allocation
-
-ADALORA = "adalora"  # the strategy whose adapters are AdaLoRA's (allocation/adalora.py)
 
 
 @dataclass
@@ -45,6 +38,42 @@ class BuiltAdapter:
     finish: Callable[[], dict[str, Any]] = dict
 
 
+# (model, allocation, settings, run seed, total steps) -> the method's own adapters.
+BuildHook = Callable[[nn.Module, Allocation, AdapterSettings, int, int], BuiltAdapter]
+# (base model, allocation, calibration) -> None, or what to apply to the LoRA model once
+# PEFT has wrapped it, which returns the metrics it records.
+InitHook = Callable[
+    [nn.Module, Allocation, Callable[[], Any]],
+    Callable[[nn.Module], dict[str, Any]] | None,
+]
+
+
+@dataclass(frozen=True)
+class MethodHooks:
+    """What a method changes about plain LoRA; a hook left None keeps LoRA's behaviour."""
+
+    build: BuildHook | None = None  # builds the adapters itself (no LoRA)
+    init: InitHook | None = None  # initialises LoRA from the base model, before PEFT wraps it
+    # Why no fixed-rank LoRA config describes this method's adapters (export refuses).
+    export_refusal: str | None = None
+    # What an exported LoRA config leaves out for these strategy params ("" for nothing).
+    export_caveat: Callable[[dict[str, Any]], str] | None = None
+
+
+PLAIN_LORA = MethodHooks()
+METHODS: dict[str, MethodHooks] = {}
+
+
+def register_method(strategy: str, hooks: MethodHooks) -> None:
+    """Attach a method's hooks to the strategy of that name."""
+    METHODS[strategy] = hooks
+
+
+def method_hooks(strategy: str) -> MethodHooks:
+    """The hooks of `strategy`'s method; plain LoRA's (none) if it registered none."""
+    return METHODS.get(strategy, PLAIN_LORA)
+
+
 def build_adapter(
     model: nn.Module,
     allocation: Allocation,
@@ -54,48 +83,16 @@ def build_adapter(
     total_steps: int,
     calibration: Callable[[], Any],
 ) -> BuiltAdapter:
-    """The adapters of `allocation` on `model`, by the method its strategy calls for.
+    """The adapters of `allocation` on `model`, by the hooks its strategy's method has.
 
-    `calibration` gives the training split's calibration batches, read only by a method
-    that needs them (EVA's initialisation) and before PEFT wraps the model.
+    `calibration` gives the training split's calibration batches, read only by an `init`
+    hook that needs them, and before PEFT wraps the model.
     """
-    if allocation.strategy == ADALORA:
-        return _adalora(model, allocation, settings, seed, total_steps)
-    records: dict[str, Any] = {}
-    # EVA's optional init reads the base model's layer inputs: before PEFT wraps it.
-    components = (
-        eva_init_components(model, allocation, calibration())
-        if wants_eva_init(allocation)
-        else None
-    )
+    hooks = method_hooks(allocation.strategy)
+    if hooks.build is not None:
+        return hooks.build(model, allocation, settings, seed, total_steps)
+    # An init hook reads the base model's layer inputs: before PEFT wraps it.
+    apply_init = hooks.init(model, allocation, calibration) if hooks.init else None
     peft_model = apply_lora(model, allocation, settings, seed)
-    if components is not None:
-        records["eva_init_modules"] = load_eva_init(peft_model, components)
+    records = apply_init(peft_model) if apply_init is not None else {}
     return BuiltAdapter(peft_model, records=records)
-
-
-def _adalora(
-    model: nn.Module, allocation: Allocation, settings: AdapterSettings, seed: int, steps: int
-) -> BuiltAdapter:
-    peft_model, schedule = apply_adalora(model, allocation, settings, seed, steps)
-    init_r = peft_model.peft_config["default"].init_r
-    records = {
-        "adalora_schedule": vars(schedule) | {"init_r": init_r},
-        "initial_ranks": {name: init_r for name in allocation.ranks},
-    }
-
-    def finish() -> dict[str, Any]:
-        final = current_ranks(peft_model)
-        effective = effective_parameters(allocation, final)
-        budget = allocation.budget.params
-        return {
-            "final_ranks": final,
-            "effective_params": effective,
-            "effective_deviation_pct": 100.0 * (effective - budget) / budget,
-        }
-
-    hooks = {
-        "after_step": adalora_step_hook(peft_model),
-        "extra_loss": adalora_loss_term(peft_model),
-    }
-    return BuiltAdapter(peft_model, hooks, records, finish)

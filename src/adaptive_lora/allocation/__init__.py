@@ -1,16 +1,17 @@
 """Rank-allocation strategies: one file per strategy, found by name in one registry.
 
-Importing this package registers every built-in strategy: the import list below *is*
-the registry (each module registers its strategy with `@register`). Adding a
-strategy is one new file in this folder plus one name in that list.
+Importing this package registers every strategy that only allocates: the import list
+below *is* their registry (each module registers its strategy with `@register`).
+Adding such a strategy is one new file in this folder plus one name in that list.
+A strategy that also brings its own adapter code (AdaLoRA, EVA) is a *method*: it lives
+in its own folder in `methods/`, whose import list registers it (that registry sits
+above `adapters/`, which a method's adapter code builds on).
 """
 
-# The registry: one line per strategy module.
+# The registry of strategies that only allocate: one line per strategy module.
 from adaptive_lora.allocation import (  # noqa: F401
-    adalora,
     attention_heavy,
     empirical,
-    eva,
     linear_decay,
     linear_increase,
     random_control,

@@ -22,7 +22,7 @@ outputs and gradients against PEFT's own forward.
 
 The fused forward re-implements PEFT's LoRA `Linear.forward` from the layer's parts, as
 PEFT `PEFT_TESTED` has them. Before patching, `check_peft_lora` makes sure they are
-there (`expect_signature` and `peft_changed` serve `adapters/adalora.py` too): another
+there (`expect_signature` and `peft_changed` serve `methods/adalora/adapter.py` too): another
 PEFT gets a one-line error, never a forward that silently computes something else.
 """
 
@@ -40,7 +40,7 @@ import torch
 
 from adaptive_lora.errors import UserError
 
-# The PEFT whose internals the patches here and in adapters/adalora.py were written against.
+# The PEFT whose internals the patches here and in methods/adalora/adapter.py were written against.
 PEFT_TESTED = "0.21.2"
 
 # Norms whose output feeds only autocast matmuls, by leaf name (Llama, GPT-2).

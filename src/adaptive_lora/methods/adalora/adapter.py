@@ -1,4 +1,7 @@
-"""AdaLoRA adapters driven correctly through PEFT.
+"""AdaLoRA adapters driven correctly through PEFT, and the hooks that make a run use them.
+
+`HOOKS` (registered by this folder's `__init__`) gives the run `build_adalora` in place
+of LoRA, and refuses a fixed-rank export.
 
 PEFT's `AdaLoraConfig` only reallocates when `update_and_allocate(step)` is
 called after every optimizer step and before the gradients are cleared (the HF
@@ -34,9 +37,10 @@ import torch
 from peft import AdaLoraConfig, get_peft_model
 
 from adaptive_lora.adapters.lora import PEFT_PREFIX, AdapterSettings, module_seed
-from adaptive_lora.allocation.adalora import target_rank
+from adaptive_lora.adapters.methods import BuiltAdapter, MethodHooks
 from adaptive_lora.allocation.core import Allocation
 from adaptive_lora.compute.fast_step import expect_signature, peft_changed
+from adaptive_lora.methods.adalora.strategy import target_rank
 
 
 @dataclass(frozen=True)
@@ -260,3 +264,41 @@ def effective_parameters(allocation: Allocation, ranks: dict[str, int]) -> int:
     """Parameters of the unmasked part: r_i (d_in + d_out) + r_i singular values."""
     cost = {m.name: m.cost_per_rank for m in allocation.inventory}
     return sum(r * (cost[name] + 1) for name, r in ranks.items())
+
+
+def build_adalora(
+    model: torch.nn.Module, allocation: Allocation, settings: AdapterSettings, seed: int, steps: int
+) -> BuiltAdapter:
+    """The run's AdaLoRA adapters, their training hooks, and the records before and after."""
+    peft_model, schedule = apply_adalora(model, allocation, settings, seed, steps)
+    init_r = peft_model.peft_config["default"].init_r
+    records = {
+        "adalora_schedule": vars(schedule) | {"init_r": init_r},
+        "initial_ranks": {name: init_r for name in allocation.ranks},
+    }
+
+    def finish() -> dict[str, Any]:
+        final = current_ranks(peft_model)
+        effective = effective_parameters(allocation, final)
+        budget = allocation.budget.params
+        return {
+            "final_ranks": final,
+            "effective_params": effective,
+            "effective_deviation_pct": 100.0 * (effective - budget) / budget,
+        }
+
+    hooks = {
+        "after_step": adalora_step_hook(peft_model),
+        "extra_loss": adalora_loss_term(peft_model),
+    }
+    return BuiltAdapter(peft_model, hooks, records, finish)
+
+
+HOOKS = MethodHooks(
+    build=build_adalora,
+    # AdaLoRA prunes its ranks while it trains: fixed ranks would not be what it ran.
+    export_refusal=(
+        "adalora learns its ranks during training, so no fixed-rank LoRA config "
+        "describes it; export a fixed-rank strategy"
+    ),
+)

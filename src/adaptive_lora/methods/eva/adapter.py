@@ -4,21 +4,22 @@ Optional for the `eva` strategy (`init_from_svd=true`): A_i holds the top r_i ri
 singular vectors of module i's inputs on training-split batches (r_i = the allocation's
 rank, so no further redistribution: ρ = 1), B stays zero, so training still starts from
 the base model. Off by default, so that `eva` differs from the other strategies in its
-ranks only.
+ranks only. `HOOKS` (registered by this folder's `__init__`) hands the run this init and
+tells an export that a LoRA config cannot carry it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from adaptive_lora.adapters.lora import lora_modules
+from adaptive_lora.adapters.methods import MethodHooks
 from adaptive_lora.allocation.core import Allocation
-from adaptive_lora.allocation.eva import eva_components
 from adaptive_lora.data.calibration import Calibration
-
-
-def wants_eva_init(allocation: Allocation) -> bool:
-    return allocation.strategy == "eva" and bool(allocation.params.get("init_from_svd"))
+from adaptive_lora.methods.eva.svd import eva_components
 
 
 def eva_init_components(
@@ -55,3 +56,29 @@ def load_eva_init(peft_model: torch.nn.Module, components: dict[str, torch.Tenso
         weight[: rows.shape[0]].copy_(rows)
         done += 1
     return done
+
+
+def eva_init(
+    base_model: torch.nn.Module, allocation: Allocation, calibration: Callable[[], Calibration]
+) -> Callable[[torch.nn.Module], dict[str, Any]] | None:
+    """The init hook: None unless the allocation asks for `init_from_svd`; else the
+    components read now, from the base model, and the step that loads them once PEFT
+    has wrapped it (recording how many modules it set)."""
+    if not allocation.params.get("init_from_svd"):
+        return None
+    components = eva_init_components(base_model, allocation, calibration())
+
+    def load(peft_model: torch.nn.Module) -> dict[str, Any]:
+        return {"eva_init_modules": load_eva_init(peft_model, components)}
+
+    return load
+
+
+def export_caveat(params: dict[str, Any]) -> str:
+    """The SVD init needs the calibration activations: a LoRA config cannot hold it."""
+    if not params.get("init_from_svd"):
+        return ""
+    return " (init_from_svd is not carried: A starts from PEFT's default init)"
+
+
+HOOKS = MethodHooks(init=eva_init, export_caveat=export_caveat)

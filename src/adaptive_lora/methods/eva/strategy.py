@@ -11,34 +11,29 @@ parameter budget ∝ r_i^EVA × its cost per rank) and apportions them to the *p
 budget like every other strategy, so that only the ranks differ between strategies.
 PEFT's own rank budget and ranks are recorded beside it. EVA's initialisation of A from
 the singular vectors is a separate switch (`init_from_svd`, off by default; the run
-applies it, see `adapters/eva_init.py`) so that, off, EVA differs from the other
-strategies in its ranks only; on, label the study entry as its own variant.
+applies it, see `adapter.py` beside this file) so that, off, EVA differs from the other
+strategies in its ranks only; on, label the study entry as its own variant. PEFT's EVA
+code is called from `svd.py` only.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
-
-import torch
-from peft import LoraConfig
-from peft.tuners.lora.config import EvaConfig
-from peft.tuners.lora.eva import get_eva_state_dict
 
 from adaptive_lora.allocation.budget import reference_rank
 from adaptive_lora.allocation.core import AllocationContext, register
 from adaptive_lora.allocation.importance import importance_cache_dir, weights_fingerprint
-from adaptive_lora.data.calibration import Calibration
 from adaptive_lora.data.splits import hash_examples
 from adaptive_lora.errors import UserError
-from adaptive_lora.model.inventory import ModuleInfo
+from adaptive_lora.methods.eva.svd import eva_ranks
 from adaptive_lora.records import write_json
 
+NAME = "eva"  # the strategy's name; its adapter hooks register under it too
 CACHE_VERSION = 1
 
 
-@register("eva", needs_data=True)
+@register(NAME, needs_data=True)
 def eva(
     ctx: AllocationContext,
     *,
@@ -104,82 +99,3 @@ def _cached_eva_ranks(ctx: AllocationContext, settings: dict[str, Any]) -> tuple
     ranks = eva_ranks(ctx.model, ctx.inventory, ctx.calibration, **settings)
     write_json(path, {"key": key, "key_fields": key_fields, "ranks": ranks})
     return ranks, "miss"
-
-
-def eva_components(
-    model: torch.nn.Module,
-    target_ranks: dict[str, int],
-    calibration: Calibration,
-    *,
-    rho: float,
-    tau: float,
-    n_batches: int,
-    batch_size: int,
-    seed: int,
-) -> dict[str, torch.Tensor]:
-    """PEFT's EVA state dict: module name → its top right-singular vectors (rank × d_in).
-
-    `target_ranks` are the ranks before redistribution; with `rho` = 1 every module
-    keeps exactly its own rank (the budget equals the sum of the caps).
-    """
-    base = next(iter(target_ranks.values()))
-    config = LoraConfig(
-        r=base,
-        target_modules=sorted(target_ranks),
-        rank_pattern={"^" + re.escape(name): r for name, r in target_ranks.items() if r != base},
-        init_lora_weights="eva",
-        eva_config=EvaConfig(rho=rho, tau=tau),
-    )
-    batches = list(calibration.batches(n_batches, batch_size, seed))
-    was_training = model.training
-    with torch.no_grad():
-        state = get_eva_state_dict(
-            model,
-            batches,
-            peft_config=config,
-            forward_fn=_forward_without_loss,
-            prepare_model_inputs_fn=_token_mask,
-            prepare_layer_inputs_fn=_masked_rows,
-            show_progress_bar=False,
-            gather_distributed_inputs=False,
-        )
-    model.train(was_training)
-    return state
-
-
-def eva_ranks(
-    model: torch.nn.Module,
-    inventory: list[ModuleInfo],
-    calibration: Calibration,
-    *,
-    rank: int,
-    **settings: Any,
-) -> dict[str, int]:
-    """The rank PEFT's EVA gives each inventory module (0 where it gives none)."""
-    state = eva_components(model, {m.name: rank for m in inventory}, calibration, **settings)
-    return {m.name: int(state[m.name].shape[0]) if m.name in state else 0 for m in inventory}
-
-
-def _token_mask(inputs: dict[str, torch.Tensor], config: LoraConfig) -> torch.Tensor:
-    """(batch, seq) mask of the tokens whose layer inputs the SVD sees: real, labelled tokens."""
-    mask = inputs["attention_mask"].bool()
-    if config.eva_config.use_label_mask and "labels" in inputs:
-        mask &= inputs["labels"] != config.eva_config.label_mask_value
-    return mask
-
-
-def _masked_rows(layer_input: Any, mask: torch.Tensor, layer_name: str) -> torch.Tensor:
-    """A layer's input rows at the masked tokens, as (tokens, width).
-
-    Written here rather than PEFT's default because some families (OPT's fc1/fc2) see
-    their input already flattened to (batch·seq, width), which the default indexes as
-    (batch, seq, width) and fails on.
-    """
-    x = layer_input[0] if isinstance(layer_input, (tuple, list)) else layer_input
-    return x[mask.reshape(-1)] if x.dim() == 2 else x[mask]
-
-
-def _forward_without_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> Any:
-    # EVA only needs the layer inputs its hooks see; the labels stay in `inputs` for its
-    # label mask, but computing a loss over the vocabulary would only cost time.
-    return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])

@@ -3,7 +3,7 @@
 What this registers is the budget side only: AdaLoRA's target is an average rank
 (`r8` → target rank 8), so the allocation it starts from is uniform at the
 target rank. The run builds PEFT `AdaLoraConfig` adapters at `init_ratio` × the
-target instead (see `adaptive_lora.adalora`) and prunes them back during
+target instead (`adapter.py` beside this file) and prunes them back during
 training; the run record keeps both parameter counts and the final ranks.
 
 Zhang et al. 2023, "AdaLoRA: Adaptive Budget Allocation for Parameter-Efficient
@@ -14,8 +14,10 @@ from adaptive_lora.allocation.budget import reference_rank
 from adaptive_lora.allocation.core import AllocationContext, register
 from adaptive_lora.errors import UserError
 
+NAME = "adalora"  # the strategy's name; its adapter hooks register under it too
 
-@register("adalora")
+
+@register(NAME)
 def adalora(
     ctx: AllocationContext,
     *,
