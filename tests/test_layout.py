@@ -74,6 +74,54 @@ def test_the_cycle_check_sees_a_cycle():
     raise AssertionError("a two-module cycle went unnoticed")
 
 
+# The floors of the data flow, lowest first (ARCHITECTURE.md's "Who owns which stage"): a
+# module imports only from its own floor and those below. Within a floor, the layout is
+# free (the cycle test still holds there).
+FLOORS: tuple[tuple[str, ...], ...] = (
+    ("errors", "records", "environment", "config_fields", "config"),
+    ("model",),
+    ("data",),
+    ("compute",),
+    ("allocation",),
+    ("adapters",),
+    ("methods",),
+    ("evaluation_metrics", "evaluation", "loss_cache"),
+    ("training",),
+    ("run",),
+    ("analysis",),
+    ("study",),
+    ("report",),
+    ("api", "adaptive_lora"),
+    ("cli",),
+)
+
+
+def floor_of(module: str) -> int:
+    top = module.split(".")[1] if "." in module else module
+    for level, names in enumerate(FLOORS):
+        if top in names:
+            return level
+    raise AssertionError(f"{module} is on no floor: add it to FLOORS (and ARCHITECTURE.md)")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if floor_of(target) > floor_of(module)
+    )
+
+
+def test_no_module_imports_a_floor_above_its_own():
+    assert upward_imports(import_graph()) == []
+
+
+def test_the_floor_check_sees_an_upward_import():
+    graph = {"adaptive_lora.config": {"adaptive_lora.report.markdown"}}
+    assert upward_imports(graph) == ["adaptive_lora.config -> adaptive_lora.report.markdown"]
+
+
 def test_long_functions_say_why():
     """No function over ~80 lines unless its docstring says why (`Long because ...`)."""
     too_long = []

@@ -78,10 +78,16 @@ def test_defaults_keep_the_old_keys():
     assert metrics_for_run(["final_number"], builtin=False) == ("rouge_l", "final_number")
 
 
-def test_an_unknown_metric_is_a_one_line_config_error():
+def test_an_unknown_metric_is_a_one_line_error_before_anything_loads(tmp_path):
+    from adaptive_lora.run import execute_run
+
+    config = RunConfig.from_dict(
+        {"model": "no-such-model", "eval": {"metrics": ["rouge_l", "bleu"]}}
+    )
     with pytest.raises(UserError, match="unknown metric.*'bleu'.*final_number") as error:
-        RunConfig.from_dict({"eval": {"metrics": ["rouge_l", "bleu"]}})
+        execute_run(config, tmp_path)  # the metric, not the missing model, is named
     assert "\n" not in str(error.value)
+    assert not any(tmp_path.iterdir())
 
 
 def words_file(tmp_path, n=12):

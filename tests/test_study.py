@@ -185,6 +185,52 @@ def test_missing_study_file_is_a_user_error(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+def test_the_study_is_read_once_into_typed_values(tmp_path):
+    from adaptive_lora.config import Budget
+
+    path = write_study(tmp_path, budgets=["r4", "50k"], lr_candidates=[1e-3, 2e-3])
+    study = load_study(path)
+    assert study.budget_values == (Budget("r4", 0, 4), Budget("50k", 50_000))
+    assert study.budgets == ["r4", "50k"]
+    assert study.lr.candidates == (1e-3, 2e-3) and study.lr.base == 1e-3
+    assert not hasattr(study, "raw")
+    # Expanding again reads nothing: a file broken on disk since does not matter here
+    # (the runner refuses an edited file separately: `check_unchanged`).
+    path.write_text("budgets: [r0\n")
+    again = study.with_rows([])
+    assert again.run_ids == study.run_ids and again.spec_hash == study.spec_hash
+
+
+@pytest.mark.parametrize(
+    ("budget", "message"),
+    [("r0", "allocation.budget: budget 'r0': the rank must be at least 1"),
+     ("rank8", "allocation.budget: cannot read budget 'rank8'")],
+)  # fmt: skip
+def test_a_run_config_checks_its_budget_when_read(budget, message):
+    """`train --budget r0` fails before any model or data loads."""
+    from adaptive_lora.config import RunConfig
+
+    with pytest.raises(UserError, match=message):
+        RunConfig.from_dict({"allocation": {"budget": budget}})
+    parsed = RunConfig.from_dict({"allocation": {"budget": "1.5M"}}).allocation.parsed_budget
+    assert (parsed.label, parsed.params, parsed.rank) == ("1.5M", 1_500_000, None)
+
+
+def test_the_chosen_rate_filter_never_admits_a_tuning_seed():
+    from adaptive_lora.study.lr import LrChoice, chosen_rate_rows
+    from adaptive_lora.study.store import RunRow
+
+    choice = LrChoice("u", "r4", [1e-3, 2e-3], {}, {}, chosen=2e-3)
+
+    def row(seed, lr, status=DONE):
+        return RunRow(f"{seed}-{lr}", 0, "u", "uniform", "r4", seed, lr, status, None, {})
+
+    rows = [row(0, 2e-3), row(1, 2e-3), row(1, 1e-3), row(2, 2e-3, FAILED), row(3, 2e-3)]
+    kept = chosen_rate_rows(rows, {("u", "r4"): choice}, tuning_seeds=[0])
+    assert [r.seed for r in kept] == [1, 3]  # seed 0 tuned the rate; seed 2 failed
+    assert chosen_rate_rows(rows, {}, tuning_seeds=[]) == []  # no choice yet: nothing
+
+
 # ---------------------------------------------------------------------- the runner
 
 

@@ -8,20 +8,60 @@ values with a one-line `UserError` naming the key.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
-from typing import Any, get_type_hints
+import functools
+import re
+from dataclasses import dataclass
+from typing import Any
 
 import yaml
 
+from adaptive_lora.config_fields import build_typed
+from adaptive_lora.config_fields import help_field as _help  # short: every field below uses it
 from adaptive_lora.errors import UserError
-from adaptive_lora.evaluation_metrics import check_metric_names
 from adaptive_lora.records import run_id_for
 
+_RANK_BUDGET = re.compile(r"^r(\d+)$")
+_COUNT_BUDGET = re.compile(r"^(\d+(?:\.\d+)?)([kKmM]?)$")
 
-def _help(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
-    if "default_factory" in kw:
-        return field(metadata={"help": text}, **kw)
-    return field(default=default, metadata={"help": text})
+
+@dataclass(frozen=True)
+class Budget:
+    """A resolved budget: its label as the user wrote it and its parameter count."""
+
+    label: str
+    params: int
+    rank: int | None = None  # N for an `rN` budget, else None
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "params": self.params, "rank": self.rank}
+
+
+def parse_budget(spec: str | int) -> Budget:
+    """The one budget parser: `r8` → rank 8 (parameters unknown until an inventory is
+    given: `params` 0); `250000`, `250k`, `1.5M` → that count. A one-line error otherwise.
+
+    It lives here, beside the run config that checks its budget when it is read;
+    `allocation/budget.py` re-exports it with the apportioning that resolves it.
+    """
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        spec = str(spec)
+    text = str(spec).strip()
+    match = _RANK_BUDGET.match(text)
+    if match:
+        rank = int(match.group(1))
+        if rank < 1:
+            raise UserError(f"budget {text!r}: the rank must be at least 1 (e.g. r8)")
+        return Budget(text, 0, rank)
+    match = _COUNT_BUDGET.match(text)
+    if match:
+        scale = {"": 1, "k": 1_000, "m": 1_000_000}[match.group(2).lower()]
+        params = int(round(float(match.group(1)) * scale))
+        if params < 1:
+            raise UserError(f"budget {text!r} is not a positive parameter count")
+        return Budget(text, params)
+    raise UserError(
+        f"cannot read budget {text!r}: write rN (e.g. r8) or a parameter count (e.g. 500000, 1.2M)"
+    )
 
 
 @dataclass
@@ -63,7 +103,17 @@ class AllocationSettings:
         "modules to adapt: `all`, `attention`, `mlp` or a comma list of kinds", "all"
     )
 
+    @functools.cached_property
+    def parsed_budget(self) -> Budget:
+        """The budget, read once (by `validate`, when the config is read): a bad one fails
+        before any model or data loads, and the run uses this value, not the text again."""
+        return parse_budget(self.budget)
+
     def validate(self) -> None:
+        try:
+            self.parsed_budget  # noqa: B018 -- read (and kept) now, to fail at parse time
+        except UserError as error:
+            raise UserError(f"allocation.budget: {error}") from None
         _at_least(self, "min_rank", 0)
         if self.max_rank is not None and self.max_rank < self.min_rank:
             raise UserError(
@@ -137,7 +187,6 @@ class EvalSettings:
     )
 
     def validate(self) -> None:
-        check_metric_names(self.metrics)
         _at_least(self, "n_generate", 0)
         _at_least(self, "max_new_tokens", 1)
         _at_least(self, "batch_size", 1)
@@ -169,7 +218,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> RunConfig:
-        return _build(cls, raw or {}, "").validate()
+        return build_typed(cls, raw or {}, "").validate()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -201,65 +250,6 @@ _SECTION_NAMES = {
 
 def _section_name(section: Any) -> str:
     return _SECTION_NAMES.get(type(section), type(section).__name__)
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check a YAML/CLI value against a field's type, converting int → float where harmless."""
-    text = str(hint)
-    if value is None:
-        if "None" in text:
-            return None
-        raise UserError(f"{where} may not be empty")
-    if hint is bool or text == "bool":
-        if isinstance(value, bool):
-            return value
-        raise UserError(f"{where} must be true or false, got {value!r}")
-    if hint is float or text.startswith("float"):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise UserError(f"{where} must be a number, got {value!r}")
-    if hint is int or text.startswith("int"):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise UserError(f"{where} must be an integer, got {value!r}")
-    if hint is str or text.startswith("str"):
-        if isinstance(value, (str, int)) and not isinstance(value, bool):
-            return str(value)
-        raise UserError(f"{where} must be a string, got {value!r}")
-    if text.startswith("dict"):
-        if isinstance(value, dict):
-            return dict(value)
-        raise UserError(f"{where} must be a mapping, got {value!r}")
-    if text.startswith("list"):
-        if isinstance(value, str):
-            return [v for v in value.split(",") if v]
-        if isinstance(value, list):
-            return list(value)
-        raise UserError(f"{where} must be a list, got {value!r}")
-    return value
-
-
-def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
-    if not isinstance(raw, dict):
-        raise UserError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
-    hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise UserError(
-            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
-            f"known in {prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(known))}"
-        )
-    values = {}
-    for f in fields(cls):
-        if f.name not in raw:
-            continue
-        hint = hints[f.name]
-        if dataclasses.is_dataclass(hint):
-            values[f.name] = _build(hint, raw[f.name], prefix + f.name + ".")
-        else:
-            values[f.name] = _coerce(raw[f.name], hint, prefix + f.name)
-    return cls(**values)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

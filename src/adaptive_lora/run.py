@@ -39,7 +39,12 @@ from adaptive_lora.evaluation import (
     mean_loss,
     perplexity,
 )
-from adaptive_lora.evaluation_metrics import check_metric_data, default_metrics, metrics_for_run
+from adaptive_lora.evaluation_metrics import (
+    check_metric_data,
+    check_metric_names,
+    default_metrics,
+    metrics_for_run,
+)
 from adaptive_lora.loss_cache import cached_loss, loss_key
 from adaptive_lora.methods import BuiltAdapter, build_adapter
 from adaptive_lora.model.loading import load_model
@@ -73,6 +78,8 @@ def execute_run(
     """
 
     config.validate()
+    # Names the metric registry checks (one floor above the config, which cannot see it).
+    check_metric_names(config.eval.metrics)
     run_id = run_id or config.run_id()
     run_dir = Path(out_root) / run_id
     steps = RunSteps(config, run_dir, run_id, quiet=quiet)

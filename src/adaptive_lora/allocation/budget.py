@@ -10,31 +10,17 @@ the same way and no strategy wins by quietly spending more.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
+# A budget is read where a run's config is read (config.py: a bad one fails before any
+# model loads); this module resolves it on an inventory, and re-exports the parser.
+from adaptive_lora.config import Budget, parse_budget
 from adaptive_lora.errors import UserError
 from adaptive_lora.model.inventory import ModuleInfo
-
-_RANK_BUDGET = re.compile(r"^r(\d+)$")
-_COUNT_BUDGET = re.compile(r"^(\d+(?:\.\d+)?)([kKmM]?)$")
 
 # Relative tolerance of the budget match; the absolute floor is the cost of one
 # rank of the cheapest module, since no integer allocation can do better.
 RELATIVE_TOLERANCE = 0.005
-
-
-@dataclass(frozen=True)
-class Budget:
-    """A resolved budget: its label as the user wrote it and its parameter count."""
-
-    label: str
-    params: int
-    rank: int | None = None  # N for an `rN` budget, else None
-
-    def to_dict(self) -> dict:
-        return {"label": self.label, "params": self.params, "rank": self.rank}
 
 
 def uniform_cost(inventory: Sequence[ModuleInfo], rank: int) -> int:
@@ -42,33 +28,11 @@ def uniform_cost(inventory: Sequence[ModuleInfo], rank: int) -> int:
     return rank * sum(m.cost_per_rank for m in inventory)
 
 
-def parse_budget(spec: str | int) -> Budget:
-    """The one budget parser: `r8` → rank 8 (parameters unknown until an inventory is
-    given: `params` 0); `250000`, `250k`, `1.5M` → that count. A one-line error otherwise."""
-    if isinstance(spec, int) and not isinstance(spec, bool):
-        spec = str(spec)
-    text = str(spec).strip()
-    match = _RANK_BUDGET.match(text)
-    if match:
-        rank = int(match.group(1))
-        if rank < 1:
-            raise UserError(f"budget {text!r}: the rank must be at least 1 (e.g. r8)")
-        return Budget(text, 0, rank)
-    match = _COUNT_BUDGET.match(text)
-    if match:
-        scale = {"": 1, "k": 1_000, "m": 1_000_000}[match.group(2).lower()]
-        params = int(round(float(match.group(1)) * scale))
-        if params < 1:
-            raise UserError(f"budget {text!r} is not a positive parameter count")
-        return Budget(text, params)
-    raise UserError(
-        f"cannot read budget {text!r}: write rN (e.g. r8) or a parameter count (e.g. 500000, 1.2M)"
-    )
+def resolve_budget(spec: Budget | str | int, inventory: Sequence[ModuleInfo]) -> Budget:
+    """`r8` → the parameters of uniform rank 8 on `inventory`; a count → that count.
 
-
-def resolve_budget(spec: str | int, inventory: Sequence[ModuleInfo]) -> Budget:
-    """`r8` → the parameters of uniform rank 8 on `inventory`; a count → that count."""
-    budget = parse_budget(spec)
+    `spec` is a budget already read (`RunConfig`'s `allocation.parsed_budget`) or its text."""
+    budget = spec if isinstance(spec, Budget) else parse_budget(spec)
     if budget.rank is not None:
         return Budget(budget.label, uniform_cost(inventory, budget.rank), budget.rank)
     return budget

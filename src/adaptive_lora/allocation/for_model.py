@@ -90,7 +90,7 @@ def run_allocation(config: Any, loaded: Any, splits: Any) -> Allocation:
     inventory = build_inventory(loaded.model, settings.target)
     ctx = AllocationContext(
         inventory=inventory,
-        budget=resolve_budget(settings.budget, inventory),
+        budget=resolve_budget(settings.parsed_budget, inventory),  # read with the config
         min_rank=settings.min_rank,
         max_rank=settings.max_rank,
         seed=config.seed,

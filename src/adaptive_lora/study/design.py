@@ -93,14 +93,18 @@ def parse_sizes(value: Any, where: str) -> tuple[int, ...]:
     return tuple(values)
 
 
-def parse_tasks(raw: dict[str, Any]) -> list[Task]:
-    """The study's tasks (its `data` alone when it lists none), each with its sizes."""
-    data = _section(raw, "data")
-    evaluation = _section(raw, "eval")
-    listed = raw.get("tasks")
+def parse_tasks(
+    listed: list[object] | None,
+    data: dict[str, object] | None,
+    evaluation: dict[str, object] | None,
+) -> list[Task]:
+    """The study's tasks (its `data` alone when it lists none), each with its sizes; `data`
+    and `evaluation` are the study's own sections, which a task's override."""
+    data = copy.deepcopy(data or {})
+    evaluation = copy.deepcopy(evaluation or {})
     if listed is None:
         return [_task("data", data, evaluation, "data")]
-    if not isinstance(listed, list) or not listed:
+    if not listed:
         raise UserError("tasks must be a non-empty list of {name, data, eval} mappings")
     tasks = []
     for index, entry in enumerate(listed):
@@ -117,10 +121,11 @@ def parse_tasks(raw: dict[str, Any]) -> list[Task]:
     return tasks
 
 
-def _section(raw: dict[str, Any], key: str, where: str = "") -> dict[str, Any]:
+def _section(raw: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    """A task's own `data` or `eval` mapping (empty when it gives none)."""
     value = raw.get(key) or {}
     if not isinstance(value, dict):
-        raise UserError(f"{where + '.' if where else ''}{key} must be a mapping, got {value!r}")
+        raise UserError(f"{where}.{key} must be a mapping, got {value!r}")
     return copy.deepcopy(value)
 
 

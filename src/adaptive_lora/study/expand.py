@@ -18,8 +18,7 @@ from adaptive_lora.config import RunConfig
 from adaptive_lora.errors import UserError
 from adaptive_lora.records import canonical_json
 from adaptive_lora.study.design import Group
-from adaptive_lora.study.lr import LrChoice
-from adaptive_lora.study.schema import StrategyEntry
+from adaptive_lora.study.model import Choices, StrategyEntry, StudyDesign
 from adaptive_lora.study.sequential_seeds import seed_counts
 from adaptive_lora.study.store import RunRow
 
@@ -44,35 +43,21 @@ class RunSpec:
         return f"{self.label} {self.budget} seed {self.seed} lr {self.lr:g}{role}"
 
 
-def expand_runs(study: Any, rows: Sequence[RunRow] = ()) -> list[RunSpec]:
+_Planned = tuple[Group, StrategyEntry, str, int, float, bool]  # … seed, rate, tuning
+
+
+def expand_runs(design: StudyDesign, rows: Sequence[RunRow] = ()) -> list[RunSpec]:
     """Per group (model × task × size): tuning runs first (every candidate on every tuning
-    seed), then the reporting runs.
+    seed), then the reporting runs; `design` carries the rates chosen from `rows`.
 
     Within each part: budget-major, then seed, strategy and rate, so that a half-finished
     study already holds complete pairs. With tuning seeds, a strategy × budget's reporting
     runs appear once its choice is complete (at the chosen rate only); without them, every
     seed runs every candidate.
     """
-    plan: list[tuple[Group, StrategyEntry, str, int, float, bool]] = []
-    for group in study.groups:
-        part = study.for_group(group)  # only the strategies that run in this group (`where`)
-        choices = part.lr_choices_by_group[group.key]
-        counts = seed_counts(part, group, part.rows_of(group, rows)) if part.seed_plan else {}
-        for budget in part.budgets:
-            for seed in part.lr_tuning_seeds:
-                for entry in part.strategies:
-                    if budget in part.budgets_for(entry.label):
-                        # The grid as tuning stands (extended past an edge: `lr_extend`).
-                        lrs = tuple(choices[(entry.label, budget)].candidates)
-                        plan += [(group, entry, budget, seed, lr, True) for lr in lrs]
-        for budget in part.budgets:
-            for position, seed in enumerate(part.seeds):
-                for entry in part.strategies:
-                    if position >= counts.get((budget, entry.label), len(part.seeds)):
-                        continue  # sequential: this comparison has not reached that look
-                    if budget in part.budgets_for(entry.label):
-                        lrs = _reporting_lrs(part, entry, budget, choices)
-                        plan += [(group, entry, budget, seed, lr, False) for lr in lrs]
+    plan: list[_Planned] = []
+    for group in design.groups:
+        plan += _group_plan(design.for_group(group), group, rows)
     runs: list[RunSpec] = []
     seen: dict[str, str] = {}
     for group, entry, budget, seed, lr, tuning in plan:
@@ -91,11 +76,34 @@ def expand_runs(study: Any, rows: Sequence[RunRow] = ()) -> list[RunSpec]:
     return runs
 
 
+def _group_plan(part: StudyDesign, group: Group, rows: Sequence[RunRow]) -> list[_Planned]:
+    """One group's runs in order; `part` holds only the strategies that run there (`where`)."""
+    choices = part.lr_choices_by_group[group.key]
+    counts = seed_counts(part, group, part.rows_of(group, rows)) if part.seed_plan else {}
+    plan: list[_Planned] = []
+    for budget in part.budgets:
+        for seed in part.lr_tuning_seeds:
+            for entry in part.strategies:
+                if budget in part.budgets_for(entry.label):
+                    # The grid as tuning stands (extended past an edge: `lr_extend`).
+                    lrs = tuple(choices[(entry.label, budget)].candidates)
+                    plan += [(group, entry, budget, seed, lr, True) for lr in lrs]
+    for budget in part.budgets:
+        for position, seed in enumerate(part.seeds):
+            for entry in part.strategies:
+                if position >= counts.get((budget, entry.label), len(part.seeds)):
+                    continue  # sequential: this comparison has not reached that look
+                if budget in part.budgets_for(entry.label):
+                    lrs = _reporting_lrs(part, entry, budget, choices)
+                    plan += [(group, entry, budget, seed, lr, False) for lr in lrs]
+    return plan
+
+
 def _reporting_lrs(
-    study: Any, entry: StrategyEntry, budget: str, choices: dict[tuple[str, str], LrChoice]
+    design: StudyDesign, entry: StrategyEntry, budget: str, choices: Choices
 ) -> tuple[float, ...]:
-    if not study.lr_tuning_seeds:
-        return study.lrs_for(entry.label)
+    if not design.lr_tuning_seeds:
+        return design.lrs_for(entry.label)
     choice = choices[(entry.label, budget)]
     return (choice.chosen,) if choice.complete and choice.chosen is not None else ()
 

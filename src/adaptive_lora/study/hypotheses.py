@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from adaptive_lora.errors import UserError
+from adaptive_lora.evaluation_metrics import PRIMARY_METRIC
 
 ALTERNATIVES = ("two-sided", "less", "greater")
 FAMILIES = ("cell",)
@@ -37,7 +38,7 @@ class Hypotheses:
     """What a comparison tests, declared in the study file (defaults: two-sided, no margin)."""
 
     declared: str = ""
-    metric: str = "test_loss"
+    metric: str = PRIMARY_METRIC
     alternative: str = "two-sided"
     family: str = "cell"
     smallest_effect: float | None = None
@@ -129,7 +130,7 @@ def parse_hypotheses(raw: Any, labels: list[str], baseline: str) -> Hypotheses:
             f"hypotheses.family must be one of {', '.join(FAMILIES)} (the comparisons of one "
             f"model × task × size × budget), got {family!r}"
         )
-    if raw.get("metric", "test_loss") != "test_loss":
+    if raw.get("metric", PRIMARY_METRIC) != PRIMARY_METRIC:
         raise UserError("hypotheses.metric: only test_loss is the primary metric so far")
     comparisons = raw.get("comparisons") or {}
     if not isinstance(comparisons, dict):

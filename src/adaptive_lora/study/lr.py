@@ -4,13 +4,17 @@ With `lr_tuning_seeds`, the candidates are tried on those seeds only and the cho
 final once every tuning run of the strategy × budget has finished; the reporting seeds
 then run at the chosen rate alone. Without them, every seed runs every candidate and
 the choice is made on all of them (the report says so). Test loss never enters a choice.
+
+`at_chosen_rate` / `chosen_rate_rows` are the one filter of the runs a reported number,
+a pilot's sd or a sequential look may use: at the chosen rate, never on a tuning seed.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -157,3 +161,43 @@ def choose_lr_extending(
             return choice
         steps[upwards] += 1
         grid = sorted([*grid, _next_rate(grid, upwards)])
+
+
+class _Run(Protocol):
+    """A run spec or a stored row: what places it at a strategy × budget's rate."""
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def budget(self) -> str: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def lr(self) -> float: ...
+
+
+def at_chosen_rate(
+    run: _Run, choices: Mapping[tuple[str, str], LrChoice], tuning_seeds: Collection[int]
+) -> bool:
+    """Whether a run may enter a reported number, a pilot's sd or a sequential look: at its
+    strategy × budget's chosen rate, and never on a tuning seed (that run was part of the
+    choice on validation loss, and picked for it)."""
+    choice = choices.get((run.label, run.budget))
+    return (
+        run.seed not in tuning_seeds
+        and choice is not None
+        and choice.chosen is not None
+        and choice.chosen == run.lr
+    )
+
+
+def chosen_rate_rows(
+    rows: Iterable[RunRow],
+    choices: Mapping[tuple[str, str], LrChoice],
+    tuning_seeds: Collection[int],
+) -> list[RunRow]:
+    """The finished rows at their chosen rate (`at_chosen_rate`), in the order given."""
+    return [r for r in rows if r.status == DONE and at_chosen_rate(r, choices, tuning_seeds)]

@@ -22,10 +22,10 @@ import numpy as np
 
 from adaptive_lora.analysis.ladder import gain_per_doubling
 from adaptive_lora.analysis.planning import plan_comparison
+from adaptive_lora.evaluation_metrics import PRIMARY_METRIC
+from adaptive_lora.study.lr import chosen_rate_rows
 from adaptive_lora.study.spec import Study
 from adaptive_lora.study.store import DONE, RunRow
-
-PRIMARY = "test_loss"
 
 
 def planned_seeds(study: Study) -> int:
@@ -43,14 +43,16 @@ class ComparisonPlan:
     plan: dict[str, Any] = field(default_factory=dict)
 
 
-def _losses(pilot: Study, rows: Sequence[RunRow], group_key: str, budget: str, label: str) -> dict:
-    choice = pilot.lr_choices_by_group.get(group_key, {}).get((label, budget))
-    if choice is None or choice.chosen is None:
-        return {}
+def _losses(
+    pilot: Study, rows: Sequence[RunRow], group_key: str, budget: str, label: str
+) -> dict[int, float]:
+    """Seed → finite test loss of the pilot's reporting runs of `label` at `budget`, at the
+    chosen rate (a tuning seed's run, picked on validation loss, never counts)."""
+    choices = pilot.lr_choices_by_group.get(group_key, {})
     out = {}
-    for r in rows:
-        value = r.metrics.get(PRIMARY)
-        if r.label == label and r.budget == budget and r.status == DONE and r.lr == choice.chosen:
+    for r in chosen_rate_rows(rows, choices, pilot.lr.tuning_seeds):
+        value = r.metrics.get(PRIMARY_METRIC)
+        if r.label == label and r.budget == budget:
             if isinstance(value, (int, float)) and math.isfinite(value):
                 out[r.seed] = float(value)
     return out

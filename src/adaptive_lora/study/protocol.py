@@ -18,10 +18,11 @@ the baseline's gain, measured in the study and stated in the report with its int
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from adaptive_lora.allocation.budget import parse_budget
+from adaptive_lora.config import Budget
 from adaptive_lora.errors import UserError
 from adaptive_lora.study.hypotheses import reject_unknown_keys
 
@@ -75,20 +76,20 @@ def parse_entry_budgets(value: Any, budgets: list[str], where: str) -> tuple[str
     return tuple(str(b) for b in value)
 
 
-def _budget_size(label: str) -> tuple[str, float]:
-    """(kind, size) of a budget label: ranks for `rN`, parameters for a count."""
-    budget = parse_budget(label)
+def _budget_size(budget: Budget) -> tuple[str, float]:
+    """(kind, size) of a budget: ranks for `rN`, parameters for a count."""
     if budget.rank is not None:
         return "rank", float(budget.rank)
     return "params", float(budget.params)
 
 
 def parse_cross_budget(
-    value: Any, budgets: list[str], baseline_budgets: tuple[str, ...]
+    value: Any, parsed: Sequence[Budget], baseline_budgets: tuple[str, ...]
 ) -> CrossBudget | None:
     """Validate `cross_budget` against the study's budgets and where its baseline runs."""
     if value is None:
         return None
+    budgets = [b.label for b in parsed]
     if not isinstance(value, dict):
         raise UserError(f"cross_budget must be a mapping {{small, large, margin}}, got {value!r}")
     reject_unknown_keys(value, CROSS_BUDGET_KEYS, "cross_budget")
@@ -100,7 +101,9 @@ def parse_cross_budget(
             f"cross_budget.large {large!r}: the study has no baseline runs at that budget; "
             "add it to `budgets` (and to the baseline's `budgets`, if it lists any)"
         )
-    (small_kind, small_size), (large_kind, large_size) = _budget_size(small), _budget_size(large)
+    by_label = {b.label: b for b in parsed}
+    small_kind, small_size = _budget_size(by_label[small])
+    large_kind, large_size = _budget_size(by_label[large])
     if small_kind != large_kind or not large_size > small_size:
         raise UserError(
             f"cross_budget: {large} must be a larger budget of the same kind than {small}"

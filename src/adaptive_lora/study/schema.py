@@ -1,64 +1,87 @@
 """The study file's keys, read and checked: one line naming the key for every problem.
 
-Each function takes the raw YAML value of one key (or section) and returns it typed
-(`StrategyEntry`, seeds, budget labels, resources, the RunConfig sections every run
-shares), or raises a one-line `UserError`. `spec.load_study` strings them together;
-`design` reads tasks and sizes, `hypotheses` the declared hypotheses and seed plans,
-`protocol` tuning seeds and the cross-budget question.
+`read_study` reads a study file's YAML mapping ONCE into the typed model
+(`model.StudyDesign`): the top level is checked as `StudyFile` (unknown keys, each key's
+YAML shape) by the machinery that checks run configs, then each key goes through its own
+reader here (`StrategyEntry`, seeds, budgets, resources, the RunConfig sections every run
+shares), in `design` (tasks and sizes), `hypotheses` (declared hypotheses, seed plans) or
+`protocol` (tuning seeds, the cross-budget question), or raises a one-line `UserError`.
 """
 
 from __future__ import annotations
 
+import copy
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
-from adaptive_lora.allocation.budget import parse_budget
 from adaptive_lora.allocation.core import STRATEGIES
-
-# The machinery that validates run configs (`RunConfig.from_dict`) checks the study file's
-# top level too. Imported by its private names so that config.py, which every run's
-# `source_hash` covers, did not change while a study was running on it.
-from adaptive_lora.config import RunConfig, _help
-from adaptive_lora.config import _build as build_typed
+from adaptive_lora.config import Budget, RunConfig, parse_budget
+from adaptive_lora.config_fields import build_typed, help_field
 from adaptive_lora.errors import UserError
-from adaptive_lora.study.hypotheses import reject_unknown_keys
-from adaptive_lora.study.protocol import parse_entry_budgets
+from adaptive_lora.evaluation_metrics import check_metric_names
+from adaptive_lora.study.design import Group, build_groups, parse_tasks
+from adaptive_lora.study.hypotheses import (
+    SeedPlan,
+    parse_hypotheses,
+    parse_seed_plan,
+    reject_unknown_keys,
+)
+from adaptive_lora.study.model import WHERE_KEYS, LrRule, StrategyEntry, StudyDesign
+from adaptive_lora.study.protocol import (
+    parse_cross_budget,
+    parse_entry_budgets,
+    parse_tuning_seeds,
+)
+
+# A section of the file as YAML gives it, before its own reader types it.
+Section = dict[str, object]
 
 
 @dataclass
 class StudyFile:
-    """The top level of a study file, typed and checked by config.py's `_build`.
+    """The top level of a study file as written: each key in the YAML shape it takes.
 
-    Unknown keys and wrong types are one-line errors naming the key; each structured
-    section is then read by its own parser (`design`, `hypotheses`, `protocol`, below).
+    Built by `config_fields.build_typed` with `exact` (a number is no name, a string no
+    list): unknown keys and wrong shapes are one-line errors naming the key. A key that
+    takes several shapes (`object`) is checked by its own reader. `read_study` reads each
+    key from here into the typed model.
     """
 
-    name: str = _help("letters, digits, `-`, `_`, `.`: names the study and its folder", "")
-    description: str | None = _help("free text shown in the report", None)
-    model: str | None = _help("a preset, hub id, model folder or .gguf (or `models`)", None)
-    models: list[Any] | None = _help("several models: runs pair within a model", None)
-    data: dict[str, Any] | None = _help(
+    name: str | None = help_field(
+        "letters, digits, `-`, `_`, `.`: names the study and its folder", None
+    )
+    description: str | None = help_field("free text shown in the report", None)
+    model: str | None = help_field("a preset, hub id, model folder or .gguf (or `models`)", None)
+    models: list[object] | None = help_field("several models: runs pair within a model", None)
+    data: Section | None = help_field(
         "DataSettings shared by every task (n_train may be a list)", None
     )
-    tasks: list[Any] | None = _help("several tasks: {name, data, eval} each (design.py)", None)
-    budgets: Any = _help("a list of rN or parameter counts (r8, 50k, 1.2M)", None)
-    strategies: list[Any] | None = _help(
+    tasks: list[object] | None = help_field(
+        "several tasks: {name, data, eval} each (design.py)", None
+    )
+    budgets: object | None = help_field("a list of rN or parameter counts (r8, 50k, 1.2M)", None)
+    strategies: list[object] | None = help_field(
         "names, or {name, params, label, lr, budgets, where}", None
     )
-    seeds: Any = _help("a list, a range '0..7', or {min, max, step} (sequential)", None)
-    train: dict[str, Any] | None = _help("TrainSettings for every run", None)
-    eval: dict[str, Any] | None = _help("EvalSettings for every run (a task may override)", None)
-    adapter: dict[str, Any] | None = _help("AdapterConfig for every run", None)
-    allocation: dict[str, Any] | None = _help("min_rank, max_rank, target", None)
-    lr_candidates: Any = _help("learning rates tried on the tuning seeds", None)
-    lr_tuning_seeds: Any = _help("seeds the candidates are tried on (never reported)", None)
-    lr_extend: int | None = _help("steps a tuning grid may grow past an edge", None)
-    cross_budget: dict[str, Any] | None = _help("{small, large, margin} (protocol.py)", None)
-    baseline: str = _help("the strategy label every comparison is against", "uniform")
-    out: str | None = _help("the study's folder (default studies/<name>)", None)
-    resources: dict[str, Any] | None = _help("threads_per_run, gpus_per_run, memory_gb", None)
-    hypotheses: dict[str, Any] | None = _help("declared before the runs (hypotheses.py)", None)
+    seeds: object | None = help_field(
+        "a list, a range '0..7', or {min, max, step} (sequential)", None
+    )
+    train: Section | None = help_field("TrainSettings for every run", None)
+    eval: Section | None = help_field("EvalSettings for every run (a task may override)", None)
+    adapter: Section | None = help_field("AdapterConfig for every run", None)
+    allocation: Section | None = help_field("min_rank, max_rank, target", None)
+    lr_candidates: object | None = help_field("learning rates tried on the tuning seeds", None)
+    lr_tuning_seeds: object | None = help_field(
+        "seeds the candidates are tried on (never reported)", None
+    )
+    lr_extend: int | None = help_field("steps a tuning grid may grow past an edge", None)
+    cross_budget: Section | None = help_field("{small, large, margin} (protocol.py)", None)
+    baseline: str = help_field("the strategy label every comparison is against", "uniform")
+    out: str | None = help_field("the study's folder (default studies/<name>)", None)
+    resources: Section | None = help_field("threads_per_run, gpus_per_run, memory_gb", None)
+    hypotheses: Section | None = help_field("declared before the runs (hypotheses.py)", None)
 
 
 TOP_KEYS = tuple(f.name for f in fields(StudyFile))
@@ -68,10 +91,6 @@ REQUIRED_KEYS = ("name", "budgets", "strategies", "seeds")
 
 
 STRATEGY_KEYS = ("name", "params", "label", "lr", "budgets", "where")
-
-
-# What a strategy's `where` may restrict: the factors of a group (`design.Group`).
-WHERE_KEYS = ("model", "task", "n_train")
 
 
 ALLOCATION_KEYS = ("min_rank", "max_rank", "target")
@@ -87,26 +106,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _RANGE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*$")
 
 
-@dataclass(frozen=True)
-class StrategyEntry:
-    """One entry of `strategies`: a registered strategy, its settings, its display label."""
-
-    name: str
-    label: str
-    params: dict[str, Any] = field(default_factory=dict)
-    lr: tuple[float, ...] | None = None  # this strategy's own learning-rate candidates
-    budgets: tuple[str, ...] | None = None  # the budgets it runs at (None: all of them)
-    # The groups it runs in: factor → the levels allowed (None: every group).
-    where: dict[str, tuple[Any, ...]] | None = None
-
-    def runs_in(self, group: Any) -> bool:
-        """Whether this strategy runs in a model × task × size group."""
-        return self.where is None or all(
-            getattr(group, factor) in levels for factor, levels in self.where.items()
-        )
-
-
-def parse_seeds(value: Any, where: str = "seeds") -> list[int]:
+def parse_seeds(value: object, where: str = "seeds") -> list[int]:
     """`[0, 1, 2]` or an inclusive range string `"0..7"` → a list of distinct seeds."""
     if isinstance(value, str):
         match = _RANGE.match(value)
@@ -133,11 +133,11 @@ def parse_seeds(value: Any, where: str = "seeds") -> list[int]:
 
 
 def _known_strategies() -> list[str]:
-
     return sorted(STRATEGIES)
 
 
-def lr_list(value: Any, where: str) -> tuple[float, ...]:
+def lr_list(value: object, where: str) -> tuple[float, ...]:
+    """One rate or a list of distinct rates > 0 (YAML's `1e-3` string read as a number)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = [value]
     if not isinstance(value, list) or not value:
@@ -157,8 +157,7 @@ def lr_list(value: Any, where: str) -> tuple[float, ...]:
     return tuple(out)
 
 
-def _strategy_entry(raw: Any, index: int, budgets: list[str]) -> StrategyEntry:
-
+def _strategy_entry(raw: object, index: int, budgets: list[str]) -> StrategyEntry:
     where = f"strategies[{index}]"
     if isinstance(raw, str):
         raw = {"name": raw}
@@ -192,7 +191,7 @@ def _strategy_entry(raw: Any, index: int, budgets: list[str]) -> StrategyEntry:
     )
 
 
-def _where(value: Any, at: str) -> dict[str, tuple[Any, ...]] | None:
+def _where(value: object, at: str) -> dict[str, tuple[object, ...]] | None:
     """`where: {task: arith, n_train: [2000]}` → factor → allowed levels (checked against
     the study's groups once they are built: `check_where`)."""
     if value is None:
@@ -213,7 +212,7 @@ def _where(value: Any, at: str) -> dict[str, tuple[Any, ...]] | None:
     return out
 
 
-def check_where(entries: list[StrategyEntry], groups: list[Any], baseline: str) -> None:
+def check_where(entries: list[StrategyEntry], groups: list[Group], baseline: str) -> None:
     """Every `where` level names a real model, task or size; the baseline runs everywhere."""
     for index, entry in enumerate(entries):
         if entry.where is None:
@@ -235,8 +234,8 @@ def check_where(entries: list[StrategyEntry], groups: list[Any], baseline: str) 
             raise UserError(f"strategies[{index}].where matches no group of the study")
 
 
-def parse_budget_list(value: Any) -> list[str]:
-
+def parse_budget_list(value: object) -> tuple[Budget, ...]:
+    """`budgets`: one budget or a list of distinct ones, each read (`config.parse_budget`)."""
     if isinstance(value, (str, int)) and not isinstance(value, bool):
         value = [value]
     if not isinstance(value, list) or not value:
@@ -246,80 +245,84 @@ def parse_budget_list(value: Any) -> list[str]:
         if isinstance(item, bool) or not isinstance(item, (str, int)):
             raise UserError(f"budgets[{index}]: {item!r} is not a budget (e.g. r8 or 1.2M)")
         try:
-            out.append(parse_budget(str(item)).label)
+            out.append(parse_budget(str(item)))
         except UserError as error:
             raise UserError(f"budgets[{index}]: {error}") from None
-    if len(set(out)) != len(out):
-        raise UserError(f"budgets: a budget appears twice in {out}")
-    return out
+    labels = [b.label for b in out]
+    if len(set(labels)) != len(labels):
+        raise UserError(f"budgets: a budget appears twice in {labels}")
+    return tuple(out)
 
 
-def lr_extend_setting(value: Any, tuning_seeds: list[int]) -> int:
+def lr_extend_setting(value: int | None, tuning_seeds: list[int]) -> int:
     """`lr_extend: N`: how many rates a tuning grid may grow past each edge (default 0)."""
     if value is None:
         return 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if value < 0:
         raise UserError(f"lr_extend must be a whole number >= 0 (steps per edge), got {value!r}")
     if value and not tuning_seeds:
         raise UserError("lr_extend needs lr_tuning_seeds: the grid grows on the tuning seeds")
     return value
 
 
-def parse_resources(raw: Any) -> dict[str, float]:
+def parse_resources(raw: Section | None) -> dict[str, float]:
     """The `resources` section: known keys, non-negative numbers, whole threads >= 1."""
     if raw is None:
         return {}
-    if not isinstance(raw, dict):
-        raise UserError(f"resources must be a mapping of {', '.join(RESOURCE_KEYS)}")
     reject_unknown_keys(raw, RESOURCE_KEYS, "resources")
+    out: dict[str, float] = {}
     for key, value in raw.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise UserError(f"resources.{key} must be a number >= 0, got {value!r}")
-    threads = raw.get("threads_per_run")
+        out[key] = value
+    threads = out.get("threads_per_run")
     if threads is not None and (threads != int(threads) or threads < 1):
         raise UserError(f"resources.threads_per_run must be a whole number >= 1, got {threads!r}")
-    return dict(raw)
+    return out
 
 
-def check_header(raw: dict[str, Any]) -> tuple[str, str, list[str]]:
-    """Known keys, required keys present; (name, description, models)."""
-    # Unknown keys, wrong types: one line naming the key. A key given as null is absent.
-    build_typed(StudyFile, {key: value for key, value in raw.items() if value is not None}, "")
-    missing = [k for k in REQUIRED_KEYS if raw.get(k) is None]
+def _top_level(raw: dict[str, Any]) -> StudyFile:
+    """Known keys in their YAML shapes, required keys present. A key given as null is absent."""
+    top = build_typed(StudyFile, {k: v for k, v in raw.items() if v is not None}, "", exact=True)
+    missing = [k for k in REQUIRED_KEYS if getattr(top, k) is None]
     if missing:
         raise UserError(f"missing key(s) {', '.join(missing)}")
-    name = raw["name"]
+    return top
+
+
+def check_header(top: StudyFile) -> tuple[str, str, list[str]]:
+    """(name, description, models)."""
+    name = top.name
     if not isinstance(name, str) or not _NAME.match(name):
         raise UserError(f"name must be letters, digits, `-`, `_` or `.`, got {name!r}")
-    description = raw.get("description") or ""
-    if not isinstance(description, str):
-        raise UserError("description must be text")
-    if raw.get("models") is not None:
-        return name, description, _model_list(raw)
-    model = raw.get("model", RunConfig().model)
-    if not isinstance(model, str) or not model:
+    description = top.description or ""
+    if top.models is not None:
+        return name, description, _model_list(top)
+    model = top.model if top.model is not None else RunConfig().model
+    if not model:
         raise UserError(f"model must be a preset, hub id, folder or .gguf path, got {model!r}")
     return name, description, [model]
 
 
-def _model_list(raw: dict[str, Any]) -> list[str]:
+def _model_list(top: StudyFile) -> list[str]:
     """`models: [a, b]`: runs are paired by seed within a model, statistics are per model."""
-    if raw.get("model") is not None:
+    if top.model is not None:
         raise UserError("give `model` (one) or `models` (a list), not both")
-    models = raw["models"]
-    if not isinstance(models, list) or not models:
+    models = top.models
+    if not models:
         raise UserError(f"models must be a non-empty list of model specs, got {models!r}")
-    if any(not isinstance(m, str) or not m for m in models):
+    names = [m for m in models if isinstance(m, str) and m]
+    if len(names) != len(models):
         raise UserError(
             f"models: each must be a preset, hub id, folder or .gguf path, got {models}"
         )
-    if len(set(models)) != len(models):
-        raise UserError(f"models: a model appears twice in {models}")
-    return list(models)
+    if len(set(names)) != len(names):
+        raise UserError(f"models: a model appears twice in {names}")
+    return names
 
 
-def strategy_entries(value: Any, budgets: list[str]) -> list[StrategyEntry]:
-    if not isinstance(value, list) or not value:
+def strategy_entries(value: list[object] | None, budgets: list[str]) -> list[StrategyEntry]:
+    if not value:
         raise UserError("strategies must be a non-empty list of strategy names or mappings")
     entries = [_strategy_entry(item, i, budgets) for i, item in enumerate(value)]
     labels = [e.label for e in entries]
@@ -331,7 +334,7 @@ def strategy_entries(value: Any, budgets: list[str]) -> list[StrategyEntry]:
     return entries
 
 
-def check_baseline(value: Any, entries: list[StrategyEntry]) -> str:
+def check_baseline(value: str, entries: list[StrategyEntry]) -> str:
     labels = [e.label for e in entries]
     if value not in labels:
         raise UserError(
@@ -340,11 +343,9 @@ def check_baseline(value: Any, entries: list[StrategyEntry]) -> str:
     return value
 
 
-def base_sections(raw: dict[str, Any], model: str) -> dict[str, Any]:
+def base_sections(top: StudyFile, model: str) -> dict[str, Any]:
     """The RunConfig sections every run of the study shares, as a plain dict."""
-    allocation = raw.get("allocation") or {}
-    if not isinstance(allocation, dict):
-        raise UserError("allocation must be a mapping (min_rank, max_rank, target)")
+    allocation = top.allocation or {}
     bad = sorted(set(allocation) - set(ALLOCATION_KEYS))
     if bad:
         raise UserError(
@@ -354,8 +355,70 @@ def base_sections(raw: dict[str, Any], model: str) -> dict[str, Any]:
         )
     base: dict[str, Any] = {"model": model, "allocation": dict(allocation)}
     for section in ("data", "train", "eval", "adapter"):
-        value = raw.get(section) or {}
-        if not isinstance(value, dict):
-            raise UserError(f"{section} must be a mapping, got {value!r}")
-        base[section] = dict(value)
+        base[section] = dict(getattr(top, section) or {})
     return base
+
+
+def _seeds(
+    top: StudyFile, entries: list[StrategyEntry], candidates: tuple[float, ...] | None
+) -> tuple[list[int], SeedPlan | None, list[int]]:
+    """(reporting seeds, the sequential plan or None, tuning seeds), checked together."""
+    tuning = (
+        parse_seeds(top.lr_tuning_seeds, "lr_tuning_seeds")
+        if top.lr_tuning_seeds is not None
+        else []
+    )
+    seed_plan = parse_seed_plan(top.seeds, tuning) if isinstance(top.seeds, dict) else None
+    seeds = seed_plan.seeds if seed_plan else parse_seeds(top.seeds)
+    if top.lr_tuning_seeds is None:
+        return seeds, seed_plan, []
+    tunes = (candidates and len(candidates) > 1) or any(e.lr and len(e.lr) > 1 for e in entries)
+    return seeds, seed_plan, parse_tuning_seeds(seeds, tuning, bool(tunes))
+
+
+def check_splits(groups: list[Group], *, tuned: bool) -> None:
+    """Every section error, once per task and size, before any run."""
+    for group in groups:
+        config = RunConfig.from_dict(copy.deepcopy(group.sections))
+        check_metric_names(config.eval.metrics)  # the registry is a floor above the config
+        if tuned and config.data.n_val < 1:
+            raise UserError(
+                "data.n_val must be >= 1: learning-rate candidates are chosen on validation loss"
+            )
+        if config.data.n_test < 1:
+            raise UserError("data.n_test must be >= 1: the study reports test loss")
+
+
+def read_study(raw: dict[str, Any]) -> StudyDesign:
+    """A study file's YAML mapping, every key checked and typed, in one pass (no rates
+    chosen yet: `spec` adds them from the stored runs). Writes and loads nothing."""
+    top = _top_level(raw)
+    name, description, models = check_header(top)
+    budgets = parse_budget_list(top.budgets)
+    labels = [b.label for b in budgets]
+    entries = strategy_entries(top.strategies, labels)
+    baseline = check_baseline(top.baseline, entries)
+    hypotheses = parse_hypotheses(top.hypotheses, [e.label for e in entries], baseline)
+    candidates = (
+        lr_list(top.lr_candidates, "lr_candidates") if top.lr_candidates is not None else None
+    )
+    seeds, seed_plan, tuning_seeds = _seeds(top, entries, candidates)
+    baseline_budgets = next(e for e in entries if e.label == baseline).budgets
+    cross_budget = parse_cross_budget(top.cross_budget, budgets, baseline_budgets or tuple(labels))
+    tasks = parse_tasks(top.tasks, top.data, top.eval)
+    groups = build_groups(models, tasks, base_sections(top, models[0]))
+    check_where(entries, groups, baseline)
+    check_splits(groups, tuned=candidates is not None or any(e.lr for e in entries))
+    if top.out is not None and not top.out:
+        raise UserError(f"out must be a folder path, got {top.out!r}")
+    base_lr = RunConfig.from_dict(copy.deepcopy(groups[0].sections)).train.lr
+    resources = parse_resources(top.resources)
+    extend = lr_extend_setting(top.lr_extend, tuning_seeds)
+    return StudyDesign(
+        name=name, description=description.strip(), models=models, tasks=tasks,
+        budget_values=budgets, strategies=entries, baseline=baseline, seeds=seeds,
+        lr=LrRule(candidates, tuple(tuning_seeds), extend, base_lr),
+        out=Path(top.out or f"studies/{name}").expanduser(), groups=groups,
+        hypotheses=hypotheses, seed_plan=seed_plan, cross_budget=cross_budget,
+        resources=resources,
+    )  # fmt: skip

@@ -14,69 +14,82 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
-from adaptive_lora.analysis.sequential import sequential_decisions
-from adaptive_lora.study.store import DONE, RunRow
+from adaptive_lora.analysis.sequential import SequentialDecision, sequential_decisions
+from adaptive_lora.evaluation_metrics import PRIMARY_METRIC
+from adaptive_lora.study.design import Group
+from adaptive_lora.study.hypotheses import SeedPlan
+from adaptive_lora.study.lr import chosen_rate_rows
+from adaptive_lora.study.model import StudyDesign
+from adaptive_lora.study.store import RunRow
 
-PRIMARY = "test_loss"
 
-
-def _values(study: Any, group: Any, rows: Sequence[RunRow], budget: str, label: str) -> dict:
+def _values(
+    study: StudyDesign, group: Group, rows: Sequence[RunRow], budget: str, label: str
+) -> dict[int, float]:
     """Seed → test loss of the label's finished reporting runs at its chosen rate."""
-    choice = study.lr_choices_by_group.get(group.key, {}).get((label, budget))
-    chosen = choice.chosen if choice is not None else None
+    choices = study.lr_choices_by_group.get(group.key, {})
     out = {}
-    for row in rows:
-        if row.label == label and row.budget == budget and row.status == DONE and row.lr == chosen:
-            value = row.metrics.get(PRIMARY)
+    for row in chosen_rate_rows(rows, choices, study.lr.tuning_seeds):
+        if row.label == label and row.budget == budget:
+            value = row.metrics.get(PRIMARY_METRIC)
             out[row.seed] = float(value) if isinstance(value, (int, float)) else math.nan
     return out
 
 
-def _diffs(study: Any, base: dict, mine: dict, n: int) -> list[float] | None:
+def _diffs(
+    plan: SeedPlan, base: dict[int, float], mine: dict[int, float], n: int
+) -> list[float] | None:
     """The first `n` seeds' differences, or None while a run of them has not finished."""
-    seeds = study.seed_plan.seeds[:n]
+    seeds = plan.seeds[:n]
     if not all(s in base and s in mine for s in seeds):
         return None
     return [mine[s] - base[s] for s in seeds]
 
 
-def _compared(study: Any, budget: str) -> list[str]:
+def _compared(study: StudyDesign, budget: str) -> list[str]:
     labels = [label for label in study.labels if budget in study.budgets_for(label)]
     return (
         [label for label in labels if label != study.baseline] if study.baseline in labels else []
     )
 
 
+def _plan(study: StudyDesign) -> SeedPlan:
+    if study.seed_plan is None:
+        raise ValueError(f"study {study.name} has fixed seeds: no looks to judge")
+    return study.seed_plan
+
+
 def comparison_progress(
-    study: Any, group: Any, rows: Sequence[RunRow], budget: str
-) -> dict[str, tuple[int, Any]]:
+    study: StudyDesign, group: Group, rows: Sequence[RunRow], budget: str
+) -> dict[str, tuple[int, SequentialDecision | None]]:
     """Label → (seeds it needs now, its latest decision or None before the first look)."""
-    looks = study.seed_plan.looks
+    plan = _plan(study)
     compared = _compared(study, budget)
     base = _values(study, group, rows, budget, study.baseline)
-    out: dict[str, tuple[int, Any]] = {}
+    out: dict[str, tuple[int, SequentialDecision | None]] = {}
     for label in compared:
         design = study.sequential_design(label, family_size=len(compared))
         mine = _values(study, group, rows, budget, label)
-        needed, decision = looks[0], None
-        for k, look in enumerate(looks):
-            diffs = _diffs(study, base, mine, look)
+        needed, decision = plan.looks[0], None
+        for k, look in enumerate(plan.looks):
+            diffs = _diffs(plan, base, mine, look)
             if diffs is None:
                 break  # this look's runs are still to come
             decision = sequential_decisions({label: diffs}, k, design)[label]
-            if decision.stopped or k + 1 == len(looks):
+            if decision.stopped or k + 1 == len(plan.looks):
                 needed = look
                 break
-            needed = looks[k + 1]
+            needed = plan.looks[k + 1]
         out[label] = (needed, decision)
     return out
 
 
-def seed_counts(study: Any, group: Any, rows: Sequence[RunRow]) -> dict[tuple[str, str], int]:
+def seed_counts(
+    study: StudyDesign, group: Group, rows: Sequence[RunRow]
+) -> dict[tuple[str, str], int]:
     """(budget, label) → how many reporting seeds it runs now, in one group."""
-    looks = study.seed_plan.looks
+    looks = _plan(study).looks
     counts: dict[tuple[str, str], int] = {}
     for budget in study.budgets:
         progress = comparison_progress(study, group, rows, budget)
@@ -94,7 +107,7 @@ def seed_counts(study: Any, group: Any, rows: Sequence[RunRow]) -> dict[tuple[st
     return counts
 
 
-def open_cells(study: Any, group: Any, rows: Sequence[RunRow]) -> set[tuple[str, str]]:
+def open_cells(study: StudyDesign, group: Group, rows: Sequence[RunRow]) -> set[tuple[str, str]]:
     """(budget, label) that a later look may still give seeds, in one group: comparisons
     not stopped, the baseline beside any of them, and a budget where only the baseline
     runs while any comparison of the group is open (it keeps pace)."""
@@ -112,7 +125,9 @@ def open_cells(study: Any, group: Any, rows: Sequence[RunRow]) -> set[tuple[str,
     return cells
 
 
-def cell_decisions(study: Any, group_rows: Sequence[RunRow], budget: str) -> dict[str, Any]:
+def cell_decisions(
+    study: StudyDesign, group_rows: Sequence[RunRow], budget: str
+) -> dict[str, SequentialDecision]:
     """Label → its `SequentialDecision` in one group × budget (empty with fixed seeds).
 
     `group_rows` are the group's stored rows (`Study.rows_of`); the group is read from
