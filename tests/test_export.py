@@ -16,12 +16,12 @@ from tiny_arch import MadeUpModel
 from adaptive_lora.adapters.export import axolotl_fragment, peft_adapter_config, render
 from adaptive_lora.adapters.lora import AdapterSettings, check_ranks, trainable_parameters
 from adaptive_lora.cli import main
-from adaptive_lora.cli.export import write_export
 from adaptive_lora.data.sources import load_examples
 from adaptive_lora.data.splits import make_splits
 from adaptive_lora.errors import UserError
 from adaptive_lora.model.inventory import GenericKindsWarning
 from adaptive_lora.records import canonical_json
+from adaptive_lora.study.export import write_export
 from adaptive_lora.study.spec import load_study
 from adaptive_lora.study.store import DONE, StudyStore
 from tiny import (

@@ -16,6 +16,13 @@ def folder(tmp_path_factory):
     return save_tiny(tiny_llama(), tmp_path_factory.mktemp("cache"))
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """A cache folder of this test's own: other tests' runs of the same tiny model (the
+    golden re-runs) must not have filled it already."""
+    monkeypatch.setenv("ADAPTIVE_LORA_CACHE", str(tmp_path / "cache"))
+
+
 def _counting(monkeypatch):
     """How many loss passes over the untrained model are computed (not read back): a
     run's `_loss` is only its untrained losses' (the trained ones come per item)."""

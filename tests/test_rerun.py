@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from adaptive_lora.cli import main
-from adaptive_lora.cli.rerun import compare_metrics
+from adaptive_lora.study.rerun import compare_metrics
 from adaptive_lora.study.runner import run_study
 from adaptive_lora.study.spec import load_study
 
@@ -116,7 +116,7 @@ def test_the_seed_sd_counts_only_the_runs_group():
     factorial study's other tasks and sizes at that budget are not seeds of this run."""
     from types import SimpleNamespace
 
-    from adaptive_lora.cli.rerun import seed_sd
+    from adaptive_lora.study.rerun import seed_sd
 
     def row(seed, n_train, loss):
         config = {"model": "m", "data": {"source": "s.json", "n_train": n_train}}

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from adaptive_lora.allocation import STRATEGIES
 from adaptive_lora.allocation.for_model import allocation_for
 from adaptive_lora.allocation.heatmap import rank_heatmap
 from adaptive_lora.cli.common import _strategy_params
-from adaptive_lora.cli.export import check_export, export_allocation, print_lines
+from adaptive_lora.study.export import check_export, export_allocation
 
 
 def format_allocation_table(allocation) -> str:
@@ -76,7 +77,8 @@ def cmd_allocate(args: argparse.Namespace) -> int:
         lines = export_allocation(
             allocation, *args.export, model_spec=args.model, data=args.data, seed=args.seed
         )
-        print_lines(lines, to_stderr=args.json)  # stdout stays pure JSON under --json
+        # stdout stays pure JSON under --json
+        print("\n".join(lines), file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

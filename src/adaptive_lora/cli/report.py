@@ -3,24 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
-from typing import Any
 
 from adaptive_lora.api import write_report
 from adaptive_lora.errors import UserError
 from adaptive_lora.report.against import summary_line
-
-
-def pooled_differences(stats_json: Path) -> list[str]:
-    """What the pooled runs differ in (one analysis per model in a multi-model study)."""
-    stats = json.loads(stats_json.read_text())
-    analyses = list((stats.get("models") or {}).values()) or [stats]
-    found: dict[str, None] = {}
-    for analysis in analyses:
-        check: dict[str, Any] = analysis.get("environment_check") or {}
-        found.update(dict.fromkeys(check.get("differ") or {}))
-    return list(found)
+from adaptive_lora.report.pooled import pooled_differences
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -7,22 +7,12 @@ import contextlib
 import signal
 from collections.abc import Iterator
 
-from adaptive_lora.cli.status import _mark
 from adaptive_lora.errors import UserError
 from adaptive_lora.study.executor import Stopped, as_stopped
 from adaptive_lora.study.machine_check import can_resume_here_line, check_machine
-from adaptive_lora.study.plan import (
-    estimate,
-    open_store_if_any,
-    read_rows,
-    stored_rows,
-    to_come_line,
-    would_run,
-)
-from adaptive_lora.study.power_plan import design_warnings
 from adaptive_lora.study.runner import run_study
-from adaptive_lora.study.spec import in_groups, load_study
-from adaptive_lora.study.store import lock_is_held
+from adaptive_lora.study.spec import load_study
+from adaptive_lora.study.status import design_warning_lines, format_dry_run
 
 RAY_ONLY = ("threads_per_run", "gpus_per_run", "memory_gb", "max_retries")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -81,7 +71,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             study, retry_failed=args.retry_failed, allow_mixed=args.allow_mixed
         ):
             print(warning)
-    _print_design_warnings(study)
+    for line in design_warning_lines(study):
+        print(line)
     if args.workers is None and args.address is None:
         if any(getattr(args, name) is not None for name in RAY_ONLY):
             flags = ", ".join("--" + name.replace("_", "-") for name in RAY_ONLY)
@@ -90,6 +81,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         with stopping_on_signals():
             run_study(study, retry_failed=args.retry_failed, quiet=args.quiet, log=_say, only=only)
         return 0
+    _run_on_ray(study, args, only)
+    return 0
+
+
+def _run_on_ray(study, args: argparse.Namespace, only: set[str] | None) -> None:
+    """The study's pending runs on a local Ray (--workers) or a cluster (--address)."""
     # Imported here only: Ray takes 1-2 s to import, which the in-process default must not pay.
     from adaptive_lora.study.ray_executor import RayExecutor, Resources
 
@@ -117,80 +114,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
     finally:
         executor.close()  # ends the workers too: Ray kills the actors of a driver that leaves
-    return 0
-
-
-def format_dry_run(
-    study, *, retry_failed: bool, at_once: int = 1, only: set[str] | None = None
-) -> str:
-    """What `run` would do now, and how long it would take (`at_once`: --workers; `only`:
-    the group keys `--only` selects)."""
-
-    rows = read_rows(study)
-    held = lock_is_held(study.lock_path)
-    todo = would_run(study, rows, retry_failed=retry_failed, lock_held=held)
-    left_out = sum(1 for s in todo if not in_groups(s, only))
-    todo = [s for s in todo if in_groups(s, only)]
-    done = sum(1 for r in rows.values() if r is not None and r.status == "done")
-    lines = [
-        f"study {study.name}: {len(study.runs)} runs, {done} done, {len(todo)} would run"
-        + (" (another `run` holds the study now)" if held else "")
-        + (f"; {left_out} more in the groups --only leaves out" if left_out else "")
-    ]
-    lines += cell_lines(study)
-    width = max(len(label) for label in study.labels)
-    for spec in todo:
-        row = rows[spec.run_id]
-        why = "" if row is None or row.status == "pending" else f"  [{_mark(row, held)}]"
-        where = ""
-        if study.multi_group:
-            group = next(g for g in study.groups if g.key == spec.group)
-            where = f"  [{group.title(study.varies()).replace('`', '')}]"
-        lines.append(
-            f"  {spec.label:<{width}}  {spec.budget:<6} seed {spec.seed:<3} lr {spec.lr:<8g} "
-            f"{spec.run_id}{why}{where}"
-        )
-    guess = estimate(study, rows, todo, at_once=at_once)
-    lines.append(f"estimate: {guess.text()}")
-    lines += design_warnings(study, stored_rows(rows))
-    more = to_come_line(study.restricted(only) if only else study, rows, todo, at_once)
-    if more:
-        lines.append(more)
-    return "\n".join(lines)
 
 
 def _say(line: str) -> None:
     """A progress line, out at once: a study's log is usually a file someone tails."""
     print(line, flush=True)
-
-
-def _print_design_warnings(study) -> None:
-    """Before a run starts: one line per comparison its seeds cannot decide."""
-    store = open_store_if_any(study)
-    rows = []
-    if store is not None:
-        with store:
-            rows = store.rows()
-    for line in design_warnings(study, rows):
-        print(line)
-
-
-def cell_lines(study) -> list[str]:
-    """The design's cells (model × task × size × budget) and the runs each holds now."""
-    if not study.multi_group:
-        return []
-    varies = study.varies()
-    lines = [f"{len(study.groups)} groups × {len(study.budgets)} budget(s): the cells"]
-    for group in study.groups:
-        for budget in study.budgets:
-            mine = [s for s in study.runs if s.group == group.key and s.budget == budget]
-            tuning = sum(1 for s in mine if s.tuning)
-            labels = len({s.label for s in mine})
-            lines.append(
-                f"  {group.title(varies).replace('`', '')}, {budget}: {len(mine)} run(s) "
-                f"({tuning} lr tuning), {labels} strateg{'y' if labels == 1 else 'ies'}"
-            )
-    return lines
 
 
 def register(subparsers) -> None:

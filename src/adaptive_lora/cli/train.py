@@ -6,8 +6,11 @@ import argparse
 
 from adaptive_lora.cli.common import _strategy_params
 from adaptive_lora.config import RunConfig, load_yaml, merge_overrides
+from adaptive_lora.evaluation_metrics import METRICS
 from adaptive_lora.run import execute_run
 
+# How the summary names a task metric; the others go by their registry name.
+_SHOWN = {"rouge_l": "ROUGE-L", "exact_match": "exact match"}
 # `train` flags that are shorthands for config keys (every key is also reachable with --set).
 _TRAIN_SHORTHANDS = {
     "model": "model",
@@ -56,9 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 1
     print(
         f"test loss {m['test_loss_before']:.4f} -> {m['test_loss']:.4f}  "
-        f"val loss {m['val_loss_before']:.4f} -> {m['val_loss']:.4f}  "
-        f"ROUGE-L {m['rouge_l'] if m['rouge_l'] is not None else float('nan'):.3f}"
-        + (f"  exact match {m['exact_match']:.3f}" if m.get("exact_match") is not None else "")
+        f"val loss {m['val_loss_before']:.4f} -> {m['val_loss']:.4f}  " + _scores(m)
     )
     print(
         f"trainable {m['trainable_params']:,} (budget {m['budget_params']:,}, "
@@ -66,6 +67,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{m['tokens_per_second']:.0f} tok/s  peak {m['peak_memory_mb']:.0f} MB"
     )
     return 0
+
+
+def _scores(m: dict) -> str:
+    """ROUGE-L (every run records it; nan where not scored), then each other metric of the
+    registry the run scored, so a newly registered metric shows here too."""
+    rouge = m.get("rouge_l")
+    parts = [f"ROUGE-L {rouge if rouge is not None else float('nan'):.3f}"]
+    parts += [
+        f"{_SHOWN.get(name, name)} {m[name]:.3f}"
+        for name in METRICS
+        if name != "rouge_l" and m.get(name) is not None
+    ]
+    return "  ".join(parts)
 
 
 def register(subparsers) -> None:
