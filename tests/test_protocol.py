@@ -357,7 +357,9 @@ def test_two_numerics_versions_are_refused(tmp_path):
     study = load_study(path, check_sources=False)
     quiet_run(study, ShapedRuns(numerics_by_seed={0: 1, 1: 1, 2: 2}))  # seed 3: unversioned
     store = StudyStore.open(study.store_path)
-    with pytest.raises(UserError, match=r"differ in numerics version: 1 .*; 2 .*; unversioned \(source s1\)"):
+    with pytest.raises(
+        UserError, match=r"differ in numerics version: 1 .*; 2 .*; unversioned \(source s1\)"
+    ):
         write_report(study, store, tmp_path / "report", n_boot=200)
     assert not (tmp_path / "report").exists()
 

@@ -156,7 +156,9 @@ def default_metrics(builtin: bool, generated: bool = False) -> tuple[str, ...]:
     return ("exact_match",) if builtin else ("rouge_l",)
 
 
-def metrics_for_run(named: Sequence[str], builtin: bool, generated: bool = False) -> tuple[str, ...]:
+def metrics_for_run(
+    named: Sequence[str], builtin: bool, generated: bool = False
+) -> tuple[str, ...]:
     """Every metric a run scores: the named (or default) ones plus the two recorded always."""
     chosen = tuple(named) or default_metrics(builtin, generated)
     always = ("rouge_l", "exact_match") if builtin else ("rouge_l",)
@@ -184,11 +186,15 @@ def reference_of(example: dict[str, Any]) -> str:
     return example.get("answer", example["output"])
 
 
-def score(names: Sequence[str], prediction: str, example: dict[str, Any]) -> dict[str, bool | float]:
+def score(
+    names: Sequence[str], prediction: str, example: dict[str, Any]
+) -> dict[str, bool | float]:
     """Each metric's verdict on one prediction for `example`."""
     reference = reference_of(example)
     return {
-        name: METRICS[name].fn(prediction, example["task_item"] if METRICS[name].needs_item else reference)
+        name: METRICS[name].fn(
+            prediction, example["task_item"] if METRICS[name].needs_item else reference
+        )
         for name in names
     }
 

@@ -141,7 +141,9 @@ def apply_lora(
 ) -> PeftModel:
     """Wrap `model` with the allocation's adapters, seeded, and check the parameter count."""
     modules = dict(model.named_modules())
-    conv1d = any(type(modules[name]).__name__ == "Conv1D" for name in adapted_ranks(allocation.ranks))
+    conv1d = any(
+        type(modules[name]).__name__ == "Conv1D" for name in adapted_ranks(allocation.ranks)
+    )
     config = build_lora_config(allocation, settings, list(modules), fan_in_fan_out=conv1d)
     peft_model = get_peft_model(model, config)
     seeded_init(peft_model, run_seed)

@@ -101,9 +101,10 @@ def apportion(
 
     `shares[name]` is the (non-negative, unnormalised) share of the *parameter*
     budget that module should get. With `min_rank=0` a module may get rank 0: it is
-    left without an adapter (`adapters/lora.py` adapts only modules of rank >= 1). Bounds are applied by water-filling, ranks
-    are floored, and the leftover parameters go one rank at a time to the
-    modules with the largest fractional remainders (largest-remainder rounding,
+    left without an adapter (`adapters/lora.py` adapts only modules of rank >= 1).
+    Bounds are applied by water-filling, ranks are floored, and the leftover
+    parameters go one rank at a time to the modules with the largest fractional
+    remainders (largest-remainder rounding,
     ties to the shallower module) while they fit. If the rank bounds leave only
     modules dearer than the leftover, one is grown and paid for by the most
     over-allocated others, or the budget is overshot by less than it would be
@@ -112,32 +113,10 @@ def apportion(
     Raises UserError when the budget cannot be met within the rank bounds (the
     bounds, not the strategy, make some budgets unreachable in integers).
     """
-    if not inventory:
-        raise UserError("no target modules to allocate ranks to")
-    if min_rank < 0:
-        raise UserError(f"min_rank must be >= 0, got {min_rank}")
-    if max_rank is not None and max_rank < min_rank:
-        raise UserError(f"max_rank ({max_rank}) must be >= min_rank ({min_rank})")
-    cost_all = sum(m.cost_per_rank for m in inventory)
-    floor_cost = min_rank * cost_all
-    if budget < floor_cost:
-        raise UserError(
-            f"impossible budget: {budget:,} parameters is below the {floor_cost:,} that "
-            f"min_rank={min_rank} on every module costs; raise the budget or lower min_rank"
-        )
+    _check_reachable(inventory, budget, min_rank, max_rank)
     upper = math.inf if max_rank is None else float(max_rank)
-    if max_rank is not None and budget > max_rank * cost_all + tolerance(inventory, budget):
-        raise UserError(
-            f"impossible budget: {budget:,} parameters is above the {max_rank * cost_all:,} that "
-            f"max_rank={max_rank} on every module costs; lower the budget or raise max_rank"
-        )
-    weights = []
-    for m in inventory:
-        w = float(shares.get(m.name, 0.0))
-        if not math.isfinite(w) or w < 0:
-            raise ValueError(f"share of {m.name} must be finite and >= 0, got {w}")
-        weights.append(w)
-
+    cost_all = sum(m.cost_per_rank for m in inventory)
+    weights = [_share(shares, m.name) for m in inventory]
     ideal = _ideal_ranks(inventory, weights, min(budget, upper * cost_all), min_rank, upper)
     ranks = [max(min_rank, math.floor(x + 1e-9)) for x in ideal]
     # Round up at most to ceil(ideal) first. If that leaves more than the
@@ -159,6 +138,38 @@ def apportion(
     return {m.name: r for m, r in zip(inventory, ranks)}
 
 
+def _check_reachable(
+    inventory: Sequence[ModuleInfo], budget: int, min_rank: int, max_rank: int | None
+) -> None:
+    """Refuse (one line) rank bounds that no allocation of `budget` can keep."""
+    if not inventory:
+        raise UserError("no target modules to allocate ranks to")
+    if min_rank < 0:
+        raise UserError(f"min_rank must be >= 0, got {min_rank}")
+    if max_rank is not None and max_rank < min_rank:
+        raise UserError(f"max_rank ({max_rank}) must be >= min_rank ({min_rank})")
+    cost_all = sum(m.cost_per_rank for m in inventory)
+    floor_cost = min_rank * cost_all
+    if budget < floor_cost:
+        raise UserError(
+            f"impossible budget: {budget:,} parameters is below the {floor_cost:,} that "
+            f"min_rank={min_rank} on every module costs; raise the budget or lower min_rank"
+        )
+    if max_rank is not None and budget > max_rank * cost_all + tolerance(inventory, budget):
+        raise UserError(
+            f"impossible budget: {budget:,} parameters is above the {max_rank * cost_all:,} that "
+            f"max_rank={max_rank} on every module costs; lower the budget or raise max_rank"
+        )
+
+
+def _share(shares: Mapping[str, float], name: str) -> float:
+    """A module's share as a float; a strategy's bug (negative, NaN) is not the user's."""
+    weight = float(shares.get(name, 0.0))
+    if not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"share of {name} must be finite and >= 0, got {weight}")
+    return weight
+
+
 def _complete(inventory, ideal, ranks, budget, min_rank, upper, left) -> tuple[list[int], int]:
     """Spend a leftover that the ceil-capped rounding left: the closest way to the budget.
 
@@ -171,7 +182,9 @@ def _complete(inventory, ideal, ranks, budget, min_rank, upper, left) -> tuple[l
     aim, limit = RELATIVE_TOLERANCE * budget, tolerance(inventory, budget)
     ways = ("overshoot", "fill", "fill+over", "swap", "swap+over")
     start = (list(ranks), left)
-    tight = [_completion(inventory, ideal, ranks, budget, min_rank, upper, left, w, aim) for w in ways]
+    tight = [
+        _completion(inventory, ideal, ranks, budget, min_rank, upper, left, w, aim) for w in ways
+    ]
     close = [c for c in [start, *tight] if abs(c[1]) <= aim]
     if close:
         return min(close, key=lambda c: _distortion(inventory, ideal, c[0]))

@@ -9,7 +9,9 @@ from adaptive_lora.errors import UserError
 def uniform(ctx: AllocationContext) -> dict[str, int]:
     """The same rank everywhere (exact for an `rN` budget)."""
     floor = uniform_cost(ctx.inventory, 1)
-    if ctx.min_rank == 0 and ctx.budget.params < floor - tolerance(ctx.inventory, ctx.budget.params):
+    if ctx.min_rank == 0 and ctx.budget.params < floor - tolerance(
+        ctx.inventory, ctx.budget.params
+    ):
         # With min_rank 0 the apportioning would hand rank 1 to some modules and 0 to
         # the rest: not a uniform rank, so no baseline. Below r1 only adaptive strategies run.
         raise UserError(

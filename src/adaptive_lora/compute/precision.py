@@ -51,7 +51,7 @@ def resolve_precision(setting: str) -> Precision:
 
 
 def fastest_precision(device: torch.device) -> str:
-    """"bf16" or "fp32": what `auto` resolves to on this machine (see the module's note)."""
+    """ "bf16" or "fp32": what `auto` resolves to on this machine (see the module's note)."""
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     if not has_native_bf16():

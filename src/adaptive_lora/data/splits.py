@@ -95,9 +95,7 @@ def load_splits(settings: Any) -> Splits:
     if settings.n_train < 1 or settings.n_val < 0 or settings.n_test < 0:
         make_splits([], settings.n_train, settings.n_val, settings.n_test, 0)  # its one-line error
     wanted = settings.n_train + settings.n_val + settings.n_test
-    records = reasoning_gym.generate_examples(
-        source, settings.options, wanted, settings.data_seed
-    )
+    records = reasoning_gym.generate_examples(source, settings.options, wanted, settings.data_seed)
     train, val, test = reasoning_gym.nested_splits(
         records, settings.n_train, settings.n_val, settings.n_test
     )

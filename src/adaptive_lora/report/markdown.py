@@ -510,6 +510,24 @@ def _figure_lines(figures: list[Path], out_dir: Path) -> list[str]:
     return lines
 
 
+def _reproduce_lines(study: Study, out_dir: Path, against: str | None) -> list[str]:
+    """The commands that rebuild the study and this report, and where every number is."""
+    return [
+        "## Reproduce",
+        "",
+        "```",
+        f"adaptive-lora run {study.path}",
+        f"adaptive-lora report {study.path} --out {out_dir}"
+        + (f" --against {against}" if against else ""),
+        "```",
+        "",
+        "Every run's folder (`runs/<id>/` under the study folder) holds its resolved "
+        "config, allocation, metrics and manifest; `results.csv` has one row per run. "
+        "All numbers above are in `stats.json`.",
+        "",
+    ]
+
+
 def render_markdown(
     study: Study,
     analysis: dict[str, Any],
@@ -556,18 +574,5 @@ def render_markdown(
     lines += _figure_lines(figures, out_dir)
     if study_level:
         lines += notes_lines(notes, study)
-    lines += [
-        "## Reproduce",
-        "",
-        "```",
-        f"adaptive-lora run {study.path}",
-        f"adaptive-lora report {study.path} --out {out_dir}"
-        + (f" --against {against}" if against else ""),
-        "```",
-        "",
-        "Every run's folder (`runs/<id>/` under the study folder) holds its resolved "
-        "config, allocation, metrics and manifest; `results.csv` has one row per run. "
-        "All numbers above are in `stats.json`.",
-        "",
-    ]
+    lines += _reproduce_lines(study, out_dir, against)
     return "\n".join(lines)

@@ -63,7 +63,7 @@ def write_report(
     """Write the report of `study` (finished or not) into `out_dir`; with `against`
     (another study and its store), a section on where the two agree (`against.py`).
 
-    Compared runs from different environments (package source, model, data, precision,
+    Compared runs from different environments (numerics version, model, data, precision,
     torch, device type) are refused in one line before anything is written, unless
     `allow_mixed` (then the report says so at the top). A study with several models is
     analysed per model (pairs never cross models), with a cross-model agreement table.
@@ -85,30 +85,9 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     files = ReportFiles(out_dir / "report.md", out_dir / "table.tex", out_dir / "stats.json")
     if not study.multi_group:
-        group = study.groups[0]
-        sub, sub_rows, analysis = parts[group.key]
-        files.figures = draw_figures(sub, sub_rows, analysis, out_dir / "figures")
-        if len(study.budgets_for(study.baseline)) >= LADDER_BUDGETS:
-            # A ladder of the baseline: the report says whether its rank binds at all.
-            [analysis["ladder"]] = (
-                mine[0]  # already computed for the comparison
-                if mine is not None
-                else regime_map({group.key: analysis}, study.group_titles(), study.baseline)
-            )
-            files.figures += draw_regime([analysis["ladder"]], [], out_dir / "figures")
-        markdown = render_markdown(
-            sub,
-            analysis,
-            sub_rows,
-            store.notes(),
-            store.manifest(),
-            files.figures,
-            out_dir,
-            after_answer=against_lines(comparison, study.baseline),
-            against=comparison["path"] if comparison else None,
-            outside=outside,
+        markdown, latex, stats = _single_group(
+            study, store, parts, mine, out_dir, files, comparison, outside
         )
-        latex, stats = render_latex(sub, analysis), analysis
     else:
         markdown, latex, stats = _multi_group(
             study, store, parts, mine, out_dir, files, comparison, outside
@@ -123,6 +102,77 @@ def write_report(
     _write(files.stats_json, json.dumps(to_jsonable(stats), indent=2))
     files.exports = export_results(rows, out_dir)
     return files
+
+
+def _single_group(
+    study: Study,
+    store: StudyStore,
+    parts: dict,
+    mine: tuple | None,
+    out_dir: Path,
+    files: ReportFiles,
+    comparison: dict | None,
+    outside: dict[str, str],
+) -> tuple[str, str, dict]:
+    """The report of a one-group study: its figures (and the baseline's ladder when it
+    runs at enough budgets), Markdown, LaTeX and the stats it writes."""
+    group = study.groups[0]
+    sub, sub_rows, analysis = parts[group.key]
+    files.figures = draw_figures(sub, sub_rows, analysis, out_dir / "figures")
+    if len(study.budgets_for(study.baseline)) >= LADDER_BUDGETS:
+        # A ladder of the baseline: the report says whether its rank binds at all.
+        [analysis["ladder"]] = (
+            mine[0]  # already computed for the comparison
+            if mine is not None
+            else regime_map({group.key: analysis}, study.group_titles(), study.baseline)
+        )
+        files.figures += draw_regime([analysis["ladder"]], [], out_dir / "figures")
+    markdown = render_markdown(
+        sub,
+        analysis,
+        sub_rows,
+        store.notes(),
+        store.manifest(),
+        files.figures,
+        out_dir,
+        after_answer=against_lines(comparison, study.baseline),
+        against=comparison["path"] if comparison else None,
+        outside=outside,
+    )
+    return markdown, render_latex(sub, analysis), analysis
+
+
+def _group_section(
+    part: tuple,
+    title: str,
+    slug: str,
+    store: StudyStore,
+    notes: list,
+    out_dir: Path,
+    files: ReportFiles,
+    comparison: dict | None,
+) -> tuple[list[str], str]:
+    """One group's section of a study-wide report (its headings one level down, its
+    figures in their own folder) and its LaTeX table (labels prefixed by `slug`)."""
+    sub, sub_rows, analysis = part
+    figures = draw_figures(sub, sub_rows, analysis, out_dir / "figures" / slug)
+    files.figures += figures
+    text = render_markdown(
+        sub,
+        analysis,
+        sub_rows,
+        notes,
+        store.manifest(),
+        figures,
+        out_dir,
+        study_level=False,
+        against=comparison["path"] if comparison else None,
+    )
+    body = text.split("\n", 1)[1]  # the per-group title is replaced by the group's name
+    lines = [f"## {title[0].upper() + title[1:]}", ""]
+    lines += [("#" + line) if line.startswith("#") else line for line in body.splitlines()]
+    table = render_latex(sub, analysis).replace("\\label{tab:", f"\\label{{tab:{slug}-")
+    return lines, table
 
 
 def _compare_with(
@@ -262,26 +312,12 @@ def _multi_group(
         ]
         stats = {"groups": analyses, "regime": regime, "cells": cells}
     latex = []
-    for key, (sub, sub_rows, analysis) in parts.items():
-        group = groups[key]
-        slug = group.model if models_only else group.slug
+    for key, part in parts.items():
+        slug = groups[key].model if models_only else groups[key].slug
         slug = re.sub(r"[^A-Za-z0-9]+", "-", slug).strip("-")
-        figures = draw_figures(sub, sub_rows, analysis, out_dir / "figures" / slug)
-        files.figures += figures
-        text = render_markdown(
-            sub,
-            analysis,
-            sub_rows,
-            notes,
-            store.manifest(),
-            figures,
-            out_dir,
-            study_level=False,
-            against=comparison["path"] if comparison else None,
+        section, table = _group_section(
+            part, titles[key], slug, store, notes, out_dir, files, comparison
         )
-        body = text.split("\n", 1)[1]  # the per-group title is replaced by the group's name
-        title = titles[key]
-        lines += [f"## {title[0].upper() + title[1:]}", ""]
-        lines += [("#" + line) if line.startswith("#") else line for line in body.splitlines()]
-        latex.append(render_latex(sub, analysis).replace("\\label{tab:", f"\\label{{tab:{slug}-"))
+        lines += section
+        latex.append(table)
     return "\n".join(lines), "\n".join(latex), stats
