@@ -6,10 +6,10 @@ import argparse
 import json
 import sys
 
-from adaptive_lora.allocation import STRATEGIES
 from adaptive_lora.allocation.for_model import allocation_for
 from adaptive_lora.allocation.heatmap import rank_heatmap
 from adaptive_lora.cli.common import _strategy_params
+from adaptive_lora.methods import STRATEGIES  # every strategy, methods included
 from adaptive_lora.study.export import check_export, export_allocation
 
 

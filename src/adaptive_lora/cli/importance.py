@@ -5,21 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from itertools import combinations
-from typing import Any
+from dataclasses import replace
 
 from adaptive_lora.allocation.heatmap import rank_heatmap
-from adaptive_lora.allocation.importance import (
-    ImportanceResult,
-    cached_importance,
-    probe_importance,
-    spearman,
-)
+from adaptive_lora.allocation.importance import ImportanceResult
+from adaptive_lora.allocation.importance_seeds import SeedSummary, probe_each_seed, summarise_seeds
 from adaptive_lora.allocation.probe_settings import METRICS, PRECISIONS, ProbeSettings
 from adaptive_lora.data.calibration import Calibration, calibration_from_source
 from adaptive_lora.model.inventory import ModuleInfo, build_inventory
-from adaptive_lora.model.loading import LoadedModel, load_model
+from adaptive_lora.model.loading import load_model
 
 
 def register(subparsers) -> None:
@@ -82,66 +76,11 @@ def probe_settings_per_seed(args: argparse.Namespace) -> dict[int, ProbeSettings
     return {seed: replace(base, seed=seed) for seed in dict.fromkeys(args.seeds)}
 
 
-def _probe_each(
-    args: argparse.Namespace,
-    loaded: LoadedModel,
-    inventory: Sequence[ModuleInfo],
-    calibration: Calibration,
-    per_seed: Mapping[int, ProbeSettings],
-) -> dict[int, ImportanceResult]:
-    """The probe's result for each seed, from the cache unless `--no-cache`."""
-    results = {}
-    for seed, settings in per_seed.items():
-        if args.no_cache:
-            results[seed] = probe_importance(loaded.model, inventory, calibration, settings)
-        else:
-            results[seed] = cached_importance(
-                loaded.model,
-                inventory,
-                calibration,
-                settings=settings,
-                model_fingerprint=loaded.fingerprint.get("sha256", args.model),
-            )
-    return results
-
-
-def _sums(inventory: Sequence[ModuleInfo], scores: Mapping[str, float], key: str) -> dict:
-    sums: dict[Any, float] = {}
-    for m in inventory:
-        group = getattr(m, key)
-        sums[group] = sums.get(group, 0.0) + scores[m.name]
-    return sums
-
-
-@dataclass
-class _Summary:
-    """The seeds' scores summed up: mean per module, per layer and kind, agreement."""
-
-    mean: dict[str, float]
-    pairs: dict[str, float]  # "a-b" -> Spearman between seeds a and b
-    per_layer: dict[Any, float]
-    per_kind: dict[Any, float]
-
-
-def _summarise(
-    inventory: Sequence[ModuleInfo], results: Mapping[int, ImportanceResult]
-) -> _Summary:
-    names = [m.name for m in inventory]
-    mean = {n: sum(r.scores[n] for r in results.values()) / len(results) for n in names}
-    pairs = {
-        f"{a}-{b}": spearman(
-            [results[a].scores[n] for n in names], [results[b].scores[n] for n in names]
-        )
-        for a, b in combinations(results, 2)
-    }
-    return _Summary(mean, pairs, _sums(inventory, mean, "layer"), _sums(inventory, mean, "kind"))
-
-
 def _print_json(
     args: argparse.Namespace,
     calibration: Calibration,
     results: Mapping[int, ImportanceResult],
-    summary: _Summary,
+    summary: SeedSummary,
 ) -> None:
     print(
         json.dumps(
@@ -166,7 +105,7 @@ def _print_table(
     inventory: Sequence[ModuleInfo],
     calibration: Calibration,
     results: Mapping[int, ImportanceResult],
-    summary: _Summary,
+    summary: SeedSummary,
 ) -> None:
     width = max(len(m.name) for m in inventory)
     print(f"{'module':<{width}}  layer  kind  {'mean score':>10}  {'min':>9}  {'max':>9}")
@@ -200,8 +139,15 @@ def cmd_importance(args: argparse.Namespace) -> int:
     loaded = load_model(args.model)
     inventory = build_inventory(loaded.model, args.target)
     calibration = calibration_from_source(args.data, loaded.tokenizer)
-    results = _probe_each(args, loaded, inventory, calibration, per_seed)
-    summary = _summarise(inventory, results)
+    results = probe_each_seed(
+        loaded.model,
+        inventory,
+        calibration,
+        per_seed,
+        model_fingerprint=loaded.fingerprint.get("sha256", args.model),
+        use_cache=not args.no_cache,
+    )
+    summary = summarise_seeds(inventory, results)
     if args.plot:
         rank_heatmap(
             inventory,

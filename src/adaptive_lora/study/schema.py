@@ -16,11 +16,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from adaptive_lora.allocation.core import STRATEGIES
 from adaptive_lora.config import Budget, RunConfig, parse_budget
 from adaptive_lora.config_fields import build_typed, help_field
 from adaptive_lora.errors import UserError
 from adaptive_lora.evaluation_metrics import check_metric_names
+from adaptive_lora.methods import STRATEGIES  # every strategy, methods included
 from adaptive_lora.study.design import Group, build_groups, parse_tasks
 from adaptive_lora.study.hypotheses import (
     SeedPlan,
