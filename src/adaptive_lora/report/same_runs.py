@@ -18,12 +18,17 @@ from typing import Any
 import numpy as np
 
 from adaptive_lora.analysis.formatting import fmt_num
+from adaptive_lora.evaluation_metrics import PRIMARY_METRIC
 from adaptive_lora.report.cells import markdown_table
 from adaptive_lora.study.store import DONE, RunRow
 
 # What is compared, in this order: the untrained model's loss (a forward pass only), the
 # last training loss, then the selected and reported numbers.
-METRICS = ("test_loss_before", "final_train_loss", "val_loss", "test_loss", "task_score")
+# (`task_score` is the one task metric every generated task records; the losses are
+# every run's.)
+METRICS = (
+    f"{PRIMARY_METRIC}_before", "final_train_loss", "val_loss", PRIMARY_METRIC, "task_score"
+)  # fmt: skip
 
 
 def _number(row: RunRow, key: str) -> float | None:
@@ -75,7 +80,7 @@ def same_runs(
     by_group = {}
     for title, ids in (groups or {}).items():
         wanted = set(ids)
-        diffs = _differences([p for p in pairs if p[0].id in wanted], "test_loss")
+        diffs = _differences([p for p in pairs if p[0].id in wanted], PRIMARY_METRIC)
         if diffs:
             by_group[title] = _spread(diffs)
 
@@ -132,9 +137,9 @@ def same_runs_lines(same: dict[str, Any] | None, name: str) -> list[str]:
 
 def same_runs_summary(same: dict[str, Any] | None) -> str:
     """A clause for the printed summary ('' when no run is in both)."""
-    if same is None or "test_loss" not in same["metrics"]:
+    if same is None or PRIMARY_METRIC not in same["metrics"]:
         return ""
-    m = same["metrics"]["test_loss"]
+    m = same["metrics"][PRIMARY_METRIC]
     return (
         f"; {m['n']} run(s) in both: test loss Δ sd {fmt_num(m['sd'], 4)}, "
         f"largest {fmt_num(m['max_abs'], 4)}, {m['equal']} equal"
