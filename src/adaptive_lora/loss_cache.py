@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 
 from adaptive_lora.environment import NUMERICS_VERSION, cpu_model, matrix_family
 from adaptive_lora.model.loading import cache_root
+from adaptive_lora.records import write_json
 
 CACHE_FOLDER = "losses-before"
 
@@ -68,10 +68,7 @@ def cached_loss(key: dict[str, Any], compute: Callable[[], float]) -> float:
         pass
     loss = compute()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps({"key": key, "loss": loss}, default=str))
-        partial.replace(path)
+        write_json(path, {"key": key, "loss": loss})  # atomic: a reader never sees half
     except OSError:
         pass
     return loss

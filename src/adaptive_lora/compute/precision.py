@@ -23,6 +23,7 @@ import torch
 
 from adaptive_lora.environment import cpu_flags, cpu_model
 from adaptive_lora.model.loading import cache_root
+from adaptive_lora.records import write_json
 
 # The CPU flags that mean bf16 matmuls run on native instructions.
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -94,10 +95,7 @@ def _cached_cpu_choice() -> str:
 def _write_choice(path: Path, choices: dict[str, str]) -> None:
     """Written atomically; an unwritable cache only means measuring again next time."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps(choices, indent=1))
-        partial.replace(path)
+        write_json(path, choices)
     except OSError:
         pass
 

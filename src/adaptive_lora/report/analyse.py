@@ -21,7 +21,7 @@ from adaptive_lora.report.environment_check import check_environment
 from adaptive_lora.report.lr_spread import spread
 from adaptive_lora.report.timing import compute_time
 from adaptive_lora.report.two_level import add_two_level
-from adaptive_lora.study.lr import LrChoice
+from adaptive_lora.study.lr import LrChoice, chosen_rate_rows
 from adaptive_lora.study.sequential_seeds import cell_decisions
 from adaptive_lora.study.spec import Study
 from adaptive_lora.study.store import (
@@ -136,13 +136,7 @@ def reported_rows(
     study: Study, rows: list[RunRow], choices: dict[tuple[str, str], LrChoice]
 ) -> list[RunRow]:
     """The rows every reported statistic is computed from: never a tuning seed's."""
-    tuning = set(study.lr_tuning_seeds)
-    out = []
-    for row in rows:
-        choice = choices.get((row.label, row.budget))
-        if row.status == DONE and row.seed not in tuning and choice and choice.chosen == row.lr:
-            out.append(row)
-    return out
+    return chosen_rate_rows(rows, choices, study.lr_tuning_seeds)
 
 
 def _overview(

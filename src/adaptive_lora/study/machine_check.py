@@ -44,12 +44,15 @@ def bf16_families(rows: Sequence[RunRow]) -> dict[str, list[str]]:
     return groups
 
 
-def _bf16_to_start(study: Study, rows: dict[str, RunRow | None], retry_failed: bool) -> bool:
-    """Would a `run` now start a bf16 run (one pending, or a reporting run still to come)?"""
+def _settings_to_start(
+    study: Study, rows: dict[str, RunRow | None], retry_failed: bool
+) -> set[str]:
+    """The `train.precision` settings of the runs a `run` now would start (one pending, or
+    a reporting run still to come)."""
     todo: list[RunSpec] = would_run(study, rows, retry_failed=retry_failed, lock_held=False)
     if not todo and study.runs_to_come() and study.runs:
         todo = [study.runs[0]]  # the reporting runs share the study's train settings
-    return any(spec.config.train.precision != "fp32" for spec in todo)
+    return {spec.config.train.precision for spec in todo}
 
 
 def this_machine_family() -> str:
@@ -61,14 +64,19 @@ def this_machine_family() -> str:
 
 
 def family_mismatch(
-    study: Study, *, retry_failed: bool = False, family: str | None = None
+    study: Study,
+    *,
+    retry_failed: bool = False,
+    family: str | None = None,
+    rows: dict[str, RunRow | None] | None = None,
 ) -> str | None:
     """Why bf16 runs started now would not pool with the stored ones (this machine's
-    family, or `family`, differs from theirs); None when they would, or nothing would start."""
-    rows = read_rows(study)
+    family, or `family`, differs from theirs); None when they would, or nothing would start.
+    `rows`: the study's stored rows, when the caller has read them already."""
+    rows = read_rows(study) if rows is None else rows
     done = [row for row in rows.values() if row is not None and row.status == DONE]
     stored = bf16_families(done)
-    if not stored or not _bf16_to_start(study, rows, retry_failed):
+    if not stored or _settings_to_start(study, rows, retry_failed) <= {"fp32"}:
         return None
     family = family or this_machine_family()
     others = {name: ids for name, ids in stored.items() if name != family}
@@ -88,23 +96,15 @@ RESUME_PRECISION = (
 )
 
 
-def _settings_to_start(
-    study: Study, rows: dict[str, RunRow | None], retry_failed: bool
-) -> set[str]:
-    """The `train.precision` settings of the runs a `run` now would start."""
-    todo: list[RunSpec] = would_run(study, rows, retry_failed=retry_failed, lock_held=False)
-    if not todo and study.runs_to_come() and study.runs:
-        todo = [study.runs[0]]  # the reporting runs share the study's train settings
-    return {spec.config.train.precision for spec in todo}
-
-
-def precision_mismatch(study: Study, *, retry_failed: bool = False) -> str | None:
+def precision_mismatch(
+    study: Study, *, retry_failed: bool = False, rows: dict[str, RunRow | None] | None = None
+) -> str | None:
     """Why runs started here would compute in another precision than the stored runs
     (`auto` resolves per machine: a study begun in bf16 on an AMX Xeon would go on in fp32
     on an AVX2 EPYC); None when they would not, or nothing would start."""
     from adaptive_lora.compute.precision import resolve_precision
 
-    rows = read_rows(study)
+    rows = read_rows(study) if rows is None else rows
     stored: dict[str, list[str]] = {}
     for row in rows.values():
         if row is not None and row.status == DONE and (row.manifest or {}).get("precision"):
@@ -140,10 +140,13 @@ def slow_bf16_line(study: Study) -> str | None:
 
 def _mismatch(study: Study, retry_failed: bool, family: str | None) -> tuple[str, str] | None:
     """The first reason runs started now would not pool with the stored ones, and its advice."""
-    message = family_mismatch(study, retry_failed=retry_failed, family=family)
+    rows = read_rows(study)  # once, for both checks
+    message = family_mismatch(study, retry_failed=retry_failed, family=family, rows=rows)
     if message is not None:
         return message, RESUME_ELSEWHERE
-    if family is None and (message := precision_mismatch(study, retry_failed=retry_failed)):
+    if family is None and (
+        message := precision_mismatch(study, retry_failed=retry_failed, rows=rows)
+    ):
         return message, RESUME_PRECISION
     return None
 
