@@ -64,6 +64,12 @@ def parse_budget(spec: str | int) -> Budget:
     )
 
 
+# How a pool is split (`data/splits.py` says what each means).
+SPLIT_RULES = ("test_first", "train_first", "per_seed")
+# What a stored config without a later data field did (see `RunConfig.from_stored`).
+LEGACY_DATA = {"split": "train_first"}
+
+
 @dataclass
 class DataSettings:
     source: str = _help("`builtin`, an Alpaca JSON/JSONL file, or a hub data set id", "builtin")
@@ -71,6 +77,12 @@ class DataSettings:
     n_val: int = _help("validation examples (model and learning-rate selection)", 32)
     n_test: int = _help("test examples (the reported numbers)", 48)
     data_seed: int = _help("seed of the subset and split draw (independent of the run seed)", 0)
+    split: str = _help(
+        "`test_first` (one test set for every training size, training sets nested), "
+        "`per_seed` (each run seed draws its own split: data as a random factor) or "
+        "`train_first` (the order of the studies published before 2026-12-07)",
+        "test_first",
+    )
     max_length: int = _help("tokens per example after truncation", 256)
     template: str = _help(
         "prompt format: `alpaca` or `chat` (the tokenizer's chat template)", "alpaca"
@@ -86,6 +98,7 @@ class DataSettings:
         _at_least(self, "n_test", 0)
         _at_least(self, "max_length", 8)
         _choice(self, "template", ("alpaca", "chat"))
+        _choice(self, "split", SPLIT_RULES)
 
 
 @dataclass
@@ -145,7 +158,10 @@ class TrainSettings:
     scheduler: str = _help("`linear` or `cosine` decay after warm-up", "linear")
     weight_decay: float = _help("AdamW weight decay", 0.0)
     max_grad_norm: float = _help("gradient clipping norm (0: off)", 1.0)
-    precision: str = _help("`auto` (bf16 autocast), `bf16` or `fp32`", "auto")
+    precision: str = _help(
+        "`auto` (the faster here: bf16 autocast where bf16 is native, else fp32), `bf16` or `fp32`",
+        "auto",
+    )
     group_by_length: bool = _help("batch examples of similar length (less padding)", True)
     eval_every: int = _help("validation loss every N optimizer steps (0: only at the end)", 0)
     threads: int | None = _help("torch CPU threads (none: all cores)", None)
@@ -219,6 +235,13 @@ class RunConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> RunConfig:
         return build_typed(cls, raw or {}, "").validate()
+
+    @classmethod
+    def from_stored(cls, stored: dict[str, Any]) -> RunConfig:
+        """A stored run's config (a complete `to_dict` of its time): a field it lacks was
+        added since, and means what the code did then, not today's default."""
+        data = {**LEGACY_DATA, **stored.get("data", {})}
+        return cls.from_dict({**stored, "data": data})
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -99,6 +99,11 @@ ID_SCHEMA_1 = frozenset(
     }
 )  # fmt: skip
 NOT_IDENTITY = frozenset({"train.threads"})
+# Fields added since schema 1 whose *historical* behaviour is not their default: such a
+# field names nothing at its historical value (the runs stored before it existed keep
+# their ids) and names the run at any other value, its default included (a study file
+# that does not name it gets new runs rather than resuming old ones made otherwise).
+HISTORICAL = {"data.split": "train_first"}
 
 
 def run_identity(
@@ -109,7 +114,10 @@ def run_identity(
     for key, value in config_dict.items():
         path = prefix + key
         default = defaults.get(key) if isinstance(defaults, dict) else None
-        if path in NOT_IDENTITY:
+        if path in NOT_IDENTITY or HISTORICAL.get(path, object()) == value:
+            continue
+        if path in HISTORICAL:
+            kept[key] = value
             continue
         if isinstance(value, dict) and path not in ID_SCHEMA_1:
             inner = run_identity(value, default if isinstance(default, dict) else {}, path + ".")

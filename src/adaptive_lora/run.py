@@ -179,7 +179,7 @@ class RunSteps:
             torch.set_num_threads(cfg.train.threads)
         self.loaded = loaded or load_model(cfg.model)
         self.tokenizer = self.loaded.tokenizer
-        self.splits = load_splits(cfg.data)
+        self.splits = load_splits(cfg.data, cfg.seed)
         check_metric_data(cfg.eval.metrics, self.splits.test[: cfg.eval.n_generate])
         tokenize = lambda split: tokenize_examples(  # noqa: E731
             split, self.tokenizer, cfg.data.max_length, cfg.data.template
@@ -202,6 +202,8 @@ class RunSteps:
             data_hash=self.splits.data_hash,
             data_source_hash=self.splits.source_hash,
             data_source=self.config.data.source,
+            data_split=self.config.data.split,
+            test_hash=self.splits.test_hash,
             truncated={
                 "train": self.train_split.n_truncated,
                 "val": self.val_split.n_truncated if self.val_split else 0,

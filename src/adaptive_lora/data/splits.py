@@ -1,4 +1,20 @@
-"""Seeded, disjoint train / validation / test splits, each with a content hash."""
+"""Seeded, disjoint train / validation / test splits, each with a content hash.
+
+How a pool is split is the data setting `split`:
+
+* `test_first` (the default): the test set is drawn first, then validation, then
+  training, all from one seeded order of the pool, so a study's test set is the same
+  whatever its training size, and a smaller training set is nested in a larger one;
+* `train_first`: training first, then validation, then test — the order every study
+  published before 2026-12-07 used (its test set moved with the training size);
+  studies recorded that way name it so their runs resume and re-run exactly;
+* `per_seed`: like `test_first`, but each run seed draws its own order (from the data
+  seed and the run seed), so data is a random factor: both strategies of a seed's pair
+  share a split, different seeds do not.
+
+Generated tasks (`reasoning_gym:`) always drew their test set first; `per_seed` gives
+each seed its own generator seed.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from adaptive_lora.config import SPLIT_RULES  # noqa: F401 - the rules, named where they are read
 from adaptive_lora.data import reasoning_gym
 from adaptive_lora.data.sources import Example, load_examples
 from adaptive_lora.errors import UserError
@@ -27,6 +44,16 @@ class Splits:
     test: list[Example]
     data_hash: str
     source_hash: str
+    test_hash: str = ""  # the test set alone: equal across training sizes under test_first
+
+
+def order_seed(settings: Any, run_seed: int | None) -> int:
+    """The seed of the pool's order: the data seed, or with `per_seed` one drawn from the
+    data seed and the run seed (a hash, so neighbouring seeds give unrelated orders)."""
+    if settings.split != "per_seed":
+        return settings.data_seed
+    text = f"data seed {settings.data_seed}, run seed {run_seed or 0}"
+    return int(hashlib.sha256(text.encode()).hexdigest()[:15], 16)
 
 
 def hash_examples(value: Any) -> str:
@@ -36,12 +63,19 @@ def hash_examples(value: Any) -> str:
 
 
 def make_splits(
-    examples: Sequence[Example], n_train: int, n_val: int, n_test: int, seed: int
+    examples: Sequence[Example],
+    n_train: int,
+    n_val: int,
+    n_test: int,
+    seed: int,
+    *,
+    test_first: bool = True,
 ) -> Splits:
     """Shuffle the example indices with `random.Random(seed)` and take disjoint slices:
-    the first `n_train` for train, the next `n_val` for validation, the next `n_test`
-    for test. Raises `UserError` if the counts are negative (or n_train < 1) or add up
-    to more examples than there are.
+    the first `n_test` for test, the next `n_val` for validation, the next `n_train`
+    for training (`test_first`), or training, validation, test in that order (the
+    published studies' `train_first`). Raises `UserError` if the counts are negative
+    (or n_train < 1) or add up to more examples than there are.
     """
     if n_train < 1 or n_val < 0 or n_test < 0:
         raise UserError(
@@ -56,17 +90,24 @@ def make_splits(
         )
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
-    train, val, test = (
-        _pick(examples, order[:n_train]),
-        _pick(examples, order[n_train : n_train + n_val]),
-        _pick(examples, order[n_train + n_val : wanted]),
+    sizes = (n_test, n_val, n_train) if test_first else (n_train, n_val, n_test)
+    first, second, third = (
+        _pick(examples, order[: sizes[0]]),
+        _pick(examples, order[sizes[0] : sizes[0] + sizes[1]]),
+        _pick(examples, order[sizes[0] + sizes[1] : wanted]),
     )
+    train, val, test = (third, second, first) if test_first else (first, second, third)
+    return _splits(train, val, test, source_hash=hash_examples(list(examples)))
+
+
+def _splits(train: list, val: list, test: list, *, source_hash: str) -> Splits:
     return Splits(
         train=train,
         val=val,
         test=test,
         data_hash=hash_examples({"train": train, "val": val, "test": test}),
-        source_hash=hash_examples(list(examples)),
+        source_hash=source_hash,
+        test_hash=hash_examples(test),
     )
 
 
@@ -74,14 +115,16 @@ def _pick(examples: Sequence[Example], indices: Iterable[int]) -> list[Example]:
     return [examples[i] for i in indices]
 
 
-def load_splits(settings: Any) -> Splits:
-    """The three splits a run with these `DataSettings` trains, selects and reports on.
+def load_splits(settings: Any, run_seed: int | None = None) -> Splits:
+    """The three splits a run with these `DataSettings` (and, for `per_seed`, this run
+    seed) trains, selects and reports on.
 
     A file, the built-in set or a hub set is shuffled by `make_splits`; a generated
     `reasoning_gym:` task draws exactly as many distinct items as the splits need and
     splits them nested (see `data/reasoning_gym.py`), the test set first.
     """
     source = settings.source
+    seed = order_seed(settings, run_seed)
     if not reasoning_gym.is_reasoning_gym(source):
         if settings.options:
             raise UserError(
@@ -90,20 +133,18 @@ def load_splits(settings: Any) -> Splits:
             )
         examples = load_examples(source)
         return make_splits(
-            examples, settings.n_train, settings.n_val, settings.n_test, settings.data_seed
-        )
+            examples, settings.n_train, settings.n_val, settings.n_test, seed,
+            test_first=settings.split != "train_first",
+        )  # fmt: skip
     if settings.n_train < 1 or settings.n_val < 0 or settings.n_test < 0:
         make_splits([], settings.n_train, settings.n_val, settings.n_test, 0)  # its one-line error
     wanted = settings.n_train + settings.n_val + settings.n_test
-    records = reasoning_gym.generate_examples(source, settings.options, wanted, settings.data_seed)
+    records = reasoning_gym.generate_examples(source, settings.options, wanted, seed)
     train, val, test = reasoning_gym.nested_splits(
         records, settings.n_train, settings.n_val, settings.n_test
     )
-    generator = {"source": source, "options": dict(settings.options), "seed": settings.data_seed}
-    return Splits(
-        train=train,
-        val=val,
-        test=test,
-        data_hash=hash_examples({"train": train, "val": val, "test": test}),
-        source_hash=hash_examples(generator),
-    )
+    # The generator without its seed names the pool: per-seed draws share it.
+    generator = {"source": source, "options": dict(settings.options)}
+    if settings.split != "per_seed":
+        generator["seed"] = seed  # as recorded before per-seed splits existed
+    return _splits(train, val, test, source_hash=hash_examples(generator))

@@ -47,11 +47,19 @@ def _numerics(manifest: dict[str, Any]) -> str | None:
     return f"unversioned (source {source})" if source else None
 
 
+def _data(manifest: dict[str, Any]) -> str | None:
+    """The data a run saw: its split's hash — or, where each seed draws its own split
+    (`per_seed`), the pool and the rule, which every run of the study shares."""
+    if manifest.get("data_split") == "per_seed":
+        return f"per-seed splits of {manifest.get('data_source_hash')}"
+    return manifest.get("data_hash")
+
+
 # What must agree, and how to read it from a manifest.
 MUST_AGREE: dict[str, Callable[[dict[str, Any]], Any]] = {
     "numerics version": _numerics,
     "model fingerprint": _model,
-    "data hash": lambda m: m.get("data_hash"),
+    "data hash": _data,
     "precision": lambda m: m.get("precision"),
     "torch version": lambda m: (m.get("versions") or {}).get("torch"),
     "device type": _device_type,

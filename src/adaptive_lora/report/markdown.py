@@ -41,6 +41,24 @@ QUESTION = (
 )
 
 
+def split_sentence(data: Any) -> str:
+    """How the study's data were split, and what that lets its answer mean."""
+    if data.split == "per_seed":
+        return (
+            "Each seed draws its own split from the pool (both strategies of a seed's pair "
+            "share it), so the test items vary with the seed."
+        )
+    order = (
+        "test set drawn first, the same for every training size"
+        if data.split == "test_first"
+        else "drawn training first, the order before 2026-12-07, so another training size "
+        "would have drawn other test items"
+    )
+    return (
+        f"One fixed split ({order}): the answer is conditional on these {data.n_test} test items."
+    )
+
+
 def _setup_lines(
     study: Study, store_manifest: dict[str, Any], rows: list[RunRow], analysis_check: dict
 ) -> list[str]:
@@ -53,8 +71,8 @@ def _setup_lines(
         f"- **Model:** `{study.model}`",
         f"- **Data:** `{d.source}`: {d.n_train} train / {d.n_val} validation / {d.n_test} "
         f"test examples (data seed {d.data_seed}, max length {d.max_length} tokens, "
-        f"`{d.template}` template). Learning rates are chosen on validation; every "
-        "reported number is on test.",
+        f"`{d.template}` template). {split_sentence(d)} Learning rates are chosen on "
+        "validation; every reported number is on test.",
         f"- **Budgets:** {', '.join(study.budgets)}. `rN` is the parameter count of rank N on "
         "every target module; each strategy is apportioned to that count (the table "
         "shows the exact trainable count and its deviation).",

@@ -24,6 +24,7 @@ from adaptive_lora.report.regime import (
     regime_map,
 )
 from adaptive_lora.report.same_runs import same_runs
+from adaptive_lora.report.test_sets import test_set_lines
 from adaptive_lora.study.spec import Study
 from adaptive_lora.study.store import (
     StudyStore,
@@ -237,13 +238,14 @@ def _regime_and_cells(study: Study, parts: dict) -> tuple[list, list]:
 
 def _factorial_head(
     study: Study,
-    n_groups: int,
+    parts: dict,
     declared: list[str],
     regime: list,
     cells: list,
     comparison: dict | None,
 ) -> list[str]:
-    """A factorial study's title, design, hypotheses, Answer, comparison and regime map."""
+    """A factorial study's title, design (and whether its sizes shared a test set),
+    hypotheses, Answer, comparison and regime map."""
     baseline_only = study.labels == [study.baseline]  # a map of the baseline's ladder
     question = "where does rank matter" + (
         "" if baseline_only else ", and does allocation matter there"
@@ -251,10 +253,11 @@ def _factorial_head(
     return [
         f"# Study `{study.name}`: {question}?",
         "",
-        f"A factorial design of {n_groups} groups (model × task × training size), each "
+        f"A factorial design of {len(parts)} groups (model × task × training size), each "
         f"at budgets {', '.join(study.budgets)}. Runs are paired by seed within a group; "
         "every comparison, Holm family and learning-rate choice lives in its group × budget.",
         "",
+        *test_set_lines(study.groups, {key: part[1] for key, part in parts.items()}),
         *declared,
         *answer_lines(regime, cells, study.baseline, baseline_only=baseline_only),
         *against_lines(comparison, study.baseline),
@@ -306,7 +309,7 @@ def _multi_group(
         regime, cells = regime_and_cells
         files.figures += draw_regime(regime, cells, out_dir / "figures")
         lines = [
-            *_factorial_head(study, len(parts), declared, regime, cells, comparison),
+            *_factorial_head(study, parts, declared, regime, cells, comparison),
             *notes_lines(notes, study),
             *outside_lines(outside or {}, study),
         ]

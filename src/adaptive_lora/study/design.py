@@ -78,8 +78,9 @@ def group_signature(config: dict[str, Any]) -> str:
     """What places a stored run in its group: its model and its data settings.
 
     Stores written before `data.options` existed lack the key; it means no options.
+    Those written before `data.split` lack it too; it means `train_first`.
     """
-    data = {"options": {}, **config.get("data", {})}
+    data = {"options": {}, "split": "train_first", **config.get("data", {})}
     return canonical_json([config.get("model"), data])
 
 

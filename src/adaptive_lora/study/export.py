@@ -31,8 +31,7 @@ from adaptive_lora.adapters.lora import AdapterSettings
 from adaptive_lora.allocation.budget import resolve_budget
 from adaptive_lora.allocation.core import Allocation, get_strategy
 from adaptive_lora.config import DataSettings
-from adaptive_lora.data.sources import load_examples
-from adaptive_lora.data.splits import make_splits
+from adaptive_lora.data.splits import load_splits
 from adaptive_lora.errors import UserError
 from adaptive_lora.model.inventory import GenericKindsWarning, build_inventory
 from adaptive_lora.model.loading import load_skeleton
@@ -108,10 +107,7 @@ def data_calibration(source: str) -> dict[str, Any]:
     from `source` (`allocation.for_model.allocation_for`); this is its hash.
     """
     settings = DataSettings(source=source)
-    splits = make_splits(
-        load_examples(source), settings.n_train, settings.n_val, settings.n_test,
-        settings.data_seed,
-    )  # fmt: skip
+    splits = load_splits(settings)
     return {
         "source": source,
         "data_hash": splits.data_hash,

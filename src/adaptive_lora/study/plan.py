@@ -185,7 +185,7 @@ def _measured_scale(finished: list[RunRow]):
     by_group: dict[str, list[float]] = {}
     for row in finished:
         try:
-            size = heuristic_seconds(RunConfig.from_dict(copy.deepcopy(row.config)))
+            size = heuristic_seconds(RunConfig.from_stored(copy.deepcopy(row.config)))
         except UserError:  # a row written by an older schema: left out of the scale
             continue
         by_group.setdefault(group_signature(row.config), []).append(row.seconds / size)

@@ -116,7 +116,7 @@ def stored_threads(row: RunRow) -> int | None:
 def rerun_config(row: RunRow, precision: str | None) -> RunConfig:
     """The stored run's config, from the store (not the study file, which may have
     changed); `precision` on purpose, to see how far another precision moves the numbers."""
-    config = RunConfig.from_dict(row.config)
+    config = RunConfig.from_stored(row.config)
     if precision:
         config.train.precision = precision
     return config

@@ -191,7 +191,7 @@ def _check_sources(config: RunConfig) -> None:
     source = config.data.source
     local = source == "builtin" or Path(source).exists() or source.endswith((".json", ".jsonl"))
     if local or source.startswith("reasoning_gym:"):
-        splits = load_splits(config.data)
+        splits = load_splits(config.data, config.seed)
         check_metric_data(config.eval.metrics, splits.test[: config.eval.n_generate])
 
 
