@@ -122,3 +122,16 @@ def test_a_run_dispatches_on_the_hooks_a_method_has_not_its_name(monkeypatch, ll
     monkeypatch.setitem(METHODS, "empirical", caveat)
     data_driven = replace(allocation, strategy="empirical")  # only the name is read here
     assert calibration_record(data_driven)["note"].endswith(" (not carried)")
+
+
+def test_wrapping_prints_no_deprecation_the_user_cannot_act_on():
+    """PEFT reads `is_gradient_checkpointing`, deprecated by transformers 5: every run
+    printed a FutureWarning about it. The wrap keeps other warnings."""
+    import warnings
+
+    model = tiny_llama()
+    assert hasattr(type(model), "is_gradient_checkpointing")  # the deprecated alias exists
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        apply_lora(model, allocation_for(model, "uniform", "r4"), AdapterSettings(), run_seed=0)
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]

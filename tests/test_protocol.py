@@ -101,7 +101,7 @@ class TwoSlots:
         self.events: list[tuple[str, str]] = []
         self.calls = 0
 
-    def execute(self, specs, out_root, *, on_start, quiet=False):
+    def execute(self, specs, out_root, *, on_start, quiet=False, on_progress=None):
         self.calls += 1
         in_flight = []
         while specs or in_flight:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import faulthandler
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -559,3 +560,41 @@ def test_a_dead_node_of_a_cluster_leaves_the_study_to_the_nodes_left(
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_a_frozen_worker_is_noticed_and_its_run_goes_back(tmp_path, tiny_model, time_limit):
+    """SIGSTOP a worker mid-run: the driver hears no progress from it past the bound (its
+    floor set low here), stops it, and the run goes back to pending; the others finish."""
+    from adaptive_lora.study import ray_executor
+
+    time_limit(300)
+    path = write_study(tmp_path, tiny_model, max_steps=400)
+    study = load_study(path)
+    command = [sys.executable, "-m", "adaptive_lora.cli", "run", str(path), "--quiet"]
+    flags = ["--workers", "1", "--threads-per-run", "1", "--max-retries", "0"]
+    env = {**os.environ, "ADAPTIVE_LORA_STALL_FLOOR_S": "6"}
+    proc = subprocess.Popen(
+        command + flags, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    try:
+        frozen, pid = next(iter(_runs_on_workers(study, proc, want=1).items()))
+        assert psutil.Process(pid).nice() == 0  # a study owns its machine: not Ray's 15
+        time.sleep(1)  # into training: the run has reported its pace
+        os.kill(pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = out.decode()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert re.search(r"\[1/4\] (loading|allocating|training \d+/400)", text), text[-2000:]
+    match = re.search(rf"{frozen}: no progress for (\d+) s \(bound (\d+) s\)", text)
+    assert match, text[-3000:]
+    silent, bound = int(match[1]), int(match[2])
+    assert bound >= 6 and silent <= bound + 3 * ray_executor.NODE_CHECK_S + 1
+    rows = stored(study)
+    assert rows[frozen].status == "pending" and "stalled" in rows[frozen].reason
+    assert {r.status for i, r in rows.items() if i != frozen} == {"done"}
+    assert time.monotonic() - stopped_at < 200

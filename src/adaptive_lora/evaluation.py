@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from adaptive_lora import progress
 from adaptive_lora.compute.loss import response_loss_per_row, response_loss_sum
 from adaptive_lora.compute.precision import autocast_context
 from adaptive_lora.data.prompts import TokenizedSplit, collate, format_prompt
@@ -38,6 +39,7 @@ def mean_loss(
     # Sorting by length keeps padding small; the mean does not depend on order.
     order = sorted(range(len(split.features)), key=lambda i: len(split.features[i]["input_ids"]))
     for start in range(0, len(order), batch_size):
+        progress.step(start, len(order))
         batch = collate(
             [split.features[i] for i in order[start : start + batch_size]], pad_token_id
         )
@@ -88,6 +90,7 @@ def item_losses(
     sums, counts = [0.0] * n, [0] * n
     order = sorted(range(n), key=lambda i: len(split.features[i]["input_ids"]))
     for start in range(0, n, batch_size):
+        progress.step(start, n)
         chunk = order[start : start + batch_size]
         batch = collate([split.features[i] for i in chunk], pad_token_id)
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -184,6 +187,7 @@ def _decode_by_length(
     order = sorted(range(len(examples)), key=lambda i: (lengths[i], i))
     texts: dict[int, str] = {}
     for start in range(0, len(order), batch_size):
+        progress.step(start, len(order))
         chunk = order[start : start + batch_size]
         encoded = tokenizer(
             [prompts[i] for i in chunk],

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from adaptive_lora import progress
 from adaptive_lora.adapters.lora import AdapterSettings, trainable_parameters
 from adaptive_lora.allocation.for_model import run_allocation
 from adaptive_lora.allocation.heatmap import rank_heatmap
@@ -177,6 +178,7 @@ class RunSteps:
         cfg = self.config
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
+        progress.report("loading")
         self.loaded = loaded or load_model(cfg.model)
         self.tokenizer = self.loaded.tokenizer
         self.splits = load_splits(cfg.data, cfg.seed)
@@ -188,6 +190,7 @@ class RunSteps:
         self.val_split = tokenize(self.splits.val) if self.splits.val else None
         self.test_split = tokenize(self.splits.test) if self.splits.test else None
         self.loaded.model.to(self.precision.device)
+        progress.report("allocating")
         with Stopwatch() as watch:
             self.allocation = run_allocation(cfg, self.loaded, self.splits)
         self.allocation_seconds = watch.seconds
@@ -281,6 +284,7 @@ class RunSteps:
         # alike. It also cuts the evaluation's share of a run (measured on a Xeon with AMX:
         # test loss over 100 Alpaca examples 10.9 s -> 7.4 s).
         fast = lambda: fast_training(self.peft_model, self.precision.autocast_dtype)  # noqa: E731
+        progress.report("losses before training")
         with Stopwatch() as watch, fast():
             before = Losses(
                 self._loss_before("val", self.val_split), self._loss_before("test", self.test_split)
@@ -291,10 +295,12 @@ class RunSteps:
         with Stopwatch() as after:
             with fast():
                 val_loss = outcome.val_loss_curve[-1][1] if outcome.val_loss_curve else math.nan
+                progress.report("test loss")
                 items = self._item_losses(self.test_split)
             # Answers are decoded on PEFT's own path: under the fast path's bf16 norm
             # outputs the one-token decode steps took twice as long (measured on an AMD
             # EPYC, 200 short answers, 1 thread: 31.7 s against 17.2 s).
+            progress.report("answers")
             generation = self._generate()
         # Timed once both stopwatches have stopped (a Stopwatch reads 0 until its block ends).
         evaluated = Evaluated(
@@ -307,6 +313,7 @@ class RunSteps:
         with open(self.run_dir / "generations.jsonl", "w") as handle:
             for record in evaluated.generation.records:
                 handle.write(json.dumps(record) + "\n")
+        progress.report("saving")
         self.peft_model.save_pretrained(str(self.run_dir / "adapter"))
         m["peak_memory_mb"] = peak_memory_mb(self.precision.device)
         write_json(self.run_dir / "metrics.json", m)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -35,6 +36,17 @@ class AdapterSettings:
     alpha_ratio: float = 2.0  # γ = α/r of every module
     rslora: bool = False  # scale by α/√r (Kalajdzievski 2023) instead of α/r
     dropout: float = 0.0
+
+
+def wrap_with_peft(model: nn.Module, config) -> PeftModel:
+    """`peft.get_peft_model`, without the FutureWarning every run printed: PEFT asks the
+    model for `is_gradient_checkpointing`, which transformers 5 deprecates in favour of
+    `is_activation_checkpointing` (PEFT's call, nothing a user can change)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        return get_peft_model(model, config)
 
 
 def pattern_key(module_name: str) -> str:
@@ -145,7 +157,7 @@ def apply_lora(
         type(modules[name]).__name__ == "Conv1D" for name in adapted_ranks(allocation.ranks)
     )
     config = build_lora_config(allocation, settings, list(modules), fan_in_fan_out=conv1d)
-    peft_model = get_peft_model(model, config)
+    peft_model = wrap_with_peft(model, config)
     seeded_init(peft_model, run_seed)
     check_ranks(peft_model, adapted_ranks(allocation.ranks))
     trainable = trainable_parameters(peft_model)

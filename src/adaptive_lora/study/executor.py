@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
 
+from adaptive_lora.progress import Progress
 from adaptive_lora.records import RunResult
 from adaptive_lora.study.spec import RunSpec
 
@@ -64,6 +65,9 @@ class Executor(Protocol):
     `RunResult`; a run it lost (its worker died) comes back `interrupted` and the
     runner puts it back to pending.
 
+    `on_progress(run_id, progress)`, when given, hears each run's `Progress` as it
+    runs (phase and step; see `adaptive_lora.progress`), from whatever process runs it.
+
     `workers` is how many runs it runs side by side (the runner's estimate counts
     rounds of that many); `None` until it knows (a Ray executor before it connects).
     """
@@ -77,4 +81,5 @@ class Executor(Protocol):
         *,
         on_start: Callable[..., None],
         quiet: bool = False,
+        on_progress: Callable[[str, Progress], None] | None = None,
     ) -> Iterator[RunResult]: ...

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from adaptive_lora import progress
 from adaptive_lora.errors import UserError, one_line
 from adaptive_lora.model.loading import load_model as default_load_model
+from adaptive_lora.progress import Progress
 from adaptive_lora.records import STATUS_FAILED, RunResult
 from adaptive_lora.run import execute_run as default_execute_run
 from adaptive_lora.study.spec import RunSpec
@@ -45,16 +48,19 @@ class LocalExecutor:
         *,
         on_start: Callable[[RunSpec], None],
         quiet: bool = False,
+        on_progress: Callable[[str, Progress], None] | None = None,
     ) -> Iterator[RunResult]:
         execute_run = self._execute_run
         while specs:  # the runner may append while we run (see the Executor Protocol)
             spec = specs.popleft()
             loaded = self._loaded(spec.config.model)
             on_start(spec)
+            sink = (lambda p, run_id=spec.run_id: on_progress(run_id, p)) if on_progress else None
             try:
-                result = execute_run(
-                    spec.config, out_root, run_id=spec.run_id, loaded=loaded, quiet=quiet
-                )
+                with progress.reporting_to(sink) if sink else contextlib.nullcontext():
+                    result = execute_run(
+                        spec.config, out_root, run_id=spec.run_id, loaded=loaded, quiet=quiet
+                    )
             except UserError:
                 raise
             except Exception as error:  # a bug in one run must not end a night of runs

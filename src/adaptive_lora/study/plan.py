@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from adaptive_lora.config import RunConfig
 from adaptive_lora.errors import UserError
+from adaptive_lora.study.cost_model import estimated_seconds
 from adaptive_lora.study.design import group_signature
 from adaptive_lora.study.spec import RunSpec, Study
 from adaptive_lora.study.store import DONE, FAILED, PENDING, RUNNING, RunRow, StudyStore
@@ -118,7 +120,9 @@ def estimate(
     scaled by what this study's finished runs took against their own size — those of its
     group (model × task × size) where it has any, else all of them — so a study whose
     groups differ tenfold in size is not priced at one mean. Before any run has finished,
-    the heuristic alone (an upper bound). The runs go to whichever worker frees first, in
+    from the model's size and a matmul timed on this machine (`cost_model`), or where the
+    model's configuration cannot be read, the size heuristic alone (an upper bound on the
+    2-core CPU it came from). The runs go to whichever worker frees first, in
     order. A finished run's wall time is what it took as it ran, so the estimate holds
     for the worker setting those runs had.
     """
@@ -130,13 +134,24 @@ def estimate(
         seconds = [heuristic_seconds(c) * scale(c) for c in configs]
         source = f"{len(finished)} finished run(s), scaled by each run's size and group"
     else:
-        seconds = [heuristic_seconds(c) for c in configs]
-        source = (
-            "rough heuristic, no finished runs yet: "
-            f"{HEURISTIC_TRAIN_TOKENS_PER_S:g} training tokens/s as SmolLM2-135M on 2 CPU "
-            "cores, every example at max_length, so an upper bound"
-        )
+        seconds, source = _before_any_run(configs, at_once)
     return Estimate(_makespan(seconds, at_once), len(seconds), source, at_once)
+
+
+def _before_any_run(configs: list[RunConfig], at_once: int) -> tuple[list[float], str]:
+    """Each run's seconds before the study has finished one, and how they were estimated."""
+    cores = os.cpu_count() or 1
+    measured = [estimated_seconds(c, c.train.threads or max(1, cores // at_once)) for c in configs]
+    if configs and None not in measured:
+        return [float(s) for s in measured], (
+            "rough estimate, no finished runs yet: each model's size at a matmul pace "
+            "measured on this machine, every example at max_length"
+        )
+    return [heuristic_seconds(c) for c in configs], (
+        "rough heuristic, no finished runs yet: "
+        f"{HEURISTIC_TRAIN_TOKENS_PER_S:g} training tokens/s as SmolLM2-135M on 2 CPU "
+        "cores, every example at max_length, so an upper bound"
+    )
 
 
 def to_come_line(

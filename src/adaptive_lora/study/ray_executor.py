@@ -53,11 +53,14 @@ import ray
 import ray.exceptions
 import torch
 
+from adaptive_lora import progress
 from adaptive_lora.errors import UserError, one_line
 from adaptive_lora.model.loading import load_model
+from adaptive_lora.progress import Progress
 from adaptive_lora.records import STATUS_FAILED, STATUS_INTERRUPTED, RunResult, write_json
 from adaptive_lora.run import execute_run
 from adaptive_lora.study.executor import Stopped, Where
+from adaptive_lora.study.ray_progress import STALL_FLOOR_S, ProgressBoard, StallWatch, worker_sink
 from adaptive_lora.study.spec import RunSpec
 
 GIB = 2**30
@@ -140,18 +143,16 @@ class RunWorker:
         where = Where(facts["host"], facts["pid"], f"actor {facts['actor_id'][:8]}")
         return where, facts["node_id"]
 
-    def run(self, spec: RunSpec, attempt: int) -> tuple[str, Any, bytes]:
-        """Execute one run in a scratch folder; return ("result", RunResult, tar of the
-        folder), or ("user_error", message, b"") for a `UserError` (it ends the study)."""
+    def run(self, spec: RunSpec, attempt: int, board: Any = None) -> tuple[str, Any, bytes]:
+        """Execute one run in a scratch folder, its progress sent to `board`; return
+        ("result", RunResult, tar of the folder), or ("user_error", message, b"") for a
+        `UserError` (it ends the study)."""
         scratch = Path(tempfile.mkdtemp(prefix="adaptive-lora-run-"))
+        sink = worker_sink(board, spec.run_id) if board is not None else None
         try:
             try:
-                model = spec.config.model
-                if model not in self._models:
-                    self._models[model] = load_model(model)
-                result = execute_run(
-                    spec.config, scratch, run_id=spec.run_id, loaded=self._models[model], quiet=True
-                )
+                with progress.reporting_to(sink) if sink else contextlib.nullcontext():
+                    result = self._execute(spec, scratch)
             except UserError as error:
                 return "user_error", str(error), b""
             except Exception as error:  # a bug in one run must not end a night of runs
@@ -165,6 +166,15 @@ class RunWorker:
             return "result", result, _pack(result.run_dir)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    def _execute(self, spec: RunSpec, scratch: Path) -> RunResult:
+        model = spec.config.model
+        if model not in self._models:
+            progress.report("loading")
+            self._models[model] = load_model(model)
+        return execute_run(
+            spec.config, scratch, run_id=spec.run_id, loaded=self._models[model], quiet=True
+        )
 
 
 # ---------------------------------------------------------------------- the driver
@@ -239,6 +249,22 @@ def _check_feasible(resources: Resources, nodes: list[dict[str, float]], where: 
 
 
 # ---------------------------------------------------------------------- who may connect
+
+
+@contextlib.contextmanager
+def _niceness(value: int) -> Iterator[None]:
+    """While a local Ray starts: its workers at this niceness. Ray's default, 15, suits a
+    shared cluster; a study owns the machine it starts Ray on, and at 15 a worker got ~20%
+    of a core beside other work where an in-process run got its share."""
+    before = os.environ.get("RAY_worker_niceness")
+    os.environ["RAY_worker_niceness"] = str(value)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("RAY_worker_niceness", None)
+        else:
+            os.environ["RAY_worker_niceness"] = before
 
 
 @contextlib.contextmanager
@@ -384,6 +410,7 @@ class RayExecutor:
         resources: Resources = Resources(),
         max_retries: int = 1,
         log: Callable[[str], None] = print,
+        stall_floor_s: float = STALL_FLOOR_S,
     ):
         if workers is not None and workers < 1:
             raise UserError(f"--workers must be at least 1, got {workers}")
@@ -399,6 +426,9 @@ class RayExecutor:
         self._auth_before: dict[str, str | None] | None = None  # set while a local Ray runs
         self._node_id: str | None = None  # the driver's node
         self._restarts = 0  # of the local Ray after its node died
+        self._watch = StallWatch(stall_floor_s)
+        self._stalls: dict[str, str] = {}  # run id → why its worker was stopped
+        self._on_progress: Callable[[str, Progress], None] | None = None
 
     # -- connecting ----------------------------------------------------------------------
     def connect(self) -> None:
@@ -417,6 +447,19 @@ class RayExecutor:
             + (f", on the cluster at {self.address}" if self.address else ", on this machine")
         )
 
+    def _warn_if_busy(self, cores: int) -> None:
+        """One line when other work already holds the cores (runs will crawl and time
+        nothing a report can compare)."""
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # no load average on this system
+            return
+        if load >= 0.75 * cores:
+            self._log(
+                f"warning: this machine is busy (load average {load:.1f} on {cores} cores): "
+                "runs will be slower, and their times not comparable with an idle machine's"
+            )
+
     def _start_local(self) -> None:
         machine = _this_machine()
         cores = int(machine["CPU"])
@@ -426,9 +469,10 @@ class RayExecutor:
         _check_feasible(self.resources, [machine], "this machine")
         if ray.is_initialized():
             return
+        self._warn_if_busy(cores)
         self._auth_before = _token_auth_on()
         try:
-            with _loopback_only():
+            with _loopback_only(), _niceness(0):
                 ray.init(
                     # More CPUs than cores only if the user asked for oversubscription.
                     num_cpus=max(cores, workers * threads),
@@ -535,12 +579,15 @@ class RayExecutor:
         *,
         on_start: Callable[..., None],
         quiet: bool = False,
+        on_progress: Callable[[str, Progress], None] | None = None,
     ) -> Iterator[RunResult]:
         """Run the specs of the queue on the workers; yield each result as its run folder
         lands in `out_root`. Calls `on_start(spec, where)` as a worker takes a run (again
-        on a retry). One pool serves the whole queue, also what the runner appends to it."""
+        on a retry), and `on_progress(run_id, progress)` as its worker reports. One pool
+        serves the whole queue, also what the runner appends to it."""
         self.connect()
-        pool = _Pool(self)
+        self._on_progress = on_progress
+        pool = _Pool(self, self._watch)
         tries: dict[str, int] = {}  # run id → failed attempts so far (worker deaths)
         try:
             while specs or pool.busy:
@@ -557,22 +604,28 @@ class RayExecutor:
     ) -> Iterator[RunResult]:
         """Wait for the next event: a worker up, a run back, a worker dead (→ retry), or a
         node dead (→ its runs back to pending)."""
-        ref, event = pool.wait(lambda: self._dead_node(pool))
+        ref, event = pool.wait(lambda: self._between_results(pool))
         if event == "up":
             return
         if isinstance(event, _DeadNode):
             yield from self._node_died(event, pool, specs, tries, out_root)
             return
         worker, spec, attempt = event
+        self._watch.done(spec.run_id)
         try:
             kind, payload, archive = ray.get(ref)
         except _LOST as error:  # the worker process (or its node, or the result) is gone
+            stall = self._stalls.pop(spec.run_id, None)
             # The next `grow` starts a fresh worker (another process, maybe another node).
             if attempt < self.max_retries:
                 tries[spec.run_id] = attempt + 1
                 specs.appendleft(spec)
                 return
-            reason = f"its worker ({worker.where.text()}) died: {one_line(error)[:120]}"
+            reason = (
+                f"it stalled: {stall}"
+                if stall
+                else f"its worker ({worker.where.text()}) died: {one_line(error)[:120]}"
+            )
             yield RunResult(spec.run_id, out_root / spec.run_id, STATUS_INTERRUPTED, error=reason)
             return
         pool.idle.append(worker)
@@ -580,6 +633,24 @@ class RayExecutor:
             raise UserError(payload)
         payload.run_dir = _unpack(archive, spec.run_id, out_root)
         yield payload
+
+    def _between_results(self, pool: _Pool) -> _DeadNode | None:
+        """What the driver does while it waits: hears progress, stops stalled runs' workers,
+        and looks for a dead node (returned)."""
+        for run_id, latest in pool.take_progress().items():
+            self._watch.heard(run_id)
+            if self._on_progress is not None:
+                self._on_progress(run_id, latest)
+        for run_id, silent, bound in self._watch.stalled():
+            self._watch.done(run_id)
+            worker = pool.worker_of(run_id)
+            if worker is None:
+                continue
+            why = f"no progress for {silent:.0f} s (bound {bound:.0f} s) on {worker.where.text()}"
+            self._stalls[run_id] = why
+            self._log(f"  {run_id}: {why}: stopping that worker; the run goes back to the queue")
+            ray.kill(worker.actor)  # its reference then fails as a lost worker's does
+        return self._dead_node(pool)
 
     def _dead_node(self, pool: _Pool) -> _DeadNode | None:
         """A dead node the study needs: the driver's, or one that holds its workers."""
@@ -637,8 +708,10 @@ class _Worker:
 class _Pool:
     """The workers of one `execute`: starting, idle and busy ones, all on Ray actors."""
 
-    def __init__(self, executor: RayExecutor):
+    def __init__(self, executor: RayExecutor, watch: StallWatch):
         self._executor = executor
+        self._watch = watch
+        self._board: Any = None
         self.starting: dict[Any, Any] = {}  # where() reference → actor
         self.idle: list[_Worker] = []
         self.busy: dict[Any, tuple[_Worker, RunSpec, int]] = {}  # run reference → ...
@@ -666,7 +739,25 @@ class _Pool:
     def submit(self, spec: RunSpec, tries: int, on_start: Callable[..., None]) -> None:
         worker = self.idle.pop(0)
         on_start(spec, worker.where)
-        self.busy[worker.actor.run.remote(spec, tries + 1)] = (worker, spec, tries)
+        self._watch.started(spec.run_id)
+        self.busy[worker.actor.run.remote(spec, tries + 1, self.board())] = (worker, spec, tries)
+
+    def board(self) -> Any:
+        """The progress board of this pool's Ray (started again after a Ray restart)."""
+        if self._board is None:
+            self._board = ProgressBoard.remote()
+        return self._board
+
+    def take_progress(self) -> dict[str, Progress]:
+        """The runs' progress since the last call ({} if the board cannot answer)."""
+        try:
+            return ray.get(self.board().take.remote(), timeout=NODE_CHECK_S)
+        except Exception:  # noqa: BLE001 - Ray restarting or gone: progress is a courtesy
+            self._board = None
+            return {}
+
+    def worker_of(self, run_id: str) -> _Worker | None:
+        return next((w for w, spec, _ in self.busy.values() if spec.run_id == run_id), None)
 
     def wait(self, dead_node: Callable[[], _DeadNode | None]) -> tuple[Any, Any]:
         """The next reference that is ready: ("up" for a worker that started, else the
@@ -714,6 +805,7 @@ class _Pool:
         self.busy = {ref: entry for ref, entry in self.busy.items() if not there(entry[0])}
         self.idle = [w for w in self.idle if not there(w)]
         if node_id is None:  # handles of a Ray that is gone must not be used again
+            self._board = None
             self.starting.clear()
             self._actors.clear()
             self.failed_starts = 0

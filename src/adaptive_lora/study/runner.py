@@ -16,6 +16,7 @@ from adaptive_lora.study.executor import Executor, Where, as_stopped
 from adaptive_lora.study.local import LocalExecutor
 from adaptive_lora.study.manifest import record_manifest
 from adaptive_lora.study.plan import current_rows, estimate, format_duration
+from adaptive_lora.study.progress_log import ProgressLog
 from adaptive_lora.study.spec import RunSpec, Study, in_groups
 from adaptive_lora.study.store import DONE, FAILED, PENDING, RunRow, StudyLock, StudyStore
 
@@ -136,11 +137,14 @@ def _run_pending(
     if queue:
         log(f"  estimate: {estimate(study, rows, list(queue), at_once=at_once).text()}")
     starts = _Starts(study, store, summary, log, queue)
+    progress_log = ProgressLog(study.out, log, starts.tag)
     tuning = {s.run_id for s in study.runs if s.tuning}
     try:
         for result in executor.execute(
-            queue, study.runs_dir, on_start=starts.on_start, quiet=quiet
-        ):
+            queue, study.runs_dir, on_start=starts.on_start, quiet=quiet,
+            on_progress=progress_log.on_progress,
+        ):  # fmt: skip
+            progress_log.done(result.run_id)
             seconds = starts.finished(result.run_id)
             shown = starts.tag(result.run_id)  # runs may finish out of order
             _record(
@@ -156,6 +160,8 @@ def _run_pending(
     except BaseException as error:
         _back_to_pending(study, store, starts.started, error)
         raise
+    finally:
+        progress_log.clear()
     return study
 
 

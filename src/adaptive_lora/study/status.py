@@ -9,6 +9,9 @@ runs a `run` would start now, the design's cells and the estimate.
 
 from __future__ import annotations
 
+import time
+
+from adaptive_lora.progress import Progress
 from adaptive_lora.study.expand import RunSpec
 from adaptive_lora.study.plan import (
     current_rows,
@@ -20,6 +23,7 @@ from adaptive_lora.study.plan import (
     would_run,
 )
 from adaptive_lora.study.power_plan import design_warnings
+from adaptive_lora.study.progress_log import read_progress
 from adaptive_lora.study.spec import Study, in_groups
 from adaptive_lora.study.store import RunRow, count_statuses, lock_is_held
 
@@ -115,6 +119,17 @@ def _progress_lines(
     return lines + ([more] if more else [])
 
 
+def _where_in_run(latest: dict | None) -> str:
+    """ ", training 5/13 (26.1 s/step), 40 s ago" from the study's progress file."""
+    if not latest:
+        return ""
+    try:
+        progress = Progress(**latest)
+    except TypeError:  # a file written by another version
+        return ""
+    return f", {progress.text()}, {max(0.0, time.time() - progress.at):.0f} s ago"
+
+
 def _attention_lines(
     study: Study, rows: dict[str, RunRow | None], marks: dict[str, str], orphans: list[str]
 ) -> list[str]:
@@ -123,7 +138,11 @@ def _attention_lines(
     running = [(run_id, row) for run_id, row in rows.items() if marks[run_id] == "running"]
     if running:  # host and pid of the process that has it: a Ray worker's with --workers
         lines.append("running now:")
-        lines += [f"  {run_id}: on {row.host} pid {row.pid}" for run_id, row in running]
+        now = read_progress(study.out)
+        lines += [
+            f"  {run_id}: on {row.host} pid {row.pid}{_where_in_run(now.get(run_id))}"
+            for run_id, row in running
+        ]
     if "interrupted" in marks.values():
         lines.append(f"interrupted runs re-run at the next `adaptive-lora run {study.path}`")
     failed = [(run_id, row) for run_id, row in rows.items() if marks[run_id] == "failed"]

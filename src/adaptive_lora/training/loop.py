@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from adaptive_lora import progress
 from adaptive_lora.compute.fast_step import fast_training
 from adaptive_lora.compute.loss import response_loss_sum
 from adaptive_lora.compute.precision import Precision, autocast_context
@@ -136,6 +137,7 @@ def _train_loop(
         total=steps, desc="train", unit="step", disable=quiet, dynamic_ncols=True, file=sys.stderr
     )
     start = time.perf_counter()
+    progress.report("training", 0, steps)
     for step in range(1, steps + 1):
         micro = [
             collate([train_split.features[i] for i in next(stream)], pad_token_id)
@@ -152,12 +154,14 @@ def _train_loop(
                 model, val_split, outcome, step, pad_token_id, eval_batch_size, precision, loggers
             )
         _show_progress(bar, step, steps, step_loss, outcome.real_tokens, start, quiet)
+        progress.report("training", step, steps)
     bar.close()
     outcome.seconds = time.perf_counter() - start
     outcome.final_train_loss = (
         outcome.train_loss_curve[-1][1] if outcome.train_loss_curve else math.nan
     )
     if val_split is not None:
+        progress.report("validation loss")
         _record_val(
             model, val_split, outcome, steps, pad_token_id, eval_batch_size, precision, loggers
         )

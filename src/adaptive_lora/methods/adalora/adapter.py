@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from peft import AdaLoraConfig, get_peft_model
+from peft import AdaLoraConfig
 
-from adaptive_lora.adapters.lora import PEFT_PREFIX, AdapterSettings, module_seed
+from adaptive_lora.adapters.lora import PEFT_PREFIX, AdapterSettings, module_seed, wrap_with_peft
 from adaptive_lora.adapters.methods import BuiltAdapter, MethodHooks
 from adaptive_lora.allocation.core import Allocation
 from adaptive_lora.compute.fast_step import expect_signature, peft_changed
@@ -113,7 +113,7 @@ def apply_adalora(
         fan_in_fan_out=conv1d,
         task_type="CAUSAL_LM",
     )
-    peft_model = get_peft_model(model, config)
+    peft_model = wrap_with_peft(model, config)
     seeded_svd_init(peft_model, run_seed)
     allocator = check_rank_allocator(peft_model)
     allocator.mask_to_budget = ParameterBudgetMask(allocator, allocation.budget.params)
