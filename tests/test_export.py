@@ -263,3 +263,11 @@ def test_trl_trains_exactly_the_exported_allocation_and_its_loss_falls(tmp_path,
         trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.1
+
+
+def test_the_calibration_note_asks_for_the_users_data_only_when_it_was_not_given():
+    from adaptive_lora.adapters.export import _calibration_note
+
+    assert "--data YOUR_FILE" in _calibration_note("builtin", "empirical")
+    note = _calibration_note("my_data.json", "empirical")
+    assert note == "ranks calibrated on the training split of my_data.json"

@@ -149,11 +149,19 @@ def calibration_record(
         **(data or {}),
         **settings,
         **({"n_batches_used": used} if used is not None else {}),
-        "note": (
-            f"ranks calibrated on {source}; they may not fit your data: calibrate on it with "
-            f"`adaptive-lora allocate --strategy {allocation.strategy} --data YOUR_FILE`{init}"
-        ),
+        "note": _calibration_note(source, allocation.strategy) + init,
     }
+
+
+def _calibration_note(source: str, strategy: str) -> str:
+    """Where the ranks came from, and — only if that was not the user's own data — how to
+    calibrate on theirs (a user who passed `--data FILE` has already done so)."""
+    if source in ("builtin", "unknown data"):
+        return (
+            f"ranks calibrated on {source}; they may not fit your data: calibrate on it with "
+            f"`adaptive-lora allocate --strategy {strategy} --data YOUR_FILE`"
+        )
+    return f"ranks calibrated on the training split of {source}"
 
 
 def provenance(

@@ -38,7 +38,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             f"the pilot {pilot.path} has no store yet ({pilot.store_path}); run it first"
         )
     with store:
-        rows = store.rows()
+        rows = store.rows(pilot.run_ids)  # not the rows an edited file no longer lists
     n = planned_seeds(study)
     if ladder is not None:
         print(

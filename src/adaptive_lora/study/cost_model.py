@@ -39,9 +39,11 @@ SETUP_S = 10.0
 def model_shape(model: str) -> tuple[int, int, int] | None:
     """(parameters, hidden size, MLP width) from the model's configuration (None if it
     cannot be read)."""
-    from adaptive_lora.model.loading import load_skeleton
+    from adaptive_lora.model.loading import load_skeleton, resolve_source
 
     try:
+        if resolve_source(model).hub_id is not None:
+            return None  # its config would come over the network (~24 s to fail offline)
         skeleton = load_skeleton(model)
     except (UserError, OSError, ValueError, ImportError):
         return None

@@ -294,6 +294,15 @@ class StudyStore:
             args = (run_id,)
         return [dict(r) for r in self._conn.execute(query + " ORDER BY run_id, attempt", args)]
 
+    def delete_runs(self, ids: Sequence[str]) -> int:
+        """Remove these runs and their attempts, in one transaction; how many were removed."""
+        with self._tx() as conn:
+            removed = 0
+            for run_id in ids:
+                conn.execute("DELETE FROM attempts WHERE run_id = ?", (run_id,))
+                removed += conn.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount
+        return removed
+
     def reset_interrupted(self) -> list[str]:
         """Every `running` row → pending (call only while holding the study lock).
 
