@@ -3,10 +3,11 @@ after confirmation, never those a decision note names; `plan` ignores them anywa
 
 from __future__ import annotations
 
+from test_study import FakeRuns, quiet_run, write_study
+
 from adaptive_lora.cli import main
 from adaptive_lora.study.spec import load_study
 from adaptive_lora.study.store import StudyStore
-from test_study import FakeRuns, quiet_run, write_study
 
 
 def _narrowed(tmp_path):
