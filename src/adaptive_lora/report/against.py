@@ -18,7 +18,7 @@ from typing import Any
 
 from adaptive_lora.analysis.formatting import fmt_num
 from adaptive_lora.report.cells import mean_and_ci
-from adaptive_lora.report.regime import gain_text
+from adaptive_lora.report.regime import equivalence_tail, gain_text
 from adaptive_lora.report.same_runs import same_runs_lines, same_runs_summary
 
 # A sequential decision in a table cell (regime.DECISION_WORDS has the sentences).
@@ -39,6 +39,12 @@ def decision_word(cell: dict[str, Any]) -> str:
     if not cell["significant"]:
         return "no difference (Holm)"
     return "beats (Holm)" if cell["mean_diff"] < 0 else "loses (Holm)"
+
+
+def _within(cell: dict[str, Any]) -> str:
+    """After an equivalence decision in a table: the tightest margin its data support."""
+    tail = equivalence_tail(cell)
+    return f" ({tail[2:]})" if tail else ""
 
 
 def matched_groups(here: Any, there: Any) -> list[tuple[str, str]]:
@@ -235,8 +241,9 @@ def against_lines(comparison: dict[str, Any] | None, baseline: str) -> list[str]
     for row in comparison["rows"]:
         here, there = row["here"], row["there"]
         lines.append(
-            f"| {here['budget']} | {here['strategy']} | {_delta(here)} | {row['decisions'][0]} | "
-            f"{_delta(there)} | {row['decisions'][1]} | {'yes' if row['agree'] else '**no**'} |"
+            f"| {here['budget']} | {here['strategy']} | {_delta(here)} | "
+            f"{row['decisions'][0]}{_within(here)} | {_delta(there)} | "
+            f"{row['decisions'][1]}{_within(there)} | {'yes' if row['agree'] else '**no**'} |"
         )
     summary = _decisions_summary(comparison)
     return lines + [
