@@ -41,10 +41,11 @@ def decision_word(cell: dict[str, Any]) -> str:
     return "beats (Holm)" if cell["mean_diff"] < 0 else "loses (Holm)"
 
 
-def _within(cell: dict[str, Any]) -> str:
-    """After an equivalence decision in a table: the tightest margin its data support."""
+def _within(word: str, cell: dict[str, Any]) -> str:
+    """A decision in a table; an equivalence as "equivalent within ±x", x the tightest
+    margin its data support."""
     tail = equivalence_tail(cell)
-    return f" ({tail[2:]})" if tail else ""
+    return tail.removeprefix("; ") if tail else word
 
 
 def matched_groups(here: Any, there: Any) -> list[tuple[str, str]]:
@@ -242,8 +243,8 @@ def against_lines(comparison: dict[str, Any] | None, baseline: str) -> list[str]
         here, there = row["here"], row["there"]
         lines.append(
             f"| {here['budget']} | {here['strategy']} | {_delta(here)} | "
-            f"{row['decisions'][0]}{_within(here)} | {_delta(there)} | "
-            f"{row['decisions'][1]}{_within(there)} | {'yes' if row['agree'] else '**no**'} |"
+            f"{_within(row['decisions'][0], here)} | {_delta(there)} | "
+            f"{_within(row['decisions'][1], there)} | {'yes' if row['agree'] else '**no**'} |"
         )
     summary = _decisions_summary(comparison)
     return lines + [
