@@ -267,7 +267,7 @@ def test_run_only_runs_the_groups_named_and_leaves_the_rest_pending(tmp_path, ca
 
     from adaptive_lora.cli.run import format_dry_run
 
-    tuned = {"lr_candidates": [1e-3, 2e-3], "lr_tuning_seeds": [0], "seeds": [1, 2]}
+    tuned = {"lr_candidates": [1e-3, 2e-3], "lr_tuning_seeds": [0], "lr_extend": 0, "seeds": [1, 2]}
     study = load_study(_pilot(tmp_path, **tuned), check_sources=False)
     only = study.groups_named(["task=alpaca", "n_train=32"])
     assert only == {"smollm2-135m|alpaca|32"}

@@ -16,7 +16,8 @@ from adaptive_lora.study.runner import run_study
 from adaptive_lora.study.spec import load_study
 from adaptive_lora.study.store import StudyStore
 
-TUNED = {"lr_candidates": [0.001, 0.002], "lr_tuning_seeds": [0], "seeds": [1, 2]}
+# lr_extend 0: these tests are about the protocol, not the grid growing (test_lr_extend.py)
+TUNED = {"lr_candidates": [0.001, 0.002], "lr_tuning_seeds": [0], "lr_extend": 0, "seeds": [1, 2]}
 
 
 def test_tuning_seeds_must_not_be_reporting_seeds(tmp_path):
@@ -256,6 +257,7 @@ def test_the_report_states_the_choice_and_the_cross_budget_verdict(tmp_path):
         ],
         lr_candidates=[0.001, 0.002],
         lr_tuning_seeds=[0, 1],
+        lr_extend=0,
         seeds="2..7",
         cross_budget={"small": "r4", "large": "r8"},
     )

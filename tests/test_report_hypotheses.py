@@ -275,7 +275,7 @@ def test_a_run_without_items_leaves_the_seeds_only_interval(tmp_path):
 
 def test_a_choice_decided_by_less_than_the_seed_noise_is_said(tmp_path):
     _, files, rows, data = _report(
-        tmp_path, seeds="2..4", lr_candidates=[0.001, 0.002], lr_tuning_seeds=[0, 1]
+        tmp_path, seeds="2..4", lr_candidates=[0.001, 0.002], lr_tuning_seeds=[0, 1], lr_extend=0
     )
     noisy = []
     for choice in data["lr_selection"]:

@@ -224,7 +224,7 @@ def test_the_dry_run_counts_the_first_looks_runs_to_come_and_says_the_most(tmp_p
     the baseline alone has one look only, so no "up to"."""
     from adaptive_lora.cli.run import format_dry_run
 
-    tuned = {"lr_candidates": [0.001, 0.002], "lr_tuning_seeds": [0]}
+    tuned = {"lr_candidates": [0.001, 0.002], "lr_tuning_seeds": [0], "lr_extend": 0}
     study = load_study(_study(tmp_path, **tuned), check_sources=False)
     text = format_dry_run(study, retry_failed=False)
     assert "then 12 reporting run(s) at the first look (up to 36 if every look goes on)" in text

@@ -4,7 +4,9 @@ Schuirmann 1987, "A comparison of the two one-sided tests procedure and the powe
 approach for assessing the equivalence of average bioavailability". With paired
 differences d (n of them, mean d̄, standard error s/√n) and a margin δ > 0, the two
 nulls are mean ≤ −δ and mean ≥ +δ; equivalence is concluded when both are rejected at
-α, i.e. when the (1 − 2α) t interval of the mean lies inside (−δ, +δ).
+α, i.e. when the (1 − 2α) t interval of the mean lies inside (−δ, +δ). So the tightest
+margin the data support at α is the larger absolute end of that interval: every wider
+margin is passed, every narrower one is not (`tightest_margin`).
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ def tost_paired(diffs: Sequence[float], margin: float, alpha: float = 0.05) -> d
     """TOST of the paired differences `diffs` against ±`margin` (see module doc).
 
     Returns n, mean, the (1 − 2α) interval, both one-sided t statistics and p-values,
-    the TOST p-value (the larger of the two) and `equivalent` (p < α). With fewer than
-    two differences, or no spread, the p-values are NaN and `equivalent` is None.
+    the TOST p-value (the larger of the two), `equivalent` (p < α) and
+    `tightest_margin` (the larger |end| of the interval: the smallest margin TOST at α
+    would pass). With fewer than two differences, or no spread, the p-values and the
+    tightest margin are NaN and `equivalent` is None.
     """
     if not margin > 0:
         raise ValueError(f"the equivalence margin must be > 0, got {margin}")
@@ -36,6 +40,7 @@ def tost_paired(diffs: Sequence[float], margin: float, alpha: float = 0.05) -> d
         nan = math.nan
         out.update(ci=[nan, nan], t_lower=nan, t_upper=nan, p_lower=nan, p_upper=nan, p=nan)
         out["equivalent"] = None
+        out["tightest_margin"] = nan
         return out
     df = n - 1
     t_lower = (mean + margin) / se  # H0: mean <= -margin
@@ -52,4 +57,5 @@ def tost_paired(diffs: Sequence[float], margin: float, alpha: float = 0.05) -> d
         p=max(p_lower, p_upper),
     )
     out["equivalent"] = bool(out["p"] < alpha)
+    out["tightest_margin"] = max(abs(mean - half), abs(mean + half))
     return out

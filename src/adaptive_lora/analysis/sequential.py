@@ -405,6 +405,10 @@ class SequentialDecision:
     difference test, one-sided for TOST and futility); while open, those of the
     difference test at the last evaluated look.
     level: the comparison's level alpha / family size. reason: one sentence for a report.
+    tightest_margin: the smallest margin at which that look's TOST (its one-sided
+    boundary t_one, the design's level there) would declare equivalence: |mean| +
+    t_one · se, the larger absolute end of the interval mean ± t_one · se (NaN below 2
+    finite differences or without spread).
     """
 
     name: str
@@ -420,6 +424,7 @@ class SequentialDecision:
     nominal: float
     level: float
     reason: str = field(default="")
+    tightest_margin: float = math.nan
 
 
 def _look_statistics(d: np.ndarray, design: SequentialDesign) -> dict[str, np.ndarray]:
@@ -490,7 +495,8 @@ def decide_matrix(
     level ``design.alpha / family_size``. Looks 0..``look`` (default: the last) are
     replayed in order. Returns arrays over rows: ``code`` (index into ``DECISIONS``),
     ``look`` (deciding look, −1 while open), ``n``, ``next_n`` (0 once stopped),
-    ``mean``, ``t``, ``statistic``, ``boundary``, ``nominal``.
+    ``mean``, ``t``, ``statistic``, ``boundary``, ``nominal``, ``tightest`` (the
+    smallest margin the look's TOST would pass, ``SequentialDecision.tightest_margin``).
     """
     d = np.atleast_2d(np.asarray(diffs, dtype=float))
     b = boundaries(design, family_size)
@@ -500,7 +506,8 @@ def decide_matrix(
     rows = d.shape[0]
     finite = np.isfinite(d)
     avail = np.where(finite.all(axis=1), d.shape[1], np.argmin(finite, axis=1))
-    out = {k: np.full(rows, np.nan) for k in ("mean", "t", "statistic", "boundary", "nominal")}
+    keys = ("mean", "t", "statistic", "boundary", "nominal", "tightest")
+    out = {k: np.full(rows, np.nan) for k in keys}
     out.update(code=np.full(rows, CONTINUE), look=np.full(rows, -1), n=np.zeros(rows, int))
     out["next_n"] = np.full(rows, design.looks[0])
     for k in range(last + 1):
@@ -524,6 +531,7 @@ def _judge_look(out, d, active, design: SequentialDesign, b: Boundaries, k: int)
     out["code"][idx] = code
     out["n"][idx] = design.looks[k]
     out["mean"][idx], out["t"][idx] = stats["mean"], stats["t"]
+    out["tightest"][idx] = np.abs(stats["mean"]) + b.t_one[k] * stats["se"]
     out["statistic"][idx] = np.where(np.isnan(used), stats["t"], used)
     out["boundary"][idx] = np.where(one_sided_rule, b.t_one[k], b.t_diff[k])
     out["nominal"][idx] = np.where(one_sided_rule, b.nominal_one[k], b.nominal_diff[k])
@@ -580,8 +588,14 @@ def _decision(name: str, r: dict[str, Any], design: SequentialDesign, level: flo
         boundary=float(r["boundary"]),
         nominal=float(r["nominal"]),
         level=level,
+        tightest_margin=_finite_or_nan(float(r["tightest"])),
     )
     return _with_reason(decision, design)
+
+
+def _finite_or_nan(value: float) -> float:
+    """A margin from a look without spread (se 0 or NaN) is no margin: NaN."""
+    return value if math.isfinite(value) and value > 0 else math.nan
 
 
 def _with_reason(dec: SequentialDecision, design: SequentialDesign) -> SequentialDecision:
@@ -604,7 +618,8 @@ def _reason(dec: SequentialDecision, design: SequentialDesign) -> str:
     if dec.decision == "equivalent":
         return (
             f"equivalent {where}: TOST at ±{design.margin:g} passed (smaller one-sided "
-            f"t = {rule}); {spend}"
+            f"t = {rule}); {spend}; equivalent within ±{dec.tightest_margin:.4f}, the tightest "
+            "margin the data support at this look's boundary"
         )
     if dec.decision == "futile":
         return (

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from adaptive_lora.errors import UserError
+from adaptive_lora.study.hypothesis_sources import source_warnings
+from adaptive_lora.study.look_plan import comparison_looks, look_table, look_warnings
 from adaptive_lora.study.plan import open_store_if_any
 from adaptive_lora.study.power_plan import (
     ladder_table,
@@ -32,6 +34,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "units: declare them under `hypotheses:` or pass --smallest-effect / --margin "
             "(or --gain-per-doubling for the baseline's ladder)"
         )
+    what_ifs = tuple(
+        name for name, flag in (("smallest_effect", args.smallest_effect), ("margin", args.margin))
+        if flag is not None
+    )  # fmt: skip
+    sources = source_warnings(h, study.labels, overridden=what_ifs)
     store = open_store_if_any(pilot)
     if store is None:
         raise UserError(
@@ -60,7 +67,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     )
     print()
     print("\n".join(plan_table(study, plans)))
-    warnings = warning_lines(study, plans)
+    looks = comparison_looks(study, plans, smallest_effect=args.smallest_effect, margin=args.margin)
+    if looks:
+        print()
+        print("\n".join(look_table(study, looks)))
+    warnings = sources + warning_lines(study, plans) + look_warnings(study, looks)
     if warnings:
         print()
         print("\n".join(warnings))

@@ -18,7 +18,7 @@ from typing import Any
 
 from adaptive_lora.analysis.formatting import fmt_num
 from adaptive_lora.report.cells import mean_and_ci
-from adaptive_lora.report.regime import gain_text
+from adaptive_lora.report.regime import equivalence_tail, gain_text
 from adaptive_lora.report.same_runs import same_runs_lines, same_runs_summary
 
 # A sequential decision in a table cell (regime.DECISION_WORDS has the sentences).
@@ -39,6 +39,13 @@ def decision_word(cell: dict[str, Any]) -> str:
     if not cell["significant"]:
         return "no difference (Holm)"
     return "beats (Holm)" if cell["mean_diff"] < 0 else "loses (Holm)"
+
+
+def _within(word: str, cell: dict[str, Any]) -> str:
+    """A decision in a table; an equivalence as "equivalent within ±x", x the tightest
+    margin its data support."""
+    tail = equivalence_tail(cell)
+    return tail.removeprefix("; ") if tail else word
 
 
 def matched_groups(here: Any, there: Any) -> list[tuple[str, str]]:
@@ -235,8 +242,9 @@ def against_lines(comparison: dict[str, Any] | None, baseline: str) -> list[str]
     for row in comparison["rows"]:
         here, there = row["here"], row["there"]
         lines.append(
-            f"| {here['budget']} | {here['strategy']} | {_delta(here)} | {row['decisions'][0]} | "
-            f"{_delta(there)} | {row['decisions'][1]} | {'yes' if row['agree'] else '**no**'} |"
+            f"| {here['budget']} | {here['strategy']} | {_delta(here)} | "
+            f"{_within(row['decisions'][0], here)} | {_delta(there)} | "
+            f"{_within(row['decisions'][1], there)} | {'yes' if row['agree'] else '**no**'} |"
         )
     summary = _decisions_summary(comparison)
     return lines + [

@@ -169,12 +169,15 @@ def _with_spread(choice: dict[str, Any], rows: list[RunRow]) -> dict[str, Any]:
     return choice
 
 
-def _strategy_entry(study: Study, lr: float | None, runs: list[RunRow]) -> dict[str, Any]:
+def _strategy_entry(
+    study: Study, lr: float | None, runs: list[RunRow], lr_edge: str = ""
+) -> dict[str, Any]:
     def described(key: str) -> dict[str, Any]:
         return describe([v for r in runs if math.isfinite(v := _value(r, key))])
 
     return {
         "lr": lr,
+        "lr_edge": lr_edge,  # "largest"/"smallest": the chosen rate is an end of its grid
         "seeds": [r.seed for r in runs],
         "missing_seeds": [s for s in study.seeds if s not in {r.seed for r in runs}],
         "run_ids": [r.id for r in runs],
@@ -205,7 +208,9 @@ def _budget_block(
         for label in labels
     }
     strategies = {
-        label: _strategy_entry(study, choices[(label, budget)].chosen, runs)
+        label: _strategy_entry(
+            study, choices[(label, budget)].chosen, runs, choices[(label, budget)].edge
+        )
         for label, runs in chosen.items()
     }
     primary = {label: {r.seed: _value(r, PRIMARY) for r in runs} for label, runs in chosen.items()}

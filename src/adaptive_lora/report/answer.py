@@ -22,7 +22,7 @@ from adaptive_lora.analysis.power import POWER, minimum_detectable_d_z
 from adaptive_lora.report.analyse import LOSS_DECIMALS
 from adaptive_lora.report.cells import mean_and_ci
 from adaptive_lora.report.cross_budget import gain_includes_zero, margin_words, recovery
-from adaptive_lora.report.regime import by_decision, gain_text
+from adaptive_lora.report.regime import by_decision, equivalence_tail, gain_text
 from adaptive_lora.study.store import DONE
 
 
@@ -191,7 +191,7 @@ def _cross_budget(block: dict[str, Any] | None) -> list[str]:
         + f"); {len(recovered)} of {n} strateg{'y' if n == 1 else 'ies'} at {small} shown to "
         f"recover it (equivalent to {base} at {large} within "
         f"{margin_words(block, LOSS_DECIMALS)} by TOST, or better)"
-        + (f": {', '.join(recovered)}." if recovered else ".")
+        + (f": {', '.join(_within(label, block) for label in recovered)}." if recovered else ".")
     )
     if worse := of_kind("worse_beyond_margin", "worse"):
         line += f" Worse than {base} at {large} (95% interval above 0, uncorrected): "
@@ -199,6 +199,14 @@ def _cross_budget(block: dict[str, Any] | None) -> list[str]:
     if uncertain := of_kind("inconclusive"):
         line += f" Too uncertain to tell: {', '.join(uncertain)}."
     return [line]
+
+
+def _within(label: str, block: dict[str, Any]) -> str:
+    """A recovering strategy, with the tightest margin its TOST data support."""
+    x = (block["strategies"][label]["tost"] or {}).get("tightest_margin")
+    if isinstance(x, (int, float)) and math.isfinite(x):
+        return f"{label} (equivalent within ±{fmt_num(x, LOSS_DECIMALS)})"
+    return label
 
 
 def _ladder_line(baseline: str, ladder: dict[str, Any]) -> str:
@@ -227,7 +235,10 @@ def _design_line(
         f"comparison(s) with `{baseline}`, α split over the cell):"
     ]
     named = [
-        (f"{label} (Δ {mean_and_ci(c.mean_diff, c.ci_t)}, n = {c.n})", d["decision"])
+        (
+            f"{label} (Δ {mean_and_ci(c.mean_diff, c.ci_t)}, n = {c.n}{equivalence_tail(d)})",
+            d["decision"],
+        )
         for label, d in decisions.items()
         for c in [comparisons[label]]
     ]

@@ -75,6 +75,16 @@ def _seconds(entry: dict[str, Any]) -> str:
     return fmt_num(d["mean"], 1)
 
 
+# A chosen rate at an end of the grid it was tuned over: the best rate may lie past it.
+EDGE_MARKS = {"largest": " (top of grid)", "smallest": " (bottom of grid)"}
+
+
+def _rate(entry: dict[str, Any]) -> str:
+    if entry["lr"] is None:
+        return "n/a"
+    return f"{entry['lr']:g}" + EDGE_MARKS.get(entry.get("lr_edge") or "", "")
+
+
 def main_table_rows(study: Study, block: dict[str, Any]) -> list[dict[str, str]]:
     """The cells of the main table of one budget, as text (shared by Markdown and LaTeX)."""
     out = []
@@ -85,7 +95,7 @@ def main_table_rows(study: Study, block: dict[str, Any]) -> list[dict[str, str]]
         out.append(
             {
                 "strategy": label,
-                "lr": f"{entry['lr']:g}" if entry["lr"] is not None else "n/a",
+                "lr": _rate(entry),
                 "n": str(entry[PRIMARY]["n"]),
                 "test": _interval(entry[PRIMARY], LOSS_DECIMALS),
                 "diff": "—" if is_base else _diff(comparison),

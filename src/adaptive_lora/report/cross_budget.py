@@ -205,5 +205,15 @@ def verdict_lines(block: dict[str, Any], decimals: int = 4) -> list[str]:
             f"{fmt_num(hi, decimals)}], TOST p = {fmt_p(tost.get('p', math.nan))}"
         )
         kind = recovery(entry, block["margin"])
-        lines.append(f"{head} — {_recovery_words(kind, base, large, _params(entry['params']))}")
+        words = _recovery_words(kind, base, large, _params(entry["params"]))
+        lines.append(f"{head} — {words}{tightest_words(tost, decimals)}")
     return lines
+
+
+def tightest_words(tost: dict[str, Any], decimals: int = 4) -> str:
+    """Beside a TOST verdict: the tightest margin its data support (nothing when the
+    TOST could not be computed, or the stats predate the number)."""
+    x = tost.get("tightest_margin")
+    if not isinstance(x, (int, float)) or not math.isfinite(x):
+        return ""
+    return f" Tightest margin the data support: equivalent within ±{fmt_num(x, decimals)}."

@@ -47,6 +47,7 @@ def _baseline_series(analysis: dict[str, Any], baseline: str) -> list[dict[str, 
                 "budget": budget,
                 "params": entry["effective_params"]["mean"],
                 "lr": entry.get("lr"),  # the chosen rate (tuned per budget, or the only one)
+                "lr_edge": entry.get("lr_edge", ""),  # at an end of the grid it was tuned over
                 "test_loss": entry[PRIMARY],
                 "metrics": accuracy,
             }
@@ -87,7 +88,8 @@ def heatmap_cells(
                     {"group": key, "title": titles[key], "budget": budget, "strategy": label,
                      "n": c.n, "mean_diff": c.mean_diff, "ci_t": c.ci_t, "d_z": c.d_z,
                      "p_t_holm": c.p_t_holm, "significant": c.significant,
-                     "decision": decided.get("decision")}
+                     "decision": decided.get("decision"),
+                     "tightest_margin": decided.get("tightest_margin")}
                 )  # fmt: skip
     return cells
 
@@ -123,7 +125,8 @@ def ladder_lines(regime: list[dict[str, Any]], baseline: str) -> list[str]:
             step = steps.get(point["budget"])
             gain = gain_text(step) if step else "—"
             lines.append(
-                f"| {entry['title']} | {point['budget']} | {int(round(point['params'])):,} | "
+                f"| {entry['title']} | {point['budget']}{_edge_mark(point)} | "
+                f"{int(round(point['params'])):,} | "
                 f"{mean_and_ci(loss['mean'], loss['ci_t'], plus=False)} (n = {loss['n']}) | "
                 f"{metrics or '—'} | {gain} |"
             )
@@ -131,6 +134,17 @@ def ladder_lines(regime: list[dict[str, Any]], baseline: str) -> list[str]:
     for entry in regime:
         lines.append(f"- {entry['title']}: {gain_text(_gain(entry).overall)}")
     return lines + [""]
+
+
+def _edge_mark(point: dict[str, Any]) -> str:
+    """Beside a ladder budget whose tuned rate is an end of its grid: the ladder's loss
+    there may be the grid's, not the budget's."""
+    edge = point.get("lr_edge") or ""
+    return (
+        f" (rate {point['lr']:g}, {'top' if edge == 'largest' else 'bottom'} of grid)"
+        if edge
+        else ""
+    )
 
 
 def gain_text(gain: GainInterval | GainStep) -> str:
@@ -327,6 +341,16 @@ DECISION_WORDS = {
 }
 
 
+def equivalence_tail(decided: dict[str, Any]) -> str:
+    """After an equivalence decision: "; equivalent within ±x", x the tightest margin the
+    data support at the design's boundary (`SequentialDecision.tightest_margin`); nothing
+    for another decision, or stats that predate the number."""
+    x = decided.get("tightest_margin")
+    if decided.get("decision") != "equivalent" or not isinstance(x, (int, float)):
+        return ""
+    return f"; equivalent within ±{fmt_num(x, 4)}" if math.isfinite(x) else ""
+
+
 def by_decision(named: list[tuple[str, str | None]], baseline: str) -> list[tuple[str, str]]:
     """(how the Answer says a decision, the comparisons with it joined by "; ") in the
     fixed order of `DECISION_WORDS`, from (a comparison's text, its decision; None: open)."""
@@ -348,7 +372,7 @@ def _decision_sentence(there: list[dict[str, Any]], baseline: str) -> str:
     named = [
         (
             f"{c['strategy']} at {c['budget']} in {c['title']} "
-            f"(Δ {mean_and_ci(c['mean_diff'], c['ci_t'])}, n = {c['n']})",
+            f"(Δ {mean_and_ci(c['mean_diff'], c['ci_t'])}, n = {c['n']}{equivalence_tail(c)})",
             c.get("decision"),
         )
         for c in there

@@ -7,6 +7,7 @@
       family: cell                      # Holm family: the comparisons of one group × budget
       smallest_effect: 0.002            # superiority: the smallest difference of interest
       margin: 0.001                     # equivalence (TOST) margin, a priori
+      margin_source: {pilot_seeds: 12}  # where it came from (`hypothesis_sources`)
       comparisons:                      # per strategy label: its own alternative / effect / margin
         random: {alternative: two-sided}
     seeds: {min: 4, max: 24, step: 4}   # sequential: blocks of 4, up to 24 seeds
@@ -18,18 +19,22 @@ is allowed only when asked for, and the report labels it so.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from adaptive_lora.errors import UserError
 from adaptive_lora.evaluation_metrics import PRIMARY_METRIC
+from adaptive_lora.study.hypothesis_sources import NumberSource, parse_source
 
 ALTERNATIVES = ("two-sided", "less", "greater")
 FAMILIES = ("cell",)
 HYPOTHESIS_KEYS = (
     "declared", "metric", "alternative", "family", "smallest_effect", "margin", "comparisons",
+    "smallest_effect_source", "margin_source",
 )  # fmt: skip
-COMPARISON_KEYS = ("alternative", "smallest_effect", "margin")
+COMPARISON_KEYS = (
+    "alternative", "smallest_effect", "margin", "smallest_effect_source", "margin_source",
+)  # fmt: skip
 SEED_PLAN_KEYS = ("min", "max", "step", "start", "spending")
 
 
@@ -44,18 +49,34 @@ class Hypotheses:
     smallest_effect: float | None = None
     margin: float | None = None
     comparisons: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # where each number came from (`plan` refuses one from a pilot of < 10 seeds)
+    smallest_effect_source: NumberSource | None = None
+    margin_source: NumberSource | None = None
     given: bool = False  # the study file has a `hypotheses` section
 
     def for_comparison(self, label: str) -> Hypotheses:
-        """This strategy's hypotheses: the study's, with its own overrides."""
-        return replace(self, **self.comparisons.get(label, {}), comparisons={})
+        """This strategy's hypotheses: the study's, with its own overrides (a number of its
+        own comes with its own source, or none: the study's source was about another)."""
+        own = dict(self.comparisons.get(label, {}))
+        for key in ("smallest_effect", "margin"):
+            if key in own:
+                own.setdefault(f"{key}_source", None)
+        return replace(self, **own, comparisons={})
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "declared": self.declared, "metric": self.metric, "alternative": self.alternative,
             "family": self.family, "smallest_effect": self.smallest_effect,
-            "margin": self.margin, "comparisons": self.comparisons, "given": self.given,
+            "margin": self.margin, "comparisons": _plain(self.comparisons), "given": self.given,
         }  # fmt: skip
+
+
+def _plain(comparisons: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The per-label settings as JSON values (a source as its mapping)."""
+    return {
+        label: {k: asdict(v) if isinstance(v, NumberSource) else v for k, v in own.items()}
+        for label, own in comparisons.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -112,6 +133,8 @@ def _settings(raw: dict[str, Any], keys: tuple[str, ...], where: str) -> dict[st
     for key in ("smallest_effect", "margin"):
         if raw.get(key) is not None:
             out[key] = _number(raw[key], f"{where}.{key}")
+        if raw.get(f"{key}_source") is not None:
+            out[f"{key}_source"] = parse_source(raw[f"{key}_source"], f"{where}.{key}_source")
     return out
 
 

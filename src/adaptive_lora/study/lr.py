@@ -35,6 +35,7 @@ class LrChoice:
     failed: dict[float, list[int]] = field(default_factory=dict)  # lr → seeds failed or NaN
     complete: bool = True  # every run the choice needs has finished
     note: str = ""  # a tie, an excluded candidate, or why nothing was chosen
+    edge: str = ""  # "largest"/"smallest": a finished choice at that end of its grid
 
     def to_dict(self) -> dict:
         return {
@@ -48,6 +49,7 @@ class LrChoice:
             "failed": {str(lr): s for lr, s in self.failed.items()},
             "complete": self.complete,
             "note": self.note,
+            "edge": self.edge,
         }
 
 
@@ -97,10 +99,22 @@ def choose_lr(
         edge = _edge_of_grid(choice.chosen, candidates)
         if edge and choice.complete:
             notes.append(edge)
+        if choice.complete:
+            choice.edge = grid_edge(choice.chosen, candidates)
     elif choice.complete:
         notes.append("every candidate failed: nothing chosen, the strategy is not reported")
     choice.note = "; ".join(notes)
     return choice
+
+
+def grid_edge(chosen: float, candidates: Sequence[float]) -> str:
+    """ "largest" or "smallest" when `chosen` is that end of a grid of two or more rates
+    (the best rate may lie past it), else "". With one candidate nothing was tuned."""
+    if len(candidates) < 2:
+        return ""
+    if chosen == max(candidates):
+        return "largest"
+    return "smallest" if chosen == min(candidates) else ""
 
 
 def _edge_of_grid(chosen: float, candidates: Sequence[float]) -> str:

@@ -76,7 +76,9 @@ class StudyFile:
     lr_tuning_seeds: object | None = help_field(
         "seeds the candidates are tried on (never reported)", None
     )
-    lr_extend: int | None = help_field("steps a tuning grid may grow past an edge", None)
+    lr_extend: int | None = help_field(
+        "steps a tuning grid may grow past an edge (default 1 with lr_tuning_seeds)", None
+    )
     cross_budget: Section | None = help_field("{small, large, margin} (protocol.py)", None)
     baseline: str = help_field("the strategy label every comparison is against", "uniform")
     out: str | None = help_field("the study's folder (default studies/<name>)", None)
@@ -255,9 +257,14 @@ def parse_budget_list(value: object) -> tuple[Budget, ...]:
 
 
 def lr_extend_setting(value: int | None, tuning_seeds: list[int]) -> int:
-    """`lr_extend: N`: how many rates a tuning grid may grow past each edge (default 0)."""
+    """`lr_extend: N`: how many rates a tuning grid may grow past each edge.
+
+    Default 1 with tuning seeds (0 without: nothing to grow on): a rate chosen at the
+    grid's edge may be an edge of the grid, not the best rate (the regime map's r1 and
+    r2 stopped at 8e-3, the top). A study file written before this default states its
+    value, so its runs do not change."""
     if value is None:
-        return 0
+        return 1 if tuning_seeds else 0
     if value < 0:
         raise UserError(f"lr_extend must be a whole number >= 0 (steps per edge), got {value!r}")
     if value and not tuning_seeds:

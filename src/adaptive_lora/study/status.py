@@ -13,6 +13,7 @@ import time
 
 from adaptive_lora.progress import Progress
 from adaptive_lora.study.expand import RunSpec
+from adaptive_lora.study.look_plan import dry_run_look_lines
 from adaptive_lora.study.plan import (
     current_rows,
     estimate,
@@ -177,6 +178,7 @@ def format_dry_run(
     lines += _todo_lines(study, rows, todo, held)
     guess = estimate(study, rows, todo, at_once=at_once)
     lines.append(f"estimate: {guess.text()}")
+    lines += dry_run_look_lines(study, stored_rows(rows))
     lines += design_warnings(study, stored_rows(rows))
     more = to_come_line(study.restricted(only) if only else study, rows, todo, at_once)
     if more:
@@ -227,6 +229,7 @@ def design_warning_lines(study: Study) -> list[str]:
     the rows the store holds (none before the first run)."""
     store = open_store_if_any(study)
     if store is None:
-        return design_warnings(study, [])
+        return design_warnings(study, []) + dry_run_look_lines(study, [], table=False)
     with store:
-        return design_warnings(study, store.rows())
+        rows = store.rows()
+    return design_warnings(study, rows) + dry_run_look_lines(study, rows, table=False)
