@@ -21,6 +21,7 @@ import torch
 from adaptive_lora.adapters.lora import AdapterSettings, trainable_parameters
 from adaptive_lora.allocation.for_model import run_allocation
 from adaptive_lora.allocation.heatmap import rank_heatmap
+from adaptive_lora.allocation.oracle import planted_metrics
 from adaptive_lora.compute.fast_step import fast_training
 from adaptive_lora.compute.precision import Precision, resolve_precision
 from adaptive_lora.config import RunConfig
@@ -51,6 +52,7 @@ from adaptive_lora.model.loading import load_model
 from adaptive_lora.records import (
     ALLOCATION_KEY,
     ITEMS_KEY,
+    PLANTED_KEY,
     STATUS_DONE,
     STATUS_FAILED,
     RunResult,
@@ -179,7 +181,9 @@ class RunSteps:
             torch.set_num_threads(cfg.train.threads)
         self.loaded = loaded or load_model(cfg.model)
         self.tokenizer = self.loaded.tokenizer
-        self.splits = load_splits(cfg.data)
+        # On the run's device before the data: a planted task is sampled from this model.
+        self.loaded.model.to(self.precision.device)
+        self.splits = load_splits(cfg.data, model=self.loaded)
         check_metric_data(cfg.eval.metrics, self.splits.test[: cfg.eval.n_generate])
         tokenize = lambda split: tokenize_examples(  # noqa: E731
             split, self.tokenizer, cfg.data.max_length, cfg.data.template
@@ -187,7 +191,6 @@ class RunSteps:
         self.train_split = tokenize(self.splits.train)
         self.val_split = tokenize(self.splits.val) if self.splits.val else None
         self.test_split = tokenize(self.splits.test) if self.splits.test else None
-        self.loaded.model.to(self.precision.device)
         with Stopwatch() as watch:
             self.allocation = run_allocation(cfg, self.loaded, self.splits)
         self.allocation_seconds = watch.seconds
@@ -481,4 +484,6 @@ def run_metrics(
     )
     if evaluated.items is not None:
         m[ITEMS_KEY] = test_item_records(evaluated.items, generation.records, steps.splits.test)
+    if "planted" in steps.splits.info:
+        m[PLANTED_KEY] = planted_metrics(steps.splits.info["planted"], steps.allocation)
     return m

@@ -6,10 +6,10 @@ import hashlib
 import json
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from adaptive_lora.data import reasoning_gym
+from adaptive_lora.data import planted, reasoning_gym
 from adaptive_lora.data.sources import Example, load_examples
 from adaptive_lora.errors import UserError
 
@@ -27,6 +27,8 @@ class Splits:
     test: list[Example]
     data_hash: str
     source_hash: str
+    # What a made source says about itself (a planted task: its modules, scale and KL).
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def hash_examples(value: Any) -> str:
@@ -74,26 +76,30 @@ def _pick(examples: Sequence[Example], indices: Iterable[int]) -> list[Example]:
     return [examples[i] for i in indices]
 
 
-def load_splits(settings: Any) -> Splits:
+def load_splits(settings: Any, model: Any = None) -> Splits:
     """The three splits a run with these `DataSettings` trains, selects and reports on.
 
     A file, the built-in set or a hub set is shuffled by `make_splits`; a generated
     `reasoning_gym:` task draws exactly as many distinct items as the splits need and
-    splits them nested (see `data/reasoning_gym.py`), the test set first.
+    splits them nested (see `data/reasoning_gym.py`), the test set first; a `planted`
+    task is sampled from `model` (the run's `LoadedModel`) with a planted delta and split
+    nested in a seeded order (see `data/planted.py`).
     """
     source = settings.source
+    if settings.n_train < 1 or settings.n_val < 0 or settings.n_test < 0:
+        make_splits([], settings.n_train, settings.n_val, settings.n_test, 0)  # its one-line error
+    if planted.is_planted(source):
+        return _planted_splits(settings, model)
     if not reasoning_gym.is_reasoning_gym(source):
         if settings.options:
             raise UserError(
-                f"data.options: only a `reasoning_gym:<task>` source takes generator options, "
+                f"data.options: only a `reasoning_gym:<task>` or `planted` source takes options, "
                 f"not {source!r}"
             )
         examples = load_examples(source)
         return make_splits(
             examples, settings.n_train, settings.n_val, settings.n_test, settings.data_seed
         )
-    if settings.n_train < 1 or settings.n_val < 0 or settings.n_test < 0:
-        make_splits([], settings.n_train, settings.n_val, settings.n_test, 0)  # its one-line error
     wanted = settings.n_train + settings.n_val + settings.n_test
     records = reasoning_gym.generate_examples(source, settings.options, wanted, settings.data_seed)
     train, val, test = reasoning_gym.nested_splits(
@@ -106,4 +112,19 @@ def load_splits(settings: Any) -> Splits:
         test=test,
         data_hash=hash_examples({"train": train, "val": val, "test": test}),
         source_hash=hash_examples(generator),
+    )
+
+
+def _planted_splits(settings: Any, model: Any) -> Splits:
+    data = planted.planted_examples(settings.options, settings.template, model)
+    train, val, test = planted.nested_splits(
+        data.records, settings.n_train, settings.n_val, settings.n_test, settings.data_seed
+    )
+    return Splits(
+        train=train,
+        val=val,
+        test=test,
+        data_hash=hash_examples({"train": train, "val": val, "test": test}),
+        source_hash=data.digest,
+        info={"planted": data.info},
     )
