@@ -95,7 +95,9 @@ def test_planted_overlap_of_uniform_and_of_ties():
     uniform = {m.name: 2 for m in inventory}
     measured = planted_overlap(inventory, uniform, planted)
     cost = {m.name: m.cost_per_rank for m in inventory}
-    assert measured.budget_share == pytest.approx(sum(cost[n] for n in planted) / sum(cost.values()))
+    assert measured.budget_share == pytest.approx(
+        sum(cost[n] for n in planted) / sum(cost.values())
+    )
     assert measured.overlap == pytest.approx(2 / len(inventory))
     # One planted module above the rest, the other tied with four modules at the cut.
     ranks = {m.name: 0 for m in inventory}

@@ -11,6 +11,7 @@ import dataclasses
 
 import pytest
 import torch
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from adaptive_lora.config import DataSettings
 from adaptive_lora.data import planted, teacher
@@ -19,7 +20,7 @@ from adaptive_lora.data.splits import load_splits
 from adaptive_lora.errors import UserError
 from adaptive_lora.model.inventory import build_inventory
 from adaptive_lora.model.loading import LoadedModel
-from tiny import byte_tokenizer, planted_llama
+from tiny import VOCAB, byte_tokenizer, planted_llama
 
 SITE = {"kinds": ["down"], "layers": "last_half", "rank": 4, "seed": 0}
 OPTIONS = {
@@ -51,7 +52,8 @@ def loaded():
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: a second thread only waits (and on a busy machine, long)
+    # Tiny matrices: a second thread only waits (on a busy machine, for long).
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
 
@@ -246,3 +248,20 @@ def test_layer_ranges():
     assert got["middle_third"] == list(range(10, 20)) and got["last_half"] == list(range(15, 30))
     assert list(planted.site_layers("last_third", 2)) == [1]
     assert list(planted.site_layers((-3, -1), 30)) == [27, 28, 29]
+
+
+def test_a_gpt2_teacher_plants_its_fused_kinds():
+    """GPT-2's Conv1D projections (weights stored (in, out)) take a delta like nn.Linear."""
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=VOCAB, n_positions=512, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=258, eos_token_id=257, pad_token_id=256,
+                        initializer_range=0.2)  # fmt: skip
+    model = LoadedModel(GPT2LMHeadModel(config).eval(), byte_tokenizer(), {})
+    site = {"kinds": ["proj", "qkv"], "layers": [-1, -1], "rank": 2}
+    data = DataSettings(
+        source="planted", n_train=4, n_val=0, n_test=2, template="alpaca",
+        options={**OPTIONS, "sites": [site], "pool_size": 6},
+    )  # fmt: skip
+    info = load_splits(data, model=model).info["planted"]
+    assert info["planted_modules"] == ["transformer.h.1.attn.c_attn", "transformer.h.1.mlp.c_proj"]
+    assert abs(info["achieved_kl"] - 0.3) <= 0.02 * 0.3

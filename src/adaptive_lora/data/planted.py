@@ -108,8 +108,12 @@ class PlantedOptions:
     sites: list = help_field("planted sites: {kinds, layers, rank, seed} each", None)
     target_kl: float = help_field("mean per-token KL of the teacher from the base model", 0.3)
     kl_tolerance: float = help_field("relative tolerance of the achieved KL", 0.02)
-    prompts: str = help_field("prompt pool: builtin, an Alpaca file, reasoning_gym:<task>", "builtin")
-    prompt_options: dict = help_field("generator options of a reasoning_gym pool", default_factory=dict)
+    prompts: str = help_field(
+        "prompt pool: builtin, an Alpaca file, reasoning_gym:<task>", "builtin"
+    )
+    prompt_options: dict = help_field(
+        "generator options of a reasoning_gym pool", default_factory=dict
+    )
     pool_size: int = help_field("items made (the splits draw from them)", 240)
     n_calibration: int = help_field("held-out prompts the KL is fitted on", 16)
     max_new_tokens: int = help_field("tokens sampled per completion at most", 64)
@@ -175,8 +179,7 @@ def _layer_range(layers: Any, where: str) -> str | tuple[int, int]:
     ):
         return (layers[0], layers[1])
     raise UserError(
-        f"{where}.layers must be one of {', '.join(LAYER_RANGES)} or [first, last], "
-        f"got {layers!r}"
+        f"{where}.layers must be one of {', '.join(LAYER_RANGES)} or [first, last], got {layers!r}"
     )
 
 
@@ -201,7 +204,9 @@ def site_layers(layers: str | tuple[int, int], n_layers: int, where: str = "site
     return range(first, last + 1)
 
 
-def site_modules(settings: PlantedSettings, inventory: Sequence[ModuleInfo]) -> list[list[ModuleInfo]]:
+def site_modules(
+    settings: PlantedSettings, inventory: Sequence[ModuleInfo]
+) -> list[list[ModuleInfo]]:
     """Each site's modules in inventory order; a site that selects none is a `UserError`."""
     n_layers = layer_count(inventory)
     found = []
@@ -318,11 +323,15 @@ def _sha256(value: Any) -> str:
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()
 
 
-def build(settings: PlantedSettings, template: str, loaded: Any, prompts: list) -> tuple[list, dict]:
+def build(
+    settings: PlantedSettings, template: str, loaded: Any, prompts: list
+) -> tuple[list, dict]:
     """Fit the teacher's scale on the calibration prompts, then sample the items."""
     options, model, tokenizer = settings.options, loaded.model, loaded.tokenizer
     sites = site_modules(settings, build_inventory(model, "all"))
-    deltas = teacher.make_deltas(model, [(m, s.rank, s.seed) for m, s in zip(sites, settings.sites)])
+    deltas = teacher.make_deltas(
+        model, [(m, s.rank, s.seed) for m, s in zip(sites, settings.sites)]
+    )
     calibration, items = prompts[: options.n_calibration], prompts[options.n_calibration :]
     ids = prompt_token_ids(calibration + items, tokenizer, template)
     was_training = model.training
