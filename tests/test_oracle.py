@@ -73,7 +73,8 @@ def test_oracle_keeps_max_rank_and_refuses_what_the_planted_set_cannot_spend():
 
 def test_oracle_is_refused_on_data_that_is_not_planted():
     model = tiny_llama()
-    for data in (DataSettings(source="builtin"), DataSettings(), None):
+    alpaca = DataSettings(source="../shared/data/alpaca_en_demo.json")
+    for data in (alpaca, DataSettings(source="builtin"), DataSettings(), None):
         with pytest.raises(UserError, match="oracle allocates on planted data only"):
             oracle_on(model, data)
 
