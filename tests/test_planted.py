@@ -265,3 +265,12 @@ def test_a_gpt2_teacher_plants_its_fused_kinds():
     info = load_splits(data, model=model).info["planted"]
     assert info["planted_modules"] == ["transformer.h.1.attn.c_attn", "transformer.h.1.mlp.c_proj"]
     assert abs(info["achieved_kl"] - 0.3) <= 0.02 * 0.3
+
+
+def test_progress_is_printed_only_past_its_interval(capsys):
+    quiet = teacher.Progress("planted: sampling", 3)
+    quiet(1), quiet(3)
+    assert capsys.readouterr().err == ""
+    loud = teacher.Progress("planted: fitting, try", 0, every=0)
+    loud(2, ": scale 0.5, KL 0.31")
+    assert capsys.readouterr().err == "planted: fitting, try: 2: scale 0.5, KL 0.31 (0 s)\n"

@@ -363,7 +363,14 @@ def _fit(settings, model, tokenizer, deltas, prompt_ids):
     """The scale whose KL on the calibration prompts (with base samples) is the target."""
     options = settings.options
     base_samples = _sample(model, tokenizer, options, prompt_ids, "calibration")
-    kl_at = _kl(model, tokenizer, deltas, base_samples, options)
+    kl = _kl(model, tokenizer, deltas, base_samples, options)
+    progress, tries = teacher.Progress("planted: fitting the scale to the KL, try", 0), []
+
+    def kl_at(scale: float) -> float:
+        tries.append(kl(scale))
+        progress(len(tries), f": scale {scale:.4g}, KL {tries[-1]:.4g}")
+        return tries[-1]
+
     return teacher.fit_scale(kl_at, options.target_kl, options.kl_tolerance), base_samples
 
 

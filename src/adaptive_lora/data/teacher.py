@@ -225,17 +225,19 @@ def item_seed(seed: int, purpose: str, index: int) -> int:
 
 
 class Progress:
-    """Prints `label: done/total (seconds)` to stderr, only once a step runs past a few seconds."""
+    """Prints `label: done/total (seconds)` (`total` 0: no total) to stderr at most every
+    few seconds, and nothing for work that ends sooner: a tiny model's set is made in silence."""
 
     def __init__(self, label: str, total: int, every: float = 5.0):
         self.label, self.total, self.every = label, total, every
         self.start = self.last = time.perf_counter()
 
-    def __call__(self, done: int) -> None:
+    def __call__(self, done: int, note: str = "") -> None:
         now = time.perf_counter()
         if now - self.last >= self.every or (done == self.total and now - self.start >= self.every):
             self.last = now
-            print(f"{self.label}: {done}/{self.total} ({now - self.start:.0f} s)",
+            count = f"{done}/{self.total}" if self.total else f"{done}"
+            print(f"{self.label}: {count}{note} ({now - self.start:.0f} s)",
                   file=sys.stderr, flush=True)  # fmt: skip
 
 
@@ -264,9 +266,10 @@ def sample(
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         generators = [torch.Generator().manual_seed(seeds[i]) for i in chunk]
+        tick = (lambda ended: progress(len(out) + ended)) if progress is not None else None
         drawn = _sample_batch(
             model, [prompts[i] for i in chunk], generators, max_new_tokens, eos_id, pad_id,
-            vocab_size,
+            vocab_size, tick,
         )  # fmt: skip
         for i, (tokens, complete) in zip(chunk, drawn):
             out[i] = Sampled(list(prompts[i]), tokens, complete)
@@ -284,8 +287,9 @@ def _draw(logits: torch.Tensor, generators: Sequence[torch.Generator], vocab_siz
     return token.clamp(max=vocab_size - 1)
 
 
-def _sample_batch(model, prompts, generators, max_new_tokens, eos_id, pad_id, vocab_size):
-    """(response tokens, ended with EOS) per prompt of one left-padded batch."""
+def _sample_batch(model, prompts, generators, max_new_tokens, eos_id, pad_id, vocab_size, tick):
+    """(response tokens, ended with EOS) per prompt of one left-padded batch; `tick(n)`
+    after each token step, with the number of the batch's samples that have ended."""
     device = next(model.parameters()).device
     longest = max(len(p) for p in prompts)
     ids = torch.tensor([[pad_id] * (longest - len(p)) + list(p) for p in prompts], device=device)
@@ -308,6 +312,8 @@ def _sample_batch(model, prompts, generators, max_new_tokens, eos_id, pad_id, vo
                 live.append(j)
         if step + 1 == max_new_tokens or not live:
             break
+        if tick is not None:
+            tick(len(prompts) - len(live))
         if len(live) < len(rows):  # finished samples leave the batch and the cache
             index = torch.tensor(live, device=device)
             cache.batch_select_indices(index)
