@@ -12,9 +12,10 @@ from test_train import tiny_config
 from tiny_arch import BY_NAME, FAMILIES, MadeUpModel
 
 from adaptive_lora.adapters.lora import AdapterSettings, apply_lora, trainable_parameters
-from adaptive_lora.allocation.budget import tolerance
-from adaptive_lora.allocation.core import STRATEGIES
+from adaptive_lora.allocation.budget import resolve_budget, tolerance
+from adaptive_lora.allocation.core import STRATEGIES, AllocationContext, allocate
 from adaptive_lora.allocation.for_model import allocation_on_model
+from adaptive_lora.config import DataSettings
 from adaptive_lora.model.inventory import (
     GenericKindsWarning,
     build_inventory,
@@ -52,13 +53,22 @@ def test_fused_kinds_keep_their_group():
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_every_strategy_meets_the_budget_and_peft_agrees(family, strategy, request):
     model = family.build()
-    allocation = allocation_on_model(
-        model,
-        strategy,
-        "r4",
-        params=QUICK_PARAMS.get(strategy),
-        tokenizer=byte_tokenizer(),
-    )
+    if strategy == "oracle":  # planted data only: the budget on each family's MLP modules
+        inventory = build_inventory(model)
+        planted = DataSettings(source="planted", options={"sites": [{"kinds": "mlp"}]})
+        ctx = AllocationContext(inventory, resolve_budget("r4", inventory), data=planted)
+        allocation = allocate("oracle", ctx)
+        assert {n for n, r in allocation.ranks.items() if r} == {
+            m.name for m in inventory if m.group == "mlp"
+        }
+    else:
+        allocation = allocation_on_model(
+            model,
+            strategy,
+            "r4",
+            params=QUICK_PARAMS.get(strategy),
+            tokenizer=byte_tokenizer(),
+        )
     gap = abs(allocation.total_params - allocation.budget.params)
     assert gap <= tolerance(allocation.inventory, allocation.budget.params)
     if strategy == "adalora":

@@ -78,6 +78,20 @@ def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
+def planted_llama(seed: int = 0, layers: int = 2) -> LlamaForCausalLM:
+    """A tiny Llama for planted tasks: initialised at std 0.2, not 0.02. At 0.02 a random
+    model's logits are nearly flat after its final norm, and no delta on an inner module
+    moves its output distribution by the KL a planted task asks for (0.3 nats)."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=258, eos_token_id=257, pad_token_id=256, tie_word_embeddings=False,
+        initializer_range=0.2,
+    )  # fmt: skip
+    return LlamaForCausalLM(config).eval()
+
+
 def save_tiny(model, folder) -> str:
     """Save model + tokenizer as a local model folder usable with --model FOLDER."""
     model.save_pretrained(folder)

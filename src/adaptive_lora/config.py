@@ -72,7 +72,11 @@ LEGACY_DATA = {"split": "train_first"}
 
 @dataclass
 class DataSettings:
-    source: str = _help("`builtin`, an Alpaca JSON/JSONL file, or a hub data set id", "builtin")
+    source: str = _help(
+        "`builtin`, an Alpaca JSON/JSONL file, a hub data set id, `reasoning_gym:<task>` or "
+        "`planted` (a task with a known answer)",
+        "builtin",
+    )
     n_train: int = _help("training examples in the subset", 160)
     n_val: int = _help("validation examples (model and learning-rate selection)", 32)
     n_test: int = _help("test examples (the reported numbers)", 48)
@@ -88,7 +92,8 @@ class DataSettings:
         "prompt format: `alpaca` or `chat` (the tokenizer's chat template)", "alpaca"
     )
     options: dict[str, Any] = _help(
-        "generator options of a `reasoning_gym:<task>` source, e.g. {max_terms: 3}",
+        "generator options of a `reasoning_gym:<task>` source, e.g. {max_terms: 3}, or a "
+        "`planted` task's sites and settings (data/planted.py)",
         default_factory=dict,
     )
 

@@ -54,8 +54,12 @@ ALLOCATION_KEY = "allocation_modules"
 # Per test item: loss, token count and each metric's verdict (see `run.test_item_records`),
 # so statistics can resample items as well as seeds.
 ITEMS_KEY = "test_items"
+# A planted task's run (`data.source: planted`): the planted modules, the teacher's scale
+# and KL, and how much of the allocation's budget went to the planted modules
+# (`allocation/oracle.planted_metrics`).
+PLANTED_KEY = "planted"
 # Too long for a column of results.csv: they stay in the store and in metrics.json.
-NOT_EXPORTED_KEYS = (*CURVE_KEYS, ALLOCATION_KEY, ITEMS_KEY)
+NOT_EXPORTED_KEYS = (*CURVE_KEYS, ALLOCATION_KEY, ITEMS_KEY, PLANTED_KEY)
 
 STATUS_DONE = "done"
 STATUS_FAILED = "failed"

@@ -22,6 +22,7 @@ from adaptive_lora import progress
 from adaptive_lora.adapters.lora import AdapterSettings, trainable_parameters
 from adaptive_lora.allocation.for_model import run_allocation
 from adaptive_lora.allocation.heatmap import rank_heatmap
+from adaptive_lora.allocation.oracle import planted_metrics
 from adaptive_lora.compute.fast_step import fast_training
 from adaptive_lora.compute.precision import Precision, resolve_precision
 from adaptive_lora.config import RunConfig
@@ -52,6 +53,7 @@ from adaptive_lora.model.loading import load_model
 from adaptive_lora.records import (
     ALLOCATION_KEY,
     ITEMS_KEY,
+    PLANTED_KEY,
     STATUS_DONE,
     STATUS_FAILED,
     RunResult,
@@ -181,7 +183,9 @@ class RunSteps:
         progress.report("loading")
         self.loaded = loaded or load_model(cfg.model)
         self.tokenizer = self.loaded.tokenizer
-        self.splits = load_splits(cfg.data, cfg.seed)
+        # On the run's device before the data: a planted task is sampled from this model.
+        self.loaded.model.to(self.precision.device)
+        self.splits = load_splits(cfg.data, cfg.seed, model=self.loaded)
         check_metric_data(cfg.eval.metrics, self.splits.test[: cfg.eval.n_generate])
         tokenize = lambda split: tokenize_examples(  # noqa: E731
             split, self.tokenizer, cfg.data.max_length, cfg.data.template
@@ -189,7 +193,6 @@ class RunSteps:
         self.train_split = tokenize(self.splits.train)
         self.val_split = tokenize(self.splits.val) if self.splits.val else None
         self.test_split = tokenize(self.splits.test) if self.splits.test else None
-        self.loaded.model.to(self.precision.device)
         progress.report("allocating")
         with Stopwatch() as watch:
             self.allocation = run_allocation(cfg, self.loaded, self.splits)
@@ -490,4 +493,6 @@ def run_metrics(
     )
     if evaluated.items is not None:
         m[ITEMS_KEY] = test_item_records(evaluated.items, generation.records, steps.splits.test)
+    if "planted" in steps.splits.info:
+        m[PLANTED_KEY] = planted_metrics(steps.splits.info["planted"], steps.allocation)
     return m

@@ -14,6 +14,7 @@ from adaptive_lora.allocation import (  # noqa: F401
     empirical,
     linear_decay,
     linear_increase,
+    oracle,
     random_control,
     spectral,
     uniform,

@@ -35,6 +35,9 @@ class AllocationContext:
     cache_dir: str | None = None
     # Cache keys and provenance (model fingerprint, data hash) for data-driven strategies.
     fingerprints: dict[str, str] = field(default_factory=dict)
+    # The run's data settings (`config.DataSettings`: source, options): what a strategy may
+    # know of the task; `oracle` reads a planted task's sites from it.
+    data: Any = None
     # Anything a strategy wants recorded with the run (probe cost, scores, ...).
     report: dict[str, Any] = field(default_factory=dict)
 

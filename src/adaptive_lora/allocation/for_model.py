@@ -6,6 +6,7 @@ from typing import Any
 
 from adaptive_lora.allocation.budget import resolve_budget
 from adaptive_lora.allocation.core import Allocation, AllocationContext, allocate, get_strategy
+from adaptive_lora.config import DataSettings
 from adaptive_lora.data.calibration import calibration_from_source, make_calibration
 from adaptive_lora.errors import UserError
 from adaptive_lora.model.inventory import build_inventory
@@ -70,6 +71,7 @@ def allocation_on_model(
         seed=seed,
         model=model if chosen.needs_weights else None,
         fingerprints=fingerprints or {},
+        data=DataSettings(source=data),
     )
     if chosen.needs_data:
         if tokenizer is None:
@@ -96,6 +98,7 @@ def run_allocation(config: Any, loaded: Any, splits: Any) -> Allocation:
         seed=config.seed,
         model=loaded.model if chosen.needs_weights else None,
         cache_dir=str(cache_root() / "importance"),
+        data=config.data,
         fingerprints={
             "model": str(loaded.fingerprint.get("sha256") or loaded.fingerprint.get("hub_id")),
             "data": splits.data_hash,

@@ -92,7 +92,8 @@ def tokenize_examples(
     """Tokenize prompt and response separately and label only the response.
 
     input_ids = prompt ids + response ids + [eos], labels = [-100] * len(prompt) +
-    response ids + [eos]. The Alpaca prompt gets the tokenizer's usual special tokens
+    response ids + [eos] (a record with `output_ids` gives its response ids, see
+    `_response_ids`). The Alpaca prompt gets the tokenizer's usual special tokens
     (e.g. BOS); a chat prompt gets none, since the chat template already writes them;
     the response never gets any. Sequences longer than `max_length` are cut from the
     right and counted in `n_truncated`. An example whose prompt alone is `max_length`
@@ -105,10 +106,8 @@ def tokenize_examples(
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
         raise UserError("the tokenizer has no EOS token; set one (tokenizer.eos_token)")
-    prompts = [format_prompt(ex, template, tokenizer) for ex in examples]
-    prompt_ids = _token_ids(tokenizer, prompts, add_special_tokens=template == "alpaca")
-    prompt_ids = [_drop_trailing_eos(ids, eos_id) for ids in prompt_ids]
-    response_ids = _token_ids(tokenizer, [ex["output"] for ex in examples], False)
+    prompt_ids = prompt_token_ids(examples, tokenizer, template)
+    response_ids = _response_ids(examples, tokenizer, eos_id)
 
     features, kept = [], []
     n_truncated = n_dropped = 0
@@ -116,8 +115,8 @@ def tokenize_examples(
         if len(prompt) >= max_length:
             n_dropped += 1
             continue
-        input_ids = prompt + response + [eos_id]
-        labels = [IGNORE_INDEX] * len(prompt) + response + [eos_id]
+        input_ids = prompt + response
+        labels = [IGNORE_INDEX] * len(prompt) + response
         if len(input_ids) > max_length:
             n_truncated += 1
             input_ids, labels = input_ids[:max_length], labels[:max_length]
@@ -136,6 +135,33 @@ def tokenize_examples(
         n_tokens=sum(len(f["input_ids"]) for f in features),
         n_label_tokens=sum(sum(x != IGNORE_INDEX for x in f["labels"]) for f in features),
     )
+
+
+def prompt_token_ids(examples: Sequence[Example], tokenizer: Any, template: str) -> list[list[int]]:
+    """Each example's prompt as the model reads it in training: formatted by `template`,
+    with the tokenizer's special tokens for the Alpaca template only, no trailing EOS."""
+    prompts = [format_prompt(ex, template, tokenizer) for ex in examples]
+    prompt_ids = _token_ids(tokenizer, prompts, add_special_tokens=template == "alpaca")
+    return [_drop_trailing_eos(ids, tokenizer.eos_token_id) for ids in prompt_ids]
+
+
+def _response_ids(examples: Sequence[Example], tokenizer: Any, eos_id: int) -> list[list[int]]:
+    """Each response's labelled tokens: its text tokenized, then EOS.
+
+    A record that carries its response as tokens (`output_ids`: a planted task's teacher
+    samples, `data/planted.py`) is taken token for token, so the labels are exactly what
+    was sampled; its EOS is there only where the sample ended (`output_complete`), not
+    where it was cut at the sampling length.
+    """
+    texts = _token_ids(tokenizer, [ex["output"] for ex in examples], False)
+    ids = []
+    for example, from_text in zip(examples, texts):
+        if "output_ids" in example:
+            ending = [eos_id] if example.get("output_complete", True) else []
+            ids.append(list(example["output_ids"]) + ending)
+        else:
+            ids.append(from_text + [eos_id])
+    return ids
 
 
 def _token_ids(tokenizer: Any, texts: list[str], add_special_tokens: bool) -> list[list[int]]:

@@ -22,11 +22,11 @@ import hashlib
 import json
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from adaptive_lora.config import SPLIT_RULES  # noqa: F401 - the rules, named where they are read
-from adaptive_lora.data import reasoning_gym
+from adaptive_lora.data import planted, reasoning_gym
 from adaptive_lora.data.sources import Example, load_examples
 from adaptive_lora.errors import UserError
 
@@ -45,6 +45,8 @@ class Splits:
     data_hash: str
     source_hash: str
     test_hash: str = ""  # the test set alone: equal across training sizes under test_first
+    # What a made source says about itself (a planted task: its modules, scale and KL).
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def order_seed(settings: Any, run_seed: int | None) -> int:
@@ -100,7 +102,9 @@ def make_splits(
     return _splits(train, val, test, source_hash=hash_examples(list(examples)))
 
 
-def _splits(train: list, val: list, test: list, *, source_hash: str) -> Splits:
+def _splits(
+    train: list, val: list, test: list, *, source_hash: str, info: dict | None = None
+) -> Splits:
     return Splits(
         train=train,
         val=val,
@@ -108,6 +112,7 @@ def _splits(train: list, val: list, test: list, *, source_hash: str) -> Splits:
         data_hash=hash_examples({"train": train, "val": val, "test": test}),
         source_hash=source_hash,
         test_hash=hash_examples(test),
+        info=info or {},
     )
 
 
@@ -115,20 +120,26 @@ def _pick(examples: Sequence[Example], indices: Iterable[int]) -> list[Example]:
     return [examples[i] for i in indices]
 
 
-def load_splits(settings: Any, run_seed: int | None = None) -> Splits:
+def load_splits(settings: Any, run_seed: int | None = None, model: Any = None) -> Splits:
     """The three splits a run with these `DataSettings` (and, for `per_seed`, this run
     seed) trains, selects and reports on.
 
     A file, the built-in set or a hub set is shuffled by `make_splits`; a generated
     `reasoning_gym:` task draws exactly as many distinct items as the splits need and
-    splits them nested (see `data/reasoning_gym.py`), the test set first.
+    splits them nested (see `data/reasoning_gym.py`), the test set first; a `planted`
+    task is sampled from `model` (the run's `LoadedModel`) with a planted delta and split
+    nested in a seeded order (see `data/planted.py`).
     """
     source = settings.source
     seed = order_seed(settings, run_seed)
+    if settings.n_train < 1 or settings.n_val < 0 or settings.n_test < 0:
+        make_splits([], settings.n_train, settings.n_val, settings.n_test, 0)  # its one-line error
+    if planted.is_planted(source):
+        return _planted_splits(settings, model, seed)
     if not reasoning_gym.is_reasoning_gym(source):
         if settings.options:
             raise UserError(
-                f"data.options: only a `reasoning_gym:<task>` source takes generator options, "
+                f"data.options: only a `reasoning_gym:<task>` or `planted` source takes options, "
                 f"not {source!r}"
             )
         examples = load_examples(source)
@@ -136,8 +147,6 @@ def load_splits(settings: Any, run_seed: int | None = None) -> Splits:
             examples, settings.n_train, settings.n_val, settings.n_test, seed,
             test_first=settings.split != "train_first",
         )  # fmt: skip
-    if settings.n_train < 1 or settings.n_val < 0 or settings.n_test < 0:
-        make_splits([], settings.n_train, settings.n_val, settings.n_test, 0)  # its one-line error
     wanted = settings.n_train + settings.n_val + settings.n_test
     records = reasoning_gym.generate_examples(source, settings.options, wanted, seed)
     train, val, test = reasoning_gym.nested_splits(
@@ -148,3 +157,11 @@ def load_splits(settings: Any, run_seed: int | None = None) -> Splits:
     if settings.split != "per_seed":
         generator["seed"] = seed  # as recorded before per-seed splits existed
     return _splits(train, val, test, source_hash=hash_examples(generator))
+
+
+def _planted_splits(settings: Any, model: Any, seed: int) -> Splits:
+    data = planted.planted_examples(settings.options, settings.template, model)
+    train, val, test = planted.nested_splits(
+        data.records, settings.n_train, settings.n_val, settings.n_test, seed
+    )
+    return _splits(train, val, test, source_hash=data.digest, info={"planted": data.info})

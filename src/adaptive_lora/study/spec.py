@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adaptive_lora.config import RunConfig, load_yaml
+from adaptive_lora.data.planted import is_planted, planted_settings, prompt_pool
 from adaptive_lora.data.splits import load_splits
 from adaptive_lora.errors import UserError
 from adaptive_lora.evaluation_metrics import check_metric_data
@@ -193,6 +194,9 @@ def _check_sources(config: RunConfig) -> None:
     if local or source.startswith("reasoning_gym:"):
         splits = load_splits(config.data, config.seed)
         check_metric_data(config.eval.metrics, splits.test[: config.eval.n_generate])
+    elif is_planted(source):
+        # Sampled from the model by the first run; its options and prompt pool fail now.
+        prompt_pool(planted_settings(config.data.options).options)
 
 
 def _stored_rows(out: Path) -> list[RunRow]:
