@@ -93,13 +93,18 @@ def test_peft_default_at_qv_rN_is_rank_N_on_peft_s_targets(family, rank):
     assert allocation.report["peft_default_targets"]
 
 
-@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
-@pytest.mark.parametrize("strategy", PLACEMENTS)
+@pytest.mark.parametrize(
+    ("family", "strategy"),
+    [
+        pytest.param(family, strategy, id=f"{family.name}-{strategy}")
+        for family in FAMILIES
+        for strategy in PLACEMENTS
+        if family in WITH_PEFT_DEFAULT or strategy != "peft_default"
+    ],
+)
 def test_a_budget_below_rank_1_on_each_of_its_modules_is_refused_naming_the_smallest(
     family, strategy
 ):
-    if strategy == "peft_default" and family.name == "phi3":
-        pytest.skip("no PEFT default for Phi-3 (its own test)")
     model = family.build()
     inventory = build_inventory(model)
     smallest = sum(

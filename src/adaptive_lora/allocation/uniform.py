@@ -27,7 +27,7 @@ def check_uniform_spends(label: str, params: int, inventory, min_rank: int = 1) 
     if params < floor - slack:
         raise UserError(
             f"uniform cannot spend budget {label}: {params:,} parameters is below the "
-            f"{floor:,} that rank 1 on every target module costs; below r1 use a placement "
-            "as the baseline (peft_default, which is what PEFT trains by default, or "
-            "attention_only), or at least r1 or a narrower `target`"
+            f"{floor:,} that rank 1 on every target module costs; below r1 make a placement "
+            "the baseline (peft_default: what PEFT trains by default), or use at least r1 "
+            "or a narrower `target`"
         )

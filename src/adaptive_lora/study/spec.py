@@ -7,7 +7,7 @@ A study file (every shipped one starts with a comment giving the command that ru
     model: smollm2-135m               # preset, hub id, model folder or .gguf
     data: {source: builtin, n_train: 96, n_val: 16, n_test: 32, data_seed: 0,
            max_length: 128, template: alpaca}
-    budgets: [r8, r16]                # rN or a parameter count
+    budgets: [r8, r16]                # rN, qv:rN (PEFT's default targets) or a count
     strategies:                       # a name, or a mapping
       - uniform
       - {name: linear_decay, params: {ratio: 4}, label: decay-4x, lr: [5e-4, 1e-3]}
