@@ -10,11 +10,14 @@ from __future__ import annotations
 import warnings
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from peft import LoraConfig, get_peft_model
+from test_allocation import problems
 from tiny_arch import FAMILIES
 
 from adaptive_lora.adapters.lora import AdapterSettings, apply_lora, lora_modules
-from adaptive_lora.allocation.budget import resolve_budget, tolerance
+from adaptive_lora.allocation.budget import resolve_budget, tolerance, total_params
 from adaptive_lora.allocation.core import AllocationContext, allocate
 from adaptive_lora.errors import UserError
 from adaptive_lora.model.inventory import build_inventory
@@ -195,3 +198,32 @@ def test_a_run_trains_peft_default_at_a_qv_budget(tmp_path):
     result = execute_run(config, tmp_path / "runs", quiet=True)
     assert result.status == "done", result.error
     assert result.metrics["trainable_params"] == 2 * 2 * (64 + 48)  # q (32→32), v (32→16)
+
+
+@settings(max_examples=200, deadline=None)
+@given(problems(transformer_like=True), st.sampled_from(["attention_only", "mlp_only"]))
+def test_property_a_placement_spends_the_budget_on_its_modules_only(problem, strategy):
+    """On random decoder-like inventories: rank 0 outside the placement, the rank bounds
+    inside, the whole inventory's tolerance; or a one-line refusal that says why."""
+    inv, budget, min_rank, max_rank = problem
+    group = "attention" if strategy == "attention_only" else "mlp"
+    placed = [m for m in inv if m.group == group]
+    ctx = AllocationContext(inv, resolve_budget(budget, inv), min_rank, max_rank)
+    try:
+        ranks = allocate(strategy, ctx).ranks
+    except UserError as error:
+        message = str(error)
+        smallest = max(1, min_rank) * sum(m.cost_per_rank for m in placed)
+        assert "\n" not in message
+        assert (
+            not placed
+            or (budget < smallest and f"at least {smallest} parameters" in message)
+            # Integer ranks of the placement's modules cannot come within the tolerance
+            # (their costs are coarser than the inventory's cheapest), or max_rank binds.
+            or "cannot be met" in message
+            or (max_rank is not None and "impossible budget" in message)
+        ), message
+        return
+    assert all(ranks[m.name] == 0 for m in inv if m.group != group)
+    assert all(max(1, min_rank) <= ranks[m.name] <= (max_rank or 10**9) for m in placed)
+    assert abs(total_params(inv, ranks) - budget) <= tolerance(inv, budget)
