@@ -50,7 +50,7 @@ from pathlib import Path
 
 from adaptive_lora.allocation.budget import resolve_budget
 from adaptive_lora.allocation.uniform import check_uniform_spends
-from adaptive_lora.config import RunConfig, load_yaml
+from adaptive_lora.config import Budget, RunConfig, load_yaml
 from adaptive_lora.data.splits import load_splits
 from adaptive_lora.errors import UserError
 from adaptive_lora.evaluation_metrics import check_metric_data
@@ -256,23 +256,29 @@ def _check_budgets_on_models(design: StudyDesign) -> None:
         key = (group.model, settings.target)
         if key not in shapes:
             shapes[key] = _shapes(*key)
-        if shapes[key] is None:
+        if shapes[key] is not None:
+            inventory, model_type = shapes[key]
+            resolved = {b.label: resolve_budget(b, inventory, model_type) for b in budgets}
+            _check_uniform_spends_in(design, group, inventory, resolved, settings.min_rank)
+
+
+def _check_uniform_spends_in(
+    design: StudyDesign,
+    group: Group,
+    inventory: list[ModuleInfo],
+    resolved: dict[str, Budget],
+    min_rank: int,
+) -> None:
+    """Every `uniform` entry of a group at each of its budgets resolved here (not `rN`)."""
+    for entry in design.strategies:
+        if entry.name != "uniform" or not entry.runs_in(group):
             continue
-        inventory, model_type = shapes[key]
-        resolved = {b.label: resolve_budget(b, inventory, model_type) for b in budgets}
-        for entry in design.strategies:
-            if entry.name != "uniform" or not entry.runs_in(group):
-                continue
-            for label in design.budgets_for(entry.label):
-                if label not in resolved:
-                    continue
-                try:
-                    check_uniform_spends(
-                        label, resolved[label].params, inventory, settings.min_rank
-                    )
-                except UserError as error:
-                    role = " (the baseline)" if entry.label == design.baseline else ""
-                    raise UserError(f"{entry.label}{role} on {group.model}: {error}") from None
+        for label in [b for b in design.budgets_for(entry.label) if b in resolved]:
+            try:
+                check_uniform_spends(label, resolved[label].params, inventory, min_rank)
+            except UserError as error:
+                role = " (the baseline)" if entry.label == design.baseline else ""
+                raise UserError(f"{entry.label}{role} on {group.model}: {error}") from None
 
 
 def _shapes(model: str, target: str) -> tuple[list[ModuleInfo], str | None] | None:
