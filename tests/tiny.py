@@ -18,6 +18,7 @@ from transformers import (
 from adaptive_lora.allocation.budget import resolve_budget
 from adaptive_lora.allocation.core import Allocation, AllocationContext, allocate
 from adaptive_lora.model.inventory import build_inventory
+from adaptive_lora.model.peft_targets import model_type_of
 
 SPECIALS = ["<pad>", "<eos>", "<bos>"]
 CHAT_TEMPLATE = (
@@ -124,5 +125,8 @@ def write_tiny_study(folder: Path, model: str, *, max_steps: int = 2, **changes)
 def allocation_for(model, strategy, budget="r8", seed=0, target="all") -> Allocation:
     """`strategy`'s allocation of `budget` over `model`'s target modules."""
     inv = build_inventory(model, target)
-    ctx = AllocationContext(inv, resolve_budget(budget, inv), seed=seed)
+    model_type = model_type_of(model)
+    ctx = AllocationContext(
+        inv, resolve_budget(budget, inv, model_type), seed=seed, model_type=model_type
+    )
     return allocate(strategy, ctx)

@@ -50,7 +50,8 @@ def allocate(
 ) -> Allocation:
     """Budget-matched ranks `{module name: rank}` for `model` (a module or a model spec).
 
-    `budget` is `rN` (the parameters of rank N on every target module) or a count;
+    `budget` is `rN` (the parameters of rank N on every target module), `qv:rN` (those of
+    rank N on the modules PEFT adapts by default: q and v on Llama) or a count;
     `params` are the strategy's own (e.g. `ratio=4` for `linear_decay`). Data-driven
     strategies (`empirical`) calibrate on the training split of `data` and need the
     model's `tokenizer` when `model` is a module.

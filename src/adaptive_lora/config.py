@@ -21,6 +21,9 @@ from adaptive_lora.errors import UserError
 from adaptive_lora.records import run_id_for
 
 _RANK_BUDGET = re.compile(r"^r(\d+)$")
+# `qv:rN`: rank N on PEFT's default target modules (q and v on Llama), the budget most
+# LoRA users spend; resolved against the model's type and inventory like `rN`.
+_PLACED_BUDGET = re.compile(r"^(qv):r(\d+)$")
 _COUNT_BUDGET = re.compile(r"^(\d+(?:\.\d+)?)([kKmM]?)$")
 
 
@@ -30,15 +33,28 @@ class Budget:
 
     label: str
     params: int
-    rank: int | None = None  # N for an `rN` budget, else None
+    rank: int | None = None  # N for an `rN` (or `qv:rN`) budget, else None
+    # Where rank N is counted: None for every target module (`rN`), `qv` for PEFT's
+    # default target modules (`qv:rN`).
+    placement: str | None = None
+
+    @property
+    def uniform_rank(self) -> int | None:
+        """N of an `rN` budget: the rank that spends it on every target module (else None)."""
+        return self.rank if self.placement is None else None
 
     def to_dict(self) -> dict:
-        return {"label": self.label, "params": self.params, "rank": self.rank}
+        out = {"label": self.label, "params": self.params, "rank": self.rank}
+        if self.placement is not None:  # absent for rN and counts: their records stay as were
+            out["placement"] = self.placement
+        return out
 
 
 def parse_budget(spec: str | int) -> Budget:
     """The one budget parser: `r8` → rank 8 (parameters unknown until an inventory is
-    given: `params` 0); `250000`, `250k`, `1.5M` → that count. A one-line error otherwise.
+    given: `params` 0); `qv:r8` → rank 8 on PEFT's default target modules (unknown until
+    the model's type and inventory are given); `250000`, `250k`, `1.5M` → that count. A
+    one-line error otherwise. The label is kept exactly as written.
 
     It lives here, beside the run config that checks its budget when it is read;
     `allocation/budget.py` re-exports it with the apportioning that resolves it.
@@ -52,6 +68,12 @@ def parse_budget(spec: str | int) -> Budget:
         if rank < 1:
             raise UserError(f"budget {text!r}: the rank must be at least 1 (e.g. r8)")
         return Budget(text, 0, rank)
+    match = _PLACED_BUDGET.match(text)
+    if match:
+        rank = int(match.group(2))
+        if rank < 1:
+            raise UserError(f"budget {text!r}: the rank must be at least 1 (e.g. qv:r8)")
+        return Budget(text, 0, rank, match.group(1))
     match = _COUNT_BUDGET.match(text)
     if match:
         scale = {"": 1, "k": 1_000, "m": 1_000_000}[match.group(2).lower()]
@@ -60,7 +82,8 @@ def parse_budget(spec: str | int) -> Budget:
             raise UserError(f"budget {text!r} is not a positive parameter count")
         return Budget(text, params)
     raise UserError(
-        f"cannot read budget {text!r}: write rN (e.g. r8) or a parameter count (e.g. 500000, 1.2M)"
+        f"cannot read budget {text!r}: write rN (e.g. r8), qv:rN (rank N on PEFT's default "
+        "target modules, e.g. qv:r8) or a parameter count (e.g. 500000, 1.2M)"
     )
 
 
@@ -111,7 +134,11 @@ class AllocationSettings:
     strategy: str = _help(
         "rank-allocation strategy (see `adaptive-lora allocate --help`)", "uniform"
     )
-    budget: str = _help("`rN` (parameters of uniform rank N) or a parameter count", "r8")
+    budget: str = _help(
+        "`rN` (parameters of uniform rank N), `qv:rN` (parameters of rank N on PEFT's default "
+        "target modules, e.g. q and v on Llama) or a parameter count",
+        "r8",
+    )
     params: dict[str, Any] = _help("strategy parameters, e.g. {ratio: 4}", default_factory=dict)
     min_rank: int = _help(
         "smallest rank any module gets (0: a strategy may leave a module without an adapter)", 1

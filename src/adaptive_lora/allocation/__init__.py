@@ -11,10 +11,13 @@ above `adapters/`, which a method's adapter code builds on).
 # The registry of strategies that only allocate: one line per strategy module.
 from adaptive_lora.allocation import (  # noqa: F401
     attention_heavy,
+    attention_only,
     empirical,
     linear_decay,
     linear_increase,
+    mlp_only,
     oracle,
+    peft_default,
     random_control,
     spectral,
     uniform,

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from adaptive_lora.config import Budget, parse_budget
 from adaptive_lora.errors import UserError
 from adaptive_lora.model.inventory import ModuleInfo
+from adaptive_lora.model.peft_targets import peft_default_modules
 
 # Relative tolerance of the budget match; the absolute floor is the cost of one
 # rank of the cheapest module, since no integer allocation can do better.
@@ -28,20 +29,30 @@ def uniform_cost(inventory: Sequence[ModuleInfo], rank: int) -> int:
     return rank * sum(m.cost_per_rank for m in inventory)
 
 
-def resolve_budget(spec: Budget | str | int, inventory: Sequence[ModuleInfo]) -> Budget:
-    """`r8` → the parameters of uniform rank 8 on `inventory`; a count → that count.
+def resolve_budget(
+    spec: Budget | str | int, inventory: Sequence[ModuleInfo], model_type: str | None = None
+) -> Budget:
+    """`r8` → the parameters of uniform rank 8 on `inventory`; `qv:r8` → those of rank 8 on
+    the inventory's modules that PEFT adapts by default on a `model_type` model; a count →
+    that count.
 
     `spec` is a budget already read (`RunConfig`'s `allocation.parsed_budget`) or its text."""
     budget = spec if isinstance(spec, Budget) else parse_budget(spec)
-    if budget.rank is not None:
-        return Budget(budget.label, uniform_cost(inventory, budget.rank), budget.rank)
-    return budget
+    if budget.rank is None:
+        return budget
+    modules = inventory
+    if budget.placement is not None:
+        try:
+            modules = peft_default_modules(inventory, model_type)
+        except UserError as error:
+            raise UserError(f"budget {budget.label}: {error}") from None
+    return Budget(budget.label, uniform_cost(modules, budget.rank), budget.rank, budget.placement)
 
 
 def reference_rank(budget: Budget, inventory: Sequence[ModuleInfo]) -> float:
     """The (possibly fractional) uniform rank that spends exactly this budget."""
-    if budget.rank is not None:
-        return float(budget.rank)
+    if budget.uniform_rank is not None:
+        return float(budget.uniform_rank)
     return budget.params / sum(m.cost_per_rank for m in inventory)
 
 
@@ -96,6 +107,7 @@ def apportion(
     *,
     min_rank: int = 1,
     max_rank: int | None = None,
+    limit: float | None = None,
 ) -> dict[str, int]:
     """Integer ranks whose parameter cost matches `budget`, shared in proportion to `shares`.
 
@@ -108,7 +120,9 @@ def apportion(
     ties to the shallower module) while they fit. If the rank bounds leave only
     modules dearer than the leftover, one is grown and paid for by the most
     over-allocated others, or the budget is overshot by less than it would be
-    undershot. The result is within `tolerance()` of the budget.
+    undershot. The result is within `tolerance()` of the budget, or within `limit` when
+    one is given: a placement apportions over its own modules only and is held to the
+    tolerance of the whole inventory, as every strategy is.
 
     Raises UserError when the budget cannot be met within the rank bounds (the
     bounds, not the strategy, make some budgets unreachable in integers).
@@ -123,12 +137,12 @@ def apportion(
     # tolerance unspent, try each way of spending the rest and keep the one
     # closest to the strategy's shape among those that meet the budget.
     left = _fill(inventory, ideal, ranks, budget, upper, ceil_only=True)
-    limit = tolerance(inventory, budget)
+    limit = tolerance(inventory, budget) if limit is None else limit
     # With min_rank 0 (budgets below r1) the aim is the relative tolerance itself; with a
     # floor of one rank everywhere, a leftover within `limit` is kept, as it always was
     # (a swap there would bend the strategy's shape more than the budget gains).
     if left > (RELATIVE_TOLERANCE * budget if min_rank == 0 else limit):
-        ranks, left = _complete(inventory, ideal, ranks, budget, min_rank, upper, left)
+        ranks, left = _complete(inventory, ideal, ranks, budget, min_rank, upper, left, limit)
     if abs(left) > limit:
         raise UserError(
             f"budget {budget:,} cannot be met within {limit:,.0f} parameters under rank bounds "
@@ -170,7 +184,9 @@ def _share(shares: Mapping[str, float], name: str) -> float:
     return weight
 
 
-def _complete(inventory, ideal, ranks, budget, min_rank, upper, left) -> tuple[list[int], int]:
+def _complete(
+    inventory, ideal, ranks, budget, min_rank, upper, left, limit
+) -> tuple[list[int], int]:
     """Spend a leftover that the ceil-capped rounding left: the closest way to the budget.
 
     The relative tolerance is the aim; the cost of one rank of the cheapest module is
@@ -179,7 +195,7 @@ def _complete(inventory, ideal, ranks, budget, min_rank, upper, left) -> tuple[l
     a cheap rank for a dear one often lands within 0.5%. Among the ways that meet a
     bound, the one closest to the strategy's shape wins.
     """
-    aim, limit = RELATIVE_TOLERANCE * budget, tolerance(inventory, budget)
+    aim = RELATIVE_TOLERANCE * budget
     ways = ("overshoot", "fill", "fill+over", "swap", "swap+over")
     start = (list(ranks), left)
     tight = [

@@ -29,6 +29,9 @@ class AllocationContext:
     min_rank: int = 1
     max_rank: int | None = None
     seed: int = 0  # the run seed; strategies with randomness derive from it
+    # The model's `config.model_type` (`llama`, `gpt2`): what PEFT's default targets are
+    # looked up by (`peft_default`); known without weights, so it is not `model`.
+    model_type: str | None = None
     model: Any = None  # the loaded model, for strategies that read weights
     # Calibration batches from the *training* split, for data-driven strategies.
     calibration: Any = None

@@ -11,6 +11,7 @@ from adaptive_lora.data.calibration import calibration_from_source, make_calibra
 from adaptive_lora.errors import UserError
 from adaptive_lora.model.inventory import build_inventory
 from adaptive_lora.model.loading import cache_root, load_model, load_skeleton
+from adaptive_lora.model.peft_targets import model_type_of
 
 
 def allocation_for(
@@ -63,12 +64,14 @@ def allocation_on_model(
     """
     chosen = get_strategy(strategy)
     inventory = build_inventory(model, target)
+    model_type = model_type_of(model)
     ctx = AllocationContext(
         inventory=inventory,
-        budget=resolve_budget(budget, inventory),
+        budget=resolve_budget(budget, inventory, model_type),
         min_rank=min_rank,
         max_rank=max_rank,
         seed=seed,
+        model_type=model_type,
         model=model if chosen.needs_weights else None,
         fingerprints=fingerprints or {},
         data=DataSettings(source=data),
@@ -90,12 +93,14 @@ def run_allocation(config: Any, loaded: Any, splits: Any) -> Allocation:
     settings = config.allocation
     chosen = get_strategy(settings.strategy)
     inventory = build_inventory(loaded.model, settings.target)
+    model_type = model_type_of(loaded.model)
     ctx = AllocationContext(
         inventory=inventory,
-        budget=resolve_budget(settings.parsed_budget, inventory),  # read with the config
+        budget=resolve_budget(settings.parsed_budget, inventory, model_type),  # read already
         min_rank=settings.min_rank,
         max_rank=settings.max_rank,
         seed=config.seed,
+        model_type=model_type,
         model=loaded.model if chosen.needs_weights else None,
         cache_dir=str(cache_root() / "importance"),
         data=config.data,

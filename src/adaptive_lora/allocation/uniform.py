@@ -8,17 +8,26 @@ from adaptive_lora.errors import UserError
 @register("uniform")
 def uniform(ctx: AllocationContext) -> dict[str, int]:
     """The same rank everywhere (exact for an `rN` budget)."""
-    floor = uniform_cost(ctx.inventory, 1)
-    if ctx.min_rank == 0 and ctx.budget.params < floor - tolerance(
-        ctx.inventory, ctx.budget.params
-    ):
-        # With min_rank 0 the apportioning would hand rank 1 to some modules and 0 to
-        # the rest: not a uniform rank, so no baseline. Below r1 only adaptive strategies run.
-        raise UserError(
-            f"uniform cannot spend budget {ctx.budget.label}: {ctx.budget.params:,} parameters "
-            f"is below the {floor:,} that rank 1 on every target module costs; use at least r1, "
-            "a narrower `target`, or another strategy as the baseline"
-        )
+    check_uniform_spends(ctx.budget.label, ctx.budget.params, ctx.inventory, ctx.min_rank)
     # Equal rank means a parameter share ∝ cost per rank; for an `rN` budget this
     # is exactly rank N, and the rank bounds are checked like everyone else's.
     return ctx.apportion({m.name: m.cost_per_rank for m in ctx.inventory})
+
+
+def check_uniform_spends(label: str, params: int, inventory, min_rank: int = 1) -> None:
+    """Refuse, in one line, a budget below rank 1 on every target module.
+
+    There `uniform` is no baseline: with `min_rank: 0` the apportioning would hand rank 1
+    to some modules and 0 to the rest (not a uniform rank), and with a floor of 1 no
+    allocation fits. A placement (`peft_default`, `attention_only`) exists there. With
+    `min_rank: 0` a budget within the tolerance of r1 still runs (as rank 1 everywhere).
+    """
+    floor = uniform_cost(inventory, 1)
+    slack = tolerance(inventory, params) if min_rank == 0 else 0
+    if params < floor - slack:
+        raise UserError(
+            f"uniform cannot spend budget {label}: {params:,} parameters is below the "
+            f"{floor:,} that rank 1 on every target module costs; below r1 make a placement "
+            "the baseline (peft_default: what PEFT trains by default), or use at least r1 "
+            "or a narrower `target`"
+        )

@@ -91,7 +91,11 @@ def register(subparsers) -> None:
     )
     alloc.add_argument("--model", default="smollm2-135m", help="preset, hub id, folder or .gguf")
     alloc.add_argument("--strategy", default="uniform", help=f"one of {', '.join(STRATEGIES)}")
-    alloc.add_argument("--budget", default="r8", help="rN or a parameter count (e.g. 1.2M)")
+    alloc.add_argument(
+        "--budget",
+        default="r8",
+        help="rN, qv:rN (rank N on PEFT's default targets) or a parameter count (e.g. 1.2M)",
+    )
     alloc.add_argument(
         "--param",
         action="append",

@@ -96,7 +96,7 @@ def register(subparsers) -> None:
     train.add_argument("--model", help="preset, hub id, folder or .gguf (default smollm2-135m)")
     train.add_argument("--data", help="builtin, an Alpaca JSON/JSONL file or a hub data set id")
     train.add_argument("--strategy", help="rank-allocation strategy (default uniform)")
-    train.add_argument("--budget", help="rN or a parameter count (default r8)")
+    train.add_argument("--budget", help="rN, qv:rN or a parameter count (default r8)")
     train.add_argument("--target", help="modules to adapt: all, attention, mlp or kinds")
     train.add_argument("--seed", type=int, help="run seed (data order, adapter init)")
     train.add_argument("--n-train", type=int, dest="n_train", help="training examples")

@@ -59,6 +59,16 @@ def split_sentence(data: Any) -> str:
     )
 
 
+def _placed_budgets_note(study: Study) -> str:
+    """How a `qv:rN` budget is counted, for a study that has one (else nothing)."""
+    if not any(b.placement == "qv" for b in study.budget_values):
+        return ""
+    return (
+        ", `qv:rN` that of rank N on the modules PEFT adapts by default on the model (q "
+        "and v on Llama)"
+    )
+
+
 def _setup_lines(
     study: Study, store_manifest: dict[str, Any], rows: list[RunRow], analysis_check: dict
 ) -> list[str]:
@@ -74,8 +84,8 @@ def _setup_lines(
         f"`{d.template}` template). {split_sentence(d)} Learning rates are chosen on "
         "validation; every reported number is on test.",
         f"- **Budgets:** {', '.join(study.budgets)}. `rN` is the parameter count of rank N on "
-        "every target module; each strategy is apportioned to that count (the table "
-        "shows the exact trainable count and its deviation).",
+        f"every target module{_placed_budgets_note(study)}; each strategy is apportioned to "
+        "that count (the table shows the exact trainable count and its deviation).",
         f"- **Target modules:** `{a.target}`; ranks between {a.min_rank} and "
         f"{a.max_rank if a.max_rank is not None else 'unbounded'}.",
         f"- **Seeds:** {_seed_range(study.seeds)}; a seed fixes data order and adapter "

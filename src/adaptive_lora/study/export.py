@@ -35,6 +35,7 @@ from adaptive_lora.data.splits import load_splits
 from adaptive_lora.errors import UserError
 from adaptive_lora.model.inventory import GenericKindsWarning, build_inventory
 from adaptive_lora.model.loading import load_skeleton
+from adaptive_lora.model.peft_targets import model_type_of
 from adaptive_lora.records import ALLOCATION_KEY, canonical_json
 from adaptive_lora.study.plan import current_rows, open_store_if_any, stored_rows
 from adaptive_lora.study.spec import load_study
@@ -260,7 +261,7 @@ def stored_allocation(row: RunRow, model: Any) -> Allocation:
     allocation = Allocation(
         strategy=row.strategy,
         params=strategy.check_params(config["allocation"].get("params") or {}),
-        budget=resolve_budget(row.budget, inventory),
+        budget=resolve_budget(row.budget, inventory, model_type_of(model)),
         inventory=inventory,
         ranks=ranks,
         report=row.metrics.get("strategy_report") or {},

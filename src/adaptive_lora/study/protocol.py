@@ -77,9 +77,11 @@ def parse_entry_budgets(value: Any, budgets: list[str], where: str) -> tuple[str
 
 
 def _budget_size(budget: Budget) -> tuple[str, float]:
-    """(kind, size) of a budget: ranks for `rN`, parameters for a count."""
+    """(kind, size) of a budget: ranks for `rN`, ranks on a placement for `qv:rN`,
+    parameters for a count (two kinds compare only on a model's inventory)."""
     if budget.rank is not None:
-        return "rank", float(budget.rank)
+        kind = "rank" if budget.placement is None else f"{budget.placement} rank"
+        return kind, float(budget.rank)
     return "params", float(budget.params)
 
 

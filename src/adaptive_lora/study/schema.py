@@ -61,7 +61,9 @@ class StudyFile:
     tasks: list[object] | None = help_field(
         "several tasks: {name, data, eval} each (design.py)", None
     )
-    budgets: object | None = help_field("a list of rN or parameter counts (r8, 50k, 1.2M)", None)
+    budgets: object | None = help_field(
+        "a list of rN, qv:rN or parameter counts (r8, qv:r8, 50k, 1.2M)", None
+    )
     strategies: list[object] | None = help_field(
         "names, or {name, params, label, lr, budgets, where}", None
     )

@@ -7,7 +7,7 @@ A study file (every shipped one starts with a comment giving the command that ru
     model: smollm2-135m               # preset, hub id, model folder or .gguf
     data: {source: builtin, n_train: 96, n_val: 16, n_test: 32, data_seed: 0,
            max_length: 128, template: alpaca}
-    budgets: [r8, r16]                # rN or a parameter count
+    budgets: [r8, r16]                # rN, qv:rN (PEFT's default targets) or a count
     strategies:                       # a name, or a mapping
       - uniform
       - {name: linear_decay, params: {ratio: 4}, label: decay-4x, lr: [5e-4, 1e-3]}
@@ -42,17 +42,22 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from adaptive_lora.config import RunConfig, load_yaml
+from adaptive_lora.allocation.budget import resolve_budget
+from adaptive_lora.allocation.uniform import check_uniform_spends
+from adaptive_lora.config import Budget, RunConfig, load_yaml
 from adaptive_lora.data.planted import is_planted, planted_settings, prompt_pool
 from adaptive_lora.data.splits import load_splits
 from adaptive_lora.errors import UserError
 from adaptive_lora.evaluation_metrics import check_metric_data
-from adaptive_lora.model.loading import resolve_source
+from adaptive_lora.model.inventory import GenericKindsWarning, ModuleInfo, build_inventory
+from adaptive_lora.model.loading import load_skeleton, resolve_source
+from adaptive_lora.model.peft_targets import model_type_of
 from adaptive_lora.study.design import Group
 from adaptive_lora.study.expand import RunSpec, expand_runs, spec_hash
 from adaptive_lora.study.lr import at_chosen_rate
@@ -221,6 +226,7 @@ def load_study(path: str | Path, *, check_sources: bool = True) -> Study:
         design = read_study(raw)
         if check_sources:
             _check_group_sources(design.groups)
+            _check_budgets_on_models(design)
         return build_study(design, _stored_rows(design.out), path=path, text=text)
     except UserError as error:
         raise UserError(f"{path}: {error}") from None
@@ -236,3 +242,55 @@ def _check_group_sources(groups: list[Group]) -> None:
             largest[group.task] = group
     for group in largest.values():
         _check_sources(RunConfig.from_dict(copy.deepcopy(group.sections)))
+
+
+def _check_budgets_on_models(design: StudyDesign) -> None:
+    """Refuse, before any run, budgets that would fail run after run on a group's model:
+    a `qv:rN` on a model PEFT has no default targets for, and `uniform` (the baseline,
+    usually) at a budget below rank 1 on every target module.
+
+    An `rN` budget is never either; the others are decided on the model's shapes (its
+    meta-device skeleton: no weights are loaded). A model whose config cannot be read
+    here (a hub id offline) is left to its runs.
+    """
+    budgets = [b for b in design.budget_values if b.uniform_rank is None]
+    shapes: dict[tuple[str, str], tuple[list[ModuleInfo], str | None] | None] = {}
+    for group in design.groups if budgets else []:
+        settings = RunConfig.from_dict(copy.deepcopy(group.sections)).allocation
+        key = (group.model, settings.target)
+        if key not in shapes:
+            shapes[key] = _shapes(*key)
+        if shapes[key] is not None:
+            inventory, model_type = shapes[key]
+            resolved = {b.label: resolve_budget(b, inventory, model_type) for b in budgets}
+            _check_uniform_spends_in(design, group, inventory, resolved, settings.min_rank)
+
+
+def _check_uniform_spends_in(
+    design: StudyDesign,
+    group: Group,
+    inventory: list[ModuleInfo],
+    resolved: dict[str, Budget],
+    min_rank: int,
+) -> None:
+    """Every `uniform` entry of a group at each of its budgets resolved here (not `rN`)."""
+    for entry in design.strategies:
+        if entry.name != "uniform" or not entry.runs_in(group):
+            continue
+        for label in [b for b in design.budgets_for(entry.label) if b in resolved]:
+            try:
+                check_uniform_spends(label, resolved[label].params, inventory, min_rank)
+            except UserError as error:
+                role = " (the baseline)" if entry.label == design.baseline else ""
+                raise UserError(f"{entry.label}{role} on {group.model}: {error}") from None
+
+
+def _shapes(model: str, target: str) -> tuple[list[ModuleInfo], str | None] | None:
+    """The inventory and model type of a model, from its config alone (None if unreadable)."""
+    try:
+        skeleton = load_skeleton(model)
+    except (UserError, OSError, ValueError):
+        return None
+    with warnings.catch_warnings():  # generic kinds are reported by the runs themselves
+        warnings.simplefilter("ignore", GenericKindsWarning)
+        return build_inventory(skeleton, target), model_type_of(skeleton)
