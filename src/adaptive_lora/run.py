@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from adaptive_lora.adapters.lora import AdapterSettings, trainable_parameters
-from adaptive_lora.allocation.for_model import run_allocation
+from adaptive_lora.allocation.budget import check_budget
+from adaptive_lora.allocation.for_model import run_allocation, skeleton_inventory
 from adaptive_lora.allocation.heatmap import rank_heatmap
 from adaptive_lora.compute.fast_step import fast_training
 from adaptive_lora.compute.precision import Precision, resolve_precision
@@ -53,6 +54,7 @@ from adaptive_lora.records import (
     ITEMS_KEY,
     STATUS_DONE,
     STATUS_FAILED,
+    STATUS_STOPPED,
     RunResult,
     write_json,
 )
@@ -100,6 +102,10 @@ def execute_run(
             run_id, run_dir, STATUS_FAILED, steps.partial_metrics(), manifest, str(error)
         )
     except UserError:
+        raise
+    except KeyboardInterrupt as stop:  # Ctrl-C, or a signal (`train`, `run`): say so, go on up
+        manifest.update(status=STATUS_STOPPED, error=str(stop) or "interrupted", ended=now_iso())
+        write_json(run_dir / "manifest.json", manifest)
         raise
     except Exception as error:  # noqa: BLE001 - a failed run is recorded, the study goes on
         reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
@@ -177,10 +183,14 @@ class RunSteps:
         cfg = self.config
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        self.loaded = loaded or load_model(cfg.model)
-        self.tokenizer = self.loaded.tokenizer
+        # The user's inputs first, the model last: a bad data file or a budget no adapter
+        # can spend is refused in a second, not after the model has loaded.
         self.splits = load_splits(cfg.data)
         check_metric_data(cfg.eval.metrics, self.splits.test[: cfg.eval.n_generate])
+        if loaded is None:
+            self._check_budget()
+        self.loaded = loaded or load_model(cfg.model)
+        self.tokenizer = self.loaded.tokenizer
         tokenize = lambda split: tokenize_examples(  # noqa: E731
             split, self.tokenizer, cfg.data.max_length, cfg.data.template
         )
@@ -191,6 +201,17 @@ class RunSteps:
         with Stopwatch() as watch:
             self.allocation = run_allocation(cfg, self.loaded, self.splits)
         self.allocation_seconds = watch.seconds
+
+    def _check_budget(self) -> None:
+        """The budget against the model's shapes (no weights; a hub id only if cached)."""
+        settings = self.config.allocation
+        inventory = skeleton_inventory(self.config.model, settings.target)
+        if inventory is None:
+            return
+        try:
+            check_budget(settings.parsed_budget, inventory, settings.min_rank, settings.max_rank)
+        except UserError as error:
+            raise UserError(f"allocation.budget {settings.budget}: {error}") from None
 
     def start_manifest(self) -> dict[str, Any]:
 
