@@ -10,11 +10,14 @@ import faulthandler
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +26,7 @@ import pytest
 
 from adaptive_lora.cli import main
 from adaptive_lora.cli.status import format_status
+from adaptive_lora.model.loading import cache_root
 from adaptive_lora.records import METRIC_KEYS
 from adaptive_lora.study.runner import run_study
 from adaptive_lora.study.spec import load_study
@@ -328,9 +332,53 @@ def test_the_local_ray_listens_on_the_loopback_only_and_refuses_clients_without_
         assert os.environ["RAY_AUTH_MODE"] == "token" and os.environ["RAY_AUTH_TOKEN"]
         assert answers(gcs, token=False) is False  # a client without the token: refused
         assert answers(gcs, token=True) is True  # the same client with it: answered
+        # Its sessions, sockets and logs in a private folder under the user's cache.
+        temp = Path(ray._private.worker._global_node.get_temp_dir_path())
+        assert temp == cache_root() / "ray" / "t"
+        assert stat.S_IMODE(temp.parent.stat().st_mode) == 0o700  # Ray makes its own 0777
+        assert Path(ray._private.worker._global_node.get_session_dir_path()).parent == temp
     finally:
         executor.close()
     assert {name: os.environ.get(name) for name in before} == before  # the token is gone
+
+
+def test_rays_folder_is_private_under_the_cache_short_enough_for_its_sockets(
+    tmp_path_factory, monkeypatch
+):
+    from adaptive_lora.study.ray_executor import SESSIONS_KEPT, SOCKET_PATH_MAX, ray_temp_dir
+
+    tmp_path = tmp_path_factory.mktemp("r")  # short: the test's own folder name is long
+    monkeypatch.delenv("RAY_TMPDIR", raising=False)
+    monkeypatch.setenv("ADAPTIVE_LORA_CACHE", str(tmp_path / "c"))
+    private = tmp_path / "c" / "ray"
+    private.mkdir(parents=True)
+    os.chmod(private, 0o777)
+    assert ray_temp_dir() == private / "t"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700  # made private
+    # Ended sessions beyond the newest few are removed; one whose Ray still runs is kept.
+    names = [f"session_2026-01-0{day}_00-00-00_000000_{pid}"
+             for day, pid in enumerate([999999999, 999999998, os.getpid()] + [999999990] * 5, 1)]  # fmt: skip
+    for name in names:
+        (private / "t" / name).mkdir()
+    ray_temp_dir()
+    left = sorted(p.name for p in (private / "t").iterdir())
+    assert left == sorted([names[2], *names[-SESSIONS_KEPT:]])
+    # A cache path too long for Ray's socket paths: a private folder under the system's tmp.
+    deep = tmp_path / ("x" * 80)
+    monkeypatch.setenv("ADAPTIVE_LORA_CACHE", str(deep))
+    short = Path(tempfile.mkdtemp(dir="/tmp"))  # the system's tmp, for the test
+    monkeypatch.setattr(tempfile, "tempdir", str(short))
+    try:
+        folder = ray_temp_dir()
+        assert folder == short / f"adaptive-lora-ray-{os.getuid()}" / "t"
+        assert stat.S_IMODE(folder.parent.stat().st_mode) == 0o700
+        socket = "session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store"
+        assert len(str(deep / "ray" / "t" / socket)) > SOCKET_PATH_MAX
+        assert len(str(folder / socket)) <= SOCKET_PATH_MAX
+    finally:
+        shutil.rmtree(short)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "mine"))  # the user's own choice
+    assert ray_temp_dir() is None
 
 
 @pytest.fixture

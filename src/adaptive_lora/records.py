@@ -15,10 +15,13 @@ runner stores the result; the report reads metrics by the names listed here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import secrets
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +68,9 @@ STATUS_DONE = "done"
 STATUS_FAILED = "failed"
 # An executor lost the run (its worker died, retries used up): it goes back to pending.
 STATUS_INTERRUPTED = "interrupted"
+# A run folder's manifest of a run stopped by Ctrl-C or a signal (`train`, `run`) before
+# its end; a study runs it again.
+STATUS_STOPPED = "stopped"
 
 
 @dataclass
@@ -149,6 +155,23 @@ def run_id_for(config_dict: dict[str, Any], defaults: dict[str, Any] | None = No
 def read_json(path: Path) -> dict[str, Any]:
     with open(path) as handle:
         return json.load(handle)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary name beside `path` to write to; renamed onto `path` when the block ends,
+    removed if it raises. A reader (or a kill mid-write) never meets half a file at `path`.
+    A writer that infers the format from the name must be told it (`format=...`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # mode by umask
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: Path, value: Any) -> None:

@@ -20,13 +20,15 @@ import torch
 
 from adaptive_lora import progress
 from adaptive_lora.adapters.lora import AdapterSettings, trainable_parameters
-from adaptive_lora.allocation.for_model import run_allocation
+from adaptive_lora.allocation.budget import check_budget
+from adaptive_lora.allocation.for_model import run_allocation, skeleton_inventory
 from adaptive_lora.allocation.heatmap import rank_heatmap
 from adaptive_lora.allocation.oracle import planted_metrics
 from adaptive_lora.compute.fast_step import fast_training
 from adaptive_lora.compute.precision import Precision, resolve_precision
 from adaptive_lora.config import RunConfig
 from adaptive_lora.data.calibration import make_calibration
+from adaptive_lora.data.planted import is_planted
 from adaptive_lora.data.prompts import (
     tokenize_examples,
 )
@@ -56,6 +58,7 @@ from adaptive_lora.records import (
     PLANTED_KEY,
     STATUS_DONE,
     STATUS_FAILED,
+    STATUS_STOPPED,
     RunResult,
     write_json,
 )
@@ -103,6 +106,10 @@ def execute_run(
             run_id, run_dir, STATUS_FAILED, steps.partial_metrics(), manifest, str(error)
         )
     except UserError:
+        raise
+    except KeyboardInterrupt as stop:  # Ctrl-C, or a signal (`train`, `run`): say so, go on up
+        manifest.update(status=STATUS_STOPPED, error=str(stop) or "interrupted", ended=now_iso())
+        write_json(run_dir / "manifest.json", manifest)
         raise
     except Exception as error:  # noqa: BLE001 - a failed run is recorded, the study goes on
         reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
@@ -180,13 +187,21 @@ class RunSteps:
         cfg = self.config
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
+        # The user's inputs first, the model last: a bad data file or a budget no adapter
+        # can spend is refused in a second, not after the model has loaded. A planted
+        # task is the exception: it is sampled from the model, so it comes after.
+        planted_data = is_planted(cfg.data.source)
+        if not planted_data:
+            self._load_data(None)
+        if loaded is None:
+            self._check_budget()
         progress.report("loading")
         self.loaded = loaded or load_model(cfg.model)
         self.tokenizer = self.loaded.tokenizer
         # On the run's device before the data: a planted task is sampled from this model.
         self.loaded.model.to(self.precision.device)
-        self.splits = load_splits(cfg.data, cfg.seed, model=self.loaded)
-        check_metric_data(cfg.eval.metrics, self.splits.test[: cfg.eval.n_generate])
+        if planted_data:
+            self._load_data(self.loaded)
         tokenize = lambda split: tokenize_examples(  # noqa: E731
             split, self.tokenizer, cfg.data.max_length, cfg.data.template
         )
@@ -197,6 +212,26 @@ class RunSteps:
         with Stopwatch() as watch:
             self.allocation = run_allocation(cfg, self.loaded, self.splits)
         self.allocation_seconds = watch.seconds
+
+    def _check_budget(self) -> None:
+        """The budget against the model's shapes (no weights; a hub id only if cached)."""
+        settings = self.config.allocation
+        if settings.parsed_budget.placement is not None:
+            return  # `qv:rN` needs the model's type: resolved, and checked, once it loads
+        inventory = skeleton_inventory(self.config.model, settings.target)
+        if inventory is None:
+            return
+        try:
+            # min_rank 0: refuse only what no strategy can spend (a placement or the oracle
+            # leaves modules at rank 0 whatever min_rank; the strategy itself refuses the rest).
+            check_budget(settings.parsed_budget, inventory, 0, settings.max_rank)
+        except UserError as error:
+            raise UserError(f"allocation.budget {settings.budget}: {error}") from None
+
+    def _load_data(self, loaded: Any) -> None:
+        cfg = self.config
+        self.splits = load_splits(cfg.data, cfg.seed, model=loaded)
+        check_metric_data(cfg.eval.metrics, self.splits.test[: cfg.eval.n_generate])
 
     def start_manifest(self) -> dict[str, Any]:
 

@@ -176,6 +176,28 @@ def _check_reachable(
         )
 
 
+def check_budget(
+    budget: Budget | str | int,
+    inventory: Sequence[ModuleInfo],
+    min_rank: int = 1,
+    max_rank: int | None = None,
+) -> Budget:
+    """Refuse (one line) a budget no adapter on `inventory` can spend: below what
+    `min_rank` on every module costs, above `max_rank` everywhere, or (with min_rank 0)
+    below one rank of the cheapest module, where no module would get an adapter.
+    Needs only the inventory's shapes (a meta-device skeleton will do); returns the budget
+    resolved in parameters."""
+    resolved = resolve_budget(budget, inventory)
+    _check_reachable(inventory, resolved.params, min_rank, max_rank)
+    cheapest = min(m.cost_per_rank for m in inventory)
+    if resolved.params < cheapest:
+        raise UserError(
+            f"impossible budget: {resolved.params:,} parameters is below the {cheapest:,} that "
+            "one rank of the cheapest target module costs: no adapter fits; raise the budget"
+        )
+    return resolved
+
+
 def _share(shares: Mapping[str, float], name: str) -> float:
     """A module's share as a float; a strategy's bug (negative, NaN) is not the user's."""
     weight = float(shares.get(name, 0.0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from adaptive_lora.allocation.budget import resolve_budget
@@ -9,7 +10,7 @@ from adaptive_lora.allocation.core import Allocation, AllocationContext, allocat
 from adaptive_lora.config import DataSettings
 from adaptive_lora.data.calibration import calibration_from_source, make_calibration
 from adaptive_lora.errors import UserError
-from adaptive_lora.model.inventory import build_inventory
+from adaptive_lora.model.inventory import GenericKindsWarning, ModuleInfo, build_inventory
 from adaptive_lora.model.loading import cache_root, load_model, load_skeleton
 from adaptive_lora.model.peft_targets import model_type_of
 
@@ -81,6 +82,23 @@ def allocation_on_model(
             raise UserError(f"strategy {strategy} calibrates on data: pass the model's tokenizer")
         ctx.calibration = calibration_from_source(data, tokenizer)
     return allocate(strategy, ctx, params)
+
+
+def skeleton_inventory(model_spec: str, target: str = "all") -> list[ModuleInfo] | None:
+    """The model's target modules from its shapes alone (its config on the meta device, no
+    weights): what a budget can be checked against before any model loads.
+
+    None when the config cannot be read without the network (a hub id not in the local
+    cache) or the skeleton cannot be built: the run then checks its budget itself. A bad
+    `target` is its one-line error.
+    """
+    try:
+        skeleton = load_skeleton(model_spec, local_only=True)
+    except Exception:  # noqa: BLE001 - a shape-only look that fails leaves it to the run
+        return None
+    with warnings.catch_warnings():  # generic kinds: the run itself says so
+        warnings.simplefilter("ignore", GenericKindsWarning)
+        return build_inventory(skeleton, target)
 
 
 def run_allocation(config: Any, loaded: Any, splits: Any) -> Allocation:

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from adaptive_lora.model.inventory import ALL_KINDS, ModuleInfo
+from adaptive_lora.records import atomic_path
 
 
 def layer_kind_grid(
@@ -47,8 +48,9 @@ def draw_layer_kind_heatmap(ax, inventory, values, *, title: str, label: str, in
 def save_figure(fig, path: str | Path) -> list[Path]:
     """Save `fig` at `path`; a `.png` path also gets an `.svg` twin when `svg=True` callers ask."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
+    with atomic_path(path) as tmp:  # a temporary name, then renamed: never half a file
+        fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", dpi=150,
+                    bbox_inches="tight")  # fmt: skip
     plt.close(fig)
     return [path]
 

@@ -3,47 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
-from collections.abc import Iterator
 
+from adaptive_lora.cli.common import stopping_on_signals
 from adaptive_lora.errors import UserError
-from adaptive_lora.study.executor import Stopped, as_stopped
 from adaptive_lora.study.machine_check import can_resume_here_line, check_machine
 from adaptive_lora.study.runner import run_study
 from adaptive_lora.study.spec import load_study
 from adaptive_lora.study.status import design_warning_lines, format_dry_run
 
 RAY_ONLY = ("threads_per_run", "gpus_per_run", "memory_gb", "max_retries")
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-@contextlib.contextmanager
-def stopping_on_signals() -> Iterator[None]:
-    """While a study runs, SIGTERM and SIGINT stop it cleanly (`Stopped`).
-
-    SIGTERM is what `kill`, batch schedulers and container runtimes send; without a
-    handler Python dies at once and the started runs stay `running` until the next
-    `run`. SIGINT is handled too because a shell starts a background job (`nohup ... &`)
-    with SIGINT ignored, and `kill -INT` must still stop it. A second signal while the
-    first one unwinds kills the process (the store survives that too).
-    """
-
-    def stop(signum: int, frame) -> None:
-        for sig in STOP_SIGNALS:  # a second signal ends the process at once
-            signal.signal(sig, signal.SIG_DFL)
-        Stopped.latest = Stopped(signal.Signals(signum).name, 128 + signum)
-        raise Stopped.latest
-
-    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
-    try:
-        yield
-    except KeyboardInterrupt as error:  # Ray hands back a bare one for our `Stopped`
-        raise as_stopped(error) from None
-    finally:
-        Stopped.latest = None
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from adaptive_lora.cli.common import _strategy_params
+from adaptive_lora.cli.common import _strategy_params, stopping_on_signals
 from adaptive_lora.config import RunConfig, load_yaml, merge_overrides
 from adaptive_lora.evaluation_metrics import METRICS
 from adaptive_lora.run import execute_run
@@ -51,7 +51,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     config = run_config_from_args(args)
-    result = execute_run(config, Path(args.out), quiet=args.quiet)
+    with stopping_on_signals():  # SIGTERM, SIGINT: the run folder's manifest says "stopped"
+        result = execute_run(config, Path(args.out), quiet=args.quiet)
     m = result.metrics
     print(f"run {result.run_id}: {result.status}  folder {result.run_dir}")
     if result.status != "done":

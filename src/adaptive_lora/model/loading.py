@@ -97,12 +97,22 @@ def cache_root() -> Path:
     return Path(base) / "adaptive-lora"
 
 
+# (path, size, mtime) → sha256: a file hashed once per process (a budget check reads the
+# model's config before the run loads it, and both find the cache folder by the hash).
+_HASHED: dict[tuple[str, int, int], str] = {}
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _HASHED:
+        return _HASHED[key]
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
-    return digest.hexdigest()
+    _HASHED[key] = digest.hexdigest()
+    return _HASHED[key]
 
 
 def sha256_folder_weights(folder: Path) -> str:
@@ -334,8 +344,9 @@ def load_model(spec: str, *, dtype: torch.dtype = torch.float32) -> LoadedModel:
     return LoadedModel(model, tokenizer, fingerprint)
 
 
-def load_config(spec: str) -> Any:
-    """Only the model's config (no weights): fast for shape-only work."""
+def load_config(spec: str, *, local_only: bool = False) -> Any:
+    """Only the model's config (no weights): fast for shape-only work. `local_only`: a hub
+    id is read from the local cache only (a one-line error if it is not there)."""
     from transformers import AutoConfig
 
     source = resolve_source(spec)
@@ -345,6 +356,8 @@ def load_config(spec: str) -> Any:
             if (folder / "config.json").is_file():
                 return AutoConfig.from_pretrained(str(folder))
             return AutoConfig.from_pretrained(str(source.gguf.parent), gguf_file=source.gguf.name)
+        if source.hub_id is not None and local_only:
+            return AutoConfig.from_pretrained(source.hub_id, local_files_only=True)
         return AutoConfig.from_pretrained(str(source.folder or source.hub_id))
     except OSError as error:
         if source.hub_id is not None:
@@ -354,10 +367,10 @@ def load_config(spec: str) -> Any:
         ) from None
 
 
-def load_skeleton(spec: str) -> torch.nn.Module:
+def load_skeleton(spec: str, *, local_only: bool = False) -> torch.nn.Module:
     """The model's module tree on the meta device: every shape, no weights, in a second."""
     from transformers import AutoModelForCausalLM
 
-    config = load_config(spec)
+    config = load_config(spec, local_only=local_only)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)

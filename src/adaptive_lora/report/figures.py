@@ -19,7 +19,7 @@ import numpy as np
 
 from adaptive_lora.allocation.heatmap import draw_layer_kind_heatmap
 from adaptive_lora.model.inventory import ALL_KINDS, ModuleInfo
-from adaptive_lora.records import ALLOCATION_KEY
+from adaptive_lora.records import ALLOCATION_KEY, atomic_path
 from adaptive_lora.report.analyse import PRIMARY, _value
 from adaptive_lora.study.spec import Study
 from adaptive_lora.study.store import (
@@ -32,11 +32,14 @@ def _save(fig: Any, folder: Path, stem: str) -> list[Path]:
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{stem}.png", folder / f"{stem}.svg"]
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+    # Each under a temporary name, then renamed: a report stopped mid-figure leaves the
+    # previous figure or none, never half a file.
+    with atomic_path(paths[0]) as tmp:
+        fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
     # No date and fixed element ids: the same store redraws the same bytes, so a
     # regenerated report can be compared with the committed one file by file.
-    with plt.rc_context({"svg.hashsalt": "adaptive-lora"}):
-        fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
+    with plt.rc_context({"svg.hashsalt": "adaptive-lora"}), atomic_path(paths[1]) as tmp:
+        fig.savefig(tmp, format="svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
     return paths
 

@@ -36,6 +36,7 @@ import secrets
 import shlex
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tarfile
@@ -55,7 +56,7 @@ import torch
 
 from adaptive_lora import progress
 from adaptive_lora.errors import UserError, one_line
-from adaptive_lora.model.loading import load_model
+from adaptive_lora.model.loading import cache_root, load_model
 from adaptive_lora.progress import Progress
 from adaptive_lora.records import STATUS_FAILED, STATUS_INTERRUPTED, RunResult, write_json
 from adaptive_lora.run import execute_run
@@ -246,6 +247,63 @@ def _check_feasible(resources: Resources, nodes: list[dict[str, float]], where: 
         f"{largest.get('CPU', 0):g} CPUs, {largest.get('GPU', 0):g} GPUs, "
         f"{largest.get('memory', 0) / GIB:.1f} GB"
     )
+
+
+# ---------------------------------------------------------------------- Ray's own files
+
+# Ray binds Unix sockets at <temp>/session_<date>_<time>_<micros>_<pid>/sockets/plasma_store;
+# the kernel takes at most 107 bytes for such a path, so the folder must leave room.
+SOCKET_PATH_MAX = 107
+_SESSION_TAIL = "/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store"
+SESSIONS_KEPT = 5  # finished session folders (Ray's logs) kept for a look after a failure
+RAYS_OWN = "t"  # Ray's folder inside the private one (short: the socket paths count)
+
+
+def ray_temp_dir() -> Path | None:
+    """The folder a local Ray keeps its sessions, sockets and logs in: `ray/t` under the
+    user's cache (`cache_root()`). Ray makes its own folder 0777, so it lies inside a
+    private one (`ray/`, 0700): no other user can read its logs or reach its sockets
+    (Ray's default `/tmp/ray` is open to every user, 0777 without the sticky bit). None
+    when `RAY_TMPDIR` names one (the user's choice, Ray's to use).
+
+    A cache path too long for Ray's socket paths falls back to a private
+    `<tmp>/adaptive-lora-ray-<uid>` (the system's temporary folder, else `/tmp`), or a
+    fresh private folder if that name is taken by something this user does not own.
+    Old sessions beyond the last `SESSIONS_KEPT` are removed, never one whose Ray still
+    runs.
+    """
+    if os.environ.get("RAY_TMPDIR"):
+        return None
+    mine = f"adaptive-lora-ray-{os.getuid()}"
+    candidates = [cache_root() / "ray", Path(tempfile.gettempdir()) / mine, Path("/tmp") / mine]
+    room = SOCKET_PATH_MAX - len(f"/{RAYS_OWN}{_SESSION_TAIL}")
+    fits = [c for c in candidates if len(str(c)) <= room]
+    private = fits[0] if fits else candidates[-1]
+    try:
+        private.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = private.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            raise PermissionError(f"{private} is not a folder of this user")
+        os.chmod(private, 0o700)
+    except OSError:
+        private = Path(tempfile.mkdtemp(prefix="adaptive-lora-ray-"))  # 0700, its own
+    folder = private / RAYS_OWN
+    folder.mkdir(exist_ok=True)
+    _prune_sessions(folder)
+    return folder
+
+
+def _prune_sessions(folder: Path) -> None:
+    """Remove the session folders of Rays that ended, all but the newest `SESSIONS_KEPT`."""
+    sessions = sorted(
+        (p for p in folder.glob("session_2*") if p.is_dir() and not p.is_symlink()),
+        key=lambda p: p.name,
+    )
+    for session in sessions[:-SESSIONS_KEPT]:
+        pid = session.name.rsplit("_", 1)[-1]
+        if pid.isdigit() and psutil.pid_exists(int(pid)):
+            continue  # its Ray may still run (another study on this machine)
+        shutil.rmtree(session, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------- who may connect
@@ -471,6 +529,7 @@ class RayExecutor:
             return
         self._warn_if_busy(cores)
         self._auth_before = _token_auth_on()
+        temp = ray_temp_dir()
         try:
             with _loopback_only(), _niceness(0):
                 ray.init(
@@ -482,6 +541,7 @@ class RayExecutor:
                     log_to_driver=False,
                     logging_level=logging.ERROR,
                     object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                    **({"_temp_dir": str(temp)} if temp is not None else {}),
                 )
         except BaseException:
             self.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
@@ -66,6 +67,7 @@ def run_study(
             summary.retried = store.reset_failed(study.run_ids)
         for run_id in summary.interrupted:
             log(f"  {run_id} was interrupted (its process ended mid-run): running it again")
+        _backup(store, log)  # a store from before backups were kept gets one now
         study = _run_pending(study, store, executor, summary, quiet=quiet, log=log, only=only)
         summary.exports = store.export(study.out, study.run_ids)
     log(
@@ -150,6 +152,7 @@ def _run_pending(
             _record(
                 store, result, seconds, summary, lambda line, t=shown: log(f"{t} {line.lstrip()}")
             )
+            _backup(store, log)
             store.export(study.out, study.run_ids)
             # A finished tuning run may choose a rate; with sequential seeds any finished
             # reporting run may complete a look that opens the next block of seeds.
@@ -163,6 +166,16 @@ def _run_pending(
     finally:
         progress_log.clear()
     return study
+
+
+def _backup(store: StudyStore, log: Callable[[str], None]) -> None:
+    """Refresh the store's backup (`study.db.backup`); a failure is said, never fatal: the
+    previous backup stays whole and the runs go on."""
+    try:
+        store.backup()
+    except (OSError, sqlite3.Error) as error:
+        log(f"  warning: the store's backup was not refreshed ({one_line(error)}); "
+            "the previous one is kept")  # fmt: skip
 
 
 def _back_to_pending(

@@ -239,9 +239,13 @@ def check_where(entries: list[StrategyEntry], groups: list[Group], baseline: str
 
 
 def parse_budget_list(value: object) -> tuple[Budget, ...]:
-    """`budgets`: one budget or a list of distinct ones, each read (`config.parse_budget`)."""
+    """`budgets`: a list of distinct budgets, each read (`config.parse_budget`). A single
+    value is refused: `budgets: 8` is more often a rank meant (r8) than 8 parameters."""
     if isinstance(value, (str, int)) and not isinstance(value, bool):
-        value = [value]
+        write = f"[r{value}] for rank {value}" if isinstance(value, int) else f"[{value}]"
+        raise UserError(
+            f"budgets must be a list, like [r8, r16], got the single value {value!r}: write {write}"
+        )
     if not isinstance(value, list) or not value:
         raise UserError(f"budgets must be a non-empty list like [r8, r16], got {value!r}")
     out = []

@@ -47,8 +47,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from adaptive_lora.allocation.budget import resolve_budget
+from adaptive_lora.allocation.budget import check_budget, resolve_budget
+from adaptive_lora.allocation.for_model import skeleton_inventory
 from adaptive_lora.allocation.uniform import check_uniform_spends
 from adaptive_lora.config import Budget, RunConfig, load_yaml
 from adaptive_lora.data.planted import is_planted, planted_settings, prompt_pool
@@ -64,7 +66,7 @@ from adaptive_lora.study.lr import at_chosen_rate
 from adaptive_lora.study.model import StrategyEntry, StudyDesign
 from adaptive_lora.study.schema import parse_seeds, read_study
 from adaptive_lora.study.sequential_seeds import open_cells
-from adaptive_lora.study.store import RunRow, StudyStore
+from adaptive_lora.study.store import DamagedStore, RunRow, StudyStore
 
 __all__ = ["RunSpec", "StrategyEntry", "Study", "in_groups", "load_study", "parse_seeds"]
 
@@ -212,6 +214,16 @@ def _stored_rows(out: Path) -> list[RunRow]:
         return store.rows()
 
 
+def read_design(path: str | Path) -> tuple[StudyDesign, str]:
+    """A study file's typed settings and its text, read without touching its store."""
+    path = Path(path)
+    raw = load_yaml(str(path))
+    try:
+        return read_study(raw), path.read_text()
+    except UserError as error:
+        raise UserError(f"{path}: {error}") from None
+
+
 def load_study(path: str | Path, *, check_sources: bool = True) -> Study:
     """Read and validate a study file; expand it into run specs. Writes nothing.
 
@@ -220,16 +232,47 @@ def load_study(path: str | Path, *, check_sources: bool = True) -> Study:
     model and data path checks (tests with a fake executor).
     """
     path = Path(path)
-    raw = load_yaml(str(path))
+    design, text = read_design(path)
     try:
-        text = path.read_text()
-        design = read_study(raw)
+        rows = _stored_rows(design.out)  # a damaged store is refused first: nothing loads
         if check_sources:
             _check_group_sources(design.groups)
+            _check_budgets(design)
             _check_budgets_on_models(design)
-        return build_study(design, _stored_rows(design.out), path=path, text=text)
+        return build_study(design, rows, path=path, text=text)
+    except DamagedStore as error:  # it names its file already; its fix names this study
+        raise error.for_study(path) from None
     except UserError as error:
         raise UserError(f"{path}: {error}") from None
+
+
+def _check_budgets(design: StudyDesign) -> None:
+    """Every budget a group runs at, checked against its model's shapes (its config on the
+    meta device, no weights): one no adapter can spend fails now, not when its run starts."""
+    inventories: dict[tuple[str, str], Any] = {}
+    checked: set[tuple] = set()
+    for group in design.groups:
+        part = design.for_group(group)
+        labels = {b for label in part.labels for b in part.budgets_for(label)}
+        settings = RunConfig.from_dict(copy.deepcopy(group.sections)).allocation
+        where = (group.model, settings.target)
+        if where not in inventories:
+            inventories[where] = skeleton_inventory(group.model, settings.target)
+        if inventories[where] is None:  # shapes not known without the network: the run checks
+            continue
+        for index, budget in enumerate(design.budget_values):
+            key = (*where, settings.max_rank, budget.label)
+            # `qv:rN` needs the model's type: `_check_budgets_on_models` resolves it.
+            if budget.label not in labels or key in checked or budget.placement is not None:
+                continue
+            checked.add(key)
+            try:
+                # min_rank 0: only what no strategy can spend (placements ignore min_rank;
+                # uniform below r1 is `_check_budgets_on_models`' refusal).
+                check_budget(budget, inventories[where], 0, settings.max_rank)
+            except UserError as error:
+                on = f" on {group.model}" if design.multi_model else ""
+                raise UserError(f"budgets[{index}] ({budget.label}){on}: {error}") from None
 
 
 def _check_group_sources(groups: list[Group]) -> None:

@@ -18,6 +18,18 @@ Tables:
 * `manifest`: the study's own record (versions, host, git commit, spec hash, ...);
 * `notes`: decision notes (date, text, decision, rationale, run ids).
 
+Damage. A store that exists is opened only once it reads as one (`store_damage`): an
+empty, truncated or foreign file (not SQLite, or SQLite without these tables), a page
+SQLite's quick check rejects, or a row whose JSON does not decode is refused in one line
+(`DamagedStore`) that names the file and the command that restores it; the file is read
+only, never replaced. Only a missing store is created (by `run`, or a `note`), built under
+a temporary name and linked into place, so no reader ever sees it half made.
+
+Backup. `backup()` copies the store with SQLite's online backup API to
+`out/study.db.backup` (a temporary name, then a rename: the backup is always whole); the
+runner calls it after every finished run. `study/restore.py` puts it back, or rebuilds
+the store from the run folders.
+
 Crash safety. A run goes pending → running → done/failed, each step one
 transaction. A `run` process holds `out/.lock` for its whole life; the kernel
 drops the lock when the process dies, even on SIGKILL. So a process that holds
@@ -29,12 +41,16 @@ again, and finished rows are never touched (`mark_running` refuses them).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import math
 import os
+import secrets
+import shlex
 import socket
 import sqlite3
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -118,6 +134,182 @@ def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
+# ---------------------------------------------------------------------- damage
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+TABLES = ("runs", "attempts", "manifest", "notes")
+JSON_COLUMNS = ("config", "metrics", "manifest")
+
+
+def backup_path(path: str | Path) -> Path:
+    """Where the runner keeps the backup of the store at `path`: `study.db.backup` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + ".backup")
+
+
+def _wal(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
+
+
+class DamagedStore(UserError):
+    """A store file that exists but does not read as a study store: refused, left as it is.
+
+    The one-line message names the file, what is wrong, and how to get the store back:
+    from its backup, from the run folders, or (neither beside it) from a copy.
+    """
+
+    def __init__(self, path: str | Path, what: str, study_file: str | Path | None = None):
+        self.path, self.what = Path(path), what
+        self.study_file = None if study_file is None else str(study_file)
+        super().__init__(self._message())
+
+    def for_study(self, study_file: str | Path) -> DamagedStore:
+        """The same refusal, its command naming the study file."""
+        return DamagedStore(self.path, self.what, study_file)
+
+    def _message(self) -> str:
+        restore = f"adaptive-lora restore {shlex.quote(self.study_file or 'STUDY.yaml')}"
+        backup = backup_path(self.path)
+        runs = self.path.parent / "runs"
+        if backup.is_file():
+            when = datetime.fromtimestamp(backup.stat().st_mtime, timezone.utc)
+            fix = (
+                f"restore it from its backup ({backup.name}, {when:%Y-%m-%d %H:%M} UTC) "
+                f"with `{restore}`"
+            )
+        elif runs.is_dir() and any(p.is_dir() for p in runs.iterdir()):
+            fix = f"it has no backup; rebuild it from the run folders with `{restore} --from-runs`"
+        else:
+            fix = (
+                "it has no backup and no run folders beside it: put back a copy "
+                f"(of a committed study: `git checkout -- {self.path}`)"
+            )
+        return f"{self.path} is damaged ({self.what}); it was left as it is: {fix}"
+
+
+def _file_damage(path: Path) -> str | None:
+    """What the file's bytes say is wrong before SQLite reads it (None: nothing)."""
+    size = path.stat().st_size
+    if size == 0:
+        return "empty: 0 bytes"
+    with open(path, "rb") as handle:
+        header = handle.read(100)
+    if not header.startswith(SQLITE_MAGIC):
+        return "not an SQLite database: it lacks SQLite's header"
+    if len(header) < 100:
+        return f"truncated: {size} bytes, less than an SQLite header"
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        return f"not a valid SQLite header: page size {page_size}"
+    if size % page_size:
+        return f"truncated: {size:,} bytes is not a whole number of {page_size:,}-byte pages"
+    pages = int.from_bytes(header[28:32], "big")
+    counted = header[24:28] == header[92:96]  # the header's page count is current
+    # With frames in the WAL the file may lag its header while a checkpoint writes it.
+    wal = _wal(path)
+    busy = wal.exists() and wal.stat().st_size > 0
+    if counted and not busy and size < pages * page_size:
+        return f"truncated: {size // page_size:,} of its {pages:,} pages"
+    return None
+
+
+def _undecodable(conn: sqlite3.Connection) -> list[str]:
+    """Where the stored JSON does not decode: `run <id> (<columns>)`, manifest keys, notes."""
+    bad = []
+    columns = ", ".join(JSON_COLUMNS)
+    for row in conn.execute(f"SELECT id, {columns} FROM runs ORDER BY position, id"):
+        broken = [name for name, text in zip(JSON_COLUMNS, row[1:]) if not _decodes(text)]
+        if broken:
+            bad.append(f"run {row[0]} ({', '.join(broken)})")
+    for key, value in conn.execute("SELECT key, value FROM manifest ORDER BY key"):
+        if not _decodes(value):
+            bad.append(f"manifest key {key}")
+    for note_id, run_ids in conn.execute("SELECT id, run_ids FROM notes ORDER BY id"):
+        if not _decodes(run_ids):
+            bad.append(f"note {note_id}")
+    return bad
+
+
+def _decodes(text: Any) -> bool:
+    if text is None:
+        return True
+    try:
+        json.loads(text)
+    except (ValueError, TypeError, RecursionError):
+        return False
+    return True
+
+
+def _named(items: list[str], most: int = 5) -> str:
+    shown = ", ".join(items[:most])
+    return shown + (f" and {len(items) - most} more" if len(items) > most else "")
+
+
+def _content_damage(path: Path) -> str | None:
+    """What SQLite finds wrong, read without writing a byte (None: nothing)."""
+    # No WAL beside it: nothing else has the store open, so it is read as it lies
+    # (`immutable`: no lock, no -shm or -wal file made). Else read-only, through the WAL.
+    wal = _wal(path)
+    mode = "mode=ro" if wal.exists() and wal.stat().st_size > 0 else "immutable=1"
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, timeout=30.0)
+    except sqlite3.Error as error:
+        return f"SQLite cannot open it: {error}"
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        missing = [t for t in TABLES if t not in tables]
+        if missing:
+            what = "an SQLite database" if tables else "an SQLite database with no tables"
+            return f"{what} without the study's table(s) {', '.join(missing)}: not a study store"
+        check = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
+        if check != ["ok"]:
+            return f"SQLite's quick_check fails: {check[0][:200]}"
+        bad = _undecodable(conn)
+        if bad:
+            return f"stored JSON that does not decode: {_named(bad)}"
+    except sqlite3.Error as error:
+        return f"SQLite cannot read it: {str(error).splitlines()[0][:200]}"
+    finally:
+        conn.close()
+    return None
+
+
+# (resolved path, the file's and its WAL's inode, size and mtime) of the stores found sound
+# in this process: one opened again unchanged (status, a report) is not read twice.
+_SOUND: set[tuple] = set()
+
+
+def _stamp(path: Path) -> tuple:
+    def of(p: Path) -> tuple:
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            return (None, None, None)
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    return (str(path.resolve()), of(path), of(_wal(path)))
+
+
+def store_damage(path: str | Path) -> str | None:
+    """What is wrong with the existing file at `path` as a study store; None if it reads as
+    one. Reads only: the file, its WAL and everything beside it are left as they are."""
+    path = Path(path)
+    stamp = _stamp(path)
+    if stamp in _SOUND:
+        return None
+    what = _file_damage(path)
+    for _ in range(2):  # a concurrent checkpoint may be growing the file: look again
+        if what is None or not what.startswith("truncated"):
+            break
+        time.sleep(0.2)
+        what = _file_damage(path)
+    what = what or _content_damage(path)
+    if what is None:
+        _SOUND.add(stamp)
+    return what
+
+
 @dataclass
 class RunRow:
     """One row of `runs`, JSON columns parsed."""
@@ -143,10 +335,19 @@ class RunRow:
     host: str | None = None
 
     @classmethod
-    def from_sql(cls, row: sqlite3.Row) -> RunRow:
+    def from_sql(cls, row: sqlite3.Row, path: Path | None = None) -> RunRow:
         values = dict(row)
-        for key in ("config", "metrics", "manifest"):
-            values[key] = _loads(values[key]) or {}
+        broken = []
+        for key in JSON_COLUMNS:
+            try:
+                values[key] = _loads(values[key]) or {}
+            except (ValueError, TypeError, RecursionError):
+                broken.append(key)
+        if broken:  # damaged since the store was opened
+            raise DamagedStore(
+                path or Path("study.db"),
+                f"stored JSON that does not decode: run {values['id']} ({', '.join(broken)})",
+            )
         return cls(**values)
 
 
@@ -160,6 +361,55 @@ class Note:
     run_ids: list[str]
 
 
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: a committed state change survives a power cut too, not only SIGKILL.
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _create(path: Path) -> None:
+    """A new, empty store at `path`: built under a temporary name, then linked into place,
+    so a store file is never seen empty or half made. Another process that created it
+    first wins; theirs is kept."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.new.{os.getpid()}.{secrets.token_hex(4)}")
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # mode by umask
+    try:
+        conn = _connect(tmp)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        finally:
+            conn.close()  # the last connection: the WAL is checkpointed into the file
+        try:
+            os.link(tmp, path)  # never replaces: a store that appeared meanwhile is kept
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links
+            if not path.exists():
+                os.rename(tmp, path)
+        _fsync(path.parent)
+    finally:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            tmp.with_name(tmp.name + suffix).unlink(missing_ok=True)
+
+
 class StudyStore:
     """The SQLite store of one study. Open with `StudyStore.open(path)`."""
 
@@ -171,35 +421,56 @@ class StudyStore:
 
     @classmethod
     def open(cls, path: str | Path, *, create: bool = True) -> StudyStore:
-        """Open the store at `path`, creating it (schema in one transaction) if asked."""
+        """Open the store at `path`; a missing one is created if asked (else a one-line
+        "nothing has run yet"). A file that exists but is not a sound store is refused
+        (`DamagedStore`), read only: it is never replaced."""
         path = Path(path)
-        exists = path.is_file()
-        if not exists and not create:
-            raise UserError(f"no study store at {path}: nothing has run yet")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed state change survives a power cut too, not only SIGKILL.
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        store = cls(conn, path)
+        if not path.exists():
+            if not create:
+                raise UserError(f"no study store at {path}: nothing has run yet")
+            _create(path)
+        elif not path.is_file():
+            raise UserError(f"{path} is not a file; a study store is the file study.db")
+        else:
+            what = store_damage(path)
+            if what is not None:
+                raise DamagedStore(path, what)
+        conn = _connect(path)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
-            with store._tx():
-                # Re-check inside the write lock: another process may have just created it.
-                if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        elif version != SCHEMA_VERSION:
+        if version != SCHEMA_VERSION:
             conn.close()
             raise UserError(
                 f"{path} has store schema version {version}; this tool reads version "
                 f"{SCHEMA_VERSION}"
             )
-        return store
+        return cls(conn, path)
+
+    def backup(self) -> Path:
+        """A consistent copy of the store (SQLite's online backup API) at `backup_path`,
+        written under a temporary name and renamed: a backup on disk is always whole.
+        A copy that fails SQLite's quick check leaves the previous backup in place."""
+        target = backup_path(self.path)
+        handle, name = tempfile.mkstemp(prefix="." + target.name + ".", dir=target.parent)
+        os.close(handle)
+        tmp = Path(name)
+        try:
+            copy = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                self._conn.backup(copy)
+                copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+                check = [r[0] for r in copy.execute("PRAGMA quick_check(1)")]
+            finally:
+                copy.close()
+            if check != ["ok"]:
+                raise sqlite3.DatabaseError(f"the backup copy fails quick_check: {check[0]}")
+            os.chmod(tmp, self.path.stat().st_mode & 0o777)
+            _fsync(tmp)
+            os.replace(tmp, target)
+            _fsync(target.parent)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return target
 
     def close(self) -> None:
         self._conn.close()
@@ -274,7 +545,7 @@ class StudyStore:
     def rows(self, ids: Iterable[str] | None = None) -> list[RunRow]:
         """Rows in run order; only `ids` (in run order) when given."""
         rows = [
-            RunRow.from_sql(r)
+            RunRow.from_sql(r, self.path)
             for r in self._conn.execute("SELECT * FROM runs ORDER BY position, id").fetchall()
         ]
         if ids is None:
@@ -284,7 +555,7 @@ class StudyStore:
 
     def get(self, run_id: str) -> RunRow | None:
         row = self._conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return None if row is None else RunRow.from_sql(row)
+        return None if row is None else RunRow.from_sql(row, self.path)
 
     def attempts(self, run_id: str | None = None) -> list[dict[str, Any]]:
         query = "SELECT * FROM attempts"
@@ -434,6 +705,28 @@ class StudyStore:
             "attempt = (SELECT attempts FROM runs WHERE id = ?)",
             (status, reason, now_iso(), run_id, run_id),
         )
+
+    def put_recovered(self, rows: Sequence[RunRow]) -> None:
+        """Insert rows rebuilt from run folders (`study/restore.py`), each finished one with
+        its one known attempt, in one transaction; ids already stored are refused."""
+        columns = [f.name for f in dataclasses.fields(RunRow)]
+        with self._tx() as conn:
+            for row in rows:
+                values = {name: getattr(row, name) for name in columns}
+                for key in JSON_COLUMNS:
+                    values[key] = _dumps(values[key])
+                conn.execute(
+                    f"INSERT INTO runs ({', '.join(columns)}) "
+                    f"VALUES ({', '.join('?' for _ in columns)})",
+                    [values[name] for name in columns],
+                )
+                if row.attempts:
+                    conn.execute(
+                        "INSERT INTO attempts (run_id, attempt, status, reason, pid, host, "
+                        "started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (row.id, row.attempts, row.status, row.reason, row.pid, row.host,
+                         row.started_at, row.ended_at),
+                    )  # fmt: skip
 
     # ------------------------------------------------------------------ notes
 
