@@ -127,13 +127,29 @@ def record() -> Path:
 
 
 def differences(expected: Any, found: Any, where: str = "") -> list[str]:
-    """Where two stored structures differ, to the last digit of every float."""
+    """Where two stored structures differ, to the last digit of every float.
+
+    Only the stored keys are compared: a key the code records since (a new metric, a new
+    field of the generation records, such as `hit_token_limit`) moves no stored number,
+    while a stored key gone or changed is a difference.
+    """
     if isinstance(expected, dict) and isinstance(found, dict):
-        keys = sorted(set(expected) | set(found))
-        return [d for k in keys for d in differences(expected.get(k), found.get(k), f"{where}.{k}")]
+        return [
+            d
+            for k in sorted(expected)
+            for d in differences(expected[k], found.get(k, _MISSING), f"{where}.{k}")
+        ]
     if isinstance(expected, list) and isinstance(found, list) and len(expected) == len(found):
         return [d for i, (a, b) in enumerate(zip(expected, found)) for d in differences(a, b, f"{where}[{i}]")]  # fmt: skip
     return [] if expected == found else [f"{where.lstrip('.')}: {expected!r} → {found!r}"]
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "(missing)"
+
+
+_MISSING = _Missing()
 
 
 def main() -> None:

@@ -49,3 +49,8 @@ def test_the_comparison_sees_a_last_digit():
     assert differences(a, a) == []
     assert differences(a, b) == ["run.numbers.test_loss: 0.3 → 0.30000000000000004"]
     assert differences(a, {"run": {"numbers": {"curve": [[1, 2.5]]}}})  # a number gone
+    # A key recorded since the numbers were stored (a new field of every generation
+    # record, say) moves none of them.
+    newer = {"run": {"numbers": {"test_loss": 0.3, "curve": [[1, 2.5]], "hit_token_limit": True}}}
+    assert differences(a, newer) == []
+    assert differences(newer, a) == ["run.numbers.hit_token_limit: True → (missing)"]

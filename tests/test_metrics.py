@@ -1,7 +1,7 @@
 """Task metrics: the registry, hand-written cases, config and data checks, per-example verdicts."""
 
 import json
-from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 import yaml
@@ -13,14 +13,18 @@ from adaptive_lora.data.sources import load_examples
 from adaptive_lora.errors import UserError
 from adaptive_lora.evaluation_metrics import (
     METRICS,
+    Scoring,
     check_metric_data,
     contains,
+    cut_off_counts,
     exact,
     exact_match,
     final_number,
     last_number,
     metrics_for_run,
+    read_answer,
     rouge_l,
+    score,
 )
 from adaptive_lora.run import execute_run
 from adaptive_lora.study.spec import load_study
@@ -59,9 +63,124 @@ def test_final_number(prediction, reference, expected):
 
 
 def test_last_number_normalises():
-    assert last_number("a 1,000 b 2,000.0") == Decimal("2000")
-    assert last_number("-0") == Decimal("0")
+    assert last_number("a 1,000 b 2,000.0") == 2000
+    assert last_number("-0") == 0
     assert last_number("none") is None
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("1/2", Fraction(1, 2)),  # not 2
+        ("about 3 1/2 cups", Fraction(7, 2)),
+        ("-3/4", Fraction(-3, 4)),
+        ("$1,234.50 in total", Fraction(246900, 200)),
+        ("a 12.5% rise", Fraction(25, 2)),
+        ("it cost €7", Fraction(7)),
+        ("−2", Fraction(-2)),
+        ("1,234, then 5", Fraction(5)),
+        ("1/0", None),
+    ],
+)
+def test_numbers_are_read_as_written(text, value):
+    assert last_number(text) == value
+
+
+# GSM8K's worked answers, as its `answer` field writes them.
+NATALIA = (
+    "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
+    "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72"
+)
+# A reference whose last number is not its answer: the worked answer goes on past "= 480".
+HOURS = "He works 60 * 8 = <<60*8=480>>480 minutes a day, in 8 hours"
+
+
+@pytest.mark.parametrize(
+    "text, where, value",
+    [
+        (NATALIA, "####", 72),
+        ("So the total is 1,234 dollars.\n#### 1,234", "####", 1234),
+        (HOURS, "=", 480),
+        ("Half of it: 1/2", "last", Fraction(1, 2)),
+        ("x = 5/2 so", "=", Fraction(5, 2)),
+        ("no number", "last", None),
+    ],
+)
+def test_the_answer_is_read_where_the_task_puts_it(text, where, value):
+    reading = read_answer(text)
+    assert (reading.where, reading.value) == (where, value)
+
+
+CUT = Scoring(hit_token_limit=True)
+SAYS = Scoring(answer_pattern=r"answer is (\S+)")
+# A generation the token limit cut off, whose last number echoes the question.
+ECHO = "She bakes 6 cakes an hour. In the first hour she bakes 6 cakes"
+
+
+@pytest.mark.parametrize(
+    "prediction, reference, scoring, expected",
+    [
+        # The tester's three: a truncated answer whose last number echoes the question ...
+        (ECHO, "She bakes 2 * 3 = <<2*3=6>>6 cakes.\n#### 6", CUT, False),
+        # ... though the same text, ended by the model itself, is read as it stands;
+        (ECHO, "#### 6", Scoring(), True),
+        # ... a reference whose last number follows its answer ("= 480 ... in 8 hours");
+        ("He works for 8 hours", HOURS, Scoring(), False),
+        ("60 * 8 = 480 minutes", HOURS, Scoring(), True),
+        # ... and "1/2", which is a half, not 2.
+        ("The answer is 1/2", "2", Scoring(), False),
+        ("The answer is 1/2", "#### 0.5", Scoring(), True),
+        # GSM8K's answer line with a thousands separator, against a plain prediction.
+        ("The total is 1234", "#### 1,234", Scoring(), True),
+        ("#### 1,234", "So 1,000 + 234 = 1,234 in all", Scoring(), True),
+        # A cut-off answer that wrote its answer line before the limit counts.
+        ("48 + 24 = 72\n#### 72\nNatalia sold", NATALIA, CUT, True),
+        ("48 + 24 = 72\n#### 71\nNatalia sold", NATALIA, CUT, False),
+        # A declared pattern: its last match decides, in the reference and the answer.
+        ("The answer is 12. Check: 3 * 4", "3 * 4 = 12. The answer is 12", SAYS, True),
+        ("12", "The answer is 12", SAYS, False),
+        (
+            "The answer is $12 (3 each)",
+            "The answer is 12",
+            Scoring(True, r"answer is ([^.]+)"),
+            True,
+        ),
+        # A reference the declared pattern misses is read the default way.
+        ("The answer is 12", "#### 12", SAYS, True),
+    ],
+)
+def test_final_number_scores_the_answer(prediction, reference, scoring, expected):
+    assert final_number(prediction, reference, scoring) is expected
+
+
+def test_score_hands_the_scoring_to_the_metrics_that_read_it():
+    example = {"instruction": "q", "output": NATALIA}
+    cut = score(["final_number", "contains"], "Natalia sold 72", example, CUT)
+    assert cut == {"final_number": False, "contains": False}
+    assert score(["final_number"], "Natalia sold 72", example)["final_number"] is True
+
+
+def test_cut_off_answers_are_counted_with_and_without_an_answer_line():
+    records = [
+        {"prediction": "6 cakes", "hit_token_limit": True},
+        {"prediction": "= 72\n#### 72\nand", "hit_token_limit": True},
+        {"prediction": "72", "hit_token_limit": False},
+        {"prediction": "old record"},  # stored before the field: not counted
+    ]
+    assert cut_off_counts(records) == {
+        "answers_at_token_limit": 2,
+        "answers_without_answer_line": 1,
+    }
+    assert cut_off_counts(records, r"answer is (\d+)")["answers_without_answer_line"] == 2
+
+
+def test_a_bad_answer_pattern_is_a_one_line_error():
+    with pytest.raises(UserError, match="eval.answer_pattern.*regular expression") as error:
+        RunConfig.from_dict({"eval": {"answer_pattern": "answer is ("}})
+    assert "\n" not in str(error.value)
+    # Left at its default, the pattern names no run: every id stays what it was.
+    assert RunConfig().run_id() == RunConfig.from_dict({"eval": {"answer_pattern": ""}}).run_id()
+    assert RunConfig().run_id() != RunConfig.from_dict({"eval": {"answer_pattern": "x"}}).run_id()
 
 
 def test_exact_contains_exact_match_and_rouge():
@@ -146,10 +265,16 @@ def test_every_generation_carries_each_verdict(llama_folder, tmp_path):
     assert metrics["eval_metrics"] == ["final_number", "exact", "contains"]
     lines = (result.run_dir / "generations.jsonl").read_text().splitlines()
     assert len(lines) == config.eval.n_generate
-    for line in lines:
-        record = json.loads(line)
+    records = [json.loads(line) for line in lines]
+    for record in records:
         assert set(names) <= set(record)
         assert isinstance(record["final_number"], bool)
+        assert isinstance(record["hit_token_limit"], bool)
+    # Each run counts the answers the token limit cut off, as its records say.
+    assert metrics["answers_at_token_limit"] == sum(r["hit_token_limit"] for r in records)
+    assert 0 <= metrics["answers_without_answer_line"] <= metrics["answers_at_token_limit"]
+    limited = [r for r in records if r["hit_token_limit"]]
+    assert all(not r["final_number"] for r in limited if "####" not in r["prediction"])
 
 
 def test_other_data_keeps_exact_match_empty(llama_folder, tmp_path):

@@ -99,9 +99,12 @@ def test_greedy_decode_matches_generate_while_finished_rows_leave_the_batch(name
     counts = torch.bincount(torch.tensor([row[3] for row in new]), minlength=300)
     eos = int(counts.argmax())
     expected = [row[: row.index(eos)] if eos in row else row for row in new]
-    answers = greedy_decode(
+    answers, hit_limit = greedy_decode(
         model, encoded["input_ids"], encoded["attention_mask"], max_new_tokens=12,
         eos_token_id=eos, line_tokens=None, device=torch.device("cpu"), autocast_dtype=None,
     )  # fmt: skip
     assert answers == expected
     assert any(len(a) < 12 for a in answers)  # some row did finish early
+    # A row hit the limit exactly when it never produced the end-of-sequence token.
+    assert hit_limit == [eos not in row for row in new]
+    assert any(hit_limit)

@@ -233,11 +233,26 @@ class EvalSettings:
         "exact_match on built-in data, are recorded always)",
         default_factory=list,
     )
+    answer_pattern: str = _help(
+        "a regular expression that finds the answer in a reference and a generated answer "
+        "(its first group, else the whole match; the last match counts), for final_number; "
+        "none: GSM8K's `#### N` line, else the number after the last `=`, else the last "
+        "number",
+        "",
+    )
 
     def validate(self) -> None:
         _at_least(self, "n_generate", 0)
         _at_least(self, "max_new_tokens", 1)
         _at_least(self, "batch_size", 1)
+        if self.answer_pattern:
+            try:
+                re.compile(self.answer_pattern)
+            except re.error as error:
+                raise UserError(
+                    f"eval.answer_pattern {self.answer_pattern!r} is not a regular "
+                    f"expression ({error}); e.g. 'The answer is (.+)'"
+                ) from None
 
 
 @dataclass

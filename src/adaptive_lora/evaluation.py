@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -19,7 +19,13 @@ from adaptive_lora import progress
 from adaptive_lora.compute.loss import response_loss_per_row, response_loss_sum
 from adaptive_lora.compute.precision import autocast_context
 from adaptive_lora.data.prompts import TokenizedSplit, collate, format_prompt
-from adaptive_lora.evaluation_metrics import mean_scores, score
+from adaptive_lora.evaluation_metrics import (
+    HIT_TOKEN_LIMIT,
+    Scoring,
+    cut_off_counts,
+    mean_scores,
+    score,
+)
 
 
 @torch.no_grad()
@@ -108,10 +114,12 @@ def perplexity(loss: float) -> float:
 
 @dataclass
 class GenerationResult:
-    """Generated answers with each metric's verdict, and each metric's mean."""
+    """Generated answers with each metric's verdict, each metric's mean, and how many
+    answers stopped at the token limit (`cut_off_counts`)."""
 
     records: list[dict[str, Any]]
     means: dict[str, float | None] = field(default_factory=dict)
+    cut_off: dict[str, int] = field(default_factory=dict)
 
     @property
     def rouge_l(self) -> float | None:
@@ -135,6 +143,7 @@ def generate_answers(
     autocast_dtype: torch.dtype | None,
     metrics: Sequence[str] = ("rouge_l",),
     stop_at_line_end: bool = False,
+    answer_pattern: str = "",
 ) -> GenerationResult:
     """Greedy answers for `examples`, each scored by every metric; records in input order.
 
@@ -144,12 +153,14 @@ def generate_answers(
     line), at the first line break after some text: tokens past it cannot change a
     verdict. A stopped sequence leaves the batch, so no step is spent on it.
 
-    Each record holds the prompt fields, `reference`, `prediction` and one verdict
-    per metric name (the reference is the built-in set's short answer where there
-    is one, else `output`).
+    Each record holds the prompt fields, `reference`, `prediction`, `hit_token_limit`
+    (the answer stopped because it reached `max_new_tokens`, not at its own end) and one
+    verdict per metric name (the reference is the built-in set's short answer where
+    there is one, else `output`). `answer_pattern` is the study's declared answer
+    pattern, for the metrics that read one (`evaluation_metrics.Scoring`).
     """
     if not examples:
-        return GenerationResult([], {name: None for name in metrics})
+        return GenerationResult([], {name: None for name in metrics}, cut_off_counts([]))
     was_training = model.training
     model.eval()
     side = tokenizer.padding_side
@@ -167,8 +178,12 @@ def generate_answers(
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
-    records = [_record(example, texts[i], metrics) for i, example in enumerate(examples)]
-    return GenerationResult(records, mean_scores(metrics, records))
+    records = [
+        _record(example, *texts[i], metrics, answer_pattern) for i, example in enumerate(examples)
+    ]
+    return GenerationResult(
+        records, mean_scores(metrics, records), cut_off_counts(records, answer_pattern)
+    )
 
 
 def _decode_by_length(
@@ -177,15 +192,16 @@ def _decode_by_length(
     template: str,
     batch_size: int,
     device: torch.device,
-    decode: Callable[[torch.Tensor, torch.Tensor], list[list[int]]],
-) -> dict[int, str]:
-    """Each example's decoded answer by its index, prompts batched by token length (so a
-    batch carries little padding) and left-padded; `decode(input_ids, mask)` decodes one."""
+    decode: Callable[[torch.Tensor, torch.Tensor], Decoded],
+) -> dict[int, tuple[str, bool]]:
+    """Each example's decoded answer and whether it hit the token limit, by its index;
+    prompts batched by token length (so a batch carries little padding) and left-padded;
+    `decode(input_ids, mask)` decodes one batch."""
     prompts = [format_prompt(ex, template, tokenizer) for ex in examples]
     add_special = template != "chat"  # a chat template writes its own special tokens
     lengths = [len(tokenizer(p, add_special_tokens=add_special)["input_ids"]) for p in prompts]
     order = sorted(range(len(examples)), key=lambda i: (lengths[i], i))
-    texts: dict[int, str] = {}
+    texts: dict[int, tuple[str, bool]] = {}
     for start in range(0, len(order), batch_size):
         progress.step(start, len(order))
         chunk = order[start : start + batch_size]
@@ -195,21 +211,38 @@ def _decode_by_length(
             padding=True,
             add_special_tokens=add_special,
         ).to(device)
-        answers = decode(encoded["input_ids"], encoded["attention_mask"])
-        for i, ids in zip(chunk, answers):
-            texts[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
+        decoded = decode(encoded["input_ids"], encoded["attention_mask"])
+        for i, ids, limit in zip(chunk, decoded.tokens, decoded.hit_limit):
+            texts[i] = (tokenizer.decode(ids, skip_special_tokens=True).strip(), limit)
     return texts
 
 
-def _record(example: dict[str, Any], prediction: str, metrics: Sequence[str]) -> dict[str, Any]:
-    """One generation record: the prompt fields, reference, prediction and each verdict."""
+def _record(
+    example: dict[str, Any],
+    prediction: str,
+    hit_limit: bool,
+    metrics: Sequence[str],
+    answer_pattern: str,
+) -> dict[str, Any]:
+    """One generation record: the prompt fields, reference, prediction, whether it hit the
+    token limit, and each verdict."""
+    scoring = Scoring(hit_token_limit=hit_limit, answer_pattern=answer_pattern)
     return {
         "instruction": example["instruction"],
         "input": example.get("input", ""),
         "reference": example["output"],
         "prediction": prediction,
-        **score(metrics, prediction, example),
+        HIT_TOKEN_LIMIT: hit_limit,
+        **score(metrics, prediction, example, scoring),
     }
+
+
+class Decoded(NamedTuple):
+    """A batch's new tokens per row, and whether each row stopped at `max_new_tokens`
+    (False: it ended itself, at the end-of-sequence token or a line break)."""
+
+    tokens: list[list[int]]
+    hit_limit: list[bool]
 
 
 @torch.no_grad()
@@ -223,7 +256,7 @@ def greedy_decode(
     line_tokens: tuple[torch.Tensor, torch.Tensor] | None,
     device: torch.device,
     autocast_dtype: torch.dtype | None,
-) -> list[list[int]]:
+) -> Decoded:
     """Greedy continuations of a left-padded batch, each ending where its answer ends.
 
     The KV cache carries the prompt; a sequence that produced the end-of-sequence token
@@ -231,7 +264,8 @@ def greedy_decode(
     its rows are dropped from the cache, so later steps compute only the answers still
     being written (`model.generate` keeps every row to the end of the longest answer).
     Positions follow the attention mask, as `generate` computes them for left padding.
-    Returns each row's new tokens, without the end-of-sequence token.
+    Returns each row's new tokens, without the end-of-sequence token, and whether the
+    row was still going when `max_new_tokens` stopped it.
     """
     # One autocast context for the whole loop: autocast caches each weight's bf16 copy
     # until the context ends, so a context per step would cast every weight again.
@@ -243,6 +277,7 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, eos_token_id, line
     device = input_ids.device
     rows = torch.arange(input_ids.shape[0], device=device)
     answers: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    ended = [False] * input_ids.shape[0]  # a row that ended itself, before the limit
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     seen_text = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
     out = model(
@@ -259,8 +294,9 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, eos_token_id, line
             breaks, blank = (t.to(device) for t in line_tokens)
             done |= seen_text & torch.isin(token, breaks)
             seen_text = seen_text | ~torch.isin(token, blank)
-        for row, value, ended in zip(rows.tolist(), token.tolist(), done.tolist()):
-            if not (ended and value == eos_token_id):
+        for row, value, stop in zip(rows.tolist(), token.tolist(), done.tolist()):
+            ended[row] = stop
+            if not (stop and value == eos_token_id):
                 answers[row].append(value)
         live = (~done).nonzero().squeeze(1)
         if step + 1 == max_new_tokens or live.numel() == 0:
@@ -275,7 +311,7 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, eos_token_id, line
             position_ids=next_position[:, None], cache=cache, use_cache=True,
         )  # fmt: skip
         cache, next_position = out.cache, next_position + 1
-    return answers
+    return Decoded(answers, [not stop for stop in ended])
 
 
 @functools.lru_cache(maxsize=4)

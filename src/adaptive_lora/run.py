@@ -146,8 +146,9 @@ def test_item_records(items: Any, generations: list[dict], test: list[dict]) -> 
     """Each test item's loss and metric verdicts, column-wise (compact in the store).
 
     Items follow the test split's order; `tokens` is the item's response-token count, so
-    the token-weighted mean of `loss` is the run's test loss. A metric's column covers
-    the first `eval.n_generate` items (the ones answered); `key` names each item by
+    the token-weighted mean of `loss` is the run's test loss. A metric's column, and
+    `hit_token_limit` (the answer stopped at `eval.max_new_tokens`), cover the first
+    `eval.n_generate` items (the ones answered); `key` names each item by
     the hash of its instruction and input, so a reader can match items across runs.
     """
     columns: dict[str, Any] = {
@@ -427,6 +428,7 @@ class RunSteps:
             metrics=metrics_for_run(cfg.eval.metrics, *self._data_kind()),
             # A generated task's answer is its first line (`reasoning_gym.extract_answer`).
             stop_at_line_end=self._data_kind()[1],
+            answer_pattern=cfg.eval.answer_pattern,
         )
 
     def partial_metrics(self) -> dict[str, Any]:
@@ -517,6 +519,8 @@ def run_metrics(
         m[f"{name}_ppl"] = perplexity(m[f"{name}_loss"])
     m.update(
         generation.means,
+        # How many answers the token limit cut off (without an answer line: scored wrong).
+        **generation.cut_off,
         # Every run has these two keys (None where not scored), as it always had.
         rouge_l=generation.rouge_l,
         exact_match=generation.exact_match,

@@ -90,3 +90,5 @@ class FamilyComparison(PairedComparison):
     significant: bool
     verdict: str = ""  # ``verdict.verdict``'s sentence(s), set once the fields above are
     two_level: dict[str, Any] | None = OMIT
+    # Why ``two_level`` is None (fewer than two paired seeds, runs without item records ...).
+    seed_only_reason: str | None = OMIT

@@ -15,7 +15,7 @@ from typing import Any
 
 from adaptive_lora.analysis import paired
 from adaptive_lora.analysis.descriptive import describe, mean_ci_t
-from adaptive_lora.evaluation_metrics import METRICS, PRIMARY_METRIC
+from adaptive_lora.evaluation_metrics import CUT_OFF_KEYS, METRICS, PRIMARY_METRIC
 from adaptive_lora.report.cross_budget import cross_budget
 from adaptive_lora.report.environment_check import check_environment
 from adaptive_lora.report.lr_spread import spread
@@ -38,8 +38,15 @@ PRIMARY = PRIMARY_METRIC  # the metric registry's, under the name report/ reads
 # (metric key, name in prose, lower is better): validation loss, then every task metric
 # of the registry (a column and a paired test appear for those the runs recorded).
 _NAMES = {"rouge_l": "ROUGE-L", "exact_match": "exact match"}
+
+
+def metric_words(name: str) -> str:
+    """A task metric's name in the report's prose and tables."""
+    return _NAMES.get(name, name.replace("_", " "))
+
+
 SECONDARY = (("val_loss", "validation loss", True),) + tuple(
-    (name, _NAMES.get(name, name.replace("_", " ")), False) for name in METRICS
+    (name, metric_words(name), False) for name in METRICS
 )
 
 
@@ -76,6 +83,9 @@ def analyse(
     analysis = _overview(study, rows, choices)
     analysis["hypotheses"] = hypotheses_block(study)
     analysis["environment_check"] = check_environment(reported)
+    cut_off = cut_off_block(reported)
+    if cut_off is not None:  # only runs that record it: an older study's stats are unchanged
+        analysis["cut_off_answers"] = cut_off
     for budget in study.budgets:
         analysis["budgets"][budget] = _budget_block(
             study, budget, reported, choices, n_boot, boot_seed
@@ -95,6 +105,25 @@ def analyse(
             study.cross_budget, study.baseline, losses, params, declared_margin=_margin(study)
         )
     return analysis
+
+
+def cut_off_block(rows: list[RunRow]) -> dict[str, Any] | None:
+    """Over the reported runs that count them: the answers generated, how many stopped at
+    the token limit, and how many of those without an answer line (None: no run counted).
+    A run answers its first `eval.n_generate` test items (all of them, when fewer)."""
+    counted = [r for r in rows if isinstance(r.metrics.get(CUT_OFF_KEYS[0]), int)]
+    if not counted:
+        return None
+
+    def answered(row: RunRow) -> int:
+        return min(row.config["eval"]["n_generate"], row.config["data"]["n_test"])
+
+    return {
+        "runs": len(counted),
+        "answers": sum(answered(r) for r in counted),
+        "at_token_limit": sum(r.metrics[CUT_OFF_KEYS[0]] for r in counted),
+        "without_answer_line": sum(r.metrics.get(CUT_OFF_KEYS[1]) or 0 for r in counted),
+    }
 
 
 def _hypotheses(study: Study) -> Any:

@@ -1,8 +1,10 @@
-"""Table cells shared by the Markdown and LaTeX tables, printed from the analysis."""
+"""Table cells shared by the Markdown and LaTeX tables, printed from the analysis; and
+how report.md embeds a figure."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from adaptive_lora.analysis.comparison import FamilyComparison
@@ -134,3 +136,16 @@ def _seed_range(seeds: list[int]) -> str:
     if seeds and seeds == list(range(seeds[0], seeds[0] + len(seeds))) and len(seeds) > 2:
         return f"{seeds[0]}–{seeds[-1]} ({len(seeds)} seeds)"
     return f"{', '.join(map(str, seeds))} ({len(seeds)} seed{'s' if len(seeds) != 1 else ''})"
+
+
+def figure_lines(title: str, png: Path, out_dir: Path, suffix: str = "") -> list[str]:
+    """A figure embedded in report.md: its title with a link to its SVG, then the PNG
+    (`png` lies under `out_dir`, where report.md is; links are relative to it)."""
+    rel = png.relative_to(out_dir).as_posix()
+    svg = png.with_suffix(".svg").relative_to(out_dir).as_posix()
+    return [
+        f"**{title}{f' — {suffix}' if suffix else ''}** ([SVG]({svg}))",
+        "",
+        f"![{title}]({rel})",
+        "",
+    ]

@@ -20,7 +20,8 @@ import numpy as np
 from adaptive_lora.allocation.heatmap import draw_layer_kind_heatmap
 from adaptive_lora.model.inventory import ALL_KINDS, ModuleInfo
 from adaptive_lora.records import ALLOCATION_KEY, atomic_path
-from adaptive_lora.report.analyse import PRIMARY, _value
+from adaptive_lora.report.analyse import PRIMARY
+from adaptive_lora.report.timing import PHASES, REST, phase_seconds
 from adaptive_lora.study.spec import Study
 from adaptive_lora.study.store import (
     RunRow,
@@ -330,23 +331,35 @@ def _fig_curves(study: Study, rows: list[RunRow], analysis: dict[str, Any], fold
 
 
 def _fig_time(study: Study, rows: list[RunRow], analysis: dict[str, Any], folder: Path):
+    """Each strategy's mean time per run, stacked by phase (training, evaluation,
+    allocation and the rest, as `report.timing` splits a run's time), with each run's
+    total time as a point; a run that recorded no phase counts as rest alone."""
     by_id = {r.id: r for r in rows}
     blocks = analysis["budgets"]
+    names = [name for name, _ in PHASES] + [REST]
     fig, axes = _subplots(len(blocks))
     for ax, (budget, block) in zip(axes, blocks.items()):
-        values, means = [], []
         labels = list(block["strategies"])
-        for label in labels:
-            entry = block["strategies"][label]
-            key = "train_seconds" if entry["train_seconds"]["n"] else "wall_seconds"
-            if key == "train_seconds":
-                points = [_value(by_id[i], "train_seconds") for i in entry["run_ids"]]
-            else:
-                points = [by_id[i].seconds or math.nan for i in entry["run_ids"]]
-            values.append(points)
-            means.append(entry[key]["mean"])
-        _strip(ax, labels, values, means, [[math.nan, math.nan]] * len(means), "seconds")
-        ax.set_title(f"training time per run, budget {budget}")
+        rng = np.random.default_rng(0)  # the same jitter in every report
+        for i, label in enumerate(labels):
+            runs = [by_id[run_id] for run_id in block["strategies"][label]["run_ids"]]
+            split = [phase_seconds(r) or {REST: float(r.seconds)} for r in runs if r.seconds]
+            bottom = 0.0
+            for k, name in enumerate(names):
+                values = [p.get(name, 0.0) for p in split]
+                height = float(np.mean(values)) if values else 0.0
+                ax.bar(i, height, bottom=bottom, width=0.55, color=f"C{k}", alpha=0.75,
+                       label=("the " + name if name == REST else name) if i == 0 else None)  # fmt: skip
+                bottom += height
+            totals = [r.seconds for r in runs if r.seconds]
+            ax.scatter(i + rng.uniform(-0.12, 0.12, len(totals)), totals, s=12, color="black",
+                       alpha=0.7, zorder=3, label="one run's total" if i == 0 else None)  # fmt: skip
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+        ax.set_xlim(-0.5, len(labels) - 0.5)
+        ax.set_ylabel("seconds per run")
+        if labels:
+            ax.legend(fontsize=7)
+        ax.set_title(f"time per run by phase, budget {budget}\n(bars: each phase's mean)")
     return _save(fig, folder, "time_per_run")
 
 

@@ -9,12 +9,14 @@ from typing import Any
 
 from adaptive_lora.analysis.comparison import FamilyComparison
 from adaptive_lora.analysis.formatting import fmt_g, fmt_num, fmt_p, fmt_sig
-from adaptive_lora.report.analyse import LOSS_DECIMALS, PRIMARY, environment
+from adaptive_lora.evaluation_metrics import metrics_of_source
+from adaptive_lora.report.analyse import LOSS_DECIMALS, PRIMARY, environment, metric_words
 from adaptive_lora.report.answer import answer_lines
 from adaptive_lora.report.cells import (
     _columns,
     _interval,
     _seed_range,
+    figure_lines,
     main_table_rows,
     markdown_table,
     mean_and_ci,
@@ -22,9 +24,15 @@ from adaptive_lora.report.cells import (
 from adaptive_lora.report.cross_budget import margin_words, verdict_lines
 from adaptive_lora.report.environment_check import describe as describe_environment
 from adaptive_lora.report.hypotheses import hypotheses_lines, sequential_lines
-from adaptive_lora.report.regime import ladder_lines
+from adaptive_lora.report.regime import LADDER_TITLE, ladder_lines
 from adaptive_lora.report.timing import compute_line
-from adaptive_lora.report.two_level import WHY_T
+from adaptive_lora.report.two_level import (
+    NO_RECORDS,
+    NON_FINITE,
+    ONE_SEED,
+    OTHER_ITEMS,
+    WHY_T,
+)
 from adaptive_lora.study.spec import Study
 from adaptive_lora.study.store import (
     DONE,
@@ -69,11 +77,72 @@ def _placed_budgets_note(study: Study) -> str:
     )
 
 
+def _lr_sentence(study: Study) -> str:
+    """How the learning rates were found, for the set-up's data line."""
+    tuned = [label for label in study.labels if len(study.lrs_for(label)) > 1]
+    if len(tuned) == len(study.labels):
+        return "Learning rates are chosen on validation"
+    if not tuned:
+        one = len({study.lrs_for(label) for label in study.labels}) == 1
+        return (
+            f"One learning rate{'' if one else ' per strategy'}, not tuned (no rate is chosen "
+            "on validation)"
+        )
+    fixed = [label for label in study.labels if label not in tuned]
+    return (
+        f"Learning rates are chosen on validation for {', '.join(tuned)}; "
+        f"{', '.join(fixed)} {'runs' if len(fixed) == 1 else 'run'} at one rate, not tuned"
+    )
+
+
+def _evaluation_line(config: Any, cut_off: dict[str, Any] | None) -> str:
+    """The set-up's evaluation line: the metrics the runs were scored by (the study's
+    `eval.metrics`, else the data's default, and those every run records), how many
+    answers, and how many of them the token limit cut off where the runs counted it."""
+    d, e = config.data, config.eval
+    named, also = metrics_of_source(e.metrics, d.source)
+    line = (
+        f"- **Evaluation:** test loss; {_joined(metric_words(m) for m in named)} on "
+        f"{min(e.n_generate, d.n_test)} generated answers ({e.max_new_tokens} new tokens)"
+    )
+    if e.answer_pattern:
+        line += f", each answer read where the declared pattern `{e.answer_pattern}` finds it"
+    line += "."
+    if also:
+        verb = "is" if len(also) == 1 else "are"
+        line += f" {_joined(metric_words(m) for m in also)} {verb} recorded on every run as well."
+    if cut_off is not None:
+        scored = "final_number" in named + also
+        line += " " + _cut_off_sentence(cut_off, e, scored)
+    return line
+
+
+def _cut_off_sentence(cut: dict[str, Any], evaluation: Any, final_number: bool) -> str:
+    """How many answers the token limit cut off (and, where final_number scores them, how
+    many without an answer line: wrong whatever their last number)."""
+    text = (
+        f"Of the {cut['answers']} answers of the {cut['runs']} reported run(s), "
+        f"{cut['at_token_limit']} stopped at the {evaluation.max_new_tokens}-token limit"
+    )
+    if not final_number:
+        return text + "."
+    line = "a match of the declared pattern" if evaluation.answer_pattern else "a `#### N` line"
+    return text + (
+        f", {cut['without_answer_line']} of them without an answer line ({line}): "
+        "`final_number` scores those wrong, whatever number they ended on."
+    )
+
+
+def _joined(words: Any) -> str:
+    words = list(words)
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
 def _setup_lines(
-    study: Study, store_manifest: dict[str, Any], rows: list[RunRow], analysis_check: dict
+    study: Study, store_manifest: dict[str, Any], rows: list[RunRow], analysis: dict
 ) -> list[str]:
     config = study.runs[0].config
-    d, t, e, a = config.data, config.train, config.eval, config.allocation
+    d, t, a = config.data, config.train, config.allocation
     steps = f"{t.max_steps} step(s)" if t.max_steps else f"{t.epochs:g} epoch(s)"
     lines = [
         "## Set-up",
@@ -81,8 +150,8 @@ def _setup_lines(
         f"- **Model:** `{study.model}`",
         f"- **Data:** `{d.source}`: {d.n_train} train / {d.n_val} validation / {d.n_test} "
         f"test examples (data seed {d.data_seed}, max length {d.max_length} tokens, "
-        f"`{d.template}` template). {split_sentence(d)} Learning rates are chosen on "
-        "validation; every reported number is on test.",
+        f"`{d.template}` template). {split_sentence(d)} {_lr_sentence(study)}; every "
+        "reported number is on test.",
         f"- **Budgets:** {', '.join(study.budgets)}. `rN` is the parameter count of rank N on "
         f"every target module{_placed_budgets_note(study)}; each strategy is apportioned to "
         "that count (the table shows the exact trainable count and its deviation).",
@@ -94,8 +163,7 @@ def _setup_lines(
         f"accumulation, {t.scheduler} schedule with {t.warmup_ratio:g} warm-up, precision "
         f"`{t.precision}`; α/r = {config.adapter.alpha_ratio:g}"
         f"{' (rsLoRA)' if config.adapter.rslora else ''}, dropout {config.adapter.dropout:g}.",
-        f"- **Evaluation:** test loss; ROUGE-L and exact match on {config.eval.n_generate} "
-        f"generated answers ({e.max_new_tokens} new tokens).",
+        _evaluation_line(config, analysis.get("cut_off_answers")),
         f"- **Baseline:** `{study.baseline}`.",
         "",
         "| strategy | allocation | parameters | learning rate(s) |",
@@ -112,7 +180,7 @@ def _setup_lines(
         lines += _commits_note(env)
     else:
         lines.append("- (no run manifest holds version or device information)")
-    warnings = {"differ": {}, "warnings": analysis_check["warnings"]}
+    warnings = {"differ": {}, "warnings": analysis["environment_check"]["warnings"]}
     lines += describe_environment(warnings)
     versions = store_manifest.get("versions") or {}
     git = store_manifest.get("git") or {}
@@ -301,16 +369,48 @@ def _floor_lines(comparisons: dict[str, FamilyComparison]) -> list[str]:
     return lines
 
 
+# Why a comparison's interval is over seeds alone (`two_level.seed_only_reason`), in the
+# report's words: a sentence when no comparison at a budget has a two-level interval, and a
+# table cell beside those that do.
+_SEED_ONLY = {
+    ONE_SEED: "No interval over seeds, nor a two-level one over seeds × test items: these "
+    "comparisons have fewer than two paired seeds",
+    NO_RECORDS: "Intervals generalise over seeds only: not every run of these comparisons "
+    "stored per-item test records, so the test items cannot be resampled",
+    OTHER_ITEMS: "Intervals generalise over seeds only: the runs' per-item records are not of "
+    "the same test items (or not with the same token counts), so items cannot be paired "
+    "across runs",
+    NON_FINITE: "Intervals generalise over seeds only: a run's per-item test losses are not "
+    "all finite",
+}
+_SEED_ONLY_SHORT = {
+    ONE_SEED: "fewer than two paired seeds",
+    NO_RECORDS: "a run without per-item records",
+    OTHER_ITEMS: "runs with different test items",
+    NON_FINITE: "non-finite per-item losses",
+}
+
+
+def _seed_only_lines(comparisons: dict[str, FamilyComparison]) -> list[str]:
+    """Why no comparison at a budget has a two-level interval: one sentence per cause, each
+    naming its comparisons when the causes differ between them."""
+    by_cause: dict[str, list[str]] = {}
+    for label, c in comparisons.items():
+        by_cause.setdefault(c.seed_only_reason, []).append(label)
+    if len(by_cause) == 1:
+        return [_SEED_ONLY[next(iter(by_cause))] + ".", ""]
+    return [
+        " ".join(f"{_SEED_ONLY[cause]} ({', '.join(who)})." for cause, who in by_cause.items()),
+        "",
+    ]
+
+
 def _two_level_lines(comparisons: dict[str, FamilyComparison]) -> list[str]:
     """The two-level (seeds × items) interval beside the t interval, where runs allow it."""
     if not comparisons:
         return []
     if not any(c.two_level for c in comparisons.values()):
-        return [
-            "Intervals generalise over seeds only: not every run of these comparisons "
-            "stored per-item test records, so the test items cannot be resampled.",
-            "",
-        ]
+        return _seed_only_lines(comparisons)
     rows = []
     for label, c in comparisons.items():
         level = c.two_level
@@ -318,7 +418,7 @@ def _two_level_lines(comparisons: dict[str, FamilyComparison]) -> list[str]:
             mean_and_ci(level["mean_diff"], level["ci"])
             + f" ({level['n_seeds']} seeds × {level['n_items']} items)"
             if level
-            else "— (a run without per-item records)"
+            else f"— ({_SEED_ONLY_SHORT[c.seed_only_reason]})"
         )
         rows.append([label, mean_and_ci(c.mean_diff, c.ci_t), two])
     return [
@@ -386,9 +486,27 @@ def _secondary_lines(study: Study, budget: str, block: dict[str, Any]) -> list[s
     ]
 
 
+def _untuned_lr_lines(study: Study) -> list[str]:
+    """The learning-rate section of a study that tuned none: the rate(s) the runs used."""
+    rates = {label: study.lrs_for(label)[0] for label in study.labels}
+    if len(set(rates.values())) == 1:
+        used = f"every run trained at learning rate {next(iter(rates.values())):g}"
+    else:
+        used = "each strategy trained at its own rate: " + ", ".join(
+            f"{label} {rate:g}" for label, rate in rates.items()
+        )
+    return [
+        "## Learning rate",
+        "",
+        f"One rate, not tuned: {used}; none was chosen on validation, so a difference "
+        "between strategies may be in part how well that one rate suits each.",
+        "",
+    ]
+
+
 def _lr_lines(study: Study, analysis: dict[str, Any]) -> list[str]:
     if not study.tunes_lr:
-        return []
+        return _untuned_lr_lines(study)
     protocol = analysis["protocol"]
     if protocol["tuning_excluded"]:
         how = (
@@ -512,9 +630,9 @@ FIGURE_TITLES = {
     "loss_curves": "Training and validation loss per optimizer step",
     "lr_curves": "Validation loss against learning rate per strategy (tuning seeds: points; "
     "mean: line)",
-    "time_per_run": "Training time per run",
-    "regime_ladder": "The baseline over the budget ladder: per-seed test loss, mean and 95% t "
-    "interval",
+    "time_per_run": "Time per run by phase (training, evaluation, allocation, the rest): mean "
+    "per strategy, and each run's total",
+    "regime_ladder": LADDER_TITLE,
 }
 
 
@@ -527,14 +645,7 @@ def _figure_lines(figures: list[Path], out_dir: Path) -> list[str]:
         stem = png.stem
         title = next((t for k, t in FIGURE_TITLES.items() if stem.startswith(k)), stem)
         suffix = stem.split("_")[-1] if stem.startswith(("allocation_", "adalora_")) else ""
-        rel = png.relative_to(out_dir).as_posix()
-        svg = png.with_suffix(".svg").relative_to(out_dir).as_posix()
-        lines += [
-            f"**{title}{f' — {suffix}' if suffix else ''}** ([SVG]({svg}))",
-            "",
-            f"![{title}]({rel})",
-            "",
-        ]
+        lines += figure_lines(title, png, out_dir, suffix)
     return lines
 
 
@@ -598,7 +709,7 @@ def render_markdown(
         lines += ladder_lines([analysis["ladder"]], study.baseline)
     lines += _cross_budget_lines(analysis)
     lines += _lr_lines(study, analysis)
-    lines += _setup_lines(study, store_manifest, rows, analysis["environment_check"])
+    lines += _setup_lines(study, store_manifest, rows, analysis)
     lines += _figure_lines(figures, out_dir)
     if study_level:
         lines += notes_lines(notes, study)

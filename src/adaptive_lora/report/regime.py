@@ -14,6 +14,8 @@ significance within its cell (the comparisons' own family).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +29,7 @@ from adaptive_lora.analysis.ladder import (
     read_gain,
 )
 from adaptive_lora.evaluation_metrics import PRIMARY_METRIC as PRIMARY
-from adaptive_lora.report.cells import mean_and_ci
+from adaptive_lora.report.cells import figure_lines, mean_and_ci
 
 
 def _baseline_series(analysis: dict[str, Any], baseline: str) -> list[dict[str, Any]]:
@@ -94,11 +96,30 @@ def heatmap_cells(
     return cells
 
 
+LADDER_TITLE = "The baseline over the budget ladder: per-seed test loss, mean and 95% t interval"
+HEATMAP_TITLE = "Every strategy against the baseline, per cell (the Δ table as a heatmap)"
+
+
 def regime_lines(
-    regime: list[dict[str, Any]], cells: list[dict[str, Any]], baseline: str
+    regime: list[dict[str, Any]],
+    cells: list[dict[str, Any]],
+    baseline: str,
+    figures: Sequence[Path] = (),
+    out_dir: Path | None = None,
 ) -> list[str]:
-    """The regime section in Markdown: the ladder table, then the Δ table."""
-    return [*ladder_lines(regime, baseline), *delta_lines(cells, baseline)]
+    """The regime section in Markdown: the ladder table, then the Δ table, each followed
+    by its figure where `figures` (under `out_dir`) hold it."""
+    drawn = {png.stem: png for png in figures if png.suffix == ".png"}
+
+    def embed(stem: str, title: str) -> list[str]:
+        return figure_lines(title, drawn[stem], out_dir) if stem in drawn and out_dir else []
+
+    return [
+        *ladder_lines(regime, baseline),
+        *embed("regime_ladder", LADDER_TITLE),
+        *delta_lines(cells, baseline),
+        *embed("regime_heatmap", HEATMAP_TITLE),
+    ]
 
 
 def ladder_lines(regime: list[dict[str, Any]], baseline: str) -> list[str]:
@@ -173,10 +194,31 @@ def delta_lines(cells: list[dict[str, Any]], baseline: str) -> list[str]:
     return lines + [
         "",
         f"Δ = strategy − {baseline} (lower is better), paired by seed; * Holm p < 0.05 within "
-        "the cell's family. The heatmap (`figures/regime_heatmap.png`) colours the same Δ in "
-        "units of its seed-to-seed sd (d_z).",
+        f"the cell's family. {heatmap_colour(cells)[2]}",
         "",
     ]
+
+
+def heatmap_colour(cells: list[dict[str, Any]]) -> tuple[str, str, str]:
+    """What the heatmap's colour encodes: (the cells' key it draws, its colour bar's label,
+    the report's sentence). d_z needs two paired seeds; where no cell has them, the colour
+    is Δ itself, and where only some have, the others are left white."""
+    # A cell read back from stats.json holds None where the analysis held NaN.
+    finite = [c["d_z"] is not None and math.isfinite(c["d_z"]) for c in cells]
+    if not any(finite):
+        return (
+            "mean_diff",
+            "Δ test loss (one seed: no sd); red: worse",
+            "The heatmap colours each cell by its Δ itself (red: worse): no cell has two "
+            "paired seeds, so there is no sd of the differences to scale it by (no d_z).",
+        )
+    sentence = (
+        "The heatmap colours each cell by its d_z (Δ in units of the seed-to-seed sd of the "
+        "paired differences; red: worse) and writes its Δ in it."
+    )
+    if not all(finite):
+        sentence += " A cell with fewer than two paired seeds has no d_z and is left white."
+    return "d_z", "d_z (Δ / sd of paired differences); red: worse", sentence
 
 
 def _ladder_panel(ax: Any, entry: dict[str, Any]) -> None:
@@ -212,7 +254,7 @@ def draw_regime(
 ) -> list[Any]:
     """`regime_ladder` (per group a panel with its own scale: the baseline's test loss
     against its budget, seeds joined, mean and 95% t interval) and `regime_heatmap`
-    (strategy × cell, coloured by d_z, Δ written in)."""
+    (strategy × cell, coloured as `heatmap_colour` says, Δ written in)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -236,8 +278,7 @@ def draw_regime(
         strategies = list(dict.fromkeys(c["strategy"] for c in cells))
         columns = list(dict.fromkeys((c["title"], c["budget"]) for c in cells))
         # d_z needs two seeds; with one, the colour is the Δ itself (and the bar says so).
-        standardised = any(np.isfinite(c["d_z"]) for c in cells)
-        key = "d_z" if standardised else "mean_diff"
+        key, label, _ = heatmap_colour(cells)
         grid = np.full((len(strategies), len(columns)), np.nan)
         for c in cells:
             grid[strategies.index(c["strategy"]), columns.index((c["title"], c["budget"]))] = c[key]
@@ -251,11 +292,6 @@ def draw_regime(
         ax.set_yticks(range(len(strategies)), strategies, fontsize=7)
         labels = [f"{t.replace('`', '')}\n{b}" for t, b in columns]
         ax.set_xticks(range(len(columns)), labels, fontsize=6, rotation=30, ha="right")
-        label = (
-            "d_z (Δ / sd of paired differences); red: worse"
-            if standardised
-            else "Δ test loss (one seed: no sd); red: worse"
-        )
         fig.colorbar(image, ax=ax, label=label)
         ax.set_title("Δ test loss against the baseline per cell (* Holm p < 0.05)", fontsize=9)
         paths += _save(fig, folder, "regime_heatmap")

@@ -50,27 +50,35 @@ def _items(row: RunRow) -> dict[str, Any] | None:
     return items
 
 
+# Why a comparison has no two-level interval (`seed_only_reason`), as stats.json says it.
+ONE_SEED = "fewer than two paired seeds"
+NO_RECORDS = "runs without per-item records"
+OTHER_ITEMS = "per-item records of different test items"
+NON_FINITE = "non-finite per-item losses"
+
+
 def _arrays(
     base_runs: Sequence[RunRow], strategy_runs: Sequence[RunRow]
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Token-weighted (seeds, items) loss arrays of both arms, or None when any run lacks
-    records or the runs do not share their items in one order with one token count."""
+) -> tuple[np.ndarray, np.ndarray] | str:
+    """Token-weighted (seeds, items) loss arrays of both arms, or why there are none: a
+    run lacks records, or the runs do not share their items in one order with one token
+    count, or a loss is not finite."""
     b_items = [_items(r) for r in base_runs]
     s_items = [_items(r) for r in strategy_runs]
     every = b_items + s_items
     if any(i is None for i in every):
-        return None
+        return NO_RECORDS
     keys, tokens = every[0]["key"], every[0]["tokens"]
     if any(i["key"] != keys or i["tokens"] != tokens for i in every):
-        return None  # item j must be the same example in every run
+        return OTHER_ITEMS  # item j must be the same example in every run
     weights = np.asarray(tokens, dtype=float)
     if not (np.all(np.isfinite(weights)) and weights.sum() > 0):
-        return None
+        return NON_FINITE
     weights = weights / weights.mean()
     b = np.asarray([i["loss"] for i in b_items], dtype=float) * weights
     s = np.asarray([i["loss"] for i in s_items], dtype=float) * weights
     if not (np.isfinite(b).all() and np.isfinite(s).all()):
-        return None
+        return NON_FINITE
     return b, s
 
 
@@ -81,19 +89,19 @@ def two_level_interval(
     *,
     n_boot: int,
     seed: int,
-) -> dict[str, Any] | None:
-    """The two-level interval of one comparison over its paired seeds (None when not
-    every run has per-item records, or with fewer than two paired seeds)."""
+) -> dict[str, Any] | str:
+    """The two-level interval of one comparison over its paired seeds, or why it has none
+    (`ONE_SEED`, `NO_RECORDS`, `OTHER_ITEMS`, `NON_FINITE`)."""
     seeds = comparison.seeds
     if len(seeds) < 2:
-        return None
+        return ONE_SEED
     by_seed_base = {r.seed: r for r in base_runs}
     by_seed_mine = {r.seed: r for r in strategy_runs}
     if not all(s in by_seed_base and s in by_seed_mine for s in seeds):
-        return None
+        return NO_RECORDS  # a paired seed whose run is not among these (never expected)
     arrays = _arrays([by_seed_base[s] for s in seeds], [by_seed_mine[s] for s in seeds])
-    if arrays is None:
-        return None
+    if isinstance(arrays, str):
+        return arrays
     result = hierarchical_bootstrap(*arrays, n_boot=n_boot, seed=seed, alpha=comparison.alpha)
     result["weights"] = "response tokens per item"
     return result
@@ -107,12 +115,16 @@ def add_two_level(
     n_boot: int,
     seed: int,
 ) -> bool:
-    """Add `two_level` (an interval, or None) to every comparison; True if any has one."""
+    """Add `two_level` (an interval, or None) to every comparison, and where it is None
+    `seed_only_reason` (why); True if any has an interval."""
     found = False
     for label, comparison in comparisons.items():
         interval = two_level_interval(
             comparison, runs.get(baseline, []), runs.get(label, []), n_boot=n_boot, seed=seed
         )
-        comparison.two_level = interval
-        found = found or interval is not None
+        if isinstance(interval, str):
+            comparison.two_level, comparison.seed_only_reason = None, interval
+        else:
+            comparison.two_level = interval
+            found = True
     return found

@@ -243,9 +243,14 @@ def _factorial_head(
     regime: list,
     cells: list,
     comparison: dict | None,
+    files: ReportFiles,
+    out_dir: Path,
 ) -> list[str]:
     """A factorial study's title, design (and whether its sizes shared a test set),
-    hypotheses, Answer, comparison and regime map."""
+    hypotheses, Answer, comparison and regime map, with the regime map's figures (drawn
+    into `out_dir`, added to `files`)."""
+    drawn = draw_regime(regime, cells, out_dir / "figures")
+    files.figures += drawn
     baseline_only = study.labels == [study.baseline]  # a map of the baseline's ladder
     question = "where does rank matter" + (
         "" if baseline_only else ", and does allocation matter there"
@@ -261,7 +266,7 @@ def _factorial_head(
         *declared,
         *answer_lines(regime, cells, study.baseline, baseline_only=baseline_only),
         *against_lines(comparison, study.baseline),
-        *regime_lines(regime, cells, study.baseline),
+        *regime_lines(regime, cells, study.baseline, drawn, out_dir),
     ]
 
 
@@ -307,9 +312,8 @@ def _multi_group(
         stats: dict = {"models": by_model, "cross_model_agreement": agreement}
     else:
         regime, cells = regime_and_cells
-        files.figures += draw_regime(regime, cells, out_dir / "figures")
         lines = [
-            *_factorial_head(study, parts, declared, regime, cells, comparison),
+            *_factorial_head(study, parts, declared, regime, cells, comparison, files, out_dir),
             *notes_lines(notes, study),
             *outside_lines(outside or {}, study),
         ]
