@@ -374,8 +374,8 @@ def _write_data(folder: Path, name: str, contents: str | bytes) -> Path:
     return path
 
 
-def train_on(model: str, data: Path, out: Path) -> int:
-    flags = ["--max-steps", "1", "--n-train", "8", "--set", "data.n_val=4"]
+def train_on(model: str, data: Path, out: Path, *extra: str) -> int:
+    flags = ["--max-steps", "1", "--n-train", "8", "--set", "data.n_val=4", *extra]
     flags += ["--set", "data.n_test=4", "--set", "eval.n_generate=1", "--quiet"]
     return main(["train", "--model", model, "--data", str(data), "--out", str(out), *flags])
 
@@ -402,7 +402,8 @@ def test_blank_fields_and_a_huge_record_are_kept_with_one_warning_per_kind(
     blank = {"instruction": " \t ", "input": "", "output": ""}
     huge = {"instruction": "a" * 2_000_000, "output": "x"}  # longer than max_length: dropped
     data = _write_data(tmp_path, "blank.jsonl", _lines(blank, blank, huge, *[GOOD] * 17))
-    assert train_on(model_folder, data, tmp_path / "out") == 0
+    # Training first: the huge record (third of the file) lands in the training split.
+    assert train_on(model_folder, data, tmp_path / "out", "--set", "data.split=train_first") == 0
     err = capsys.readouterr().err
     warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
     assert warnings == [

@@ -56,9 +56,10 @@ def split_sentence(data: Any) -> str:
             "Each seed draws its own split from the pool (both strategies of a seed's pair "
             "share it), so the test items vary with the seed."
         )
+    generated = str(data.source).startswith(("reasoning_gym:", "planted"))
     order = (
         "test set drawn first, the same for every training size"
-        if data.split == "test_first"
+        if data.split == "test_first" or generated  # a generated task always drew it first
         else "drawn training first, the order before 2026-12-07, so another training size "
         "would have drawn other test items"
     )
