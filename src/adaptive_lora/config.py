@@ -18,7 +18,7 @@ import yaml
 from adaptive_lora.config_fields import build_typed
 from adaptive_lora.config_fields import help_field as _help  # short: every field below uses it
 from adaptive_lora.errors import UserError
-from adaptive_lora.records import run_id_for
+from adaptive_lora.records import HISTORICAL, run_id_for
 
 _RANK_BUDGET = re.compile(r"^r(\d+)$")
 # `qv:rN`: rank N on PEFT's default target modules (q and v on Llama), the budget most
@@ -89,8 +89,13 @@ def parse_budget(spec: str | int) -> Budget:
 
 # How a pool is split (`data/splits.py` says what each means).
 SPLIT_RULES = ("test_first", "train_first", "per_seed")
-# What a stored config without a later data field did (see `RunConfig.from_stored`).
-LEGACY_DATA = {"split": "train_first"}
+# What a stored config without a later data field did (see `RunConfig.from_stored`): the
+# historical values run ids already leave out (`records.HISTORICAL`), one table for both.
+LEGACY_DATA = {
+    path.removeprefix("data."): value
+    for path, value in HISTORICAL.items()
+    if path.startswith("data.")
+}
 
 
 @dataclass

@@ -84,9 +84,12 @@ def allocation_on_model(
     return allocate(strategy, ctx, params)
 
 
-def skeleton_inventory(model_spec: str, target: str = "all") -> list[ModuleInfo] | None:
-    """The model's target modules from its shapes alone (its config on the meta device, no
-    weights): what a budget can be checked against before any model loads.
+def skeleton_shapes(
+    model_spec: str, target: str = "all"
+) -> tuple[list[ModuleInfo], str | None] | None:
+    """The model's target modules and its model type from its shapes alone (its config on
+    the meta device, no weights): what a budget can be checked against before any model
+    loads.
 
     None when the config cannot be read without the network (a hub id not in the local
     cache) or the skeleton cannot be built: the run then checks its budget itself. A bad
@@ -98,7 +101,13 @@ def skeleton_inventory(model_spec: str, target: str = "all") -> list[ModuleInfo]
         return None
     with warnings.catch_warnings():  # generic kinds: the run itself says so
         warnings.simplefilter("ignore", GenericKindsWarning)
-        return build_inventory(skeleton, target)
+        return build_inventory(skeleton, target), model_type_of(skeleton)
+
+
+def skeleton_inventory(model_spec: str, target: str = "all") -> list[ModuleInfo] | None:
+    """`skeleton_shapes`' modules alone."""
+    shapes = skeleton_shapes(model_spec, target)
+    return shapes[0] if shapes is not None else None
 
 
 def run_allocation(config: Any, loaded: Any, splits: Any) -> Allocation:

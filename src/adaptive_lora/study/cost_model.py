@@ -43,12 +43,11 @@ SETUP_S = 10.0
 def model_shape(model: str) -> tuple[int, int, int] | None:
     """(parameters, hidden size, MLP width) from the model's configuration (None if it
     cannot be read)."""
-    from adaptive_lora.model.loading import load_skeleton, resolve_source
+    from adaptive_lora.model.loading import load_skeleton
 
     try:
-        if resolve_source(model).hub_id is not None:
-            return None  # its config would come over the network (~24 s to fail offline)
-        skeleton = load_skeleton(model)
+        # Never over the network: offline, a hub config took ~24 s to fail.
+        skeleton = load_skeleton(model, local_only=True)
     except (UserError, OSError, ValueError, ImportError):
         return None
     config = skeleton.config

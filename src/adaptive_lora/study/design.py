@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from adaptive_lora.config import RunConfig
+from adaptive_lora.config import LEGACY_DATA, RunConfig
 from adaptive_lora.data.reasoning_gym import is_reasoning_gym
 from adaptive_lora.errors import UserError
 from adaptive_lora.records import canonical_json
@@ -80,7 +80,7 @@ def group_signature(config: dict[str, Any]) -> str:
     Stores written before `data.options` existed lack the key; it means no options.
     Those written before `data.split` lack it too; it means `train_first`.
     """
-    data = {"options": {}, "split": "train_first", **config.get("data", {})}
+    data = {"options": {}, **LEGACY_DATA, **config.get("data", {})}
     return canonical_json([config.get("model"), data])
 
 

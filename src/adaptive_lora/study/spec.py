@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,16 +49,15 @@ from pathlib import Path
 from typing import Any
 
 from adaptive_lora.allocation.budget import check_budget, resolve_budget
-from adaptive_lora.allocation.for_model import skeleton_inventory
+from adaptive_lora.allocation.for_model import skeleton_inventory, skeleton_shapes
 from adaptive_lora.allocation.uniform import check_uniform_spends
 from adaptive_lora.config import Budget, RunConfig, load_yaml
 from adaptive_lora.data.planted import is_planted, planted_settings, prompt_pool
 from adaptive_lora.data.splits import load_splits
 from adaptive_lora.errors import UserError
 from adaptive_lora.evaluation_metrics import check_metric_data
-from adaptive_lora.model.inventory import GenericKindsWarning, ModuleInfo, build_inventory
-from adaptive_lora.model.loading import load_skeleton, resolve_source
-from adaptive_lora.model.peft_targets import model_type_of
+from adaptive_lora.model.inventory import ModuleInfo
+from adaptive_lora.model.loading import resolve_source
 from adaptive_lora.study.design import Group
 from adaptive_lora.study.expand import RunSpec, expand_runs, spec_hash
 from adaptive_lora.study.lr import at_chosen_rate
@@ -302,7 +300,7 @@ def _check_budgets_on_models(design: StudyDesign) -> None:
         settings = RunConfig.from_dict(copy.deepcopy(group.sections)).allocation
         key = (group.model, settings.target)
         if key not in shapes:
-            shapes[key] = _shapes(*key)
+            shapes[key] = skeleton_shapes(*key)
         if shapes[key] is not None:
             inventory, model_type = shapes[key]
             resolved = {b.label: resolve_budget(b, inventory, model_type) for b in budgets}
@@ -326,14 +324,3 @@ def _check_uniform_spends_in(
             except UserError as error:
                 role = " (the baseline)" if entry.label == design.baseline else ""
                 raise UserError(f"{entry.label}{role} on {group.model}: {error}") from None
-
-
-def _shapes(model: str, target: str) -> tuple[list[ModuleInfo], str | None] | None:
-    """The inventory and model type of a model, from its config alone (None if unreadable)."""
-    try:
-        skeleton = load_skeleton(model)
-    except (UserError, OSError, ValueError):
-        return None
-    with warnings.catch_warnings():  # generic kinds are reported by the runs themselves
-        warnings.simplefilter("ignore", GenericKindsWarning)
-        return build_inventory(skeleton, target), model_type_of(skeleton)
