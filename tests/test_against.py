@@ -205,3 +205,27 @@ def test_a_narrowed_design_keeps_its_dropped_runs_out_of_the_numbers_and_says_so
     assert set(dropped) <= set(same["ids"])
     full = json.loads((work / "again" / "stats.json").read_text())
     assert "outside_study_file" not in full
+
+
+def test_a_comparison_across_cpu_families_is_marked_with_the_machines_own_spread():
+    series = _ladder_series()
+    entry = {"group": "g", "ladder": series, "gain_per_doubling": gain_per_doubling(series)}
+    comparison = compare_studies("orig", [("g", "g")], ([entry], []), ([entry], []))
+    comparison["families"] = [["AVX512-bf16"], ["AMX-bf16"]]
+    comparison["same_runs"] = None
+    lines = against_lines(comparison, "uniform")
+    header = next(line for line in lines if line.startswith("| cell | budget |"))
+    assert "in `orig`† |" in header
+    note = next(line for line in lines if line.startswith("† **Across CPU families**"))
+    assert "this study ran on AVX512-bf16, `orig` on AMX-bf16" in note
+    assert "no run of the same id is in both" in note
+    spread = {"n": 12, "mean": 0.001, "sd": 0.0042, "max_abs": 0.011, "equal": 0}
+    comparison["same_runs"] = {"n": 12, "ids": [], "families": comparison["families"],
+                               "metrics": {"test_loss": spread}, "test_loss_by_group": {},
+                               "not_listed_there": 0}  # fmt: skip
+    note = next(line for line in against_lines(comparison, "uniform") if line.startswith("†"))
+    assert "the 12 run(s) of the same id in both moved test loss by sd 0.0042" in note
+    # One family on both sides: no mark, no note.
+    comparison["families"] = [["AMX-bf16"], ["AMX-bf16"]]
+    lines = against_lines(comparison, "uniform")
+    assert not any("†" in line for line in lines)

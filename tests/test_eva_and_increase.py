@@ -100,6 +100,31 @@ def test_eva_init_puts_singular_vectors_into_a(calibration, tmp_path):
         assert torch.count_nonzero(module.lora_B["default"].weight) == 0
 
 
+def test_eva_init_gives_each_module_exactly_its_rank_also_where_modules_share_an_input(
+    calibration,
+):
+    """q, k and v read one input, so PEFT computes one SVD for them with the largest cap
+    of the three; asked for their own ranks it redistributed within the group (a module
+    got 9 rows for rank 8). Each now gets its own rank's top components of that SVD."""
+    model = tiny_llama()
+    inventory = build_inventory(model)
+    ranks = {m.name: 2 for m in inventory}
+    for m in inventory:  # one module of each shared-input group above the others
+        if m.kind in ("q", "gate"):
+            ranks[m.name] = 5
+        elif m.kind == "v":
+            ranks[m.name] = 1
+    allocation = allocate("uniform", context(model), {})
+    allocation.ranks = ranks
+    allocation.params = {**EVA_FAST, "calibration_seed": 0}
+    components = eva_init_components(model, allocation, calibration)
+    assert {name: rows.shape[0] for name, rows in components.items()} == ranks
+    # Modules that share an input share its components: the smaller rank is a prefix.
+    layer0 = {m.kind: m.name for m in inventory if m.layer == 0}
+    torch.testing.assert_close(components[layer0["k"]], components[layer0["q"]][:2])
+    torch.testing.assert_close(components[layer0["v"]], components[layer0["q"]][:1])
+
+
 def test_a_run_with_eva_init_sets_every_a_and_records_it(tmp_path):
 
     folder = save_tiny(tiny_llama(), tmp_path / "llama")
@@ -112,8 +137,9 @@ def test_a_run_with_eva_init_sets_every_a_and_records_it(tmp_path):
                 "n_val": 8,
                 "n_test": 8,
                 "max_length": 256,
-                # Pinned: with the test_first split EVA's init ran for minutes (see the
-                # closing note of 2026-12-07: an EVA bug with some calibration data).
+                # Pinned: on the test_first split of this tiny model PEFT's EVA SVD does
+                # not converge at tau 0.9 and cycles the calibration batches for many
+                # minutes (its loop has no bound; the `eva` strategy, not the init).
                 "split": "train_first",
             },
             "allocation": {"strategy": "eva", "params": {**EVA_FAST, "init_from_svd": True}},

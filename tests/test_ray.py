@@ -192,6 +192,45 @@ def _interrupted_within(study, wanted: dict[str, int], seconds: float) -> float:
     pytest.fail(f"runs {sorted(wanted)} not back to pending {seconds:.0f} s after the kill")
 
 
+def test_after_the_local_rays_restart_sigterm_still_stops_the_study_cleanly(
+    tmp_path, tiny_model, time_limit, no_ray_left
+):
+    """SIGKILL of the local raylet mid-run: Ray restarts once and the runs start again on
+    new workers; then `kill` (SIGTERM): ray.init, run again, had set its own handler (exit
+    at once, then its core worker aborted: exit 134); the study's is put back, so the stop
+    is the clean one — one line, exit 143, the started runs pending."""
+    time_limit(420)
+    path = write_study(tmp_path, tiny_model, max_steps=200)
+    study = load_study(path)
+    flags = ["--quiet", "--workers", "2", "--threads-per-run", "1"]
+    command = [sys.executable, "-m", "adaptive_lora.cli", "run", str(path), *flags]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        first = _runs_on_workers(study, proc, want=2)
+        _raylet_of(proc.pid).kill()
+        assert _interrupted_within(study, dict.fromkeys(first, 1), 30) < 30
+        second = {}
+        while len(second) < 2:  # the local Ray restarted: runs start on new workers
+            second = {
+                i: pid
+                for i, pid in _runs_on_workers(study, proc, want=2).items()
+                if pid not in first.values()
+            }
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 128 + signal.SIGTERM, lines[-20:]
+    assert lines[-1] == "adaptive-lora: stopped by SIGTERM"
+    rows = stored(study)
+    for run_id in second:
+        assert (rows[run_id].status, rows[run_id].reason) == ("pending", "stopped by SIGTERM")
+
+
+@pytest.mark.slow
 def test_a_dead_raylet_is_noticed_the_local_ray_restarts_once_then_the_study_stops(
     tmp_path, tiny_model, time_limit, no_ray_left
 ):
@@ -616,7 +655,7 @@ def test_a_frozen_worker_is_noticed_and_its_run_goes_back(tmp_path, tiny_model, 
     from adaptive_lora.study import ray_executor
 
     time_limit(300)
-    path = write_study(tmp_path, tiny_model, max_steps=400)
+    path = write_study(tmp_path, tiny_model, max_steps=200)
     study = load_study(path)
     command = [sys.executable, "-m", "adaptive_lora.cli", "run", str(path), "--quiet"]
     flags = ["--workers", "1", "--threads-per-run", "1", "--max-retries", "0"]
@@ -637,7 +676,7 @@ def test_a_frozen_worker_is_noticed_and_its_run_goes_back(tmp_path, tiny_model, 
             proc.wait()
     text = out.decode()
     assert proc.returncode == 0, err.decode()[-2000:]
-    assert re.search(r"\[1/4\] (loading|allocating|training \d+/400)", text), text[-2000:]
+    assert re.search(r"\[1/4\] (loading|allocating|training \d+/200)", text), text[-2000:]
     match = re.search(rf"{frozen}: no progress for (\d+) s \(bound (\d+) s\)", text)
     assert match, text[-3000:]
     silent, bound = int(match[1]), int(match[2])

@@ -204,11 +204,9 @@ def test_the_heatmap_sentence_says_what_the_colour_encodes_and_the_figures_are_e
     text, stats = report(tmp_path, data=data, seeds=seeds, budgets=["r4", "r8"])
     key, label, sentence = heatmap_colour(stats["cells"])
     assert sentence in text
-    if seeds == [0]:
-        assert key == "mean_diff" and "by its Δ itself" in sentence and "one seed" in label
-        assert "in units of its seed-to-seed sd (d_z)" not in text
-    else:
-        assert key == "d_z" and "by its d_z" in sentence
+    # In the loss's own units whatever the seeds (d_z painted a tiny Δ as a deep win).
+    assert key == "mean_diff" and "by its Δ in test-loss units" in sentence
+    assert "Holm p < 0.05" in sentence and "d_z" not in label
     assert "![The baseline over the budget ladder" in text
     assert "](figures/regime_ladder.png)" in text and "](figures/regime_heatmap.png)" in text
     assert "`figures/regime_heatmap.png`" not in text  # embedded, not a path in backticks
@@ -217,7 +215,8 @@ def test_the_heatmap_sentence_says_what_the_colour_encodes_and_the_figures_are_e
     assert text.index("](figures/regime_heatmap.png)") < text.index("## Decisions")
 
 
-def test_a_heatmap_with_some_cells_of_one_seed_says_they_are_blank():
-    cells = [{"d_z": 0.4}, {"d_z": float("nan")}]
+def test_a_heatmap_of_a_sequential_design_names_the_decision_not_the_holm_star():
+    cells = [{"d_z": 0.4, "decision": "equivalent"}, {"d_z": float("nan"), "decision": None}]
     key, _, sentence = heatmap_colour(cells)
-    assert key == "d_z" and "fewer than two paired seeds has no d_z and is left white" in sentence
+    assert key == "mean_diff" and "the design's sequential decision under it" in sentence
+    assert "Holm" not in sentence

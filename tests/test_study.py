@@ -285,6 +285,42 @@ def test_failed_runs_are_recorded_and_retried_on_request(tmp_path):
         assert (row.status, row.attempts, row.reason) == (DONE, 2, None)
 
 
+class DiskFullOnce(FakeRuns):
+    """The first run's write fails on a full disk; every later call works."""
+
+    def __call__(self, config, out_root, *, run_id=None, loaded=None, quiet=False):
+        if not self.calls:
+            self.calls.append(run_id)
+            (Path(out_root) / run_id).mkdir(parents=True)
+            error = "OSError: [Errno 28] No space left on device: 'adapter.safetensors'"
+            return RunResult(run_id, Path(out_root) / run_id, "failed", {}, {}, error)
+        return super().__call__(config, out_root, run_id=run_id, loaded=loaded, quiet=quiet)
+
+
+def test_a_full_disk_stops_the_study_and_its_run_reruns_without_a_flag(tmp_path):
+    study = load_study(write_study(tmp_path))
+    fake = DiskFullOnce()
+    with pytest.raises(UserError) as stopped:
+        quiet_run(study, fake)
+    message = str(stopped.value)
+    first = study.run_ids[0]
+    assert message.startswith("stopped: no space left on device under ")
+    assert f"after run {first}" in message and "\n" not in message
+    assert fake.calls == [first]  # no run started on the full disk after it
+    with StudyStore.open(study.store_path) as store:
+        assert store.get(first).status == FAILED
+    status = format_status(study)
+    assert "failed by the machine (re-run at the next `adaptive-lora run" in status
+    assert "would run" in format_dry_run(study, retry_failed=False)
+    assert f"{len(study.runs)} would run" in format_dry_run(study, retry_failed=False)
+    # Space freed: a plain `run` takes the failed run again, then the rest.
+    lines: list[str] = []
+    summary = run_study(study, executor=executor(fake), log=lines.append)
+    assert summary.failed == [] and len(summary.done) == len(study.runs)
+    assert any("failed for a transient cause" in line and first in line for line in lines)
+    # A run failed by its own error is still kept until --retry-failed (above).
+
+
 def test_a_crashing_run_is_recorded_as_failed_with_its_traceback(tmp_path):
     study = load_study(write_study(tmp_path))
     summary = quiet_run(study, FakeRuns(raise_on=("uniform", 1)))

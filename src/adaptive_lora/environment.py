@@ -27,7 +27,11 @@ import torch
 # `source_hash` instead (see `report/environment_check.py`).
 #   1: `precision: auto` resolves per machine (fp32 where bf16 is not native); the first
 #      version, on the code the published studies ran with (source 59664e140a312a26).
-NUMERICS_VERSION = 1
+#   2: EVA's SVD init (`init_from_svd`) gives each module exactly its rank's top
+#      components; with unequal ranks among modules that read one input (q, k, v; gate,
+#      up) PEFT had handed some more rows than their rank and others fewer. Only runs
+#      with `init_from_svd: true` and unequal ranks move; no published run used it.
+NUMERICS_VERSION = 2
 
 PACKAGES = ("adaptive-lora", "torch", "transformers", "peft", "accelerate", "numpy", "scipy")
 

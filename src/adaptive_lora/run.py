@@ -533,5 +533,7 @@ def run_metrics(
     if evaluated.items is not None:
         m[ITEMS_KEY] = test_item_records(evaluated.items, generation.records, steps.splits.test)
     if "planted" in steps.splits.info:
-        m[PLANTED_KEY] = planted_metrics(steps.splits.info["planted"], steps.allocation)
+        m[PLANTED_KEY] = planted_metrics(
+            steps.splits.info["planted"], steps.allocation, finished.get("final_ranks")
+        )
     return m

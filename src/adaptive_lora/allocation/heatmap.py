@@ -28,15 +28,18 @@ def layer_kind_grid(
     return grid, kinds
 
 
-def draw_layer_kind_heatmap(ax, inventory, values, *, title: str, label: str, integer=True):
-    """Draw the layer × module-kind heatmap of `values` onto `ax`."""
+def draw_layer_kind_heatmap(
+    ax, inventory, values, *, title: str, label: str, integer=True, numbers=True
+):
+    """Draw the layer × module-kind heatmap of `values` onto `ax` (`numbers`: print each
+    cell's value where the grid is small enough to read them)."""
     grid, kinds = layer_kind_grid(inventory, values)
     image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
     ax.set_xticks(range(len(kinds)), kinds)
     ax.set_ylabel("layer")
     ax.set_xlabel("module kind")
     ax.set_title(title, fontsize=9)
-    if grid.size <= 400:  # numbers stay legible only on small grids
+    if numbers and grid.size <= 400:  # numbers stay legible only on small grids
         for (row, col), value in np.ndenumerate(grid):
             if not np.isnan(value):
                 text = f"{value:.0f}" if integer else f"{value:.2g}"

@@ -125,12 +125,19 @@ def planted_overlap(
     return PlantedOverlap(share, hits / k)
 
 
-def planted_metrics(info: Mapping[str, Any], allocation: Any) -> dict[str, Any]:
+def planted_metrics(
+    info: Mapping[str, Any], allocation: Any, learned: Mapping[str, int] | None = None
+) -> dict[str, Any]:
     """What a planted run records: the planted modules, the teacher's scale and KL, and
-    the allocation's `PlantedOverlap` with the planted modules it could adapt."""
+    the allocation's `PlantedOverlap` with the planted modules it could adapt.
+
+    `learned`: the ranks the run ended with where training moved them (AdaLoRA's
+    `final_ranks`); where its budget went is where it ended, not the rank it started at.
+    """
     names = {m.name for m in allocation.inventory}
     planted = [n for n in info["planted_modules"] if n in names]
-    measured = planted_overlap(allocation.inventory, allocation.ranks, planted) if planted else None
+    ranks = {n: int(learned.get(n, 0)) for n in names} if learned else allocation.ranks
+    measured = planted_overlap(allocation.inventory, ranks, planted) if planted else None
     return {
         "modules": list(info["planted_modules"]),
         "target_kl": info["target_kl"],
@@ -139,4 +146,5 @@ def planted_metrics(info: Mapping[str, Any], allocation: Any) -> dict[str, Any]:
         "scale": info["scale"],
         "budget_share": measured.budget_share if measured else 0.0,
         "overlap": measured.overlap if measured else 0.0,
+        "ranks_measured": "final" if learned else "allocated",
     }

@@ -53,6 +53,7 @@ the smaller one).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import math
 import random
@@ -249,12 +250,17 @@ def planted_examples(options: Mapping[str, Any], template: str, loaded: Any) -> 
     made = made_from(settings, template, loaded, prompts)
     digest = _sha256(made)
     path = cache_path(digest)
-    if path.is_file():
-        stored = read_json(path)
-        if stored.get("key") == digest:
-            return PlantedData(stored["records"], stored["info"], digest)
-    records, info = build(settings, template, loaded, prompts)
-    write_json(path, {"key": digest, "made_from": made, "info": info, "records": records})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Two workers of a study start on the same set at once: the second waits for the
+    # first to build it and reads it, instead of sampling the same items again.
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():
+            stored = read_json(path)
+            if stored.get("key") == digest:
+                return PlantedData(stored["records"], stored["info"], digest)
+        records, info = build(settings, template, loaded, prompts)
+        write_json(path, {"key": digest, "made_from": made, "info": info, "records": records})
     return PlantedData(records, info, digest)
 
 

@@ -128,14 +128,14 @@ def _step(point: dict[str, Any] | None) -> str:
     return gain_text(point["step"]) if point and point["step"] else "—"
 
 
-def ladder_table(comparison: dict[str, Any], baseline: str) -> list[str]:
+def ladder_table(comparison: dict[str, Any], baseline: str, mark: str = "") -> list[str]:
     """The baseline's test loss per budget in each matched cell, here and there (with the
     rate each chose), and the gain per doubling of the step that reaches it: set beside
-    each other, never pooled."""
+    each other, never pooled (`mark`: the other side ran on another CPU family)."""
     name = comparison["study"]
     lines = [
         f"| cell | budget | `{baseline}` test loss here | gain per doubling to here | "
-        f"in `{name}` | gain per doubling to here, there |",
+        f"in `{name}`{mark} | gain per doubling to here, there{mark} |",
         "|---|---|---|---|---|---|",
     ]
     for (mine, _), ladders in zip(comparison["groups"], comparison["ladders"]):
@@ -195,11 +195,51 @@ def _decisions_summary(comparison: dict[str, Any]) -> str:
     return text + (f"; differ on {', '.join(differ)}" if differ else "")
 
 
+def run_families(rows: Any) -> list[str]:
+    """The CPU matrix families (or GPU) the done runs ran on (`unknown`: not recorded)."""
+    return sorted(
+        {str(r.manifest.get("matrix_family") or "unknown") for r in rows if r.status == "done"}
+    )
+
+
+CROSS = "†"  # marks a comparison whose two sides ran on different CPU families
+
+
+def crosses_families(comparison: dict[str, Any]) -> bool:
+    here, there = comparison.get("families") or ([], [])
+    return bool(here and there and set(here) != set(there))
+
+
+def _family_lines(comparison: dict[str, Any]) -> list[str]:
+    """What a mark † means here: the two sides ran on different CPU families, and how far
+    the machine alone moves a test loss (the same runs on both, where there are any)."""
+    if not crosses_families(comparison):
+        return []
+    here, there = (", ".join(f) for f in comparison["families"])
+    text = (
+        f"{CROSS} **Across CPU families**: this study ran on {here}, `{comparison['study']}` "
+        f"on {there}. bf16 sums differ between families by about the size of the effects "
+        "studied, so a difference between a number here and one there is partly the machine's"
+    )
+    same = comparison.get("same_runs") or {}
+    loss = (same.get("metrics") or {}).get("test_loss")
+    if loss:
+        text += (
+            f": the {loss['n']} run(s) of the same id in both moved test loss by sd "
+            f"{fmt_num(loss['sd'], 4)} (largest {fmt_num(loss['max_abs'], 4)}; the table of "
+            "the same runs below)."
+        )
+    else:
+        text += "; no run of the same id is in both, so that spread is not measured here."
+    return [text, ""]
+
+
 def against_lines(comparison: dict[str, Any] | None, baseline: str) -> list[str]:
     """The report's section on the other study (none without `--against`)."""
     if comparison is None:
         return []
     name = comparison["study"]
+    mark = CROSS if crosses_families(comparison) else ""
     lines = [
         f"## Against `{name}`",
         "",
@@ -225,7 +265,7 @@ def against_lines(comparison: dict[str, Any] | None, baseline: str) -> list[str]
                 budgets = ", ".join(entry["budgets"])
                 gain = gain_text(entry["gain"])
                 lines.append(f"  - `{baseline}`'s gain per doubling {who} ({budgets}): {gain}")
-    lines += ["", *ladder_table(comparison, baseline), ""]
+    lines += ["", *ladder_table(comparison, baseline, mark), "", *_family_lines(comparison)]
     same = same_runs_lines(comparison.get("same_runs"), name)
     if not comparison["rows"]:
         return lines + [
@@ -236,7 +276,7 @@ def against_lines(comparison: dict[str, Any] | None, baseline: str) -> list[str]
             *same,
         ]
     lines += [
-        f"| budget | strategy | Δ test loss here [95% CI] | decision here | Δ in `{name}` [95% CI] | decision there | agree |",
+        f"| budget | strategy | Δ test loss here [95% CI] | decision here | Δ in `{name}`{mark} [95% CI] | decision there | agree |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in comparison["rows"]:

@@ -19,6 +19,7 @@ from adaptive_lora.evaluation_metrics import CUT_OFF_KEYS, METRICS, PRIMARY_METR
 from adaptive_lora.report.cross_budget import cross_budget
 from adaptive_lora.report.environment_check import check_environment
 from adaptive_lora.report.lr_spread import spread
+from adaptive_lora.report.recovery import recovery_block
 from adaptive_lora.report.timing import compute_time
 from adaptive_lora.report.two_level import add_two_level
 from adaptive_lora.study.lr import LrChoice, chosen_rate_rows
@@ -91,6 +92,9 @@ def analyse(
             study, budget, reported, choices, n_boot, boot_seed
         )
         analysis["budgets"][budget]["sequential"] = _sequential(study, rows, budget)
+    recovery = recovery_block(reported, study.budgets, study.baseline, PRIMARY)
+    if recovery is not None:  # a planted task only: other studies' stats are unchanged
+        analysis["recovery"] = recovery
     if study.cross_budget is not None:
         blocks = analysis["budgets"]
         losses = {

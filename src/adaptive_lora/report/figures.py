@@ -18,9 +18,11 @@ from typing import Any
 import numpy as np
 
 from adaptive_lora.allocation.heatmap import draw_layer_kind_heatmap
+from adaptive_lora.analysis.descriptive import mean_ci_t
 from adaptive_lora.model.inventory import ALL_KINDS, ModuleInfo
 from adaptive_lora.records import ALLOCATION_KEY, atomic_path
 from adaptive_lora.report.analyse import PRIMARY
+from adaptive_lora.report.recovery import recovery_panels
 from adaptive_lora.report.timing import PHASES, REST, phase_seconds
 from adaptive_lora.study.spec import Study
 from adaptive_lora.study.store import (
@@ -83,30 +85,51 @@ def _strip(ax: Any, labels: list[str], values: list[list[float]], means, cis, yl
     ax.set_ylabel(ylabel)
 
 
+def _shared_seeds(entries: list[dict[str, Any]]) -> list[Any]:
+    """The seeds every strategy of a panel has a finite value for."""
+    sets = [{s for s, v in e["values"].items() if math.isfinite(v)} for e in entries]
+    return sorted(set.intersection(*sets), key=int) if sets else []
+
+
 def _fig_test_loss(study: Study, analysis: dict[str, Any], folder: Path) -> list[Path]:
+    """Per budget: each strategy's per-seed test losses (points) and their mean with its
+    95% t interval over the seeds *every* strategy of the panel ran. With sequential
+    seeds the strategies stop at different seeds, and means over unequal seed sets
+    would show seed differences as strategy differences (the tests are paired)."""
     blocks = analysis["budgets"]
-    fig, axes = _subplots(len(blocks))
+    fig, axes = _subplots(len(blocks), height=4.0)
     for ax, (budget, block) in zip(axes, blocks.items()):
         labels = list(block["strategies"])  # the strategies run at this budget
         entries = [block["strategies"][label][PRIMARY] for label in labels]
-        _strip(
-            ax,
-            labels,
-            [list(e["values"].values()) for e in entries],
-            [e["mean"] for e in entries],
-            [e["ci_t"] for e in entries],
-            "test loss",
-        )
-        ax.set_title(f"budget {budget}")
+        shared = _shared_seeds(entries)
+        means, cis = [], []
+        for e in entries:
+            values = [e["values"][s] for s in shared]
+            means.append(sum(values) / len(values) if values else math.nan)
+            cis.append(mean_ci_t(values))
+        _strip(ax, labels, [list(e["values"].values()) for e in entries], means, cis, "test loss")
+        every = all(len(e["values"]) == len(shared) for e in entries)
+        note = "" if every else f"\nmeans over the {len(shared)} seeds all ran"
+        ax.set_title(f"budget {budget}{note}", fontsize=9)
     # One y scale for every budget, so the budgets compare by eye.
     low = min(ax.get_ylim()[0] for ax in axes)
     high = max(ax.get_ylim()[1] for ax in axes)
     for ax in axes:
         ax.set_ylim(low, high)
+    fig.tight_layout()  # rotated strategy names clear the titles of the row below
     return _save(fig, folder, "test_loss")
 
 
+def _adjusted_ci(diffs: list[float], k: int, level: float = 0.95) -> list[float]:
+    """The Bonferroni-adjusted t interval of the mean of `diffs` (level 1 − α/k for the k
+    comparisons of a family): simultaneous coverage ≥ `level`, as the Holm tests need."""
+    return mean_ci_t([d for d in diffs if math.isfinite(d)], 1 - (1 - level) / max(k, 1))
+
+
 def _fig_paired(study: Study, analysis: dict[str, Any], folder: Path) -> list[Path]:
+    """Per budget, each strategy's paired differences from the baseline, with the mean and
+    its Bonferroni-adjusted 95% interval over the family, beside the declared margin (±,
+    dotted) and, where the study measured it, one doubling of the baseline's rank."""
     # A budget where only the baseline ran has nothing to compare: no empty panel for it.
     blocks = {
         budget: block
@@ -115,7 +138,9 @@ def _fig_paired(study: Study, analysis: dict[str, Any], folder: Path) -> list[Pa
     }
     if not blocks:
         return []
-    fig, axes = _subplots(len(blocks))
+    margin = (analysis.get("hypotheses") or {}).get("margin")
+    doubling = analysis.get("one_doubling")
+    fig, axes = _subplots(len(blocks), height=4.0)
     for ax, (budget, block) in zip(axes, blocks.items()):
         comps = block["comparisons"]
         labels = list(comps)
@@ -124,11 +149,25 @@ def _fig_paired(study: Study, analysis: dict[str, Any], folder: Path) -> list[Pa
             labels,
             [comps[k].diffs for k in labels],
             [comps[k].mean_diff for k in labels],
-            [comps[k].ci_t for k in labels],
+            [_adjusted_ci(comps[k].diffs, len(labels)) for k in labels],
             f"test loss − {study.baseline}",
         )
         ax.axhline(0.0, color="grey", lw=0.8, ls="--")
-        ax.set_title(f"budget {budget} (below 0: better than {study.baseline})")
+        if margin:
+            for sign in (-1, 1):
+                ax.axhline(sign * margin, color="C2", lw=0.9, ls=":")
+            ax.text(1.0, margin, f" ±{margin:g} margin", color="C2", fontsize=7,
+                    transform=ax.get_yaxis_transform(), va="bottom", ha="right")  # fmt: skip
+        if doubling and math.isfinite(doubling) and doubling > 0:
+            ax.axhline(doubling, color="C1", lw=0.9, ls="-.")
+            ax.text(0.0, doubling, f" one doubling of rank ({doubling:+.4f})", color="C1",
+                    fontsize=7, transform=ax.get_yaxis_transform(), va="bottom")  # fmt: skip
+        ax.set_title(
+            f"budget {budget} (below 0: better than {study.baseline})\n"
+            f"mean, 95% interval adjusted for {len(labels)} comparisons",
+            fontsize=9,
+        )
+    fig.tight_layout()
     return _save(fig, folder, "paired_diff")
 
 
@@ -164,6 +203,7 @@ def _heatmaps(
     folder: Path,
     stem: str,
     label: str,
+    numbers: bool = True,
 ) -> list[Path]:
     from matplotlib.ticker import MaxNLocator  # slow to import; only drawing a figure needs it
 
@@ -174,7 +214,11 @@ def _heatmaps(
     values_all = [v for _, _, values in panels for v in values.values()]
     images = []
     for ax, (title, inventory, values) in zip(axes, panels):
-        images.append(draw_layer_kind_heatmap(ax, inventory, values, title=title, label=label))
+        images.append(
+            draw_layer_kind_heatmap(
+                ax, inventory, values, title=title, label=label, numbers=numbers
+            )
+        )
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     if values_all:  # one colour scale for every panel, so the panels compare
         for image in images:
@@ -419,4 +463,23 @@ def draw_figures(
     paths += _fig_curves(study, rows, analysis, folder)
     paths += _fig_lr(study, analysis, folder)
     paths += _fig_time(study, rows, analysis, folder)
+    paths += _fig_recovery(study, rows, analysis, folder)
+    return paths
+
+
+def _fig_recovery(
+    study: Study, rows: list[RunRow], analysis: dict[str, Any], folder: Path
+) -> list[Path]:
+    """A planted task's known answer beside each strategy's ranks, per budget: the planted
+    mask first, then every strategy scaled to its own largest rank (where, not how much)."""
+    block = analysis.get("recovery")
+    paths: list[Path] = []
+    for budget in (block or {}).get("budgets", {}):
+        panels = [
+            (title, _module_infos(modules), values)
+            for title, modules, values in recovery_panels(block, rows, budget)
+        ]
+        if len(panels) > 1:
+            stem = f"recovery_{_slug(budget)}"
+            paths += _heatmaps(study, panels, folder, stem, "rank ÷ largest", numbers=False)
     return paths

@@ -24,6 +24,7 @@ from adaptive_lora.report.cells import (
 from adaptive_lora.report.cross_budget import margin_words, verdict_lines
 from adaptive_lora.report.environment_check import describe as describe_environment
 from adaptive_lora.report.hypotheses import hypotheses_lines, sequential_lines
+from adaptive_lora.report.recovery import recovery_lines
 from adaptive_lora.report.regime import LADDER_TITLE, ladder_lines
 from adaptive_lora.report.timing import compute_line
 from adaptive_lora.report.two_level import (
@@ -634,6 +635,8 @@ FIGURE_TITLES = {
     "time_per_run": "Time per run by phase (training, evaluation, allocation, the rest): mean "
     "per strategy, and each run's total",
     "regime_ladder": LADDER_TITLE,
+    "recovery": "The planted set and where each strategy put its rank (layer × module kind; "
+    "each panel scaled to its largest rank)",
 }
 
 
@@ -645,7 +648,9 @@ def _figure_lines(figures: list[Path], out_dir: Path) -> list[str]:
     for png in pngs:
         stem = png.stem
         title = next((t for k, t in FIGURE_TITLES.items() if stem.startswith(k)), stem)
-        suffix = stem.split("_")[-1] if stem.startswith(("allocation_", "adalora_")) else ""
+        suffix = (
+            stem.split("_")[-1] if stem.startswith(("allocation_", "adalora_", "recovery_")) else ""
+        )
         lines += figure_lines(title, png, out_dir, suffix)
     return lines
 
@@ -706,6 +711,7 @@ def render_markdown(
     if study_level:
         lines += outside_lines(outside or {}, study)
     lines += _results_lines(study, analysis)
+    lines += recovery_lines(analysis.get("recovery"))
     if analysis.get("ladder"):
         lines += ladder_lines([analysis["ladder"]], study.baseline)
     lines += _cross_budget_lines(analysis)

@@ -201,24 +201,34 @@ def delta_lines(cells: list[dict[str, Any]], baseline: str) -> list[str]:
 
 def heatmap_colour(cells: list[dict[str, Any]]) -> tuple[str, str, str]:
     """What the heatmap's colour encodes: (the cells' key it draws, its colour bar's label,
-    the report's sentence). d_z needs two paired seeds; where no cell has them, the colour
-    is Δ itself, and where only some have, the others are left white."""
-    # A cell read back from stats.json holds None where the analysis held NaN.
-    finite = [c["d_z"] is not None and math.isfinite(c["d_z"]) for c in cells]
-    if not any(finite):
-        return (
-            "mean_diff",
-            "Δ test loss (one seed: no sd); red: worse",
-            "The heatmap colours each cell by its Δ itself (red: worse): no cell has two "
-            "paired seeds, so there is no sd of the differences to scale it by (no d_z).",
-        )
+    the report's sentence). Always Δ in the loss's own units: coloured by d_z, a tiny Δ
+    with a small sd (−0.0005) looked a deeper win than a loss four times its size."""
     sentence = (
-        "The heatmap colours each cell by its d_z (Δ in units of the seed-to-seed sd of the "
-        "paired differences; red: worse) and writes its Δ in it."
+        "The heatmap colours each cell by its Δ in test-loss units (red: worse, blue: "
+        "better; one scale for every cell) and writes the Δ in it"
     )
-    if not all(finite):
-        sentence += " A cell with fewer than two paired seeds has no d_z and is left white."
-    return "d_z", "d_z (Δ / sd of paired differences); red: worse", sentence
+    if any(c.get("decision") for c in cells):
+        sentence += (
+            ", with the design's sequential decision under it (better, worse, equiv., "
+            "futile, open)."
+        )
+    else:
+        sentence += ", starred where Holm p < 0.05 in its cell's fixed-sample family."
+    return "mean_diff", "Δ test loss (strategy − baseline); red: worse", sentence
+
+
+# The design's decision under a cell's Δ: what the study concluded, in a word.
+DECISION_WORDS = {
+    "superior": "better", "inferior": "worse", "equivalent": "equiv.", "futile": "futile",
+    "continue": "open", "inconclusive": "open",
+}  # fmt: skip
+
+
+def _cell_text(cell: dict[str, Any], sequential: bool) -> str:
+    text = fmt_num(cell["mean_diff"], 4, plus=True)
+    if sequential:
+        return text + "\n" + DECISION_WORDS.get(cell.get("decision") or "", "open")
+    return text + ("*" if cell["significant"] else "")
 
 
 def _ladder_panel(ax: Any, entry: dict[str, Any]) -> None:
@@ -283,17 +293,32 @@ def draw_regime(
         for c in cells:
             grid[strategies.index(c["strategy"]), columns.index((c["title"], c["budget"]))] = c[key]
         bound = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
-        fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(columns), 0.9 + 0.45 * len(strategies)))
+        bound = bound or 1.0  # every Δ zero: any scale shows white
+        sequential = any(c.get("decision") for c in cells)
+        fig, ax = plt.subplots(
+            figsize=(
+                2.6 + 1.2 * len(columns),
+                1.4 + (0.55 if sequential else 0.45) * len(strategies),
+            )
+        )
         image = ax.imshow(grid, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
         for c in cells:
             i, j = strategies.index(c["strategy"]), columns.index((c["title"], c["budget"]))
-            text = fmt_num(c["mean_diff"], 4, plus=True) + ("*" if c["significant"] else "")
-            ax.text(j, i, text, ha="center", va="center", fontsize=6)
+            # White on the dark ends of the scale, black on the pale middle.
+            dark = abs(c[key]) > 0.6 * bound if c[key] is not None else False
+            ax.text(j, i, _cell_text(c, sequential), ha="center", va="center", fontsize=6,
+                    color="white" if dark else "black")  # fmt: skip
         ax.set_yticks(range(len(strategies)), strategies, fontsize=7)
         labels = [f"{t.replace('`', '')}\n{b}" for t, b in columns]
         ax.set_xticks(range(len(columns)), labels, fontsize=6, rotation=30, ha="right")
         fig.colorbar(image, ax=ax, label=label)
-        ax.set_title("Δ test loss against the baseline per cell (* Holm p < 0.05)", fontsize=9)
+        title = (
+            "Δ test loss against the baseline per cell\n(under it: the design's decision)"
+            if sequential
+            else "Δ test loss against the baseline per cell (* Holm p < 0.05)"
+        )
+        ax.set_title(title, fontsize=9)
+        fig.tight_layout()
         paths += _save(fig, folder, "regime_heatmap")
     return paths
 

@@ -8,7 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adaptive_lora.analysis.jsonable import to_jsonable
-from adaptive_lora.report.against import against_lines, compare_studies, matched_groups
+from adaptive_lora.analysis.ladder import read_gain
+from adaptive_lora.report.against import (
+    against_lines,
+    compare_studies,
+    matched_groups,
+    run_families,
+)
 from adaptive_lora.report.analyse import analyse
 from adaptive_lora.report.cross_model import agreement_lines, cross_model_agreement
 from adaptive_lora.report.environment_check import refuse_mixed
@@ -119,7 +125,6 @@ def _single_group(
     runs at enough budgets), Markdown, LaTeX and the stats it writes."""
     group = study.groups[0]
     sub, sub_rows, analysis = parts[group.key]
-    files.figures = draw_figures(sub, sub_rows, analysis, out_dir / "figures")
     if len(study.budgets_for(study.baseline)) >= LADDER_BUDGETS:
         # A ladder of the baseline: the report says whether its rank binds at all.
         [analysis["ladder"]] = (
@@ -127,6 +132,9 @@ def _single_group(
             if mine is not None
             else regime_map({group.key: analysis}, study.group_titles(), study.baseline)
         )
+        _one_doubling(analysis, analysis["ladder"])
+    files.figures = draw_figures(sub, sub_rows, analysis, out_dir / "figures")
+    if analysis.get("ladder"):
         files.figures += draw_regime([analysis["ladder"]], [], out_dir / "figures")
     markdown = render_markdown(
         sub,
@@ -141,6 +149,14 @@ def _single_group(
         outside=outside,
     )
     return markdown, render_latex(sub, analysis), analysis
+
+
+def _one_doubling(analysis: dict, ladder_entry: dict) -> None:
+    """The baseline's measured gain per doubling of rank, kept for the paired figure's
+    reference line (only where the ladder established one: a gain, not noise)."""
+    gain = read_gain(ladder_entry["gain_per_doubling"]).overall
+    if gain.n and gain.established and gain.mean > 0:
+        analysis["one_doubling"] = gain.mean
 
 
 def _group_section(
@@ -205,6 +221,7 @@ def _compare_with(
         groups=groups if study.multi_group else None,
         listed_there=listed,
     )
+    comparison["families"] = [run_families(rows), run_families(other_rows)]
     comparison["path"] = str(other.path)  # for the report's command to reproduce it
     return comparison
 
@@ -312,6 +329,9 @@ def _multi_group(
         stats: dict = {"models": by_model, "cross_model_agreement": agreement}
     else:
         regime, cells = regime_and_cells
+        for entry in regime:  # each group's paired figure gets its own ladder's doubling
+            if entry["ladder"]:
+                _one_doubling(analyses[entry["group"]], entry)
         lines = [
             *_factorial_head(study, parts, declared, regime, cells, comparison, files, out_dir),
             *notes_lines(notes, study),

@@ -14,6 +14,7 @@ from adaptive_lora.study.cost_model import estimated_seconds
 from adaptive_lora.study.design import group_signature
 from adaptive_lora.study.spec import RunSpec, Study
 from adaptive_lora.study.store import DONE, FAILED, PENDING, RUNNING, RunRow, StudyStore
+from adaptive_lora.study.transient import transient
 
 # Rough speed for the time estimate before any run has finished: SmolLM2-135M with
 # LoRA and bf16 autocast trains at about 270 tokens/s on a 2-core CPU (DESIGN.md).
@@ -65,7 +66,8 @@ def would_run(
         status = PENDING if row is None else row.status
         if (
             status == PENDING
-            or (status == FAILED and retry_failed)
+            # failed by the machine (a full disk): the next `run` takes it without the flag
+            or (status == FAILED and (retry_failed or transient(row.reason)))
             or (status == RUNNING and not lock_held)
         ):
             chosen.append(spec)

@@ -35,12 +35,14 @@ import os
 import secrets
 import shlex
 import shutil
+import signal
 import socket
 import stat
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import traceback
 from collections import deque
@@ -422,6 +424,19 @@ class ClusterLost(Stopped):
         self.exit_code = 1
 
 
+def _signal_handlers() -> dict[int, Any]:
+    """SIGTERM's and SIGINT's Python handlers now ({} off the main thread: none can be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _put_back(handlers: dict[int, Any]) -> None:
+    for sig, handler in handlers.items():
+        if handler is not None:  # None: a handler not set from Python, nothing to restore
+            signal.signal(sig, handler)
+
+
 def resume_command() -> str:
     """The command that resumes this study: the one that started it, when it was `run`."""
     if sys.argv[1:2] == ["run"]:
@@ -606,14 +621,21 @@ class RayExecutor:
         self._connected = False
 
     def _restart_local(self) -> bool:
-        """Start the local Ray again after its node died; False if it does not start."""
+        """Start the local Ray again after its node died; False if it does not start.
+
+        `ray.init` installs a SIGTERM handler of its own (exit at once; its core worker
+        then aborts the process): the study's handlers, set when it began, are put back,
+        so a `kill` after the restart still stops the study cleanly (exit 143)."""
         self._restarts += 1
+        handlers = _signal_handlers()
         try:
             self.close()
             self.connect()
         except Exception as error:  # said in the line that stops the study
             self._log(f"the local Ray did not start again: {one_line(error)}")
             return False
+        finally:
+            _put_back(handlers)
         return True
 
     # -- running -------------------------------------------------------------------------
@@ -647,7 +669,7 @@ class RayExecutor:
         serves the whole queue, also what the runner appends to it."""
         self.connect()
         self._on_progress = on_progress
-        pool = _Pool(self, self._watch)
+        pool = _Pool(self)
         tries: dict[str, int] = {}  # run id → failed attempts so far (worker deaths)
         try:
             while specs or pool.busy:
@@ -768,9 +790,9 @@ class _Worker:
 class _Pool:
     """The workers of one `execute`: starting, idle and busy ones, all on Ray actors."""
 
-    def __init__(self, executor: RayExecutor, watch: StallWatch):
+    def __init__(self, executor: RayExecutor):
         self._executor = executor
-        self._watch = watch
+        self._watch = executor._watch  # one watch per executor: the driver's clocks
         self._board: Any = None
         self.starting: dict[Any, Any] = {}  # where() reference → actor
         self.idle: list[_Worker] = []

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import shlex
 import shutil
 import sqlite3
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adaptive_lora.errors import one_line
-from adaptive_lora.records import STATUS_DONE, STATUS_INTERRUPTED, RunResult
+from adaptive_lora.records import STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED, RunResult
 from adaptive_lora.study.executor import Executor, Where, as_stopped
 from adaptive_lora.study.local import LocalExecutor
 from adaptive_lora.study.manifest import record_manifest
@@ -20,6 +22,7 @@ from adaptive_lora.study.plan import current_rows, estimate, format_duration
 from adaptive_lora.study.progress_log import ProgressLog
 from adaptive_lora.study.spec import RunSpec, Study, in_groups
 from adaptive_lora.study.store import DONE, FAILED, PENDING, RunRow, StudyLock, StudyStore
+from adaptive_lora.study.transient import disk_full, disk_full_stop, run_size_text, transient
 
 
 @dataclass
@@ -65,6 +68,10 @@ def run_study(
         summary.interrupted = store.reset_interrupted()
         if retry_failed:
             summary.retried = store.reset_failed(study.run_ids)
+        else:  # failed by the machine (a full disk), not by themselves: run them again
+            for run_id, reason in _machine_failures(store, study.run_ids):
+                store.reset_failed([run_id])
+                log(f"  {run_id} failed for a transient cause ({reason}): running it again")
         for run_id in summary.interrupted:
             log(f"  {run_id} was interrupted (its process ended mid-run): running it again")
         _backup(store, log)  # a store from before backups were kept gets one now
@@ -154,6 +161,12 @@ def _run_pending(
             )
             _backup(store, log)
             store.export(study.out, study.run_ids)
+            if result.status == STATUS_FAILED and disk_full(result.error):
+                # Every run after it would fail the same way: stop, say what to free.
+                size = run_size_text(
+                    study.runs_dir / r.id for r in store.rows() if r.status == DONE
+                )
+                raise disk_full_stop(result.run_id, study.out, size, _resume(study))
             # A finished tuning run may choose a rate; with sequential seeds any finished
             # reporting run may complete a look that opens the next block of seeds.
             if result.run_id in tuning or study.seed_plan is not None:
@@ -166,6 +179,23 @@ def _run_pending(
     finally:
         progress_log.clear()
     return study
+
+
+def _machine_failures(store: StudyStore, ids: list[str]) -> list[tuple[str, str]]:
+    """The study's failed runs whose recorded reason is the machine's (`transient`)."""
+    wanted = set(ids)
+    return [
+        (row.id, one_line(row.reason or "")[:80])
+        for row in store.rows()
+        if row.id in wanted and row.status == FAILED and transient(row.reason)
+    ]
+
+
+def _resume(study: Study) -> str:
+    """The command that runs this study again: the one that started it, when it was `run`."""
+    if sys.argv[1:2] == ["run"]:
+        return shlex.join(["adaptive-lora", *sys.argv[1:]])
+    return f"adaptive-lora run {study.path}"
 
 
 def _backup(store: StudyStore, log: Callable[[str], None]) -> None:

@@ -27,6 +27,7 @@ from adaptive_lora.study.power_plan import design_warnings
 from adaptive_lora.study.progress_log import read_progress
 from adaptive_lora.study.spec import Study, in_groups
 from adaptive_lora.study.store import RunRow, count_statuses, lock_is_held
+from adaptive_lora.study.transient import transient
 
 MARKS = {
     "done": "✓",
@@ -147,9 +148,16 @@ def _attention_lines(
     if "interrupted" in marks.values():
         lines.append(f"interrupted runs re-run at the next `adaptive-lora run {study.path}`")
     failed = [(run_id, row) for run_id, row in rows.items() if marks[run_id] == "failed"]
-    if failed:
+    machine = [(run_id, row) for run_id, row in failed if transient(row.reason)]
+    own = [(run_id, row) for run_id, row in failed if not transient(row.reason)]
+    if machine:
+        lines.append(
+            f"failed by the machine (re-run at the next `adaptive-lora run {study.path}`):"
+        )
+        lines += [f"  {run_id}: {row.reason}" for run_id, row in machine]
+    if own:
         lines.append(f"failed (re-run with `adaptive-lora run {study.path} --retry-failed`):")
-        lines += [f"  {run_id}: {row.reason}" for run_id, row in failed]
+        lines += [f"  {run_id}: {row.reason}" for run_id, row in own]
     if orphans:
         lines.append(
             f"{len(orphans)} stored run(s) are no longer in the study file "

@@ -33,14 +33,21 @@ def eva_components(
 ) -> dict[str, torch.Tensor]:
     """PEFT's EVA state dict: module name → its top right-singular vectors (rank × d_in).
 
-    `target_ranks` are the ranks before redistribution; with `rho` = 1 every module
-    keeps exactly its own rank (the budget equals the sum of the caps).
+    `target_ranks` are the ranks before redistribution. With `rho` = 1 each module gets
+    exactly its own rank: PEFT is asked for the largest of them on every module (so the
+    budget equals the sum of the caps and nothing is redistributed), and each module's
+    components are cut to its own rank. Asking PEFT for the ranks themselves would not
+    do: modules that read the same input (q, k, v; gate, up) share one SVD whose cap is
+    the largest of theirs, and its redistribution then hands one of them more rows than
+    its rank and another fewer.
     """
-    base = next(iter(target_ranks.values()))
+    fixed = rho == 1.0
+    base = max(target_ranks.values()) if fixed else next(iter(target_ranks.values()))
+    pattern = {} if fixed else {name: r for name, r in target_ranks.items() if r != base}
     config = LoraConfig(
         r=base,
         target_modules=sorted(target_ranks),
-        rank_pattern={"^" + re.escape(name): r for name, r in target_ranks.items() if r != base},
+        rank_pattern={"^" + re.escape(name): r for name, r in pattern.items()},
         init_lora_weights="eva",
         eva_config=EvaConfig(rho=rho, tau=tau),
     )
@@ -58,6 +65,8 @@ def eva_components(
             gather_distributed_inputs=False,
         )
     model.train(was_training)
+    if fixed:  # the top components, as many as each module's own rank
+        state = {name: rows[: target_ranks[name]] for name, rows in state.items()}
     return state
 
 
