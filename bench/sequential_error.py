@@ -19,6 +19,13 @@ smallest effect of interest δ = 0.65 sd of the paired differences (about 20 see
 * fwer: a family of 8 null comparisons sharing one baseline (each difference is
   strategy − baseline with the arms' noise split evenly, so comparisons correlate at
   0.5), each at α/8: the share of studies with any claim (at most α + 0.01).
+* fwer_per_seed_splits, fwer_fixed_items: the same null family where each difference
+  also carries the test items' share (`ITEM_SD`: the sd of a test sample's mean
+  difference, a quarter of the seeds' own sd, as the map's two-level intervals show). With `data.split: per_seed` every seed draws its own test items, so that share
+  is new noise per seed and the seeds-unit design keeps its error (at most α + 0.01).
+  With one test set for every seed it is one offset shared by all seeds of a comparison:
+  the design then tests the mean on *those* items, and claims a strategy that is no
+  better on the item population far more often than α.
 * power: a family of one with a true difference of −δ (the strategy is better): the
   share that stop as superior.
 * seeds_saved: 1 − (mean seeds used under that effect) / (seeds a fixed design needs
@@ -78,6 +85,30 @@ def null_family(rng: np.random.Generator, studies: int) -> np.ndarray:
     return (arms - baseline).reshape(studies * FAMILY, n_max)
 
 
+# sd of one 100-item test sample's mean difference, in units of the seeds' sd, from the
+# map's eva cell at r4 (results/regime-map/report.md, 20 seeds): the seeds' t half-width
+# 0.0010 gives a per-seed sd of 0.0021; the two-level (seeds × items) half-width 0.00145
+# leaves an item share of the mean with sd 0.00056, about a quarter of it.
+ITEM_SD = 0.25
+
+
+def null_family_with_items(rng: np.random.Generator, studies: int, per_seed: bool) -> np.ndarray:
+    """`null_family` plus each arm's test-item share: drawn afresh for every seed
+    (per-seed splits) or once per study (one test set for all seeds)."""
+    n_max = DESIGN.looks[-1]
+    half = math.sqrt(0.5)
+    shape = (studies, FAMILY + 1, n_max if per_seed else 1)  # the baseline is arm 0
+    items = half * ITEM_SD * rng.standard_normal(shape)
+    seeds = half * rng.standard_normal((studies, FAMILY + 1, n_max))
+    arms = seeds + items  # broadcast over seeds when the items are shared
+    return (arms[:, 1:] - arms[:, :1]).reshape(studies * FAMILY, n_max)
+
+
+def family_error(result: dict[str, np.ndarray], studies: int) -> float:
+    """Share of studies with any claim among their FAMILY comparisons."""
+    return float(np.isin(result["code"], CLAIMS).reshape(studies, FAMILY).any(axis=1).mean())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--studies", type=int, default=50000)
@@ -96,7 +127,11 @@ def main() -> int:
         np.isin(decide_matrix(null_diffs, binding_free, 1)["code"], CLAIMS).mean()
     )
     family = decide_matrix(null_family(rng, n), DESIGN, FAMILY)
-    fwer = float(np.isin(family["code"], CLAIMS).reshape(n, FAMILY).any(axis=1).mean())
+    fwer = family_error(family, n)
+    per_seed = family_error(decide_matrix(null_family_with_items(rng, n, True), DESIGN, FAMILY), n)
+    fixed_items = family_error(
+        decide_matrix(null_family_with_items(rng, n, False), DESIGN, FAMILY), n
+    )
     alt = decide_matrix(rng.standard_normal((n, n_max)) - EFFECT, DESIGN, 1)
     power = float((alt["code"] == DECISIONS.index("superior")).mean())
     mean_seeds = float(seeds_used(alt).mean())
@@ -116,10 +151,15 @@ def main() -> int:
         f"(a fixed {n_max}: power {t_test_power(n_max, EFFECT, 1.0, alpha=ALPHA):.3f}); "
         f"sequential mean under the effect: {mean_seeds:.2f}"
     )
+    print(
+        f"null family of {FAMILY} with test items (item sd {ITEM_SD:g} × the seeds'): "
+        f"per-seed splits {per_seed:.4f}, one test set for all seeds {fixed_items:.4f}"
+    )
     print(f"({time.perf_counter() - start:.1f}s)")
     print(
         f"alpha={ALPHA:g} type1={type1:.4f} fwer={fwer:.4f} power={power:.4f} "
-        f"seeds_saved={saved:.1f}%"
+        f"seeds_saved={saved:.1f}% fwer_per_seed_splits={per_seed:.4f} "
+        f"fwer_fixed_items={fixed_items:.4f}"
     )
     return 0
 

@@ -328,16 +328,28 @@ def _panel_curves(ax: Any, study: Study, block: dict, by_id: dict, key: str, nam
     few = all(len(points) <= FEW_POINTS for *_, points in runs)
     span = max((x for *_, points in runs for x, _ in points), default=1.0) or 1.0
     present = sorted({i for i, *_ in runs})  # the panel's strategies, centred on each step
+    by_strategy: dict[int, dict[float, list[float]]] = {}
     for i, label, j, points in runs:
         if not points:
             continue
         xs, ys = zip(*points)
-        style = dict(color=f"C{i % 10}", alpha=0.6, label=label if j == 0 else None)
+        many = sum(1 for k, *_ in runs if k == i) > 1  # several seeds: their mean leads
+        style = dict(color=f"C{i % 10}", alpha=0.15 if many and not few else 0.6,
+                     label=label if j == 0 and (few or not many) else None)  # fmt: skip
         if few:
             offset = span * 0.012 * (present.index(i) - (len(present) - 1) / 2)
             ax.plot([x + offset for x in xs], ys, ls="none", marker="o", ms=3, **style)
         else:
-            ax.plot(xs, ys, lw=1, marker="." if len(xs) < 4 else None, **style)
+            ax.plot(xs, ys, lw=0.6 if many else 1, marker="." if len(xs) < 4 else None, **style)
+            if many:
+                for x, y in points:
+                    by_strategy.setdefault(i, {}).setdefault(x, []).append(y)
+    # Per-step noise of one run hides any trend over a few steps: with several seeds the
+    # mean over them at each step is drawn bold, the runs themselves faint behind it.
+    for i, steps in by_strategy.items():
+        xs = sorted(steps)
+        ax.plot(xs, [sum(steps[x]) / len(steps[x]) for x in xs], lw=1.8, color=f"C{i % 10}",
+                label=f"{study.labels[i]} (mean of {max(map(len, steps.values()))} seeds)")  # fmt: skip
     if not few:
         return ""
     steps = ", ".join(f"{x:g}" for x in sorted({x for *_, points in runs for x, _ in points}))
