@@ -220,3 +220,18 @@ def test_a_heatmap_of_a_sequential_design_names_the_decision_not_the_holm_star()
     key, _, sentence = heatmap_colour(cells)
     assert key == "mean_diff" and "the design's sequential decision under it" in sentence
     assert "Holm" not in sentence
+
+
+def test_a_claim_the_items_do_not_carry_says_so_beside_the_verdict():
+    """Two units of inference: a claim over seeds whose seeds × items interval includes 0
+    holds on these test items only; the report says so after the verdict."""
+    from adaptive_lora.report.regime import items_tail
+
+    wide = {"ci": [-0.0001, 0.0045], "confidence": 0.95}
+    assert items_tail("inferior", wide) == (
+        "; with test items resampled too, [−0.0001, 0.0045] (95%) includes 0: "
+        "so on these test items only"
+    )
+    assert items_tail("superior", {"ci": [-0.004, 0.0002], "confidence": 0.95})
+    assert items_tail("inferior", {"ci": [0.0005, 0.0042], "confidence": 0.95}) == ""
+    assert items_tail("equivalent", wide) == "" and items_tail("inferior", None) == ""

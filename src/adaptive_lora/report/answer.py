@@ -22,7 +22,7 @@ from adaptive_lora.analysis.power import POWER, minimum_detectable_d_z
 from adaptive_lora.report.analyse import LOSS_DECIMALS
 from adaptive_lora.report.cells import mean_and_ci
 from adaptive_lora.report.cross_budget import gain_includes_zero, margin_words, recovery
-from adaptive_lora.report.regime import by_decision, equivalence_tail, gain_text
+from adaptive_lora.report.regime import by_decision, equivalence_tail, gain_text, items_tail
 from adaptive_lora.study.store import DONE
 
 
@@ -236,7 +236,8 @@ def _design_line(
     ]
     named = [
         (
-            f"{label} (Δ {mean_and_ci(c.mean_diff, c.ci_t)}, n = {c.n}{equivalence_tail(d)})",
+            f"{label} (Δ {mean_and_ci(c.mean_diff, c.ci_t)}, n = {c.n}{equivalence_tail(d)}"
+            f"{items_tail(d['decision'], getattr(c, 'two_level', None))})",
             d["decision"],
         )
         for label, d in decisions.items()

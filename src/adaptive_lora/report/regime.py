@@ -91,7 +91,8 @@ def heatmap_cells(
                      "n": c.n, "mean_diff": c.mean_diff, "ci_t": c.ci_t, "d_z": c.d_z,
                      "p_t_holm": c.p_t_holm, "significant": c.significant,
                      "decision": decided.get("decision"),
-                     "tightest_margin": decided.get("tightest_margin")}
+                     "tightest_margin": decided.get("tightest_margin"),
+                     "two_level": getattr(c, "two_level", None)}
                 )  # fmt: skip
     return cells
 
@@ -412,6 +413,22 @@ def equivalence_tail(decided: dict[str, Any]) -> str:
     return f"; equivalent within ±{fmt_num(x, 4)}" if math.isfinite(x) else ""
 
 
+def items_tail(decision: str | None, two_level: dict[str, Any] | None) -> str:
+    """After a claim (superior, inferior) whose two-level interval (seeds and test items
+    resampled together) includes 0: the two units of inference disagree, and the claim
+    holds for these test items only. Nothing otherwise, or without per-item records."""
+    if decision not in ("superior", "inferior") or not isinstance(two_level, dict):
+        return ""
+    low, high = two_level.get("ci") or (math.nan, math.nan)
+    if not (math.isfinite(low) and math.isfinite(high)) or not low <= 0 <= high:
+        return ""
+    level = round(100 * float(two_level.get("confidence", 0.95)))
+    return (
+        f"; with test items resampled too, [{fmt_num(low, 4)}, {fmt_num(high, 4)}] "
+        f"({level}%) includes 0: so on these test items only"
+    )
+
+
 def by_decision(named: list[tuple[str, str | None]], baseline: str) -> list[tuple[str, str]]:
     """(how the Answer says a decision, the comparisons with it joined by "; ") in the
     fixed order of `DECISION_WORDS`, from (a comparison's text, its decision; None: open)."""
@@ -433,7 +450,8 @@ def _decision_sentence(there: list[dict[str, Any]], baseline: str) -> str:
     named = [
         (
             f"{c['strategy']} at {c['budget']} in {c['title']} "
-            f"(Δ {mean_and_ci(c['mean_diff'], c['ci_t'])}, n = {c['n']}{equivalence_tail(c)})",
+            f"(Δ {mean_and_ci(c['mean_diff'], c['ci_t'])}, n = {c['n']}{equivalence_tail(c)}"
+            f"{items_tail(c.get('decision'), c.get('two_level'))})",
             c.get("decision"),
         )
         for c in there
