@@ -59,7 +59,7 @@ def test_recovery_numbers_reference_and_labels():
         row("oracle", "r1", 1, 1.10, 1.0, 1.0),
         row("empirical", "r1", 1, 1.20, 0.6, 1.0),
     ]
-    block = recovery_block(rows, ["qv:r1", "r1", "r4"], "uniform", "test_loss")
+    block = recovery_block(rows, dict.fromkeys(["qv:r1", "r1", "r4"], "uniform"), "test_loss")
     assert block["planted_modules"] == PLANTED and block["achieved_kl"] == 0.301
     assert set(block["budgets"]) == {"qv:r1", "r1"}  # nothing ran at r4
     low, r1 = block["budgets"]["qv:r1"], block["budgets"]["r1"]
@@ -101,7 +101,7 @@ def test_recovery_numbers_reference_and_labels():
 def test_a_study_off_planted_data_has_no_recovery():
     plain = RunRow(id="u", position=0, label="uniform", strategy="uniform", budget="r1", seed=1,
                    lr=1e-3, status="done", reason=None, config={}, metrics={"test_loss": 1.0})  # fmt: skip
-    assert recovery_block([plain], ["r1"], "uniform", "test_loss") is None
+    assert recovery_block([plain], {"r1": "uniform"}, "test_loss") is None
     assert recovery_lines(None) == []
 
 

@@ -92,7 +92,7 @@ def analyse(
             study, budget, reported, choices, n_boot, boot_seed
         )
         analysis["budgets"][budget]["sequential"] = _sequential(study, rows, budget)
-    recovery = recovery_block(reported, study.budgets, study.baseline, PRIMARY)
+    recovery = recovery_block(reported, {b: study.baseline_at(b) for b in study.budgets}, PRIMARY)
     if recovery is not None:  # a planted task only: other studies' stats are unchanged
         analysis["recovery"] = recovery
     if study.cross_budget is not None:
@@ -128,6 +128,18 @@ def cut_off_block(rows: list[RunRow]) -> dict[str, Any] | None:
         "at_token_limit": sum(r.metrics[CUT_OFF_KEYS[0]] for r in counted),
         "without_answer_line": sum(r.metrics.get(CUT_OFF_KEYS[1]) or 0 for r in counted),
     }
+
+
+def block_baseline(study: Any, block: dict[str, Any]) -> str:
+    """The baseline of one budget's block (its own where the study names one)."""
+    return block.get("baseline") or study.baseline
+
+
+def study_at(study: Any, block: dict[str, Any]) -> Any:
+    """The study as one budget's tables, verdicts and figures see it: its baseline that
+    budget's (the study itself where that is the study's one baseline)."""
+    baseline = block_baseline(study, block)
+    return study if baseline == study.baseline else dataclasses.replace(study, baseline=baseline)
 
 
 def _hypotheses(study: Study) -> Any:
@@ -247,28 +259,32 @@ def _budget_block(
         for label, runs in chosen.items()
     }
     primary = {label: {r.seed: _value(r, PRIMARY) for r in runs} for label, runs in chosen.items()}
+    baseline = study.baseline_at(budget)
     comparisons = (
         paired.compare_family(
             primary,
-            study.baseline,
+            baseline,
             n_boot=n_boot,
             seed=boot_seed,
             metric="test loss",
             alternative=_alternatives(study, labels),
         )
-        if len(primary) > 1 and study.baseline in primary
+        if len(primary) > 1 and baseline in primary
         else {}
     )
-    add_two_level(comparisons, chosen, study.baseline, n_boot=n_boot, seed=boot_seed)
-    return {
+    add_two_level(comparisons, chosen, baseline, n_boot=n_boot, seed=boot_seed)
+    block = {
         "strategies": strategies,
         "comparisons": comparisons,
-        "secondary": _secondary(study, chosen, n_boot, boot_seed),
+        "secondary": _secondary(study, chosen, n_boot, boot_seed, baseline),
     }
+    if baseline != study.baseline:  # only then: a study of one baseline keeps its stats
+        block["baseline"] = baseline
+    return block
 
 
 def _secondary(
-    study: Study, chosen: dict[str, list[RunRow]], n_boot: int, boot_seed: int
+    study: Study, chosen: dict[str, list[RunRow]], n_boot: int, boot_seed: int, baseline: str
 ) -> dict[str, Any]:
     secondary = {}
     for key, name, lower in SECONDARY:
@@ -281,13 +297,13 @@ def _secondary(
             "summary": {label: summarise(v) for label, v in values.items()},
             "comparisons": paired.compare_family(
                 values,
-                study.baseline,
+                baseline,
                 lower_is_better=lower,
                 n_boot=n_boot,
                 seed=boot_seed,
                 metric=name,
             )
-            if len(values) > 1 and study.baseline in values
+            if len(values) > 1 and baseline in values
             else {},
         }
     return secondary

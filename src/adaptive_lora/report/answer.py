@@ -256,7 +256,9 @@ def answer_lines(baseline: str, analysis: dict[str, Any]) -> list[str]:
     body: list[str] = []
     if analysis.get("ladder"):
         body.append(_ladder_line(baseline, analysis["ladder"]))
+    default = baseline
     for budget, block in analysis["budgets"].items():
+        baseline = block.get("baseline") or default  # a budget's own, where it has one
         tested = _tested(block["comparisons"])
         decisions = {
             label: d for label, d in (block.get("sequential") or {}).items() if label in tested

@@ -93,7 +93,7 @@ def main_table_rows(study: Study, block: dict[str, Any]) -> list[dict[str, str]]
     for label in block["strategies"]:  # the strategies run at this budget
         entry = block["strategies"][label]
         comparison = block["comparisons"].get(label)
-        is_base = label == study.baseline
+        is_base = label == (block.get("baseline") or study.baseline)
         out.append(
             {
                 "strategy": label,

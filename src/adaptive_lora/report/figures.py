@@ -21,7 +21,7 @@ from adaptive_lora.allocation.heatmap import draw_layer_kind_heatmap
 from adaptive_lora.analysis.descriptive import mean_ci_t
 from adaptive_lora.model.inventory import ALL_KINDS, ModuleInfo
 from adaptive_lora.records import ALLOCATION_KEY, atomic_path
-from adaptive_lora.report.analyse import PRIMARY
+from adaptive_lora.report.analyse import PRIMARY, study_at
 from adaptive_lora.report.recovery import recovery_panels
 from adaptive_lora.report.timing import PHASES, REST, phase_seconds
 from adaptive_lora.study.spec import Study
@@ -142,6 +142,7 @@ def _fig_paired(study: Study, analysis: dict[str, Any], folder: Path) -> list[Pa
     doubling = analysis.get("one_doubling")
     fig, axes = _subplots(len(blocks), height=4.0)
     for ax, (budget, block) in zip(axes, blocks.items()):
+        baseline = study_at(study, block).baseline
         comps = block["comparisons"]
         labels = list(comps)
         _strip(
@@ -150,7 +151,7 @@ def _fig_paired(study: Study, analysis: dict[str, Any], folder: Path) -> list[Pa
             [comps[k].diffs for k in labels],
             [comps[k].mean_diff for k in labels],
             [_adjusted_ci(comps[k].diffs, len(labels)) for k in labels],
-            f"test loss − {study.baseline}",
+            f"test loss − {baseline}",
         )
         ax.axhline(0.0, color="grey", lw=0.8, ls="--")
         if margin:
@@ -163,7 +164,7 @@ def _fig_paired(study: Study, analysis: dict[str, Any], folder: Path) -> list[Pa
             ax.text(0.0, doubling, f" one doubling of rank ({doubling:+.4f})", color="C1",
                     fontsize=7, transform=ax.get_yaxis_transform(), va="bottom")  # fmt: skip
         ax.set_title(
-            f"budget {budget} (below 0: better than {study.baseline})\n"
+            f"budget {budget} (below 0: better than {baseline})\n"
             f"mean, 95% interval adjusted for {len(labels)} comparisons",
             fontsize=9,
         )

@@ -25,6 +25,12 @@ def _tex(text: str) -> str:
     )
 
 
+def _own_baselines(study: Study) -> str:
+    """" (peft_default at qv:r1)" for each budget with a baseline of its own."""
+    own = getattr(study, "baseline_by_budget", None) or {}
+    return "".join(f" ({_tex(label)} at {_tex(budget)})" for budget, label in own.items())
+
+
 def render_latex(study: Study, analysis: dict[str, Any]) -> str:
     columns = [c for c in _columns(study) if c[0] != "strategy"]
     heads = {
@@ -46,7 +52,8 @@ def render_latex(study: Study, analysis: dict[str, Any]) -> str:
         "\\centering",
         "\\small",
         f"\\caption{{Test loss per rank-allocation strategy (study {_tex(study.name)}). "
-        f"$\\Delta$: strategy $-$ {_tex(study.baseline)}, paired by seed; intervals are "
+        f"$\\Delta$: strategy $-$ {_tex(study.baseline)}{_own_baselines(study)}, paired by "
+        "seed; intervals are "
         "95\\% $t$ intervals; $p$: paired $t$-test and Wilcoxon signed-rank test, "
         f"{_sides(analysis)}, Holm-corrected per budget.}}",
         f"\\label{{tab:{_slug(study.name)}}}",

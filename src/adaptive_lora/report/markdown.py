@@ -10,7 +10,13 @@ from typing import Any
 from adaptive_lora.analysis.comparison import FamilyComparison
 from adaptive_lora.analysis.formatting import fmt_g, fmt_num, fmt_p, fmt_sig
 from adaptive_lora.evaluation_metrics import metrics_of_source
-from adaptive_lora.report.analyse import LOSS_DECIMALS, PRIMARY, environment, metric_words
+from adaptive_lora.report.analyse import (
+    LOSS_DECIMALS,
+    PRIMARY,
+    environment,
+    metric_words,
+    study_at,
+)
 from adaptive_lora.report.answer import answer_lines
 from adaptive_lora.report.cells import (
     _columns,
@@ -67,6 +73,15 @@ def split_sentence(data: Any) -> str:
     return (
         f"One fixed split ({order}): the answer is conditional on these {data.n_test} test items."
     )
+
+
+def baseline_words(study: Study) -> str:
+    """The baseline as prose: "`uniform`", or "`uniform` (`peft_default` at qv:r1)"."""
+    own = getattr(study, "baseline_by_budget", None) or {}
+    if not own:
+        return f"`{study.baseline}`"
+    at = "; ".join(f"`{label}` at {budget}" for budget, label in own.items())
+    return f"`{study.baseline}` ({at})"
 
 
 def _placed_budgets_note(study: Study) -> str:
@@ -166,7 +181,7 @@ def _setup_lines(
         f"`{t.precision}`; α/r = {config.adapter.alpha_ratio:g}"
         f"{' (rsLoRA)' if config.adapter.rslora else ''}, dropout {config.adapter.dropout:g}.",
         _evaluation_line(config, analysis.get("cut_off_answers")),
-        f"- **Baseline:** `{study.baseline}`.",
+        f"- **Baseline:** {baseline_words(study)}.",
         "",
         "| strategy | allocation | parameters | learning rate(s) |",
         "|---|---|---|---|",
@@ -297,18 +312,21 @@ def _not_run_lines(study: Study) -> list[str]:
 def _results_lines(study: Study, analysis: dict[str, Any]) -> list[str]:
     """Per budget: the main table, what the comparisons found, and the secondary metrics."""
     lines: list[str] = []
-    columns = _columns(study)
     for budget, block in analysis["budgets"].items():
+        here = study_at(study, block)  # this budget's baseline, where it has its own
         lines += [f"## Test loss at budget {budget}", ""]
-        cells = main_table_rows(study, block)
+        if here is not study:
+            lines += [f"At this budget every strategy is compared with `{here.baseline}`.", ""]
+        cells = main_table_rows(here, block)
+        columns = _columns(here)
         lines += markdown_table(
             [h for _, h in columns], [[c[k] for k, _ in columns] for c in cells]
         )
-        lines += _comparison_lines(study, block["comparisons"])
+        lines += _comparison_lines(here, block["comparisons"])
         lines += _two_level_lines(block["comparisons"])
-        lines += sequential_lines(study.baseline, block.get("sequential") or {})
+        lines += sequential_lines(here.baseline, block.get("sequential") or {})
         if block["secondary"]:
-            lines += _secondary_lines(study, budget, block)
+            lines += _secondary_lines(here, budget, block)
     return lines
 
 
@@ -696,7 +714,7 @@ def render_markdown(
     lines = [
         f"# Study `{study.name}`: rank allocation at a fixed parameter budget",
         "",
-        f"**Question.** {QUESTION} Every strategy is compared with `{study.baseline}` on "
+        f"**Question.** {QUESTION} Every strategy is compared with {baseline_words(study)} on "
         "test loss, paired by seed.",
         "",
     ]

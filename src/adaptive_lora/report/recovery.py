@@ -6,7 +6,8 @@ share of the budget on planted modules and the overlap of its most-ranked module
 the planted set (both recorded by each run, `allocation/oracle.planted_metrics`; AdaLoRA
 measured on the ranks it ended with), and its test loss against the cell's reference and
 against `oracle`, paired by seed. The reference is the study's baseline where it ran at
-that budget, else `peft_default` (below r1 `uniform` cannot spend the budget).
+that budget (its own, where the study names one per budget), else `peft_default` (below
+r1 `uniform` cannot spend the budget).
 
 Those Δ are descriptive (means over the seeds both ran); the tests, with their
 corrections, are the per-budget comparisons above them. A strategy that does not read
@@ -64,11 +65,12 @@ def _mean(values: Sequence[float]) -> float | None:
 
 
 def recovery_block(
-    rows: Sequence[RunRow], budgets: Sequence[str], baseline: str, primary: str
+    rows: Sequence[RunRow], baselines: Mapping[str, str], primary: str
 ) -> dict[str, Any] | None:
     """The recovery numbers of the reported `rows` of a planted study (None when no row
-    records a planted task): per budget, per strategy label, the mean budget share and
-    overlap, Δ test loss against the reference and the oracle, and what it reads."""
+    records a planted task): per budget (`baselines`: budget → its baseline), per strategy
+    label, the mean budget share and overlap, Δ test loss against the reference and the
+    oracle, and what it reads."""
     planted = [r for r in rows if isinstance(r.metrics.get(PLANTED_KEY), dict)]
     if not planted:
         return None
@@ -80,7 +82,7 @@ def recovery_block(
         "kl_on_samples": first.get("kl_on_samples"),
         "budgets": {},
     }
-    for budget in budgets:
+    for budget, baseline in baselines.items():
         here = [r for r in planted if r.budget == budget]
         by_label: dict[str, list[RunRow]] = defaultdict(list)
         for row in here:

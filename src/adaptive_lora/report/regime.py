@@ -82,8 +82,9 @@ def heatmap_cells(
     for key, analysis in analyses.items():
         for budget, block in analysis["budgets"].items():
             decisions = block.get("sequential") or {}
+            here = block.get("baseline") or baseline  # a budget's own, where it has one
             for label, c in block.get("comparisons", {}).items():
-                if label == baseline:
+                if label == here:
                     continue
                 decided = decisions.get(label) or {}
                 cells.append(
@@ -92,7 +93,8 @@ def heatmap_cells(
                      "p_t_holm": c.p_t_holm, "significant": c.significant,
                      "decision": decided.get("decision"),
                      "tightest_margin": decided.get("tightest_margin"),
-                     "two_level": getattr(c, "two_level", None)}
+                     "two_level": getattr(c, "two_level", None),
+                     **({"baseline": here} if here != baseline else {})}
                 )  # fmt: skip
     return cells
 

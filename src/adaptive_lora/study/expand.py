@@ -118,9 +118,10 @@ def _run_config(
     return RunConfig.from_dict(resolved)
 
 
-def spec_hash(name: str, baseline: str, runs: list[RunSpec]) -> str:
-    return hashlib.sha256(
-        canonical_json(
-            {"name": name, "baseline": baseline, "runs": [[r.run_id, r.label] for r in runs]}
-        ).encode()
-    ).hexdigest()[:16]
+def spec_hash(
+    name: str, baseline: str, runs: list[RunSpec], by_budget: dict[str, str] | None = None
+) -> str:
+    spec: dict = {"name": name, "baseline": baseline, "runs": [[r.run_id, r.label] for r in runs]}
+    if by_budget:  # only then: a study with one baseline keeps the hash it always had
+        spec["baseline_by_budget"] = dict(sorted(by_budget.items()))
+    return hashlib.sha256(canonical_json(spec).encode()).hexdigest()[:16]

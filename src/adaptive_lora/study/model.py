@@ -77,7 +77,7 @@ class StudyDesign:
     tasks: list[Task]
     budget_values: tuple[Budget, ...]  # in the file's order
     strategies: list[StrategyEntry]
-    baseline: str  # the label every comparison is against
+    baseline: str  # the label every comparison is against (at a budget without its own)
     seeds: list[int]  # the reporting seeds
     lr: LrRule
     out: Path
@@ -89,6 +89,13 @@ class StudyDesign:
     resources: dict[str, float] = field(default_factory=dict)  # `schema.RESOURCE_KEYS` given
     # Group key → its rate choices, from the tuning runs stored so far (`choices_from`).
     lr_choices_by_group: dict[str, Choices] = field(default_factory=dict)
+    # Budget → its own baseline, where `baseline` cannot spend it (below r1 `uniform` does
+    # not exist; `peft_default` does): `baseline: {default: uniform, "qv:r1": peft_default}`.
+    baseline_by_budget: dict[str, str] = field(default_factory=dict)
+
+    def baseline_at(self, budget: str) -> str:
+        """The label every comparison at `budget` is against."""
+        return self.baseline_by_budget.get(budget, self.baseline)
 
     @property
     def budgets(self) -> list[str]:

@@ -66,7 +66,7 @@ def pilot_sd(
     if group is None:
         return math.nan, "no pilot runs with this model and data"
     rows = pilot.rows_of(group, pilot_rows)
-    base = _losses(pilot, rows, group.key, budget, pilot.baseline)
+    base = _losses(pilot, rows, group.key, budget, pilot.baseline_at(budget))
     mine = _losses(pilot, rows, group.key, budget, label) if label in pilot.labels else {}
     pairs = [mine[s] - base[s] for s in sorted(set(base) & set(mine))]
     if len(pairs) >= 2 and np.std(pairs, ddof=1) > 0:
@@ -114,9 +114,10 @@ def plan_study(study: Study, pilot: Study, pilot_rows: Sequence[RunRow], *,
         part = study.for_group(group)  # the strategies that run in this group (`where`)
         for budget in study.budgets:
             labels = [label for label in part.labels if budget in part.budgets_for(label)]
-            if study.baseline not in labels:
+            baseline = study.baseline_at(budget)
+            if baseline not in labels:
                 continue
-            compared = [label for label in labels if label != study.baseline]
+            compared = [label for label in labels if label != baseline]
             for label in compared:
                 h = study.hypotheses.for_comparison(label)
                 sd, source = pilot_sd(pilot, pilot_rows, group.signature, budget, label)
@@ -140,7 +141,7 @@ def warning_lines(study: Study, plans: list[ComparisonPlan]) -> list[str]:
     titles = study.group_titles(plain=True)
     lines = []
     for p in plans:
-        where = f"{p.label} vs {study.baseline} at {p.budget}" + (
+        where = f"{p.label} vs {study.baseline_at(p.budget)} at {p.budget}" + (
             f" ({titles[p.group]})" if study.multi_group else ""
         )
         for warning in p.plan.get("warnings", []):

@@ -82,7 +82,10 @@ class StudyFile:
         "steps a tuning grid may grow past an edge (default 1 with lr_tuning_seeds)", None
     )
     cross_budget: Section | None = help_field("{small, large, margin} (protocol.py)", None)
-    baseline: str = help_field("the strategy label every comparison is against", "uniform")
+    baseline: Any = help_field(
+        "the strategy label every comparison is against, or {default: LABEL, BUDGET: LABEL}",
+        "uniform",
+    )
     out: str | None = help_field("the study's folder (default studies/<name>)", None)
     resources: Section | None = help_field("threads_per_run, gpus_per_run, memory_gb", None)
     hypotheses: Section | None = help_field("declared before the runs (hypotheses.py)", None)
@@ -349,11 +352,51 @@ def strategy_entries(value: list[object] | None, budgets: list[str]) -> list[Str
 
 def check_baseline(value: str, entries: list[StrategyEntry]) -> str:
     labels = [e.label for e in entries]
-    if value not in labels:
+    if not isinstance(value, str) or value not in labels:
         raise UserError(
             f"baseline {value!r} is not one of the strategies' labels ({', '.join(labels)})"
         )
     return value
+
+
+def parse_baselines(
+    value: Any, entries: list[StrategyEntry], budgets: list[str]
+) -> tuple[str, dict[str, str]]:
+    """`baseline`: one label, or {default: LABEL, BUDGET: LABEL, ...} where a budget needs
+    its own (below r1 `uniform` cannot spend; `peft_default` can). Each label must run at
+    the budgets it is the baseline of."""
+    if not isinstance(value, dict):
+        return check_baseline(value, entries), {}
+    if "default" not in value:
+        raise UserError(
+            "baseline: a mapping needs `default` (the baseline at every budget not named), "
+            'e.g. {default: uniform, "qv:r1": peft_default}'
+        )
+    default = check_baseline(value["default"], entries)
+    own = {str(k): v for k, v in value.items() if k != "default"}
+    unknown = sorted(set(own) - set(budgets))
+    if unknown:
+        raise UserError(
+            f"baseline: {', '.join(unknown)} not among the study's budgets ({', '.join(budgets)})"
+        )
+    by_label = {e.label: e for e in entries}
+    for budget, label in own.items():
+        check_baseline(label, entries)
+        runs_at = by_label[label].budgets
+        if runs_at is not None and budget not in runs_at:
+            raise UserError(
+                f"baseline: {label!r} is the baseline at {budget} but does not run there"
+            )
+    for budget in budgets:
+        if budget in own:
+            continue
+        runs_at = by_label[default].budgets
+        if runs_at is not None and budget not in runs_at:
+            raise UserError(
+                f"baseline: {default!r} (the default) does not run at {budget}; name that "
+                f"budget's own baseline, e.g. {{default: {default}, {budget!r}: peft_default}}"
+            )
+    return default, {b: label for b, label in own.items() if label != default}
 
 
 def base_sections(top: StudyFile, model: str) -> dict[str, Any]:
@@ -410,7 +453,7 @@ def read_study(raw: dict[str, Any]) -> StudyDesign:
     budgets = parse_budget_list(top.budgets)
     labels = [b.label for b in budgets]
     entries = strategy_entries(top.strategies, labels)
-    baseline = check_baseline(top.baseline, entries)
+    baseline, baseline_by_budget = parse_baselines(top.baseline, entries, labels)
     hypotheses = parse_hypotheses(top.hypotheses, [e.label for e in entries], baseline)
     candidates = (
         lr_list(top.lr_candidates, "lr_candidates") if top.lr_candidates is not None else None
@@ -420,7 +463,8 @@ def read_study(raw: dict[str, Any]) -> StudyDesign:
     cross_budget = parse_cross_budget(top.cross_budget, budgets, baseline_budgets or tuple(labels))
     tasks = parse_tasks(top.tasks, top.data, top.eval)
     groups = build_groups(models, tasks, base_sections(top, models[0]))
-    check_where(entries, groups, baseline)
+    for label in {baseline, *baseline_by_budget.values()}:
+        check_where(entries, groups, label)
     check_splits(groups, tuned=candidates is not None or any(e.lr for e in entries))
     if top.out is not None and not top.out:
         raise UserError(f"out must be a folder path, got {top.out!r}")
@@ -433,5 +477,5 @@ def read_study(raw: dict[str, Any]) -> StudyDesign:
         lr=LrRule(candidates, tuple(tuning_seeds), extend, base_lr),
         out=Path(top.out or f"studies/{name}").expanduser(), groups=groups,
         hypotheses=hypotheses, seed_plan=seed_plan, cross_budget=cross_budget,
-        resources=resources,
+        resources=resources, baseline_by_budget=baseline_by_budget,
     )  # fmt: skip

@@ -49,9 +49,8 @@ def _diffs(
 
 def _compared(study: StudyDesign, budget: str) -> list[str]:
     labels = [label for label in study.labels if budget in study.budgets_for(label)]
-    return (
-        [label for label in labels if label != study.baseline] if study.baseline in labels else []
-    )
+    baseline = study.baseline_at(budget)
+    return [label for label in labels if label != baseline] if baseline in labels else []
 
 
 def _plan(study: StudyDesign) -> SeedPlan:
@@ -66,7 +65,7 @@ def comparison_progress(
     """Label → (seeds it needs now, its latest decision or None before the first look)."""
     plan = _plan(study)
     compared = _compared(study, budget)
-    base = _values(study, group, rows, budget, study.baseline)
+    base = _values(study, group, rows, budget, study.baseline_at(budget))
     out: dict[str, tuple[int, SequentialDecision | None]] = {}
     for label in compared:
         design = study.sequential_design(label, family_size=len(compared))
@@ -96,7 +95,9 @@ def seed_counts(
         for label, (needed, _) in progress.items():
             counts[(budget, label)] = needed
         if progress:
-            counts[(budget, study.baseline)] = max(needed for needed, _ in progress.values())
+            counts[(budget, study.baseline_at(budget))] = max(
+                needed for needed, _ in progress.values()
+            )
     # A budget where only the baseline runs (a cross-budget reference) keeps pace with
     # the group's most-seeded cell.
     most = max(counts.values(), default=looks[0])
@@ -117,11 +118,12 @@ def open_cells(study: StudyDesign, group: Group, rows: Sequence[RunRow]) -> set[
         going = [label for label, (_, d) in progress.items() if d is None or not d.stopped]
         cells |= {(budget, label) for label in going}
         if going:
-            cells.add((budget, study.baseline))
+            cells.add((budget, study.baseline_at(budget)))
     if cells:
         for budget in study.budgets:
-            if not _compared(study, budget) and budget in study.budgets_for(study.baseline):
-                cells.add((budget, study.baseline))
+            baseline = study.baseline_at(budget)
+            if not _compared(study, budget) and budget in study.budgets_for(baseline):
+                cells.add((budget, baseline))
     return cells
 
 

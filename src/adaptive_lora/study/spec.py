@@ -185,7 +185,7 @@ def build_study(design: StudyDesign, rows: Sequence[RunRow], *, path: Path, text
     settings = {f.name: getattr(chosen, f.name) for f in dataclasses.fields(StudyDesign)}
     return Study(
         **settings, path=path, text=text, runs=runs,
-        spec_hash=spec_hash(chosen.name, chosen.baseline, runs),
+        spec_hash=spec_hash(chosen.name, chosen.baseline, runs, chosen.baseline_by_budget),
     )  # fmt: skip
 
 
