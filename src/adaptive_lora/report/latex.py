@@ -26,7 +26,7 @@ def _tex(text: str) -> str:
 
 
 def _own_baselines(study: Study) -> str:
-    """" (peft_default at qv:r1)" for each budget with a baseline of its own."""
+    """ " (peft_default at qv:r1)" for each budget with a baseline of its own."""
     own = getattr(study, "baseline_by_budget", None) or {}
     return "".join(f" ({_tex(label)} at {_tex(budget)})" for budget, label in own.items())
 
