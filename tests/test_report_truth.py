@@ -235,3 +235,13 @@ def test_a_claim_the_items_do_not_carry_says_so_beside_the_verdict():
     assert items_tail("superior", {"ci": [-0.004, 0.0002], "confidence": 0.95})
     assert items_tail("inferior", {"ci": [0.0005, 0.0042], "confidence": 0.95}) == ""
     assert items_tail("equivalent", wide) == "" and items_tail("inferior", None) == ""
+
+
+def test_a_heatmap_cell_holds_its_delta_and_the_decision_in_a_word():
+    from adaptive_lora.report.regime import _cell_text
+
+    cell = {"mean_diff": 0.0018, "decision": "inferior", "significant": True}
+    assert _cell_text(cell, sequential=True) == "+0.0018\nworse"
+    assert _cell_text({**cell, "decision": "equivalent"}, sequential=True) == "+0.0018\nequiv."
+    assert _cell_text({**cell, "decision": None}, sequential=True) == "+0.0018\nopen"
+    assert _cell_text(cell, sequential=False) == "+0.0018*"

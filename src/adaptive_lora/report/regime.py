@@ -221,7 +221,7 @@ def heatmap_colour(cells: list[dict[str, Any]]) -> tuple[str, str, str]:
 
 
 # The design's decision under a cell's Δ: what the study concluded, in a word.
-DECISION_WORDS = {
+CELL_WORDS = {
     "superior": "better", "inferior": "worse", "equivalent": "equiv.", "futile": "futile",
     "continue": "open", "inconclusive": "open",
 }  # fmt: skip
@@ -230,7 +230,7 @@ DECISION_WORDS = {
 def _cell_text(cell: dict[str, Any], sequential: bool) -> str:
     text = fmt_num(cell["mean_diff"], 4, plus=True)
     if sequential:
-        return text + "\n" + DECISION_WORDS.get(cell.get("decision") or "", "open")
+        return text + "\n" + CELL_WORDS.get(cell.get("decision") or "", "open")
     return text + ("*" if cell["significant"] else "")
 
 
