@@ -615,6 +615,7 @@ def test_sigkill_mid_run_then_resume_runs_only_the_interrupted_run(tmp_path):
         "regime-map-xeon",
         "gemma3-linear-decay",
         "alpaca-smollm2-reduced",
+        "planted-pilot",
     ],
 )
 def test_shipped_configs(name, monkeypatch):
