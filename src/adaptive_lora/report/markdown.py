@@ -260,7 +260,7 @@ def _status_lines(study: Study, analysis: dict[str, Any]) -> list[str]:
         lines += [
             "",
             f"**{missing} run(s) are missing.** The comparisons use only the seeds present "
-            f"for both the strategy and `{study.baseline}` (paired seeds); the numbers will "
+            f"for both the strategy and {baseline_words(study)} (paired seeds); the numbers will "
             "change when the study is complete.",
         ]
         for budget, block in analysis["budgets"].items():
