@@ -262,6 +262,48 @@ def _ladder_panel(ax: Any, entry: dict[str, Any]) -> None:
     ax.tick_params(labelsize=7)
 
 
+def _draw_heatmap(cells: list[dict[str, Any]], folder: Any) -> list[Any]:
+    """`regime_heatmap`: strategy × cell, Δ in loss units, the decision or a star in it."""
+    import matplotlib.pyplot as plt
+
+    from adaptive_lora.report.figures import _save
+
+    strategies = list(dict.fromkeys(c["strategy"] for c in cells))
+    columns = list(dict.fromkeys((c["title"], c["budget"]) for c in cells))
+    key, label, _ = heatmap_colour(cells)
+    grid = np.full((len(strategies), len(columns)), np.nan)
+    for c in cells:
+        grid[strategies.index(c["strategy"]), columns.index((c["title"], c["budget"]))] = c[key]
+    bound = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
+    bound = bound or 1.0  # every Δ zero: any scale shows white
+    sequential = any(c.get("decision") for c in cells)
+    fig, ax = plt.subplots(
+        figsize=(
+            2.6 + 1.2 * len(columns),
+            1.4 + (0.55 if sequential else 0.45) * len(strategies),
+        )
+    )
+    image = ax.imshow(grid, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
+    for c in cells:
+        i, j = strategies.index(c["strategy"]), columns.index((c["title"], c["budget"]))
+        # White on the dark ends of the scale, black on the pale middle.
+        dark = abs(c[key]) > 0.6 * bound if c[key] is not None else False
+        ax.text(j, i, _cell_text(c, sequential), ha="center", va="center", fontsize=6,
+                color="white" if dark else "black")  # fmt: skip
+    ax.set_yticks(range(len(strategies)), strategies, fontsize=7)
+    labels = [f"{t.replace('`', '')}\n{b}" for t, b in columns]
+    ax.set_xticks(range(len(columns)), labels, fontsize=6, rotation=30, ha="right")
+    fig.colorbar(image, ax=ax, label=label)
+    title = (
+        "Δ test loss against the baseline per cell\n(under it: the design's decision)"
+        if sequential
+        else "Δ test loss against the baseline per cell (* Holm p < 0.05)"
+    )
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, folder, "regime_heatmap")
+
+
 def draw_regime(
     regime: list[dict[str, Any]], cells: list[dict[str, Any]], folder: Any
 ) -> list[Any]:
@@ -271,7 +313,6 @@ def draw_regime(
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     from adaptive_lora.report.figures import _save, _subplots
 
@@ -288,41 +329,7 @@ def draw_regime(
         paths += _save(fig, folder, "regime_ladder")
 
     if cells:
-        strategies = list(dict.fromkeys(c["strategy"] for c in cells))
-        columns = list(dict.fromkeys((c["title"], c["budget"]) for c in cells))
-        # d_z needs two seeds; with one, the colour is the Δ itself (and the bar says so).
-        key, label, _ = heatmap_colour(cells)
-        grid = np.full((len(strategies), len(columns)), np.nan)
-        for c in cells:
-            grid[strategies.index(c["strategy"]), columns.index((c["title"], c["budget"]))] = c[key]
-        bound = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
-        bound = bound or 1.0  # every Δ zero: any scale shows white
-        sequential = any(c.get("decision") for c in cells)
-        fig, ax = plt.subplots(
-            figsize=(
-                2.6 + 1.2 * len(columns),
-                1.4 + (0.55 if sequential else 0.45) * len(strategies),
-            )
-        )
-        image = ax.imshow(grid, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
-        for c in cells:
-            i, j = strategies.index(c["strategy"]), columns.index((c["title"], c["budget"]))
-            # White on the dark ends of the scale, black on the pale middle.
-            dark = abs(c[key]) > 0.6 * bound if c[key] is not None else False
-            ax.text(j, i, _cell_text(c, sequential), ha="center", va="center", fontsize=6,
-                    color="white" if dark else "black")  # fmt: skip
-        ax.set_yticks(range(len(strategies)), strategies, fontsize=7)
-        labels = [f"{t.replace('`', '')}\n{b}" for t, b in columns]
-        ax.set_xticks(range(len(columns)), labels, fontsize=6, rotation=30, ha="right")
-        fig.colorbar(image, ax=ax, label=label)
-        title = (
-            "Δ test loss against the baseline per cell\n(under it: the design's decision)"
-            if sequential
-            else "Δ test loss against the baseline per cell (* Holm p < 0.05)"
-        )
-        ax.set_title(title, fontsize=9)
-        fig.tight_layout()
-        paths += _save(fig, folder, "regime_heatmap")
+        paths += _draw_heatmap(cells, folder)
     return paths
 
 

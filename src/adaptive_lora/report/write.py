@@ -159,6 +159,13 @@ def _one_doubling(analysis: dict, ladder_entry: dict) -> None:
         analysis["one_doubling"] = gain.mean
 
 
+def _doublings(analyses: dict[str, dict], regime: list[dict]) -> None:
+    """Each group's paired figure gets its own ladder's doubling."""
+    for entry in regime:
+        if entry["ladder"]:
+            _one_doubling(analyses[entry["group"]], entry)
+
+
 def _group_section(
     part: tuple,
     title: str,
@@ -329,9 +336,7 @@ def _multi_group(
         stats: dict = {"models": by_model, "cross_model_agreement": agreement}
     else:
         regime, cells = regime_and_cells
-        for entry in regime:  # each group's paired figure gets its own ladder's doubling
-            if entry["ladder"]:
-                _one_doubling(analyses[entry["group"]], entry)
+        _doublings(analyses, regime)
         lines = [
             *_factorial_head(study, parts, declared, regime, cells, comparison, files, out_dir),
             *notes_lines(notes, study),
