@@ -192,6 +192,23 @@ def _interrupted_within(study, wanted: dict[str, int], seconds: float) -> float:
     pytest.fail(f"runs {sorted(wanted)} not back to pending {seconds:.0f} s after the kill")
 
 
+def _kill_the_raylet_and_see_the_runs_restart(study, proc) -> tuple[dict, dict]:
+    """SIGKILL of the study's local raylet once both runs are on workers: within 30 s both
+    are pending again, then Ray restarts and both start on new workers. Returns (run id →
+    worker pid) before and after."""
+    first = _runs_on_workers(study, proc, want=2)
+    _raylet_of(proc.pid).kill()
+    assert _interrupted_within(study, dict.fromkeys(first, 1), 30) < 30
+    second = {}
+    while len(second) < 2:  # the local Ray restarted: runs start on new workers
+        second = {
+            i: pid
+            for i, pid in _runs_on_workers(study, proc, want=2).items()
+            if pid not in first.values()
+        }
+    return first, second
+
+
 def test_after_the_local_rays_restart_sigterm_still_stops_the_study_cleanly(
     tmp_path, tiny_model, time_limit, no_ray_left
 ):
@@ -206,16 +223,7 @@ def test_after_the_local_rays_restart_sigterm_still_stops_the_study_cleanly(
     command = [sys.executable, "-m", "adaptive_lora.cli", "run", str(path), *flags]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        first = _runs_on_workers(study, proc, want=2)
-        _raylet_of(proc.pid).kill()
-        assert _interrupted_within(study, dict.fromkeys(first, 1), 30) < 30
-        second = {}
-        while len(second) < 2:  # the local Ray restarted: runs start on new workers
-            second = {
-                i: pid
-                for i, pid in _runs_on_workers(study, proc, want=2).items()
-                if pid not in first.values()
-            }
+        first, second = _kill_the_raylet_and_see_the_runs_restart(study, proc)
         os.kill(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:
@@ -245,16 +253,7 @@ def test_a_dead_raylet_is_noticed_the_local_ray_restarts_once_then_the_study_sto
     command = [sys.executable, "-m", "adaptive_lora.cli", "run", str(path), *flags]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        first = _runs_on_workers(study, proc, want=2)
-        _raylet_of(proc.pid).kill()
-        assert _interrupted_within(study, dict.fromkeys(first, 1), 30) < 30
-        second = {}
-        while len(second) < 2:  # the local Ray restarted: runs start on new workers
-            second = {
-                i: pid
-                for i, pid in _runs_on_workers(study, proc, want=2).items()
-                if pid not in first.values()
-            }
+        first, second = _kill_the_raylet_and_see_the_runs_restart(study, proc)
         _raylet_of(proc.pid).kill()
         wanted = {run_id: 1 + (run_id in first) for run_id in second}
         assert _interrupted_within(study, wanted, 30) < 30

@@ -195,13 +195,6 @@ def _decisions_summary(comparison: dict[str, Any]) -> str:
     return text + (f"; differ on {', '.join(differ)}" if differ else "")
 
 
-def run_families(rows: Any) -> list[str]:
-    """The CPU matrix families (or GPU) the done runs ran on (`unknown`: not recorded)."""
-    return sorted(
-        {str(r.manifest.get("matrix_family") or "unknown") for r in rows if r.status == "done"}
-    )
-
-
 CROSS = "†"  # marks a comparison whose two sides ran on different CPU families
 
 

@@ -130,15 +130,10 @@ def cut_off_block(rows: list[RunRow]) -> dict[str, Any] | None:
     }
 
 
-def block_baseline(study: Any, block: dict[str, Any]) -> str:
-    """The baseline of one budget's block (its own where the study names one)."""
-    return block.get("baseline") or study.baseline
-
-
 def study_at(study: Any, block: dict[str, Any]) -> Any:
     """The study as one budget's tables, verdicts and figures see it: its baseline that
     budget's (the study itself where that is the study's one baseline)."""
-    baseline = block_baseline(study, block)
+    baseline = block.get("baseline") or study.baseline
     return study if baseline == study.baseline else dataclasses.replace(study, baseline=baseline)
 
 

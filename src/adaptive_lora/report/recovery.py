@@ -48,10 +48,6 @@ def what_it_reads(strategy: str) -> str:
     return "shapes only"
 
 
-def _strategy_name(row: RunRow) -> str:
-    return row.strategy
-
-
 def _paired_delta(mine: Mapping[int, float], theirs: Mapping[int, float]) -> dict[str, Any]:
     """Mean of (mine − theirs) over the seeds both have finite values for."""
     seeds = sorted(s for s in mine if s in theirs and math.isfinite(mine[s] + theirs[s]))
@@ -102,8 +98,8 @@ def recovery_block(
         for label, runs in by_label.items():
             records = [r.metrics[PLANTED_KEY] for r in runs]
             strategies[label] = {
-                "strategy": _strategy_name(runs[0]),
-                "reads": what_it_reads(_strategy_name(runs[0])),
+                "strategy": runs[0].strategy,
+                "reads": what_it_reads(runs[0].strategy),
                 "seeds": sorted(r.seed for r in runs),
                 "budget_share": _mean([float(p["budget_share"]) for p in records]),
                 "overlap": _mean([float(p["overlap"]) for p in records]),
@@ -130,7 +126,7 @@ def _delta(entry: dict[str, Any] | None) -> str:
     return _number(entry["mean"]) + (f" (n={entry['n']})" if entry["n"] != 1 else "")
 
 
-def recovery_lines(block: dict[str, Any] | None, figure_lines: Sequence[str] = ()) -> list[str]:
+def recovery_lines(block: dict[str, Any] | None) -> list[str]:
     """The report's recovery section (empty for a study that is not on a planted task)."""
     if not block:
         return []
@@ -167,7 +163,7 @@ def recovery_lines(block: dict[str, Any] | None, figure_lines: Sequence[str] = (
         if reference is None:
             lines += ["", "Neither the baseline nor peft_default ran at this budget."]
         lines.append("")
-    return lines + list(figure_lines)
+    return lines
 
 
 def recovery_panels(

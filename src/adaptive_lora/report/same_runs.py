@@ -55,6 +55,13 @@ def _differences(pairs: list[tuple[RunRow, RunRow]], key: str) -> list[float]:
     ]
 
 
+def run_families(rows: Sequence[RunRow]) -> list[str]:
+    """The CPU matrix families (or GPU) the done runs ran on (`unknown`: not recorded)."""
+    return sorted(
+        {str(r.manifest.get("matrix_family") or "unknown") for r in rows if r.status == DONE}
+    )
+
+
 def same_runs(
     here: Sequence[RunRow],
     there: Sequence[RunRow],
@@ -84,14 +91,11 @@ def same_runs(
         if diffs:
             by_group[title] = _spread(diffs)
 
-    def families(rows: list[RunRow]) -> list[str]:
-        return sorted({str(r.manifest.get("matrix_family") or "unknown") for r in rows})
-
     listed = None if listed_there is None else set(listed_there)
     return {
         "n": len(pairs),
         "ids": [x.id for x, _ in pairs],
-        "families": [families([x for x, _ in pairs]), families([y for _, y in pairs])],
+        "families": [run_families([x for x, _ in pairs]), run_families([y for _, y in pairs])],
         "metrics": metrics,
         "test_loss_by_group": by_group,
         "not_listed_there": 0 if listed is None else sum(x.id not in listed for x, _ in pairs),

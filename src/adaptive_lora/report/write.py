@@ -9,12 +9,7 @@ from pathlib import Path
 
 from adaptive_lora.analysis.jsonable import to_jsonable
 from adaptive_lora.analysis.ladder import read_gain
-from adaptive_lora.report.against import (
-    against_lines,
-    compare_studies,
-    matched_groups,
-    run_families,
-)
+from adaptive_lora.report.against import against_lines, compare_studies, matched_groups
 from adaptive_lora.report.analyse import analyse
 from adaptive_lora.report.cross_model import agreement_lines, cross_model_agreement
 from adaptive_lora.report.environment_check import refuse_mixed
@@ -29,7 +24,7 @@ from adaptive_lora.report.regime import (
     regime_lines,
     regime_map,
 )
-from adaptive_lora.report.same_runs import same_runs
+from adaptive_lora.report.same_runs import run_families, same_runs
 from adaptive_lora.report.test_sets import test_set_lines
 from adaptive_lora.study.spec import Study
 from adaptive_lora.study.store import (

@@ -6,6 +6,8 @@ An executor is one file behind this Protocol (`local.py` runs in this process,
 
 from __future__ import annotations
 
+import shlex
+import sys
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -83,3 +85,10 @@ class Executor(Protocol):
         quiet: bool = False,
         on_progress: Callable[[str, Progress], None] | None = None,
     ) -> Iterator[RunResult]: ...
+
+
+def resume_command(fallback: str = "the same `adaptive-lora run STUDY.yaml ...` command") -> str:
+    """The command that resumes this study: the one that started it, when it was `run`."""
+    if sys.argv[1:2] == ["run"]:
+        return shlex.join(["adaptive-lora", *sys.argv[1:]])
+    return fallback

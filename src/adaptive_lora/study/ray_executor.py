@@ -33,7 +33,6 @@ import io
 import logging
 import os
 import secrets
-import shlex
 import shutil
 import signal
 import socket
@@ -62,7 +61,7 @@ from adaptive_lora.model.loading import cache_root, load_model
 from adaptive_lora.progress import Progress
 from adaptive_lora.records import STATUS_FAILED, STATUS_INTERRUPTED, RunResult, write_json
 from adaptive_lora.run import execute_run
-from adaptive_lora.study.executor import Stopped, Where
+from adaptive_lora.study.executor import Stopped, Where, resume_command
 from adaptive_lora.study.ray_progress import STALL_FLOOR_S, ProgressBoard, StallWatch, worker_sink
 from adaptive_lora.study.spec import RunSpec
 
@@ -435,13 +434,6 @@ def _put_back(handlers: dict[int, Any]) -> None:
     for sig, handler in handlers.items():
         if handler is not None:  # None: a handler not set from Python, nothing to restore
             signal.signal(sig, handler)
-
-
-def resume_command() -> str:
-    """The command that resumes this study: the one that started it, when it was `run`."""
-    if sys.argv[1:2] == ["run"]:
-        return shlex.join(["adaptive-lora", *sys.argv[1:]])
-    return "the same `adaptive-lora run STUDY.yaml ...` command"
 
 
 @dataclass(frozen=True)

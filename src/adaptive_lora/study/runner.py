@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import shlex
 import shutil
 import sqlite3
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -15,7 +13,7 @@ from pathlib import Path
 
 from adaptive_lora.errors import one_line
 from adaptive_lora.records import STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED, RunResult
-from adaptive_lora.study.executor import Executor, Where, as_stopped
+from adaptive_lora.study.executor import Executor, Where, as_stopped, resume_command
 from adaptive_lora.study.local import LocalExecutor
 from adaptive_lora.study.manifest import record_manifest
 from adaptive_lora.study.plan import current_rows, estimate, format_duration
@@ -166,7 +164,12 @@ def _run_pending(
                 size = run_size_text(
                     study.runs_dir / r.id for r in store.rows() if r.status == DONE
                 )
-                raise disk_full_stop(result.run_id, study.out, size, _resume(study))
+                raise disk_full_stop(
+                    result.run_id,
+                    study.out,
+                    size,
+                    resume_command(f"adaptive-lora run {study.path}"),
+                )
             # A finished tuning run may choose a rate; with sequential seeds any finished
             # reporting run may complete a look that opens the next block of seeds.
             if result.run_id in tuning or study.seed_plan is not None:
@@ -189,13 +192,6 @@ def _machine_failures(store: StudyStore, ids: list[str]) -> list[tuple[str, str]
         for row in store.rows()
         if row.id in wanted and row.status == FAILED and transient(row.reason)
     ]
-
-
-def _resume(study: Study) -> str:
-    """The command that runs this study again: the one that started it, when it was `run`."""
-    if sys.argv[1:2] == ["run"]:
-        return shlex.join(["adaptive-lora", *sys.argv[1:]])
-    return f"adaptive-lora run {study.path}"
 
 
 def _backup(store: StudyStore, log: Callable[[str], None]) -> None:

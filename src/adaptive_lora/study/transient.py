@@ -17,8 +17,6 @@ from pathlib import Path
 from adaptive_lora.errors import UserError
 
 DISK_FULL = ("No space left on device", "[Errno 28]", "Disk quota exceeded", "[Errno 122]")
-# What the executors write when a worker, not the run, went wrong (`ray_executor`).
-MACHINE = ("it stalled", "its worker died", "worker died", "node died", "node is dead")
 
 
 def disk_full(reason: str | None) -> bool:
@@ -26,8 +24,10 @@ def disk_full(reason: str | None) -> bool:
 
 
 def transient(reason: str | None) -> bool:
-    """Whether a failed run's recorded reason is the machine's, not the run's."""
-    return disk_full(reason) or (bool(reason) and any(mark in reason for mark in MACHINE))
+    """Whether a failed run's recorded reason is the machine's, not the run's. A stalled
+    or dead worker's run never fails (the executors hand it back as interrupted, and it
+    goes back to pending): a full disk is the machine's one failure."""
+    return disk_full(reason)
 
 
 def folder_bytes(folder: Path) -> int:
