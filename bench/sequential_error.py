@@ -26,6 +26,11 @@ smallest effect of interest δ = 0.65 sd of the paired differences (about 20 see
   With one test set for every seed it is one offset shared by all seeds of a comparison:
   the design then tests the mean on *those* items, and claims a strategy that is no
   better on the item population far more often than α.
+* fwer_fixed_items_unit_seeds_x_items: the same null family with one fixed test set,
+  simulated as per-seed, per-item tables (`ITEMS` items, item effects fixed for the
+  study), judged with the inference unit seeds × items: each look's variance carries
+  the items' share (`analysis/item_variance.py`). It should keep the error within
+  α + 0.01 where the seeds unit (printed beside it, on the same tables) does not.
 * power: a family of one with a true difference of −δ (the strategy is better): the
   share that stop as superior.
 * seeds_saved: 1 − (mean seeds used under that effect) / (seeds a fixed design needs
@@ -44,6 +49,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from adaptive_lora.analysis.item_variance import item_share_by_look
 from adaptive_lora.analysis.planning import seeds_for_t_test, t_test_power
 from adaptive_lora.analysis.sequential import (
     DECISIONS,
@@ -104,6 +110,44 @@ def null_family_with_items(rng: np.random.Generator, studies: int, per_seed: boo
     return (arms[:, 1:] - arms[:, :1]).reshape(studies * FAMILY, n_max)
 
 
+ITEMS = 100  # test items of one fixed test set (the map's Alpaca cells)
+
+
+def fixed_item_tables(rng: np.random.Generator, studies: int) -> np.ndarray:
+    """(studies × FAMILY, n_max, ITEMS) per-seed, per-item differences of FAMILY null
+    strategies against one baseline, every seed scored on the same items: each arm is
+    a_s + b_i + e_si, its item effects b_i fixed for the study. Scaled like
+    `null_family_with_items(per_seed=False)`: a seed mean of a difference has sd 1 over
+    seeds and the items' share of it sd ITEM_SD."""
+    n_max, arms = DESIGN.looks[-1], FAMILY + 1
+    half = math.sqrt(0.5)  # each arm carries half of every variance of a difference
+    seed_sd, resid_sd = half * math.sqrt(0.5), half * math.sqrt(0.5 * ITEMS)
+    item_sd = half * ITEM_SD * math.sqrt(ITEMS)
+    y = (
+        seed_sd * rng.standard_normal((studies, arms, n_max, 1))
+        + item_sd * rng.standard_normal((studies, arms, 1, ITEMS))
+        + resid_sd * rng.standard_normal((studies, arms, n_max, ITEMS))
+    )
+    return (y[:, 1:] - y[:, :1]).reshape(studies * FAMILY, n_max, ITEMS)
+
+
+def fixed_items_by_unit(rng: np.random.Generator, studies: int) -> tuple[float, float]:
+    """Family-wise error with one test set for all seeds, judged on seeds alone and on
+    seeds × items (the items' share of each look's variance added, through
+    `item_share_by_look`, the function `sequential_decisions` uses), on the same studies."""
+    claims = {"seeds": 0.0, "seeds_x_items": 0.0}
+    chunk = 250
+    for start in range(0, studies, chunk):
+        size = min(chunk, studies - start)
+        tables = fixed_item_tables(rng, size)
+        diffs = tables.mean(axis=2)
+        item_var = np.array([item_share_by_look(t, DESIGN.looks) for t in tables])
+        for unit, extra in (("seeds", None), ("seeds_x_items", item_var)):
+            result = decide_matrix(diffs, DESIGN, FAMILY, item_var=extra)
+            claims[unit] += family_error(result, size) * size
+    return claims["seeds"] / studies, claims["seeds_x_items"] / studies
+
+
 def family_error(result: dict[str, np.ndarray], studies: int) -> float:
     """Share of studies with any claim among their FAMILY comparisons."""
     return float(np.isin(result["code"], CLAIMS).reshape(studies, FAMILY).any(axis=1).mean())
@@ -113,6 +157,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--studies", type=int, default=50000)
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument(
+        "--item-studies", type=int, default=4000, help="studies of the seeds × items scenario"
+    )
     args = parser.parse_args()
     n, rng, n_max = args.studies, np.random.default_rng(args.seed), DESIGN.looks[-1]
     start = time.perf_counter()
@@ -137,6 +184,8 @@ def main() -> int:
     mean_seeds = float(seeds_used(alt).mean())
     fixed = seeds_for_t_test(EFFECT, 1.0, power=power, alpha=ALPHA)
     saved = 100.0 * (1.0 - mean_seeds / fixed)
+    # last, so the figures above draw the same numbers they always did
+    unit_seeds, unit_items = fixed_items_by_unit(rng, args.item_studies)
 
     se = math.sqrt(ALPHA * (1 - ALPHA) / n)
     print(f"design: looks {DESIGN.looks}, α = {ALPHA}, two-sided, {DESIGN.spending},")
@@ -155,11 +204,15 @@ def main() -> int:
         f"null family of {FAMILY} with test items (item sd {ITEM_SD:g} × the seeds'): "
         f"per-seed splits {per_seed:.4f}, one test set for all seeds {fixed_items:.4f}"
     )
+    print(
+        f"one test set of {ITEMS} items for all seeds, {args.item_studies:,} studies of "
+        f"per-item tables: unit seeds {unit_seeds:.4f}, unit seeds × items {unit_items:.4f}"
+    )
     print(f"({time.perf_counter() - start:.1f}s)")
     print(
         f"alpha={ALPHA:g} type1={type1:.4f} fwer={fwer:.4f} power={power:.4f} "
         f"seeds_saved={saved:.1f}% fwer_per_seed_splits={per_seed:.4f} "
-        f"fwer_fixed_items={fixed_items:.4f}"
+        f"fwer_fixed_items={fixed_items:.4f} fwer_fixed_items_unit_seeds_x_items={unit_items:.4f}"
     )
     return 0
 

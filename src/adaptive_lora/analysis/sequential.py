@@ -92,6 +92,8 @@ import numpy as np
 from scipy import optimize, special
 from scipy import stats as st
 
+from adaptive_lora.analysis.item_variance import item_share_by_look
+
 __all__ = [
     "ALTERNATIVES",
     "DECISIONS",
@@ -405,6 +407,9 @@ class SequentialDecision:
     difference test, one-sided for TOST and futility); while open, those of the
     difference test at the last evaluated look.
     level: the comparison's level alpha / family size. reason: one sentence for a report.
+    unit, other_unit_decision: set by the caller that knows the study
+    (`study/sequential_seeds`): the inference unit, and the other unit's decision where
+    it differs.
     tightest_margin: the smallest margin at which that look's TOST (its one-sided
     boundary t_one, the design's level there) would declare equivalence: |mean| +
     t_one · se, the larger absolute end of the interval mean ± t_one · se (NaN below 2
@@ -425,17 +430,28 @@ class SequentialDecision:
     level: float
     reason: str = field(default="")
     tightest_margin: float = math.nan
+    # The inference unit it was judged in (`seeds` or `seeds_x_items`), and where the
+    # other unit could be judged too and decided otherwise, that decision ("" if not).
+    unit: str = "seeds"
+    other_unit_decision: str = ""
 
 
-def _look_statistics(d: np.ndarray, design: SequentialDesign) -> dict[str, np.ndarray]:
+def _look_statistics(
+    d: np.ndarray, design: SequentialDesign, item_var: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Mean, se, the t against 0 and the one-sided t statistics the rules compare.
 
     ``d`` is (rows, n_k). ``eq_low``/``eq_high`` test mean <= −margin / mean >= +margin;
     ``fut_low``/``fut_high`` the same against the smallest effect of interest.
+    ``item_var`` (rows,), when the unit is seeds × items: the test items' part of the
+    mean's variance (`item_variance.item_variance_of_mean`), added to the seeds' s²/n.
     """
     n = d.shape[1]
     mean = d.mean(axis=1)
-    se = d.std(axis=1, ddof=1) / math.sqrt(n)
+    var = d.var(axis=1, ddof=1) / n
+    if item_var is not None:
+        var = var + item_var
+    se = np.sqrt(var)
     out = {"mean": mean, "se": se}
     with np.errstate(divide="ignore", invalid="ignore"):
         out["t"] = mean / se
@@ -487,6 +503,7 @@ def decide_matrix(
     design: SequentialDesign,
     family_size: int,
     look: int | None = None,
+    item_var: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The vectorised core of ``sequential_decisions``: one row per comparison.
 
@@ -497,6 +514,11 @@ def decide_matrix(
     ``look`` (deciding look, −1 while open), ``n``, ``next_n`` (0 once stopped),
     ``mean``, ``t``, ``statistic``, ``boundary``, ``nominal``, ``tightest`` (the
     smallest margin the look's TOST would pass, ``SequentialDecision.tightest_margin``).
+
+    ``item_var`` (rows, looks), for the unit seeds × items (one test set for every seed):
+    the test items' part of each look's mean variance, added to the seeds' part; the
+    boundaries stay the seeds' t boundaries, so the items' share, which more seeds do not
+    shrink, makes every look stricter rather than looser.
     """
     d = np.atleast_2d(np.asarray(diffs, dtype=float))
     b = boundaries(design, family_size)
@@ -515,14 +537,17 @@ def decide_matrix(
         active = (out["code"] == CONTINUE) & (avail >= nk)
         if not active.any():
             continue
-        _judge_look(out, d[active, :nk], active, design, b, k)
+        extra = None if item_var is None else np.asarray(item_var, dtype=float)[active, k]
+        _judge_look(out, d[active, :nk], active, design, b, k, extra)
     return out
 
 
-def _judge_look(out, d, active, design: SequentialDesign, b: Boundaries, k: int) -> None:
+def _judge_look(
+    out, d, active, design: SequentialDesign, b: Boundaries, k: int, item_var=None
+) -> None:
     """Apply look k's rules to the active rows of ``out`` (in place)."""
     idx = np.flatnonzero(active)
-    stats = _look_statistics(d, design)
+    stats = _look_statistics(d, design, item_var)
     code, used = _rules(stats, design, b, k)
     final = k == len(design.looks) - 1
     if final:
@@ -541,7 +566,10 @@ def _judge_look(out, d, active, design: SequentialDesign, b: Boundaries, k: int)
 
 
 def sequential_decisions(
-    diffs: Mapping[str, Sequence[float]], look: int, design: SequentialDesign
+    diffs: Mapping[str, Sequence[float]],
+    look: int,
+    design: SequentialDesign,
+    item_tables: Mapping[str, Any] | None = None,
 ) -> dict[str, SequentialDecision]:
     """Where every comparison of one Holm family stands after look ``look``.
 
@@ -552,6 +580,11 @@ def sequential_decisions(
     look 0, so a comparison that stopped earlier reports that look (and ignores seeds
     it was given afterwards); one whose data do not yet reach a look waits there
     (``decision == "continue"``, ``next_n`` that look's seed count).
+
+    ``item_tables``, for the inference unit seeds × items: a comparison's per-seed,
+    per-item differences (seeds in the order of ``diffs``, one shared test set), whose
+    items' share of each look's variance joins the seeds' (`item_variance`); a
+    comparison without a table is judged on seeds alone.
 
     A runner gives ``next_n`` seeds to every comparison with ``stopped`` False; a report
     prints ``reason``. ``dataclasses.asdict`` turns a decision into plain values.
@@ -565,7 +598,13 @@ def sequential_decisions(
     matrix = np.full((len(names), width), np.nan)
     for row, a in zip(matrix, arrays):
         row[: min(a.size, width)] = a[:width]
-    res = decide_matrix(matrix, design, m, look)
+    item_var = None
+    if item_tables:
+        item_var = np.zeros((len(names), len(design.looks)))
+        for row, name in zip(item_var, names):
+            if name in item_tables:
+                row[:] = item_share_by_look(item_tables[name], design.looks)
+    res = decide_matrix(matrix, design, m, look, item_var)
     level = design.alpha / m
     return {
         name: _decision(name, {key: res[key][i] for key in res}, design, level)

@@ -120,6 +120,38 @@ def _pick(examples: Sequence[Example], indices: Iterable[int]) -> list[Example]:
     return [examples[i] for i in indices]
 
 
+ALL_HELD_OUT = "all"  # `data.n_test: all` in a study file: every item the pool leaves over
+
+
+def pool_size(source: str, options: dict[str, Any]) -> int:
+    """How many distinct items a source can give a split: a file's or the built-in set's
+    records, a planted task's `pool_size`. A generated task has no finite pool, so
+    `n_test: all` cannot mean anything there: a one-line `UserError` says what to write."""
+    if reasoning_gym.is_reasoning_gym(source):
+        raise UserError(
+            f"data.n_test: all: the generated task {source!r} has no finite pool; "
+            "give the number of test items (e.g. n_test: 500)"
+        )
+    if planted.is_planted(source):
+        return planted.planted_settings(options).options.pool_size
+    return len(load_examples(source))
+
+
+def held_out_count(source: str, options: dict[str, Any], n_val: int, n_train: int) -> int:
+    """`n_test: all` resolved: every item of the pool that the largest training set and
+    the validation set leave over (one number for every size of a task, so `test_first`
+    and `per_seed` still give every size the same test set). A pool with nothing left
+    is refused in one line naming the counts."""
+    size = pool_size(source, options)
+    left = size - n_train - n_val
+    if left < 1:
+        raise UserError(
+            f"data.n_test: all: the pool of {source!r} has {size} items and the largest "
+            f"training set ({n_train}) with validation ({n_val}) leaves none for test"
+        )
+    return left
+
+
 def load_splits(settings: Any, run_seed: int | None = None, model: Any = None) -> Splits:
     """The three splits a run with these `DataSettings` (and, for `per_seed`, this run
     seed) trains, selects and reports on.

@@ -22,7 +22,13 @@ from adaptive_lora.analysis.power import POWER, minimum_detectable_d_z
 from adaptive_lora.report.analyse import LOSS_DECIMALS
 from adaptive_lora.report.cells import mean_and_ci
 from adaptive_lora.report.cross_budget import gain_includes_zero, margin_words, recovery
-from adaptive_lora.report.regime import by_decision, equivalence_tail, gain_text, items_tail
+from adaptive_lora.report.regime import (
+    by_decision,
+    equivalence_tail,
+    gain_text,
+    items_tail,
+    unit_tail,
+)
 from adaptive_lora.study.store import DONE
 
 
@@ -237,7 +243,7 @@ def _design_line(
     named = [
         (
             f"{label} (Δ {mean_and_ci(c.mean_diff, c.ci_t)}, n = {c.n}{equivalence_tail(d)}"
-            f"{items_tail(d['decision'], getattr(c, 'two_level', None))})",
+            f"{items_tail(d['decision'], getattr(c, 'two_level', None))}{unit_tail(d)})",
             d["decision"],
         )
         for label, d in decisions.items()

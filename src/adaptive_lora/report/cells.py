@@ -4,6 +4,7 @@ how report.md embeds a figure."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,11 @@ def _seed_range(seeds: list[int]) -> str:
     if seeds and seeds == list(range(seeds[0], seeds[0] + len(seeds))) and len(seeds) > 2:
         return f"{seeds[0]}–{seeds[-1]} ({len(seeds)} seeds)"
     return f"{', '.join(map(str, seeds))} ({len(seeds)} seed{'s' if len(seeds) != 1 else ''})"
+
+
+def file_slug(text: str) -> str:
+    """A budget or label as it appears in a figure's file name (qv:r1 → qv_r1)."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text)
 
 
 def figure_lines(title: str, png: Path, out_dir: Path, suffix: str = "") -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from adaptive_lora.analysis.descriptive import mean_ci_t
 from adaptive_lora.model.inventory import ALL_KINDS, ModuleInfo
 from adaptive_lora.records import ALLOCATION_KEY, atomic_path
 from adaptive_lora.report.analyse import PRIMARY, study_at
+from adaptive_lora.report.cells import file_slug
 from adaptive_lora.report.recovery import recovery_panels
 from adaptive_lora.report.timing import PHASES, REST, phase_seconds
 from adaptive_lora.study.spec import Study
@@ -45,10 +45,6 @@ def _save(fig: Any, folder: Path, stem: str) -> list[Path]:
         fig.savefig(tmp, format="svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
     return paths
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", text)
 
 
 def _subplots(n: int, width: float = 5.0, height: float = 3.6, ncols: int | None = None):
@@ -240,10 +236,10 @@ def _fig_allocations(
             panels += mine
             final += learned
         if panels:
-            paths += _heatmaps(study, panels, folder, f"allocation_{_slug(budget)}", "rank")
+            paths += _heatmaps(study, panels, folder, f"allocation_{file_slug(budget)}", "rank")
         if final:
             paths += _heatmaps(
-                study, final, folder, f"adalora_final_ranks_{_slug(budget)}", "final rank"
+                study, final, folder, f"adalora_final_ranks_{file_slug(budget)}", "final rank"
             )
     return paths
 
@@ -493,6 +489,6 @@ def _fig_recovery(
             for title, modules, values in recovery_panels(block, rows, budget)
         ]
         if len(panels) > 1:
-            stem = f"recovery_{_slug(budget)}"
+            stem = f"recovery_{file_slug(budget)}"
             paths += _heatmaps(study, panels, folder, stem, "rank ÷ largest", numbers=False)
     return paths

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from adaptive_lora.analysis.formatting import fmt_g
+from adaptive_lora.study.hypotheses import UNIT_WORDS
 
 NONE_DECLARED = "None declared: two-sided, Holm within each cell, no margin."
 
@@ -41,6 +42,12 @@ def _declared_lines(block: dict[str, Any], baseline: str) -> list[str]:
         f"- **Equivalence margin (TOST):** "
         f"{'±' + fmt_g(block['margin']) if block.get('margin') else 'none'}.",
     ]
+    if block.get("unit"):
+        lines.append(
+            f"- **Inference unit:** {UNIT_WORDS.get(block['unit'], block['unit'])} (a "
+            "sequential decision generalises over "
+            f"{'seeds on these test items' if block['unit'] == 'seeds' else 'seeds and test items'})."
+        )
     for label, own in (block.get("comparisons") or {}).items():
         parts = [f"{key.replace('_', ' ')} {fmt_g(v) if isinstance(v, float) else v}"
                  for key, v in own.items()]  # fmt: skip
@@ -78,6 +85,18 @@ def hypotheses_lines(block: dict[str, Any] | None, baseline: str) -> list[str]:
     return lines + [""]
 
 
+def _unit_words(decided: dict[str, Any]) -> str:
+    """The inference unit a decision was judged in, and the other unit's where it differs."""
+    unit = decided.get("unit")
+    if unit is None:
+        return ""
+    other = decided.get("other_unit_decision")
+    text = f"; unit: {UNIT_WORDS.get(unit, unit)}"
+    if other:
+        text += f" (by {'seeds × items' if unit == 'seeds' else 'seeds alone'}: {other})"
+    return text
+
+
 def sequential_lines(study_baseline: str, decisions: dict[str, dict[str, Any]]) -> list[str]:
     """One cell's sequential decisions: the decision, the look it stopped at, and why."""
     if not decisions:
@@ -96,6 +115,6 @@ def sequential_lines(study_baseline: str, decisions: dict[str, dict[str, Any]]) 
             if d["stopped"] and d["look"] is not None
             else "open"
         )
-        reason = str(d["reason"]).replace("|", "\\|")
+        reason = (str(d["reason"]) + _unit_words(d)).replace("|", "\\|")
         lines.append(f"| {label} vs {study_baseline} | {d['decision']} | {where} | {reason} |")
     return lines + [""]

@@ -23,6 +23,7 @@ from adaptive_lora.report.cells import (
     _interval,
     _seed_range,
     figure_lines,
+    file_slug,
     main_table_rows,
     markdown_table,
     mean_and_ci,
@@ -33,13 +34,8 @@ from adaptive_lora.report.hypotheses import hypotheses_lines, sequential_lines
 from adaptive_lora.report.recovery import recovery_lines
 from adaptive_lora.report.regime import LADDER_TITLE, ladder_lines
 from adaptive_lora.report.timing import compute_line
-from adaptive_lora.report.two_level import (
-    NO_RECORDS,
-    NON_FINITE,
-    ONE_SEED,
-    OTHER_ITEMS,
-    WHY_T,
-)
+from adaptive_lora.report.two_level import WHY_T
+from adaptive_lora.study.item_tables import NO_RECORDS, NON_FINITE, ONE_SEED, OTHER_ITEMS
 from adaptive_lora.study.spec import Study
 from adaptive_lora.study.store import (
     DONE,
@@ -658,17 +654,21 @@ FIGURE_TITLES = {
 }
 
 
-def _figure_lines(figures: list[Path], out_dir: Path) -> list[str]:
+# Figures drawn per budget: their file names end in the budget's `file_slug`.
+PER_BUDGET_FIGURES = ("allocation_", "adalora_final_ranks_", "recovery_")
+
+
+def _figure_lines(figures: list[Path], out_dir: Path, budgets: Sequence[str]) -> list[str]:
     lines = ["## Figures", ""]
     pngs = [f for f in figures if f.suffix == ".png"]
     if not pngs:
         return lines + ["No figures (no finished runs).", ""]
+    by_slug = {file_slug(b): b for b in budgets}
     for png in pngs:
         stem = png.stem
         title = next((t for k, t in FIGURE_TITLES.items() if stem.startswith(k)), stem)
-        suffix = (
-            stem.split("_")[-1] if stem.startswith(("allocation_", "adalora_", "recovery_")) else ""
-        )
+        prefix = next((p for p in PER_BUDGET_FIGURES if stem.startswith(p)), None)
+        suffix = by_slug.get(stem[len(prefix) :], stem[len(prefix) :]) if prefix else ""
         lines += figure_lines(title, png, out_dir, suffix)
     return lines
 
@@ -735,7 +735,7 @@ def render_markdown(
     lines += _cross_budget_lines(analysis)
     lines += _lr_lines(study, analysis)
     lines += _setup_lines(study, store_manifest, rows, analysis)
-    lines += _figure_lines(figures, out_dir)
+    lines += _figure_lines(figures, out_dir, study.budgets)
     if study_level:
         lines += notes_lines(notes, study)
     lines += _reproduce_lines(study, out_dir, against)

@@ -93,6 +93,8 @@ def heatmap_cells(
                      "p_t_holm": c.p_t_holm, "significant": c.significant,
                      "decision": decided.get("decision"),
                      "tightest_margin": decided.get("tightest_margin"),
+                     "unit": decided.get("unit"),
+                     "other_unit_decision": decided.get("other_unit_decision"),
                      "two_level": getattr(c, "two_level", None),
                      **({"baseline": here} if here != baseline else {})}
                 )  # fmt: skip
@@ -438,6 +440,24 @@ def items_tail(decision: str | None, two_level: dict[str, Any] | None) -> str:
     )
 
 
+# A decision in a word, after "by the other unit it would be ...".
+OTHER_UNIT_WORDS = {
+    "superior": "better", "inferior": "worse", "equivalent": "equivalent",
+    "futile": "futile", "inconclusive": "undecided", "continue": "open",
+}  # fmt: skip
+
+
+def unit_tail(decided: dict[str, Any]) -> str:
+    """Where the two inference units decide a comparison differently: what the unit the
+    study did not use says (seeds alone test the mean on these test items; seeds × items
+    generalise over test items too). Nothing where they agree or only one could judge."""
+    other = decided.get("other_unit_decision")
+    if not other:
+        return ""
+    judged_by = "seeds × items" if decided.get("unit") == "seeds" else "seeds alone"
+    return f"; judged by {judged_by} it would be {OTHER_UNIT_WORDS.get(other, other)}"
+
+
 def by_decision(named: list[tuple[str, str | None]], baseline: str) -> list[tuple[str, str]]:
     """(how the Answer says a decision, the comparisons with it joined by "; ") in the
     fixed order of `DECISION_WORDS`, from (a comparison's text, its decision; None: open)."""
@@ -460,7 +480,7 @@ def _decision_sentence(there: list[dict[str, Any]], baseline: str) -> str:
         (
             f"{c['strategy']} at {c['budget']} in {c['title']} "
             f"(Δ {mean_and_ci(c['mean_diff'], c['ci_t'])}, n = {c['n']}{equivalence_tail(c)}"
-            f"{items_tail(c.get('decision'), c.get('two_level'))})",
+            f"{items_tail(c.get('decision'), c.get('two_level'))}{unit_tail(c)})",
             c.get("decision"),
         )
         for c in there

@@ -23,11 +23,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from adaptive_lora.analysis.comparison import FamilyComparison
 from adaptive_lora.analysis.hierarchical import hierarchical_bootstrap
-from adaptive_lora.records import ITEMS_KEY
+from adaptive_lora.study.item_tables import NO_RECORDS, ONE_SEED, item_arrays
 from adaptive_lora.study.store import RunRow
 
 WHY_T = (
@@ -35,51 +33,6 @@ WHY_T = (
     "t-test, and seeds are what the design replicates; the two-level interval adds the "
     "uncertainty from the choice of test items"
 )
-
-
-def _items(row: RunRow) -> dict[str, Any] | None:
-    """The run's per-item records, when they hold matching `key`, `loss` and `tokens`."""
-    items = row.metrics.get(ITEMS_KEY)
-    if not isinstance(items, dict):
-        return None
-    keys, loss, tokens = items.get("key"), items.get("loss"), items.get("tokens")
-    if not (isinstance(keys, list) and isinstance(loss, list) and isinstance(tokens, list)):
-        return None
-    if not keys or not len(keys) == len(loss) == len(tokens):
-        return None
-    return items
-
-
-# Why a comparison has no two-level interval (`seed_only_reason`), as stats.json says it.
-ONE_SEED = "fewer than two paired seeds"
-NO_RECORDS = "runs without per-item records"
-OTHER_ITEMS = "per-item records of different test items"
-NON_FINITE = "non-finite per-item losses"
-
-
-def _arrays(
-    base_runs: Sequence[RunRow], strategy_runs: Sequence[RunRow]
-) -> tuple[np.ndarray, np.ndarray] | str:
-    """Token-weighted (seeds, items) loss arrays of both arms, or why there are none: a
-    run lacks records, or the runs do not share their items in one order with one token
-    count, or a loss is not finite."""
-    b_items = [_items(r) for r in base_runs]
-    s_items = [_items(r) for r in strategy_runs]
-    every = b_items + s_items
-    if any(i is None for i in every):
-        return NO_RECORDS
-    keys, tokens = every[0]["key"], every[0]["tokens"]
-    if any(i["key"] != keys or i["tokens"] != tokens for i in every):
-        return OTHER_ITEMS  # item j must be the same example in every run
-    weights = np.asarray(tokens, dtype=float)
-    if not (np.all(np.isfinite(weights)) and weights.sum() > 0):
-        return NON_FINITE
-    weights = weights / weights.mean()
-    b = np.asarray([i["loss"] for i in b_items], dtype=float) * weights
-    s = np.asarray([i["loss"] for i in s_items], dtype=float) * weights
-    if not (np.isfinite(b).all() and np.isfinite(s).all()):
-        return NON_FINITE
-    return b, s
 
 
 def two_level_interval(
@@ -91,7 +44,7 @@ def two_level_interval(
     seed: int,
 ) -> dict[str, Any] | str:
     """The two-level interval of one comparison over its paired seeds, or why it has none
-    (`ONE_SEED`, `NO_RECORDS`, `OTHER_ITEMS`, `NON_FINITE`)."""
+    (`item_tables`: `ONE_SEED`, `NO_RECORDS`, `OTHER_ITEMS`, `NON_FINITE`)."""
     seeds = comparison.seeds
     if len(seeds) < 2:
         return ONE_SEED
@@ -99,7 +52,7 @@ def two_level_interval(
     by_seed_mine = {r.seed: r for r in strategy_runs}
     if not all(s in by_seed_base and s in by_seed_mine for s in seeds):
         return NO_RECORDS  # a paired seed whose run is not among these (never expected)
-    arrays = _arrays([by_seed_base[s] for s in seeds], [by_seed_mine[s] for s in seeds])
+    arrays = item_arrays([by_seed_base[s] for s in seeds], [by_seed_mine[s] for s in seeds])
     if isinstance(arrays, str):
         return arrays
     result = hierarchical_bootstrap(*arrays, n_boot=n_boot, seed=seed, alpha=comparison.alpha)

@@ -12,7 +12,10 @@ A *group* is one model × task × data size; a *cell* is a group × budget. Runs
 seed within a group; every comparison, Holm family, learning-rate choice and
 cross-budget question lives inside one group. A task's `data` and `eval` sections
 override the study's; `n_train` may be a list (the data sizes) in either. Without
-`tasks`, the study's own `data` is its one task.
+`tasks`, the study's own `data` is its one task. `n_test: all` tests on every item the
+pool leaves over beside the largest training set and validation (`splits.held_out_count`;
+not for a generated task, whose pool has no end), resolved here so each run records its
+number.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from adaptive_lora.config import LEGACY_DATA, RunConfig
+from adaptive_lora.config import LEGACY_DATA, DataSettings, RunConfig
 from adaptive_lora.data.reasoning_gym import is_reasoning_gym
+from adaptive_lora.data.splits import ALL_HELD_OUT, held_out_count
 from adaptive_lora.errors import UserError
 from adaptive_lora.records import canonical_json
 from adaptive_lora.study.hypotheses import reject_unknown_keys
@@ -135,6 +139,11 @@ def _task(name: str, data: dict[str, Any], evaluation: dict[str, Any], where: st
         data.pop("n_train", 160), f"{where}.n_train" if where != "data" else "data.n_train"
     )
     source = data.get("source", "builtin")
+    if data.get("n_test") == ALL_HELD_OUT and isinstance(source, str):
+        # Test loss is cheap beside generation: every item the pool leaves over.
+        n_val = data.get("n_val", DataSettings().n_val)
+        if isinstance(n_val, int) and not isinstance(n_val, bool):  # else: its own error later
+            data["n_test"] = held_out_count(source, data.get("options") or {}, n_val, max(sizes))
     if isinstance(source, str) and is_reasoning_gym(source) and "n_generate" not in evaluation:
         # Accuracy is the point of a generated task: answer every test item by default.
         evaluation["n_generate"] = data.get("n_test", 48)

@@ -5,6 +5,7 @@
       metric: test_loss                 # the primary metric, in its own units
       alternative: less                 # strategy − baseline: two-sided | less | greater
       family: cell                      # Holm family: the comparisons of one group × budget
+      unit: seeds_x_items               # the inference unit: seeds, or seeds × test items
       smallest_effect: 0.002            # superiority: the smallest difference of interest
       margin: 0.001                     # equivalence (TOST) margin, a priori
       margin_source: {pilot_seeds: 12}  # where it came from (`hypothesis_sources`)
@@ -13,7 +14,12 @@
     seeds: {min: 4, max: 24, step: 4}   # sequential: blocks of 4, up to 24 seeds
 
 Both numbers are in the metric's units and stated a priori (DESIGN.md, "Hypotheses
-before runs"). A margin computed from outcomes (the cross-budget `margin: post-hoc`)
+before runs"). The inference unit says what a decision generalises over: `seeds` (other
+seeds on these test items — or on other items too, where each seed draws its own split,
+`data.split: per_seed`) or `seeds_x_items` (other seeds *and* other test items when every
+seed is tested on the same items: each look's variance carries the items' share, see
+`analysis/item_variance.py`). Without `unit` it is `seeds` under `per_seed` splits and
+`seeds_x_items` under a fixed split. A margin computed from outcomes (the cross-budget `margin: post-hoc`)
 is allowed only when asked for, and the report labels it so.
 """
 
@@ -28,9 +34,11 @@ from adaptive_lora.study.hypothesis_sources import NumberSource, parse_source
 
 ALTERNATIVES = ("two-sided", "less", "greater")
 FAMILIES = ("cell",)
+UNITS = ("seeds", "seeds_x_items")
+UNIT_WORDS = {"seeds": "seeds", "seeds_x_items": "seeds × items"}
 HYPOTHESIS_KEYS = (
     "declared", "metric", "alternative", "family", "smallest_effect", "margin", "comparisons",
-    "smallest_effect_source", "margin_source",
+    "smallest_effect_source", "margin_source", "unit",
 )  # fmt: skip
 COMPARISON_KEYS = (
     "alternative", "smallest_effect", "margin", "smallest_effect_source", "margin_source",
@@ -52,7 +60,15 @@ class Hypotheses:
     # where each number came from (`plan` refuses one from a pilot of < 10 seeds)
     smallest_effect_source: NumberSource | None = None
     margin_source: NumberSource | None = None
+    unit: str | None = None  # None: by the split (`unit_for`)
     given: bool = False  # the study file has a `hypotheses` section
+
+    def unit_for(self, split: str) -> str:
+        """The inference unit of a group with this `data.split`: the declared one, else
+        seeds where every seed draws its own split and seeds × items where they share one."""
+        if self.unit is not None:
+            return self.unit
+        return "seeds" if split == "per_seed" else "seeds_x_items"
 
     def for_comparison(self, label: str) -> Hypotheses:
         """This strategy's hypotheses: the study's, with its own overrides (a number of its
@@ -68,6 +84,7 @@ class Hypotheses:
             "declared": self.declared, "metric": self.metric, "alternative": self.alternative,
             "family": self.family, "smallest_effect": self.smallest_effect,
             "margin": self.margin, "comparisons": _plain(self.comparisons), "given": self.given,
+            **({"unit": self.unit} if self.unit is not None else {}),
         }  # fmt: skip
 
 
@@ -171,7 +188,14 @@ def parse_hypotheses(raw: Any, labels: list[str], baseline: str) -> Hypotheses:
     declared = raw.get("declared", "")
     if not isinstance(declared, str):
         raise UserError("hypotheses.declared must be text (when they were declared)")
-    return Hypotheses(declared=declared, family=family, comparisons=own, given=True, **values)
+    unit = raw.get("unit")
+    if unit is not None and unit not in UNITS:
+        raise UserError(
+            f"hypotheses.unit must be seeds or seeds_x_items (seeds × test items), got {unit!r}"
+        )
+    return Hypotheses(
+        declared=declared, family=family, comparisons=own, unit=unit, given=True, **values
+    )
 
 
 def parse_seed_plan(raw: dict[str, Any], tuning_seeds: list[int]) -> SeedPlan:

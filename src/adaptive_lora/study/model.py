@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from adaptive_lora.analysis.sequential import SequentialDesign
-from adaptive_lora.config import Budget
+from adaptive_lora.config import Budget, DataSettings
 from adaptive_lora.errors import UserError
 from adaptive_lora.study.design import Group, Task, group_signature
 from adaptive_lora.study.hypotheses import Hypotheses, SeedPlan
@@ -225,6 +225,12 @@ class StudyDesign:
     def choices_from(self, rows: Sequence[RunRow]) -> dict[str, Choices]:
         """Group key → its rate choices from the stored `rows`: a pure function of both."""
         return {g.key: self.for_group(g).select_lr(self.rows_of(g, rows)) for g in self.groups}
+
+    def inference_unit(self, group: Group) -> str:
+        """`seeds` or `seeds_x_items`: the declared unit, else by the group's split
+        (`Hypotheses.unit_for`)."""
+        split = group.sections.get("data", {}).get("split", DataSettings().split)
+        return self.hypotheses.unit_for(split)
 
     def sequential_design(self, label: str, family_size: int) -> SequentialDesign | None:
         """The group-sequential design of one comparison (None with fixed seeds)."""

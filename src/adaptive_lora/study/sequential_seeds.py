@@ -8,33 +8,85 @@ a decided comparison (superior, inferior, equivalent, futile) gets no more seeds
 open one gets the next block; the baseline runs as many seeds as its most-seeded
 comparison. A look is judged only once every run it needs has finished, so the count
 is a pure function of the stored rows (the runner re-expands the study after each run).
+
+Each look is judged in the study's inference unit (`StudyDesign.inference_unit`): with
+`seeds_x_items` the runs' per-item test losses add the test items' share to the look's
+variance; where the runs carry no per-item records of one shared test set, seeds alone.
+The other unit's decision rides along where it differs, for the report to say so.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
-from adaptive_lora.analysis.sequential import SequentialDecision, sequential_decisions
+import numpy as np
+
+from adaptive_lora.analysis.sequential import (
+    SequentialDecision,
+    SequentialDesign,
+    sequential_decisions,
+)
 from adaptive_lora.evaluation_metrics import PRIMARY_METRIC
 from adaptive_lora.study.design import Group
 from adaptive_lora.study.hypotheses import SeedPlan
+from adaptive_lora.study.item_tables import item_arrays
 from adaptive_lora.study.lr import chosen_rate_rows
 from adaptive_lora.study.model import StudyDesign
 from adaptive_lora.study.store import RunRow
 
 
-def _values(
+def _runs(
     study: StudyDesign, group: Group, rows: Sequence[RunRow], budget: str, label: str
-) -> dict[int, float]:
-    """Seed → test loss of the label's finished reporting runs at its chosen rate."""
+) -> dict[int, RunRow]:
+    """Seed → the label's finished reporting run at its chosen rate."""
     choices = study.lr_choices_by_group.get(group.key, {})
+    return {
+        row.seed: row
+        for row in chosen_rate_rows(rows, choices, study.lr.tuning_seeds)
+        if row.label == label and row.budget == budget
+    }
+
+
+def _values(runs: dict[int, RunRow]) -> dict[int, float]:
+    """Seed → test loss (NaN where a run recorded none)."""
     out = {}
-    for row in chosen_rate_rows(rows, choices, study.lr.tuning_seeds):
-        if row.label == label and row.budget == budget:
-            value = row.metrics.get(PRIMARY_METRIC)
-            out[row.seed] = float(value) if isinstance(value, (int, float)) else math.nan
+    for seed, row in runs.items():
+        value = row.metrics.get(PRIMARY_METRIC)
+        out[seed] = float(value) if isinstance(value, (int, float)) else math.nan
     return out
+
+
+def _item_table(
+    plan: SeedPlan, base: dict[int, RunRow], mine: dict[int, RunRow], n: int
+) -> np.ndarray | None:
+    """The first `n` seeds' per-item differences (seeds × items, token-weighted), or None
+    where the runs lack per-item records of one shared test set."""
+    seeds = plan.seeds[:n]
+    arrays = item_arrays([base[s] for s in seeds], [mine[s] for s in seeds])
+    if isinstance(arrays, str):
+        return None
+    return arrays[1] - arrays[0]
+
+
+def _judged(
+    label: str,
+    diffs: list[float],
+    k: int,
+    design: SequentialDesign,
+    table: np.ndarray | None,
+    unit: str,
+) -> SequentialDecision:
+    """The look's decision in the study's unit, and the other unit's where it differs.
+    Without a table (no per-item records) seeds × items cannot be judged: seeds it is."""
+    by_seeds = sequential_decisions({label: diffs}, k, design)[label]
+    if table is None:
+        return replace(by_seeds, unit="seeds")
+    by_both = sequential_decisions({label: diffs}, k, design, {label: table})[label]
+    mine, other = (by_both, by_seeds) if unit == "seeds_x_items" else (by_seeds, by_both)
+    differs = other.decision if other.decision != mine.decision else ""
+    return replace(mine, unit=unit, other_unit_decision=differs)
 
 
 def _diffs(
@@ -65,17 +117,21 @@ def comparison_progress(
     """Label → (seeds it needs now, its latest decision or None before the first look)."""
     plan = _plan(study)
     compared = _compared(study, budget)
-    base = _values(study, group, rows, budget, study.baseline_at(budget))
+    unit = study.inference_unit(group)
+    base_runs = _runs(study, group, rows, budget, study.baseline_at(budget))
+    base = _values(base_runs)
     out: dict[str, tuple[int, SequentialDecision | None]] = {}
     for label in compared:
         design = study.sequential_design(label, family_size=len(compared))
-        mine = _values(study, group, rows, budget, label)
+        mine_runs = _runs(study, group, rows, budget, label)
+        mine = _values(mine_runs)
         needed, decision = plan.looks[0], None
         for k, look in enumerate(plan.looks):
             diffs = _diffs(plan, base, mine, look)
             if diffs is None:
                 break  # this look's runs are still to come
-            decision = sequential_decisions({label: diffs}, k, design)[label]
+            table = _item_table(plan, base_runs, mine_runs, look)
+            decision = _judged(label, diffs, k, design, table, unit)
             if decision.stopped or k + 1 == len(plan.looks):
                 needed = look
                 break
