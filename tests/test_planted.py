@@ -274,3 +274,32 @@ def test_progress_is_printed_only_past_its_interval(capsys):
     loud = teacher.Progress("planted: fitting, try", 0, every=0)
     loud(2, ": scale 0.5, KL 0.31")
     assert capsys.readouterr().err == "planted: fitting, try: 2: scale 0.5, KL 0.31 (0 s)\n"
+
+
+def test_a_long_build_and_a_wait_for_it_tell_the_study_they_are_alive(tmp_path):
+    """A study replaces a run silent past its stall bound; building a large planted set
+    takes minutes, so the build's progress lines and the wait on another run's build
+    reach the run's progress sink too."""
+    import fcntl
+    import threading
+
+    from adaptive_lora import progress
+
+    heard: list[progress.Progress] = []
+    with progress.reporting_to(heard.append):
+        teacher.Progress("planted: sampling items", 4, every=0)(2)
+        path = tmp_path / "set.lock"
+        with open(path, "w") as holder, open(path, "w") as waiter:
+            fcntl.flock(holder, fcntl.LOCK_EX)  # another run is building the set
+            done = threading.Event()
+            thread = threading.Thread(
+                target=lambda: (planted.wait_for_lock(waiter, every=0.05), done.set())
+            )
+            thread.start()
+            assert not done.wait(0.3)  # it waits while the lock is held ...
+            fcntl.flock(holder, fcntl.LOCK_UN)
+            assert done.wait(5)  # ... and takes it once released
+            thread.join(5)
+    assert (heard[0].phase, heard[0].step, heard[0].total) == ("planted: sampling items", 2, 4)
+    waits = [p for p in heard if p.phase.startswith("waiting for the planted set")]
+    assert len(waits) >= 2

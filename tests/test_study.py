@@ -616,6 +616,8 @@ def test_sigkill_mid_run_then_resume_runs_only_the_interrupted_run(tmp_path):
         "gemma3-linear-decay",
         "alpaca-smollm2-reduced",
         "planted-pilot",
+        "controlled-map-a1",
+        "controlled-map-c",
     ],
 )
 def test_shipped_configs(name, monkeypatch):
@@ -632,7 +634,11 @@ def test_shipped_configs(name, monkeypatch):
         raise
     # A published study writes under results/ (committed); others under studies/; a study
     # linked to another, inside that one's folder.
-    linked = {"regime-map-xeon": Path("results/regime-map/xeon")}
+    linked = {
+        "regime-map-xeon": Path("results/regime-map/xeon"),
+        "controlled-map-a1": Path("results/controlled-map/a1"),
+        "controlled-map-c": Path("results/controlled-map/c"),
+    }
     assert study.baseline == "uniform" and study.out in (
         *(Path(d) / name for d in ("studies", "results")),
         linked.get(name),

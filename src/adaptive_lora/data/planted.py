@@ -57,6 +57,7 @@ import fcntl
 import hashlib
 import math
 import random
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,7 @@ from typing import Any
 
 import torch
 
+from adaptive_lora import progress as run_progress
 from adaptive_lora.config_fields import build_typed, help_field
 from adaptive_lora.data import reasoning_gym, teacher
 from adaptive_lora.data.prompts import prompt_token_ids
@@ -254,7 +256,7 @@ def planted_examples(options: Mapping[str, Any], template: str, loaded: Any) -> 
     # Two workers of a study start on the same set at once: the second waits for the
     # first to build it and reads it, instead of sampling the same items again.
     with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        wait_for_lock(lock)
         if path.is_file():
             stored = read_json(path)
             if stored.get("key") == digest:
@@ -262,6 +264,23 @@ def planted_examples(options: Mapping[str, Any], template: str, loaded: Any) -> 
         records, info = build(settings, template, loaded, prompts)
         write_json(path, {"key": digest, "made_from": made, "info": info, "records": records})
     return PlantedData(records, info, digest)
+
+
+# While another run builds the set, say so this often: a study notices a run that reports
+# nothing for a while (`study/ray_progress`), and a large set takes minutes to sample.
+WAIT_REPORT_S = 10.0
+
+
+def wait_for_lock(lock: Any, every: float = WAIT_REPORT_S) -> None:
+    """Take the exclusive lock on the open file `lock`, reporting the wait (`run_progress`)
+    every `every` seconds while another process holds it."""
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            run_progress.report("waiting for the planted set another run is building")
+            time.sleep(every)
 
 
 def cache_path(digest: str) -> Path:

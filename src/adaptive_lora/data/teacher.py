@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from adaptive_lora import progress as run_progress
 from adaptive_lora.errors import UserError
 from adaptive_lora.model.inventory import ModuleInfo, weight_matrix
 
@@ -239,6 +240,9 @@ class Progress:
             count = f"{done}/{self.total}" if self.total else f"{done}"
             print(f"{self.label}: {count}{note} ({now - self.start:.0f} s)",
                   file=sys.stderr, flush=True)  # fmt: skip
+            # and to the study: building a set takes minutes, which a study would
+            # otherwise see as a silent, stalled run
+            run_progress.report(self.label, done, self.total)
 
 
 @torch.no_grad()
