@@ -235,6 +235,39 @@ def test_adalora_ranks_change_and_both_counts_are_recorded(llama_folder, tmp_pat
     assert m["effective_params"] != m["trainable_params"]
 
 
+def test_an_adalora_module_pruned_to_rank_0_is_saved_without_empty_tensors(llama_folder, tmp_path):
+    """PEFT warns about zero-sized LoRA tensors (they look like unsaved shards): a module
+    AdaLoRA pruned to rank 0 is saved with one masked triplet (E = 0), and the saved
+    adapter computes what was trained."""
+    import warnings
+
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from adaptive_lora.methods.adalora.adapter import svd_modules
+
+    config = tiny_config(
+        llama_folder, allocation__strategy="adalora", allocation__budget="r1",
+        allocation__min_rank=0, train__max_steps=24, train__lr=1e-2,
+    )  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = execute_run(config, tmp_path, quiet=True)
+    assert result.status == STATUS_DONE, result.error
+    pruned = [name for name, rank in result.metrics["final_ranks"].items() if rank == 0]
+    assert pruned, "no module ended at rank 0: the test needs a scarcer budget"
+    assert not [w for w in caught if "invalid shape" in str(w.message)]
+    saved = load_file(str(result.run_dir / "adapter" / "adapter_model.safetensors"))
+    assert all(t.numel() > 0 for t in saved.values())
+    # Loaded back, the pruned modules add nothing: their saved singular value is 0.
+    model = PeftModel.from_pretrained(load_model(llama_folder).model, result.run_dir / "adapter")
+    loaded = svd_modules(model)
+    assert {name: loaded[name].lora_E["default"].numel() for name in pruned} == dict.fromkeys(
+        pruned, 1
+    )
+    assert all(loaded[name].lora_E["default"].abs().sum() == 0 for name in pruned)
+
+
 def test_chunked_response_loss_matches_in_value_and_gradient(monkeypatch, tokenizer):
     import adaptive_lora.compute.loss as evaluate_module
     from adaptive_lora.data.builtin import builtin_examples

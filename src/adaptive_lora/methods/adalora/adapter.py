@@ -260,6 +260,24 @@ def current_ranks(peft_model: torch.nn.Module, adapter: str = "default") -> dict
     }
 
 
+def keep_a_zeroed_rank(peft_model: Any, adapter: str = "default") -> int:
+    """Before the adapter is saved: a module pruned to rank 0 keeps one masked triplet.
+
+    PEFT saves an AdaLoRA adapter cut to its final `rank_pattern`; a module whose pattern
+    keeps nothing would be written as zero-sized A and B, which PEFT itself warns about
+    as an unsaved shard. Its masked singular value is 0, so keeping that one triplet
+    saves a rank-1 module with E = 0: the saved adapter computes exactly what was
+    trained, and `final_ranks` (counted before this) still says 0. Returns how many
+    modules it changed."""
+    pattern = getattr(peft_model.peft_config[adapter], "rank_pattern", None) or {}
+    changed = 0
+    for name, keep in pattern.items():
+        if isinstance(keep, list) and keep and not any(keep):
+            pattern[name] = [True, *keep[1:]]
+            changed += 1
+    return changed
+
+
 def effective_parameters(allocation: Allocation, ranks: dict[str, int]) -> int:
     """Parameters of the unmasked part: r_i (d_in + d_out) + r_i singular values."""
     cost = {m.name: m.cost_per_rank for m in allocation.inventory}
@@ -279,6 +297,7 @@ def build_adalora(
 
     def finish() -> dict[str, Any]:
         final = current_ranks(peft_model)
+        keep_a_zeroed_rank(peft_model)  # for the save that follows: no zero-sized tensors
         effective = effective_parameters(allocation, final)
         budget = allocation.budget.params
         return {
