@@ -355,6 +355,9 @@ def _t_calibration(
     return (_calibrated(two, level) if p_diff else lam_one), lam_one
 
 
+# Cached: a study's status and runner judge every comparison at every look, and each
+# judgement asks for the same few designs' boundaries (both are immutable).
+@functools.lru_cache(maxsize=512)
 def boundaries(design: SequentialDesign, family_size: int | None = None) -> Boundaries:
     """The boundaries of ``design`` for a family of ``family_size`` (default: the design's)."""
     m = int(family_size or design.family_size or 1)
