@@ -213,6 +213,41 @@ def test_a_strategy_the_pilot_never_ran_is_planned_from_the_baselines_paired_bud
     assert plan.sd == pytest.approx(np.std(diffs, ddof=1), rel=1e-9)
 
 
+@pytest.mark.parametrize("split", ["test_first", "per_seed"])
+def test_without_pairs_the_baselines_seed_sd_stands_in_only_on_a_shared_test_set(tmp_path, split):
+    """No pilot pairs and no neighbouring budget: on one test set for every seed, √2 × the
+    baseline's seed sd stands in; with per-seed splits it does not, since that sd carries
+    each seed's own test items, which a pair cancels (it overstated A1's paired sd 8-fold)."""
+    import numpy as np
+
+    from adaptive_lora.study.power_plan import plan_study
+
+    data = {"source": "builtin", "n_train": 8, "n_val": 4, "n_test": 4, "max_length": 32,
+            "split": split}  # fmt: skip
+    pilot_path = _study(tmp_path, strategies=["uniform"], seeds="0..5", hypotheses=None, data=data)
+    pilot = load_study(pilot_path, check_sources=False)
+    run_study(
+        pilot, executor=LocalExecutor(Ladder(), load_model=lambda s: None), log=lambda x: None
+    )
+    with StudyStore.open(pilot.store_path, create=False) as store:
+        rows = store.rows()
+    stage2 = load_study(
+        _study(_folder(tmp_path / "s2"), strategies=["uniform", "linear_decay"], seeds="0..5",
+               hypotheses=None, data=data),
+        check_sources=False,
+    )  # fmt: skip
+    [plan] = plan_study(stage2, load_study(pilot_path, check_sources=False), rows,
+                        smallest_effect=0.01, margin=None)  # fmt: skip
+    if split == "per_seed":
+        assert np.isnan(plan.sd) and "per-seed splits" in plan.source and not plan.plan
+    else:
+        losses = [r.metrics["test_loss"] for r in rows]
+        assert plan.sd > 0 and plan.sd == pytest.approx(
+            np.sqrt(2) * np.std(losses, ddof=1), rel=1e-9
+        )
+        assert plan.source == "assumed: √2 × the baseline's seed sd (6 seeds)"
+
+
 def _folder(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -77,6 +77,13 @@ def pilot_sd(
         return float(np.std(diffs, ddof=1)), (
             f"assumed: the baseline's {budget} − {other} paired by seed ({len(diffs)} pairs)"
         )
+    if group.sections.get("data", {}).get("split") == "per_seed":
+        # Each seed tests on its own items: the baseline's seed-to-seed sd carries that
+        # test set's spread, which a pair (both arms on one seed's items) cancels.
+        return (
+            math.nan,
+            "no pilot pairs: with per-seed splits the baseline's seed sd is no stand-in",
+        )
     if len(base) >= 2:
         sd = math.sqrt(2) * float(np.std(list(base.values()), ddof=1))
         return sd, f"assumed: √2 × the baseline's seed sd ({len(base)} seeds)"
@@ -92,12 +99,13 @@ def _neighbour_pairs(
     than two independent runs' noise. None when no budget qualifies."""
     if budget not in pilot.budgets:
         return None
-    base = _losses(pilot, rows, group_key, budget, pilot.baseline)
+    baseline = pilot.baseline_at(budget)  # the same label at both budgets
+    base = _losses(pilot, rows, group_key, budget, baseline)
     here = pilot.budgets.index(budget)
     for other in sorted(pilot.budgets, key=lambda b: abs(pilot.budgets.index(b) - here)):
         if other == budget:
             continue
-        theirs = _losses(pilot, rows, group_key, other, pilot.baseline)
+        theirs = _losses(pilot, rows, group_key, other, baseline)
         seeds = sorted(set(base) & set(theirs))
         diffs = [base[s] - theirs[s] for s in seeds]
         if len(diffs) >= 3 and np.std(diffs, ddof=1) > 0:
