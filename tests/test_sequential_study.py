@@ -87,6 +87,36 @@ def test_a_sequential_study_stops_a_decided_comparison_early(tmp_path):
     assert "look" in decisions["linear_decay"].reason
 
 
+def test_status_says_where_each_comparison_of_a_sequential_study_stands(tmp_path):
+    """Before any run every comparison waits for its first look; after the study the
+    clear effect is decided at look 1 and the null one at a later look (or still open
+    at the last), each with its Δ, seeds and unit, as the decisions themselves say."""
+    from adaptive_lora.study.status import format_status
+
+    path = _study(tmp_path)
+    before = format_status(load_study(path, check_sources=False))
+    assert (
+        "sequential looks:\n  r4: linear_decay vs uniform: first look (4 seeds) still to come\n"
+        in before
+    )
+    run_study(
+        load_study(path, check_sources=False),
+        executor=LocalExecutor(Effects(), load_model=lambda s: None),
+        log=lambda x: None,
+    )
+    study = load_study(path, check_sources=False)
+    with StudyStore.open(study.store_path, create=False) as store:
+        decisions = cell_decisions(study, store.rows(), "r4")
+    after = format_status(study)
+    for label, d in decisions.items():
+        state = f"{d.decision} at look {d.look + 1}" if d.stopped else "open"
+        said = f"Δ {d.mean:+.4f} at {d.n} seeds, judged by seeds"
+        assert f"  r4: {label} vs uniform: {state} ({said}" in after, after
+    assert "r4: linear_decay vs uniform: superior at look 1 (Δ -0.05" in after
+    fixed = load_study(_study(_folder(tmp_path / "fixed"), seeds=[0, 1]), check_sources=False)
+    assert "sequential looks" not in format_status(fixed)
+
+
 def test_seed_plans_and_hypotheses_are_validated(tmp_path):
     bad = [
         ({"seeds": {"min": 4, "max": 2, "step": 2}}, "seeds.max"),

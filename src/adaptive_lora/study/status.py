@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+from adaptive_lora.analysis.sequential import SequentialDecision
 from adaptive_lora.progress import Progress
 from adaptive_lora.study.expand import RunSpec
 from adaptive_lora.study.look_plan import dry_run_look_lines
@@ -25,6 +26,7 @@ from adaptive_lora.study.plan import (
 )
 from adaptive_lora.study.power_plan import design_warnings
 from adaptive_lora.study.progress_log import read_progress
+from adaptive_lora.study.sequential_seeds import comparison_progress
 from adaptive_lora.study.spec import Study, in_groups
 from adaptive_lora.study.store import RunRow, count_statuses, lock_is_held
 from adaptive_lora.study.transient import transient
@@ -71,8 +73,43 @@ def format_status(study: Study) -> str:
     if study.lr_tuning_seeds:
         lines.append("tN: a learning-rate tuning seed; blank: no run at that rate on that seed")
     lines += _progress_lines(study, rows, marks)
+    lines += look_state_lines(study, stored_rows(rows))
     lines += _attention_lines(study, rows, marks, orphans)
     return "\n".join(lines)
+
+
+def look_state_lines(study: Study, rows: list[RunRow]) -> list[str]:
+    """With sequential seeds: where each comparison stands — decided at a look, open with
+    the seeds its next look needs, or its first look still to come."""
+    if study.seed_plan is None:
+        return []
+    titles = study.group_titles(plain=True)
+    lines = []
+    for group in study.groups:
+        part = study.for_group(group)
+        where = f" ({titles[group.key]})" if study.multi_group else ""
+        for budget in study.budgets:
+            progress = comparison_progress(part, group, study.rows_of(group, rows), budget)
+            for label, (needed, d) in progress.items():
+                head = f"  {budget}{where}: {label} vs {study.baseline_at(budget)}: "
+                lines.append(head + _look_state(d, needed))
+    return ["sequential looks:", *lines] if lines else []
+
+
+def _unit(unit: str) -> str:
+    return unit.replace("_x_", " × ")
+
+
+def _look_state(d: SequentialDecision | None, needed: int) -> str:
+    if d is None:
+        return f"first look ({needed} seeds) still to come"
+    said = f"Δ {d.mean:+.4f} at {d.n} seeds, judged by {_unit(d.unit)}"
+    if d.other_unit_decision:
+        other = "seeds_x_items" if d.unit == "seeds" else "seeds"
+        said += f"; by {_unit(other)}: {d.other_unit_decision}"
+    if d.stopped:
+        return f"{d.decision} at look {d.look + 1} ({said})"
+    return f"open ({said}); the next look needs {needed} seeds"
 
 
 def _grid_lines(study: Study, marks: dict[str, str]) -> list[str]:
