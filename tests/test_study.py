@@ -617,6 +617,8 @@ def test_sigkill_mid_run_then_resume_runs_only_the_interrupted_run(tmp_path):
         "alpaca-smollm2-reduced",
         "planted-pilot",
         "controlled-map-a1",
+        "controlled-map-a2",
+        "controlled-map-b-pilot",
         "controlled-map-c",
     ],
 )
@@ -637,9 +639,13 @@ def test_shipped_configs(name, monkeypatch):
     linked = {
         "regime-map-xeon": Path("results/regime-map/xeon"),
         "controlled-map-a1": Path("results/controlled-map/a1"),
+        "controlled-map-a2": Path("results/controlled-map/a2"),
+        "controlled-map-b-pilot": Path("results/controlled-map/b-pilot"),
         "controlled-map-c": Path("results/controlled-map/c"),
     }
-    assert study.baseline == "uniform" and study.out in (
+    # Below r1 uniform cannot spend the budget: a study of qv:r1 alone has PEFT's placement.
+    baseline = {"controlled-map-a2": "peft_default"}.get(name, "uniform")
+    assert study.baseline == baseline and study.out in (
         *(Path(d) / name for d in ("studies", "results")),
         linked.get(name),
     )
