@@ -224,12 +224,7 @@ def test_a_strategy_the_pilot_never_ran_is_planned_from_the_baselines_paired_bud
 
     pilot_path = _study(tmp_path, budgets=["r2", "r4", "r8"], strategies=["uniform"],
                         seeds="0..5", hypotheses=None)  # fmt: skip
-    pilot = load_study(pilot_path, check_sources=False)
-    run_study(
-        pilot, executor=LocalExecutor(Ladder(), load_model=lambda s: None), log=lambda x: None
-    )
-    with StudyStore.open(pilot.store_path, create=False) as store:
-        rows = store.rows()
+    rows = _ran_with_ladder(pilot_path)
     stage2 = load_study(
         _study(_folder(tmp_path / "s2"), budgets=["r2", "r4", "r8"], seeds="0..5", hypotheses=None,
                strategies=["uniform", {"name": "linear_decay", "budgets": ["r4"]}]),
@@ -255,12 +250,7 @@ def test_without_pairs_the_baselines_seed_sd_stands_in_only_on_a_shared_test_set
     data = {"source": "builtin", "n_train": 8, "n_val": 4, "n_test": 4, "max_length": 32,
             "split": split}  # fmt: skip
     pilot_path = _study(tmp_path, strategies=["uniform"], seeds="0..5", hypotheses=None, data=data)
-    pilot = load_study(pilot_path, check_sources=False)
-    run_study(
-        pilot, executor=LocalExecutor(Ladder(), load_model=lambda s: None), log=lambda x: None
-    )
-    with StudyStore.open(pilot.store_path, create=False) as store:
-        rows = store.rows()
+    rows = _ran_with_ladder(pilot_path)
     stage2 = load_study(
         _study(_folder(tmp_path / "s2"), strategies=["uniform", "linear_decay"], seeds="0..5",
                hypotheses=None, data=data),
@@ -276,6 +266,16 @@ def test_without_pairs_the_baselines_seed_sd_stands_in_only_on_a_shared_test_set
             np.sqrt(2) * np.std(losses, ddof=1), rel=1e-9
         )
         assert plan.source == "assumed: √2 × the baseline's seed sd (6 seeds)"
+
+
+def _ran_with_ladder(path: Path) -> list:
+    """Run the study at `path` on the fake `Ladder` runs; its stored rows."""
+    study = load_study(path, check_sources=False)
+    run_study(
+        study, executor=LocalExecutor(Ladder(), load_model=lambda s: None), log=lambda x: None
+    )
+    with StudyStore.open(study.store_path, create=False) as store:
+        return store.rows()
 
 
 def _folder(path: Path) -> Path:
