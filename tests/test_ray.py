@@ -215,7 +215,8 @@ def test_after_the_local_rays_restart_sigterm_still_stops_the_study_cleanly(
     """SIGKILL of the local raylet mid-run: Ray restarts once and the runs start again on
     new workers; then `kill` (SIGTERM): ray.init, run again, had set its own handler (exit
     at once, then its core worker aborted: exit 134); the study's is put back, so the stop
-    is the clean one — one line, exit 143, the started runs pending."""
+    is the clean one — one line, exit 143, the started runs pending, and none of Ray's
+    own dumps on the terminal."""
     time_limit(420)
     path = write_study(tmp_path, tiny_model, max_steps=200)
     study = load_study(path)
@@ -225,7 +226,7 @@ def test_after_the_local_rays_restart_sigterm_still_stops_the_study_cleanly(
     try:
         first, second = _kill_the_raylet_and_see_the_runs_restart(study, proc)
         os.kill(proc.pid, signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -233,6 +234,10 @@ def test_after_the_local_rays_restart_sigterm_still_stops_the_study_cleanly(
     lines = err.decode().strip().splitlines()
     assert proc.returncode == 128 + signal.SIGTERM, lines[-20:]
     assert lines[-1] == "adaptive-lora: stopped by SIGTERM"
+    # Ray's own notice of the dead raylet (its log's last lines, `[state-dump]` and all)
+    # goes to the session's log, not the terminal.
+    ray_noise = [line for line in [*lines, *out.decode().splitlines()] if "state-dump" in line]
+    assert not ray_noise, ray_noise[:5]
     rows = stored(study)
     for run_id in second:
         assert (rows[run_id].status, rows[run_id].reason) == ("pending", "stopped by SIGTERM")
@@ -378,6 +383,38 @@ def test_the_local_ray_listens_on_the_loopback_only_and_refuses_clients_without_
     finally:
         executor.close()
     assert {name: os.environ.get(name) for name in before} == before  # the token is gone
+
+
+def test_rays_own_messages_go_to_its_session_log_not_the_terminal(time_limit, no_ray_left, capfd):
+    """A message on Ray's error channel (what a dead raylet's agents publish: its log's
+    last lines, `[state-dump]` and all) lands in the session's log while the executor
+    holds Ray; after `close`, Ray prints as it did."""
+    from ray._private import ray_constants
+    from ray._private.utils import publish_error_to_driver
+
+    from adaptive_lora.study.ray_executor import RayExecutor, Resources
+    from adaptive_lora.study.ray_messages import LOG_NAME
+
+    time_limit(120)
+    executor = RayExecutor(workers=1, resources=Resources(threads_per_run=1), log=lambda _: None)
+    printer = ray._private.worker.print_to_stdstream
+    executor.connect()
+    try:
+        log = Path(ray._private.worker._global_node.get_logs_dir_path()) / LOG_NAME
+        message = "Raylet is terminated.\n    [state-dump] DebugString() time ms: 0"
+        gcs = ray._private.worker.global_worker.gcs_client
+        publish_error_to_driver(ray_constants.RAYLET_DIED_ERROR, message, gcs_client=gcs)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (
+            log.exists() and "state-dump" in log.read_text()
+        ):
+            time.sleep(0.2)
+        assert "(raylet) Raylet is terminated." in log.read_text()
+    finally:
+        executor.close()
+    out, err = capfd.readouterr()
+    assert "state-dump" not in out + err
+    assert ray._private.worker.print_to_stdstream is printer  # Ray's own printer is back
 
 
 def test_rays_folder_is_private_under_the_cache_short_enough_for_its_sockets(

@@ -62,6 +62,7 @@ from adaptive_lora.progress import Progress
 from adaptive_lora.records import STATUS_FAILED, STATUS_INTERRUPTED, RunResult, write_json
 from adaptive_lora.run import execute_run
 from adaptive_lora.study.executor import Stopped, Where, resume_command
+from adaptive_lora.study.ray_messages import RayMessagesToLog
 from adaptive_lora.study.ray_progress import STALL_FLOOR_S, ProgressBoard, StallWatch, worker_sink
 from adaptive_lora.study.spec import RunSpec
 
@@ -494,6 +495,7 @@ class RayExecutor:
         self._watch = StallWatch(stall_floor_s)
         self._stalls: dict[str, str] = {}  # run id → why its worker was stopped
         self._on_progress: Callable[[str, Progress], None] | None = None
+        self._ray_messages = RayMessagesToLog()  # Ray's own notices: its log, not the terminal
 
     # -- connecting ----------------------------------------------------------------------
     def connect(self) -> None:
@@ -501,10 +503,15 @@ class RayExecutor:
         (before any run starts) if the cluster cannot be reached or no node can hold a run."""
         if self._connected:
             return
-        if self.address is None:
-            self._start_local()
-        else:
-            self._join_cluster(self.address)
+        self._ray_messages.install()
+        try:
+            if self.address is None:
+                self._start_local()
+            else:
+                self._join_cluster(self.address)
+        except BaseException:
+            self._ray_messages.uninstall()
+            raise
         self._node_id = ray.get_runtime_context().get_node_id()
         self._connected = True
         self._log(
@@ -606,6 +613,7 @@ class RayExecutor:
         """Shut down (or leave) the Ray this executor started or joined."""
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
+        self._ray_messages.uninstall()
         if self._auth_before is not None:
             _restore_auth(self._auth_before)
             self._auth_before = None
