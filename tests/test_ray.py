@@ -457,7 +457,18 @@ def test_rays_folder_is_private_under_the_cache_short_enough_for_its_sockets(
 
 
 @pytest.fixture
-def cluster_auth(monkeypatch):
+def cluster_tmp(monkeypatch):
+    """A `ray.cluster_utils.Cluster` keeps its sessions in Ray's default folder (`/tmp/ray`,
+    open to every user, never cleaned): here they go to a private folder of their own,
+    short enough for Ray's socket paths, removed after the test."""
+    folder = tempfile.mkdtemp(prefix="alr-")
+    monkeypatch.setenv("RAY_TMPDIR", folder)
+    yield Path(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster_auth(monkeypatch, cluster_tmp):
     """Start a one-node cluster on 127.0.0.1 with `RAY_AUTH_MODE` set as asked; yields
     its address; the environment and this process's Ray auth settings come back after."""
     import ray._private.ray_constants as ray_constants
@@ -522,7 +533,7 @@ def test_joining_a_token_cluster_without_its_token_is_a_one_line_error(
 
 @pytest.mark.slow
 def test_a_two_node_cluster_runs_a_study_on_both_nodes(
-    tmp_path, tiny_model, time_limit, no_ray_left, monkeypatch
+    tmp_path, tiny_model, time_limit, no_ray_left, monkeypatch, cluster_tmp
 ):
     import ray._private.ray_constants as ray_constants
     from ray.cluster_utils import Cluster
@@ -641,7 +652,7 @@ def test_sigterm_stops_a_ray_study_its_workers_and_ray(tmp_path, tiny_model, tim
 
 @pytest.mark.slow
 def test_a_dead_node_of_a_cluster_leaves_the_study_to_the_nodes_left(
-    tmp_path, tiny_model, time_limit, no_ray_left, monkeypatch, capsys
+    tmp_path, tiny_model, time_limit, no_ray_left, monkeypatch, capsys, cluster_tmp
 ):
     import threading
 
