@@ -86,3 +86,20 @@ def test_dry_run_prints_each_looks_boundaries_and_the_warning(tmp_path, monkeypa
     rows = [line for line in text.splitlines() if line.startswith("| task alpaca")]
     assert len(rows) == 7 and all(row.split("|")[5].endswith("✗ ") for row in rows)
     assert "warning: look 1 (5 seeds) at r4" in text
+    assert "seeds × items" not in text  # declared in seeds: the table's sd is its own
+
+
+def test_under_the_seeds_x_items_unit_the_table_says_its_sd_leaves_out_the_items(
+    tmp_path, monkeypatch
+):
+    raw = yaml.safe_load((ROOT / "configs/regime-map.yaml").read_text())
+    raw["out"] = str(tmp_path / "store")
+    raw["hypotheses"]["unit"] = "seeds_x_items"
+    (tmp_path / "store").mkdir()
+    shutil.copy(ROOT / "results/regime-map/study.db", tmp_path / "store" / "study.db")
+    path = tmp_path / "regime-map.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    monkeypatch.chdir(ROOT)
+    text = format_dry_run(load_study(path, check_sources=False), retry_failed=False)
+    assert "note: every group is judged in seeds × items" in text
+    assert "needs a |Δ| larger than shown" in text

@@ -73,7 +73,24 @@ def look_table(study: Study, looks: Sequence[ComparisonLooks]) -> list[str]:
         cells = [_cell(r) for r in c.reach]
         sd = f"{p.sd:.4g}" if p.sd == p.sd else "unknown"
         lines.append(f"| {titles[p.group]} | {p.budget} | {p.label} | {sd} | {' | '.join(cells)} |")
-    return lines
+    return lines + _items_share_note(study, looks)
+
+
+def _items_share_note(study: Study, looks: Sequence[ComparisonLooks]) -> list[str]:
+    """Under the seeds × items unit a look's variance also holds the test items' share,
+    which a seeds-only pilot sd leaves out: said, so the |Δ| above reads as a floor."""
+    keys = {c.plan.group for c in looks}
+    both = [g for g in study.groups if g.key in keys and study.inference_unit(g) != "seeds"]
+    if not both:
+        return []
+    titles = study.group_titles(plain=True)
+    where = "every group" if len(both) == len(keys) else ", ".join(titles[g.key] for g in both)
+    return [
+        "",
+        f"note: {where} is judged in seeds × items: each look adds the test items' share "
+        "to its variance, which the sd above (seeds only) leaves out, so a look there "
+        "needs a |Δ| larger than shown",
+    ]
 
 
 def _cell(r: LookReach) -> str:
