@@ -268,10 +268,10 @@ def test_a_gpt2_teacher_plants_its_fused_kinds():
 
 
 def test_progress_is_printed_only_past_its_interval(capsys):
-    quiet = teacher.Progress("planted: sampling", 3)
+    quiet = teacher.BuildProgress("planted: sampling", 3)
     quiet(1), quiet(3)
     assert capsys.readouterr().err == ""
-    loud = teacher.Progress("planted: fitting, try", 0, every=0)
+    loud = teacher.BuildProgress("planted: fitting, try", 0, every=0)
     loud(2, ": scale 0.5, KL 0.31")
     assert capsys.readouterr().err == "planted: fitting, try: 2: scale 0.5, KL 0.31 (0 s)\n"
 
@@ -287,7 +287,7 @@ def test_a_long_build_and_a_wait_for_it_tell_the_study_they_are_alive(tmp_path):
 
     heard: list[progress.Progress] = []
     with progress.reporting_to(heard.append):
-        teacher.Progress("planted: sampling items", 4, every=0)(2)
+        teacher.BuildProgress("planted: sampling items", 4, every=0)(2)
         path = tmp_path / "set.lock"
         with open(path, "w") as holder, open(path, "w") as waiter:
             fcntl.flock(holder, fcntl.LOCK_EX)  # another run is building the set

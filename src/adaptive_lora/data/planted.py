@@ -389,7 +389,7 @@ def _fit(settings, model, tokenizer, deltas, prompt_ids):
     options = settings.options
     base_samples = _sample(model, tokenizer, options, prompt_ids, "calibration")
     kl = _kl(model, tokenizer, deltas, base_samples, options)
-    progress, tries = teacher.Progress("planted: fitting the scale to the KL, try", 0), []
+    progress, tries = teacher.BuildProgress("planted: fitting the scale to the KL, try", 0), []
 
     def kl_at(scale: float) -> float:
         tries.append(kl(scale))
@@ -412,7 +412,7 @@ def _sample(model, tokenizer, options, prompt_ids, purpose: str) -> list[teacher
         model, prompt_ids, seeds, max_new_tokens=options.max_new_tokens,
         batch_size=options.batch_size, eos_id=tokenizer.eos_token_id,
         pad_id=tokenizer.pad_token_id, vocab_size=len(tokenizer),
-        progress=teacher.Progress(f"planted: sampling {purpose}", len(prompt_ids)),
+        progress=teacher.BuildProgress(f"planted: sampling {purpose}", len(prompt_ids)),
     )  # fmt: skip
 
 

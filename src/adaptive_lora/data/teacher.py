@@ -225,9 +225,11 @@ def item_seed(seed: int, purpose: str, index: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-class Progress:
-    """Prints `label: done/total (seconds)` (`total` 0: no total) to stderr at most every
-    few seconds, and nothing for work that ends sooner: a tiny model's set is made in silence."""
+class BuildProgress:
+    """While a planted set is built: prints `label: done/total (seconds)` (`total` 0: no
+    total) to stderr at most every few seconds, and nothing for work that ends sooner (a
+    tiny model's set is made in silence); each count also goes to the run's progress
+    (`adaptive_lora.progress`, whose `Progress` is the record a study's executor passes on)."""
 
     def __init__(self, label: str, total: int, every: float = 5.0):
         self.label, self.total, self.every = label, total, every
@@ -256,7 +258,7 @@ def sample(
     eos_id: int,
     pad_id: int,
     vocab_size: int,
-    progress: Progress | None = None,
+    progress: BuildProgress | None = None,
 ) -> list[Sampled]:
     """A temperature-1 sample after each prompt, up to `max_new_tokens`, ending at EOS.
 
