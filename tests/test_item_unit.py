@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import statsmodels.api as sm
 import yaml
+from fake_runs import FakeRuns
 from statsmodels.formula.api import ols
 
 from adaptive_lora.analysis.item_variance import (
@@ -110,24 +111,17 @@ ITEM_EFFECTS = {
 }
 
 
-class ItemEffects:
-    def __init__(self):
-        self.seeds: dict[str, list[int]] = {}
+class ItemEffects(FakeRuns):
+    """Fake runs with per-item test losses: each strategy's effect item by item."""
 
-    def __call__(self, config, out_root, *, run_id=None, loaded=None, quiet=False):
-        from adaptive_lora.records import ITEMS_KEY, METRIC_KEYS, RunResult, write_json
+    def metrics(self, config):
+        from adaptive_lora.records import ITEMS_KEY
 
-        run_dir = Path(out_root) / run_id
-        run_dir.mkdir(parents=True)
         strategy = config.allocation.strategy
-        self.seeds.setdefault(strategy, []).append(config.seed)
         noise = np.random.default_rng([config.seed, len(strategy)]).normal(0, 0.001, 8)
         losses = [2.0 + 0.01 * config.seed + e + z for e, z in zip(ITEM_EFFECTS[strategy], noise)]
-        metrics = {k: None for k in METRIC_KEYS}
-        metrics.update(test_loss=float(np.mean(losses)), val_loss=2.0, train_seconds=1.0)
-        metrics[ITEMS_KEY] = {"key": [f"k{i}" for i in range(8)], "loss": losses, "tokens": [5] * 8}
-        write_json(run_dir / "metrics.json", metrics)
-        return RunResult(run_id, run_dir, "done", metrics, {"versions": {"torch": "x"}})
+        items = {"key": [f"k{i}" for i in range(8)], "loss": losses, "tokens": [5] * 8}
+        return {"test_loss": float(np.mean(losses)), ITEMS_KEY: items}
 
 
 def _item_study(tmp_path: Path, **hypotheses) -> Path:

@@ -6,33 +6,28 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fake_runs import FakeRuns
 
 from adaptive_lora.errors import UserError
-from adaptive_lora.records import METRIC_KEYS, RunResult, write_json
 from adaptive_lora.study.local import LocalExecutor
 from adaptive_lora.study.runner import run_study
 from adaptive_lora.study.spec import load_study
 
 
-class ValleyAt:
+class ValleyAt(FakeRuns):
     """Fake runs whose validation loss is lowest at one rate (|log2(lr / best)|)."""
 
     def __init__(self, best: float):
+        super().__init__()
         self.best = best
         self.lrs: list[float] = []
 
-    def __call__(self, config, out_root, *, run_id=None, loaded=None, quiet=False):
+    def metrics(self, config):
         import math
 
-        run_dir = Path(out_root) / run_id
-        run_dir.mkdir(parents=True)
         lr = config.train.lr
         self.lrs.append(lr)
-        metrics = {k: None for k in METRIC_KEYS}
-        metrics.update(test_loss=2.0, val_loss=2.0 + abs(math.log2(lr / self.best)),
-                       train_seconds=1.0)  # fmt: skip
-        write_json(run_dir / "metrics.json", metrics)
-        return RunResult(run_id, run_dir, "done", metrics, {"versions": {"torch": "x"}})
+        return {"test_loss": 2.0, "val_loss": 2.0 + abs(math.log2(lr / self.best))}
 
 
 def _study(tmp_path: Path, **changes) -> Path:

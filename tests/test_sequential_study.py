@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fake_runs import FakeRuns
 
 from adaptive_lora.errors import UserError
-from adaptive_lora.records import METRIC_KEYS, RunResult, write_json
+from adaptive_lora.records import RunResult
 from adaptive_lora.study.local import LocalExecutor
 from adaptive_lora.study.runner import run_study
 from adaptive_lora.study.sequential_seeds import cell_decisions
@@ -25,25 +26,12 @@ def _noise(strategy: str, seed: int) -> float:
     return (int.from_bytes(digest[:4], "little") / 2**32 - 0.5) * 0.004
 
 
-class Effects:
+class Effects(FakeRuns):
     """Fake runs with a known effect per strategy (quickstart-sized, no model)."""
 
-    def __init__(self):
-        self.seeds: dict[str, list[int]] = {}
-
-    def __call__(self, config, out_root, *, run_id=None, loaded=None, quiet=False):
-        run_dir = Path(out_root) / run_id
-        run_dir.mkdir(parents=True)
-        strategy = config.allocation.strategy
-        self.seeds.setdefault(strategy, []).append(config.seed)
-        metrics = {k: None for k in METRIC_KEYS}
-        metrics.update(
-            test_loss=2.0 + 0.01 * config.seed + EFFECTS[strategy] + _noise(strategy, config.seed),
-            val_loss=2.0,
-            train_seconds=1.0,
-        )
-        write_json(run_dir / "metrics.json", metrics)
-        return RunResult(run_id, run_dir, "done", metrics, {"versions": {"torch": "x"}})
+    def metrics(self, config):
+        strategy, seed = config.allocation.strategy, config.seed
+        return {"test_loss": 2.0 + 0.01 * seed + EFFECTS[strategy] + _noise(strategy, seed)}
 
 
 def _study(tmp_path: Path, **changes) -> Path:
@@ -155,24 +143,17 @@ def test_plan_needs_a_stated_effect_or_margin(monkeypatch, capsys):
     assert "smallest effect" in capsys.readouterr().err
 
 
-class Ladder:
+class Ladder(FakeRuns):
     """Fake uniform runs whose test loss falls by 0.01 per doubling of rank, with noise."""
 
-    def __call__(self, config, out_root, *, run_id=None, loaded=None, quiet=False):
+    def metrics(self, config):
         import math
 
-        run_dir = Path(out_root) / run_id
-        run_dir.mkdir(parents=True)
         rank = int(config.allocation.budget[1:])
-        metrics = {k: None for k in METRIC_KEYS}
-        metrics.update(
-            test_loss=2.0 - 0.01 * math.log2(rank) + 5 * _noise(str(rank), config.seed),
-            val_loss=2.0,
-            effective_params=1000 * rank,
-            train_seconds=1.0,
-        )
-        write_json(run_dir / "metrics.json", metrics)
-        return RunResult(run_id, run_dir, "done", metrics, {"versions": {"torch": "x"}})
+        return {
+            "test_loss": 2.0 - 0.01 * math.log2(rank) + 5 * _noise(str(rank), config.seed),
+            "effective_params": 1000 * rank,
+        }
 
 
 def test_plan_gives_the_seeds_to_establish_the_baselines_gain_per_doubling(tmp_path, capsys):
@@ -336,18 +317,15 @@ class LadderWithEffects(Effects):
     """Fake runs: 0.01 lower test loss per doubling of rank, plus each strategy's effect
     and noise per seed and rank."""
 
-    def __call__(self, config, out_root, *, run_id=None, loaded=None, quiet=False):
+    def metrics(self, config):
         import math
 
-        result = super().__call__(config, out_root, run_id=run_id, loaded=loaded, quiet=quiet)
+        metrics = super().metrics(config)
         rank = int(config.allocation.budget[1:])
         strategy = config.allocation.strategy
-        result.metrics["test_loss"] += -0.01 * math.log2(rank) + _noise(
-            f"{strategy}{rank}", config.seed
-        )
-        result.metrics["effective_params"] = 1000 * rank
-        write_json(result.run_dir / "metrics.json", result.metrics)
-        return result
+        metrics["test_loss"] += -0.01 * math.log2(rank) + _noise(f"{strategy}{rank}", config.seed)
+        metrics["effective_params"] = 1000 * rank
+        return metrics
 
 
 def _report_of(tmp_path: Path, budgets: list[str]) -> tuple[str, dict]:
