@@ -313,6 +313,25 @@ def test_past_the_first_look_the_dry_run_counts_the_looks_still_open(tmp_path):
     assert "then up to 8 reporting run(s) more if every look goes on: 16 run(s) in all" in text
 
 
+def test_the_reports_missing_runs_are_those_the_looks_still_call_for(tmp_path):
+    """linear_decay decided at the first look gets no more seeds: the report lists only
+    the second look's runs of uniform and attention_heavy (failed here) as missing."""
+    from adaptive_lora.report.write import write_report
+
+    path = _study(tmp_path)
+    executor = LocalExecutor(FirstLookOnly(), load_model=lambda s: None)
+    run_study(load_study(path, check_sources=False), executor=executor, log=lambda x: None)
+    study = load_study(path, check_sources=False)
+    with StudyStore.open(study.store_path, create=False) as store:
+        text = write_report(study, store, tmp_path / "report", n_boot=200).report_md.read_text()
+    assert "**8 run(s) are missing.**" in text
+    missing = [line for line in text.splitlines() if "no result for seed(s)" in line]
+    assert missing == [
+        "- uniform @ r4: no result for seed(s) 4, 5, 6, 7",
+        "- attention_heavy @ r4: no result for seed(s) 4, 5, 6, 7",
+    ]
+
+
 class LadderWithEffects(Effects):
     """Fake runs: 0.01 lower test loss per doubling of rank, plus each strategy's effect
     and noise per seed and rank."""

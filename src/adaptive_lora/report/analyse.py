@@ -209,8 +209,21 @@ def _with_spread(choice: dict[str, Any], rows: list[RunRow]) -> dict[str, Any]:
     return choice
 
 
+def _seeds_due(study: Study, label: str, budget: str) -> list[int]:
+    """The reporting seeds a strategy × budget is to run: those its expanded runs have (a
+    sequential comparison decided at a look gets no more), else, while tuning still
+    chooses its rate, the first look's seeds (every seed with fixed seeds)."""
+    due = sorted(
+        {s.seed for s in study.runs if not s.tuning and s.label == label and s.budget == budget}
+    )
+    if due:
+        return due
+    plan = study.seed_plan
+    return list(study.seeds[: plan.looks[0]] if plan is not None else study.seeds)
+
+
 def _strategy_entry(
-    study: Study, lr: float | None, runs: list[RunRow], lr_edge: str = ""
+    study: Study, lr: float | None, runs: list[RunRow], lr_edge: str = "", *, due: list[int]
 ) -> dict[str, Any]:
     def described(key: str) -> dict[str, Any]:
         return describe([v for r in runs if math.isfinite(v := _value(r, key))])
@@ -219,7 +232,7 @@ def _strategy_entry(
         "lr": lr,
         "lr_edge": lr_edge,  # "largest"/"smallest": the chosen rate is an end of its grid
         "seeds": [r.seed for r in runs],
-        "missing_seeds": [s for s in study.seeds if s not in {r.seed for r in runs}],
+        "missing_seeds": [s for s in due if s not in {r.seed for r in runs}],
         "run_ids": [r.id for r in runs],
         PRIMARY: summarise({r.seed: _value(r, PRIMARY) for r in runs}),
         "trainable_params": described("trainable_params"),
@@ -249,7 +262,11 @@ def _budget_block(
     }
     strategies = {
         label: _strategy_entry(
-            study, choices[(label, budget)].chosen, runs, choices[(label, budget)].edge
+            study,
+            choices[(label, budget)].chosen,
+            runs,
+            choices[(label, budget)].edge,
+            due=_seeds_due(study, label, budget),
         )
         for label, runs in chosen.items()
     }
