@@ -71,15 +71,22 @@ def test_an_effect_no_look_can_reach_leaves_no_useful_look():
     assert first_useful(reach) is None
 
 
-def test_dry_run_prints_each_looks_boundaries_and_the_warning(tmp_path, monkeypatch):
+def _regime_map_dry_run(tmp_path: Path, monkeypatch, **hypotheses) -> str:
+    """`run --dry-run` of the published regime map on a copy of its store, with
+    `hypotheses` changed as given."""
     raw = yaml.safe_load((ROOT / "configs/regime-map.yaml").read_text())
     raw["out"] = str(tmp_path / "store")
+    raw["hypotheses"].update(hypotheses)
     (tmp_path / "store").mkdir()
     shutil.copy(ROOT / "results/regime-map/study.db", tmp_path / "store" / "study.db")
     path = tmp_path / "regime-map.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     monkeypatch.chdir(ROOT)
-    text = format_dry_run(load_study(path, check_sources=False), retry_failed=False)
+    return format_dry_run(load_study(path, check_sources=False), retry_failed=False)
+
+
+def test_dry_run_prints_each_looks_boundaries_and_the_warning(tmp_path, monkeypatch):
+    text = _regime_map_dry_run(tmp_path, monkeypatch)
     assert (
         "| look 1 (5 seeds) | look 2 (10 seeds) | look 3 (15 seeds) | look 4 (20 seeds) |" in text
     )
@@ -92,14 +99,6 @@ def test_dry_run_prints_each_looks_boundaries_and_the_warning(tmp_path, monkeypa
 def test_under_the_seeds_x_items_unit_the_table_says_its_sd_leaves_out_the_items(
     tmp_path, monkeypatch
 ):
-    raw = yaml.safe_load((ROOT / "configs/regime-map.yaml").read_text())
-    raw["out"] = str(tmp_path / "store")
-    raw["hypotheses"]["unit"] = "seeds_x_items"
-    (tmp_path / "store").mkdir()
-    shutil.copy(ROOT / "results/regime-map/study.db", tmp_path / "store" / "study.db")
-    path = tmp_path / "regime-map.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    monkeypatch.chdir(ROOT)
-    text = format_dry_run(load_study(path, check_sources=False), retry_failed=False)
+    text = _regime_map_dry_run(tmp_path, monkeypatch, unit="seeds_x_items")
     assert "note: every group is judged in seeds × items" in text
     assert "needs a |Δ| larger than shown" in text
