@@ -114,11 +114,15 @@ def assert_all_done_once(study) -> None:
 # ---------------------------------------------------------------------- default suite
 
 
+PER_SEED = {"source": "builtin", "n_train": 8, "n_val": 4, "n_test": 4, "max_length": 128,
+            "template": "chat", "split": "per_seed"}  # fmt: skip
+
+
 def test_two_workers_match_the_in_process_executor(tmp_path, tiny_model, time_limit, no_ray_left):
     time_limit(240)
-    local = load_study(write_study(tmp_path / "local", tiny_model))
+    local = load_study(write_study(tmp_path / "local", tiny_model, data=PER_SEED))
     run_study(local, log=lambda line: None)
-    path = write_study(tmp_path / "ray", tiny_model)
+    path = write_study(tmp_path / "ray", tiny_model, data=PER_SEED)
     assert main(["run", str(path), "--workers", "2", "--threads-per-run", "1", "--quiet"]) == 0
     assert not ray.is_initialized()  # the executor shut down the Ray it started
     on_ray = load_study(path)
@@ -134,6 +138,15 @@ def test_two_workers_match_the_in_process_executor(tmp_path, tiny_model, time_li
         on_disk = json.loads((on_ray.out / got[run_id].run_dir / "manifest.json").read_text())
         assert on_disk["worker"] == manifest["worker"]
     assert "running now" not in format_status(on_ray)
+    # Each seed draws its own split: its two runs never ran side by side (`dispatch`), so
+    # the second read the first's untrained losses instead of measuring them again.
+    for seed in (0, 1):
+        first, second = sorted((r for r in got.values() if r.seed == seed), key=_start)
+        assert second.started_at >= first.ended_at, seed
+
+
+def _start(row) -> str:
+    return row.started_at
 
 
 def _free_port() -> int:

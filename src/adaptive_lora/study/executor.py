@@ -55,7 +55,8 @@ class Where:
 class Executor(Protocol):
     """Runs specs and yields one `RunResult` per spec, as each finishes (any order).
 
-    `specs` is a queue the executor takes from the left whenever it can start a run;
+    `specs` is a queue the executor takes from whenever it can start a run (from the
+    left, or as `dispatch.take_next` chooses when runs go side by side);
     the runner may append to it each time a result is yielded (the reporting runs that
     a finished tuning run opens), so the executor ends only when the queue is empty
     and no run is in flight — never on a count taken at the start.

@@ -61,6 +61,7 @@ from adaptive_lora.model.loading import cache_root, load_model
 from adaptive_lora.progress import Progress
 from adaptive_lora.records import STATUS_FAILED, STATUS_INTERRUPTED, RunResult, write_json
 from adaptive_lora.run import execute_run
+from adaptive_lora.study.dispatch import take_next
 from adaptive_lora.study.executor import Stopped, Where, resume_command
 from adaptive_lora.study.ray_messages import RayMessagesToLog
 from adaptive_lora.study.ray_progress import STALL_FLOOR_S, ProgressBoard, StallWatch, worker_sink
@@ -675,7 +676,7 @@ class RayExecutor:
             while specs or pool.busy:
                 pool.grow(min(self.workers or 1, len(specs) + len(pool.busy)))
                 while specs and pool.idle:
-                    spec = specs.popleft()
+                    spec = take_next(specs, pool.running())
                     pool.submit(spec, tries.get(spec.run_id, 0), on_start)
                 yield from self._next_outcome(pool, specs, tries, Path(out_root))
         finally:
@@ -837,6 +838,9 @@ class _Pool:
         except Exception:  # noqa: BLE001 - Ray restarting or gone: progress is a courtesy
             self._board = None
             return {}
+
+    def running(self) -> list[RunSpec]:
+        return [spec for _, spec, _ in self.busy.values()]
 
     def worker_of(self, run_id: str) -> _Worker | None:
         return next((w for w, spec, _ in self.busy.values() if spec.run_id == run_id), None)
