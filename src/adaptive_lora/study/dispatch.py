@@ -4,7 +4,7 @@ Before training, every run on one model and one data split measures the same val
 and test loss, and the first run of a split to measure it keeps it for the rest
 (`loss_cache`). Two runs of one split started side by side both measure it. With per-seed
 splits the queue lists a seed's strategies one after the other, so a study with two
-workers started every pair on one split and paid for those losses twice: 3.5 of a run's
+workers started every pair on one split and paid for those losses twice: about 4 of a run's
 11 minutes at the controlled map's Gemma-3 stage (300 test items, AVX512-bf16 EPYC).
 
 So a free worker takes the first queued run whose split no running run shares, and the
