@@ -17,7 +17,9 @@ import pytest
 import yaml
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.weightstats import ttost_paired
 
+from adaptive_lora.analysis.margin_tests import beyond_effect, declared_tests
 from adaptive_lora.analysis.paired import compare_family
 from adaptive_lora.records import ITEMS_KEY, METRIC_KEYS, RunResult, write_json
 from adaptive_lora.report.hypotheses import NONE_DECLARED
@@ -209,6 +211,7 @@ def test_a_sequential_study_reports_where_each_comparison_stopped_and_why(tmp_pa
     decisions = cell_decisions(study, rows, "r8")
     stored = data["budgets"]["r8"]["sequential"]
     assert set(stored) == set(decisions) == {"linear_decay", "attention_heavy"}
+    assert "declared_tests" not in data["budgets"]["r8"]  # the decisions apply them
     # A difference of 0.03 against noise of ±0.003 stops before the last look (O'Brien–
     # Fleming spends almost nothing at the first look, so it may take the second).
     decay = stored["linear_decay"]
@@ -357,3 +360,71 @@ def test_stretches_are_the_pieces_of_the_union_of_run_intervals():
     assert timing["stretches"] == 2
     assert timing["wall_seconds"] == pytest.approx(30 * 60 - 6)
     assert math.isclose(timing["run_seconds"], 3.0)
+
+
+# ------------------------------------------------- fixed seeds: the declared effect and margin
+
+
+def test_fixed_seeds_test_the_declared_smallest_effect_and_margin(tmp_path):
+    # linear_decay sits 0.03 below uniform: beyond a smallest effect of 0.01 (one-sided,
+    # Holm over the two one-sided comparisons), and not within ±0.005; attention_heavy is
+    # two-sided (no direction to shift), so it gets TOST only.
+    hypotheses = {"declared": "2026-12-08, before any run", "alternative": "less",
+                  "smallest_effect": 0.01, "margin": 0.005,
+                  "comparisons": {"attention_heavy": {"alternative": "two-sided"}}}  # fmt: skip
+    _, files, rows, data = _report(tmp_path, hypotheses=hypotheses)
+    declared = data["budgets"]["r8"]["declared_tests"]
+    base = _losses(rows, "uniform")
+    diffs = {
+        label: np.array([_losses(rows, label)[s] - base[s] for s in sorted(base)])
+        for label in ("linear_decay", "attention_heavy")
+    }
+    beyond = declared["linear_decay"]["beyond"]
+    want = stats.ttest_1samp(diffs["linear_decay"] + 0.01, 0.0, alternative="less")
+    assert beyond["t"] == pytest.approx(want.statistic, rel=1e-9)
+    assert beyond["p"] == pytest.approx(want.pvalue, rel=1e-9)
+    assert beyond["p_holm"] == pytest.approx(want.pvalue, rel=1e-9)  # the only shifted test
+    assert beyond["shown"] is True
+    assert declared["attention_heavy"]["beyond"] is None
+    for label, d in diffs.items():
+        p_tost = ttost_paired(d, np.zeros_like(d), -0.005, 0.005)[0]
+        assert declared[label]["tost"]["p"] == pytest.approx(p_tost, rel=1e-9)
+    assert declared["linear_decay"]["tost"]["equivalent"] is False
+    text = files.report_md.read_text()
+    answer = text[text.index("## Answer") : text.index("## Status")]
+    assert (
+        "As declared, linear_decay: a difference beyond the declared smallest effect 0.01 is "
+        "shown" in answer
+    )
+    assert "As declared, attention_heavy: " in answer and "within the declared ±0.005" in answer
+
+
+def test_a_shifted_test_is_scipys_in_both_directions_and_holm_is_statsmodels():
+    rng = np.random.default_rng(4)
+    d = {
+        "a": list(0.02 + 0.01 * rng.standard_normal(9)),
+        "b": list(0.004 + 0.01 * rng.standard_normal(9)),
+    }
+    got = declared_tests(d, {"a": ("greater", 0.01, None), "b": ("greater", 0.01, None)})
+    pvalues = []
+    for label in ("a", "b"):
+        want = stats.ttest_1samp(np.array(d[label]) - 0.01, 0.0, alternative="greater")
+        assert got[label]["beyond"]["p"] == pytest.approx(want.pvalue, rel=1e-9)
+        assert got[label]["tost"] is None
+        pvalues.append(want.pvalue)
+    holm_p = multipletests(pvalues, method="holm")[1]
+    assert [got[k]["beyond"]["p_holm"] for k in ("a", "b")] == pytest.approx(list(holm_p), rel=1e-9)
+    assert math.isnan(beyond_effect([0.1], 0.01, "less")["p"])  # one difference: no test
+    with pytest.raises(ValueError):
+        beyond_effect([0.1, 0.2], 0.01, "two-sided")
+
+
+def test_studies_that_declare_no_effect_or_margin_get_no_declared_tests(tmp_path):
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "sided").mkdir()
+    _, _, _, plain = _report(tmp_path / "plain")
+    assert "declared_tests" not in plain["budgets"]["r8"]
+    only_sidedness = {"declared": "2026-12-08", "alternative": "less"}
+    _, files, _, sided = _report(tmp_path / "sided", hypotheses=only_sidedness)
+    assert "declared_tests" not in sided["budgets"]["r8"]
+    assert "As declared" not in files.report_md.read_text()

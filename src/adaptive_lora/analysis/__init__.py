@@ -14,6 +14,8 @@ Modules, each owning one topic (import from the defining module):
 - ``formatting``: numbers and p-values as text (``fmt_num``, ``fmt_sig``, ``fmt_p``)
 - ``jsonable``: strict-JSON copies of results (``to_jsonable``)
 - ``equivalence``: TOST equivalence of paired differences against a margin
+- ``margin_tests``: with fixed seeds, the declared smallest effect (a shifted one-sided
+  paired t, Holm over the cell) and margin (TOST) tested
 - ``values``: NaN-aware float helpers shared by the above
 - ``planning``: seeds planned by power at the first Holm step (t-test, exact TOST power),
   the Wilcoxon floor and whether it can reach alpha after Holm (``wilcoxon_reach``)

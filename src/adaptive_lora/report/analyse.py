@@ -13,7 +13,7 @@ import json
 import math
 from typing import Any
 
-from adaptive_lora.analysis import paired
+from adaptive_lora.analysis import margin_tests, paired
 from adaptive_lora.analysis.descriptive import describe, mean_ci_t
 from adaptive_lora.evaluation_metrics import CUT_OFF_KEYS, METRICS, PRIMARY_METRIC
 from adaptive_lora.report.cross_budget import cross_budget
@@ -290,9 +290,46 @@ def _budget_block(
         "comparisons": comparisons,
         "secondary": _secondary(study, chosen, n_boot, boot_seed, baseline),
     }
+    declared = _declared_tests(study, primary, baseline)
+    if declared:  # fixed seeds with a declared effect or margin: other stats are unchanged
+        block["declared_tests"] = declared
     if baseline != study.baseline:  # only then: a study of one baseline keeps its stats
         block["baseline"] = baseline
     return block
+
+
+def _declared_tests(
+    study: Study, primary: dict[str, dict[int, float]], baseline: str
+) -> dict[str, Any]:
+    """With fixed seeds, the declared smallest effect and margin tested on each
+    comparison's paired differences (`margin_tests`); {} with sequential seeds (their
+    decisions apply both) or where nothing was declared."""
+    declared = _hypotheses(study)
+    if getattr(study, "seed_plan", None) is not None or declared is None or not declared.given:
+        return {}
+    if baseline not in primary:
+        return {}
+    plans, diffs = {}, {}
+    for label, by_seed in primary.items():
+        if label == baseline:
+            continue
+        own = declared.for_comparison(label)
+        effect, margin = own.smallest_effect, own.margin
+        if not isinstance(effect, (int, float)) and not isinstance(margin, (int, float)):
+            continue
+        plans[label] = (
+            own.alternative,
+            effect if isinstance(effect, (int, float)) else None,
+            margin if isinstance(margin, (int, float)) else None,
+        )
+        base = primary[baseline]
+        seeds = sorted(s for s in by_seed if s in base)
+        diffs[label] = [
+            by_seed[s] - base[s]
+            for s in seeds
+            if math.isfinite(by_seed[s]) and math.isfinite(base[s])
+        ]
+    return margin_tests.declared_tests(diffs, plans) if plans else {}
 
 
 def _secondary(

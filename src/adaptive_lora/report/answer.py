@@ -228,6 +228,29 @@ def _ladder_line(baseline: str, ladder: dict[str, Any]) -> str:
     return line + "."
 
 
+def _declared_lines(declared: dict[str, Any] | None) -> list[str]:
+    """With fixed seeds, what the study declared, tested: a difference beyond its smallest
+    effect (Holm over the cell), and equivalence within its margin (TOST)."""
+    lines = []
+    for label, tests in (declared or {}).items():
+        parts = []
+        if (b := tests.get("beyond")) is not None and math.isfinite(b["p"]):
+            shown = "shown" if b["shown"] else "not shown"
+            parts.append(
+                f"a difference beyond the declared smallest effect {fmt_g(b['effect'])} is "
+                f"{shown} (one-sided paired t = {fmt_sig(b['t'])}, Holm {fmt_p(b['p_holm'], label='p')})"
+            )
+        if (e := tests.get("tost")) is not None and math.isfinite(e["p"]):
+            verdict = "equivalent" if e["equivalent"] else "not shown equivalent"
+            parts.append(
+                f"{verdict} within the declared ±{fmt_g(e['margin'])} (TOST "
+                f"{fmt_p(e['p'], label='p')}; the data support ±{fmt_num(e['tightest_margin'], 4)})"
+            )
+        if parts:
+            lines.append(f"As declared, {label}: " + "; ".join(parts) + ".")
+    return lines
+
+
 def _design_line(
     baseline: str,
     budget: str,
@@ -277,6 +300,7 @@ def answer_lines(baseline: str, analysis: dict[str, Any]) -> list[str]:
             ]
         elif tested:
             body += [f"- {_verdict(baseline, budget, tested)}"]
+            body += [f"  - {line}" for line in _declared_lines(block.get("declared_tests"))]
         if tested:
             if not any(c.significant for c in tested.values()):
                 body += [f"  - {_closest(baseline, tested)}"]
