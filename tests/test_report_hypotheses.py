@@ -22,6 +22,7 @@ from statsmodels.stats.weightstats import ttost_paired
 from adaptive_lora.analysis.margin_tests import beyond_effect, declared_tests
 from adaptive_lora.analysis.paired import compare_family
 from adaptive_lora.records import ITEMS_KEY, METRIC_KEYS, RunResult, write_json
+from adaptive_lora.report.answer import _declared_lines
 from adaptive_lora.report.hypotheses import NONE_DECLARED
 from adaptive_lora.report.write import write_report
 from adaptive_lora.study.local import LocalExecutor
@@ -397,6 +398,9 @@ def test_fixed_seeds_test_the_declared_smallest_effect_and_margin(tmp_path):
         "shown" in answer
     )
     assert "As declared, attention_heavy: " in answer and "within the declared ±0.005" in answer
+    # Read back from stats.json (NaN written as null), a test without a p-value is left out.
+    untested = json.loads(json.dumps({"x": {"beyond": {"p": None}, "tost": {"p": None}}}))
+    assert _declared_lines(untested) == []
 
 
 def test_a_shifted_test_is_scipys_in_both_directions_and_holm_is_statsmodels():

@@ -19,6 +19,7 @@ from typing import Any
 from adaptive_lora.analysis.comparison import FamilyComparison
 from adaptive_lora.analysis.formatting import fmt_g, fmt_num, fmt_p, fmt_sig
 from adaptive_lora.analysis.power import POWER, minimum_detectable_d_z
+from adaptive_lora.analysis.values import as_float
 from adaptive_lora.report.analyse import LOSS_DECIMALS
 from adaptive_lora.report.cells import mean_and_ci
 from adaptive_lora.report.cross_budget import gain_includes_zero, margin_words, recovery
@@ -234,13 +235,14 @@ def _declared_lines(declared: dict[str, Any] | None) -> list[str]:
     lines = []
     for label, tests in (declared or {}).items():
         parts = []
-        if (b := tests.get("beyond")) is not None and math.isfinite(b["p"]):
+        # `as_float`: a stats.json read back holds null where a test had no p-value.
+        if (b := tests.get("beyond")) is not None and math.isfinite(as_float(b["p"])):
             shown = "shown" if b["shown"] else "not shown"
             parts.append(
                 f"a difference beyond the declared smallest effect {fmt_g(b['effect'])} is "
                 f"{shown} (one-sided paired t = {fmt_sig(b['t'])}, Holm {fmt_p(b['p_holm'], label='p')})"
             )
-        if (e := tests.get("tost")) is not None and math.isfinite(e["p"]):
+        if (e := tests.get("tost")) is not None and math.isfinite(as_float(e["p"])):
             verdict = "equivalent" if e["equivalent"] else "not shown equivalent"
             parts.append(
                 f"{verdict} within the declared ±{fmt_g(e['margin'])} (TOST "
