@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from scipy import stats
 
 from adaptive_lora.analysis.corrections import holm
@@ -32,11 +33,10 @@ def beyond_effect(diffs: Sequence[float], effect: float, alternative: str) -> di
     out: dict[str, Any] = {"n": n, "effect": float(effect), "t": NAN, "p": NAN}
     if n < 2:
         return out
-    mean = sum(diffs) / n
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-    if sd == 0:
+    mean = float(np.mean(diffs))
+    se = float(np.std(diffs, ddof=1)) / math.sqrt(n)  # as `tost_paired` has it
+    if se == 0:
         return out
-    se = sd / math.sqrt(n)
     if alternative == "less":
         t = (mean + effect) / se
         p = stats.t.cdf(t, n - 1)

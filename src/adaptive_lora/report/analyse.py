@@ -15,6 +15,7 @@ from typing import Any
 
 from adaptive_lora.analysis import margin_tests, paired
 from adaptive_lora.analysis.descriptive import describe, mean_ci_t
+from adaptive_lora.analysis.pairing import pair_by_seed
 from adaptive_lora.evaluation_metrics import CUT_OFF_KEYS, METRICS, PRIMARY_METRIC
 from adaptive_lora.report.cross_budget import cross_budget
 from adaptive_lora.report.environment_check import check_environment
@@ -305,30 +306,17 @@ def _declared_tests(
     comparison's paired differences (`margin_tests`); {} with sequential seeds (their
     decisions apply both) or where nothing was declared."""
     declared = _hypotheses(study)
-    if getattr(study, "seed_plan", None) is not None or declared is None or not declared.given:
-        return {}
-    if baseline not in primary:
+    fixed = getattr(study, "seed_plan", None) is None
+    if not (fixed and declared is not None and declared.given and baseline in primary):
         return {}
     plans, diffs = {}, {}
     for label, by_seed in primary.items():
-        if label == baseline:
-            continue
         own = declared.for_comparison(label)
-        effect, margin = own.smallest_effect, own.margin
-        if not isinstance(effect, (int, float)) and not isinstance(margin, (int, float)):
+        if label == baseline or (own.smallest_effect is None and own.margin is None):
             continue
-        plans[label] = (
-            own.alternative,
-            effect if isinstance(effect, (int, float)) else None,
-            margin if isinstance(margin, (int, float)) else None,
-        )
-        base = primary[baseline]
-        seeds = sorted(s for s in by_seed if s in base)
-        diffs[label] = [
-            by_seed[s] - base[s]
-            for s in seeds
-            if math.isfinite(by_seed[s]) and math.isfinite(base[s])
-        ]
+        plans[label] = (own.alternative, own.smallest_effect, own.margin)
+        # The differences the comparison's own tests use (`pair_by_seed`).
+        diffs[label] = list(pair_by_seed(by_seed, primary[baseline]).diffs)
     return margin_tests.declared_tests(diffs, plans) if plans else {}
 
 
